@@ -1,0 +1,194 @@
+"""The composition root: the only place that picks the engine, notifier and files.
+
+``run(config)`` brings the box up in order (catalog, engine, board, server,
+systemd), serves until SIGTERM/SIGINT, and brings it down in reverse, saving
+the board last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from .board import Board
+from .catalog import Catalog
+from .config import Config
+from .control import Controller
+from .engine import Engine, EngineEvent, TrackPorts
+from .errors import ApplianceError, ConfigError, EngineError
+from .net import ControlServer
+from .store import BoardStore, DebouncedSaver
+from .watchdog import SystemdNotifier, watchdog_loop
+
+log = logging.getLogger("appliance.app")
+
+
+def make_engine(config: Config, on_event: Any) -> Engine:
+    """Choose the engine adapter as ``engine.kind`` says, and log which and why."""
+    tracks = [TrackPorts(t.id, t.inputs, t.outputs) for t in config.tracks]
+    kind = config.engine.kind
+    if kind in ("auto", "carla"):
+        reason = carla_unavailable(config)
+        if reason is None:
+            from .engine.carla import CarlaEngine
+
+            log.info("engine: Carla (%s)", "configured" if kind == "carla" else "found by auto")
+            return CarlaEngine(tracks, config.engine.carla, config.engine.jack, on_event=on_event)
+        if kind == "carla":
+            raise EngineError(f"engine.kind is carla but Carla cannot be used: {reason}")
+        log.info("engine: jalv (Carla not used: %s)", reason)
+    else:
+        log.info("engine: jalv (configured)")
+    from .engine.jalv import JalvEngine
+
+    return JalvEngine(tracks, config.engine.jack, on_event=on_event)
+
+
+def carla_unavailable(config: Config) -> str | None:
+    """Why Carla cannot be used here, or None when it can."""
+    try:
+        from .engine import carla
+    except ImportError as exc:  # the adapter itself is missing
+        return f"no Carla adapter ({exc})"
+    return carla.unavailable(config.engine.carla.prefix)
+
+
+def read_token(config: Config) -> str | None:
+    """The pairing token (auth: token): read it, or make one on first boot."""
+    if config.server.auth != "token":
+        return None
+    path = config.server.token_file
+    assert path is not None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError("server.token_file", f"cannot read {path}: {exc.strerror}") from exc
+    token = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    log.info("made a new pairing token in %s", path)
+    return token
+
+
+class Box:
+    """The running box: every part, wired together."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = time.monotonic()
+        self.notifier = SystemdNotifier()
+        self.engine: Engine | None = None
+        self.server: ControlServer | None = None
+        self.saver: DebouncedSaver | None = None
+        self.controller: Controller | None = None
+        self.catalog: Catalog | None = None
+        self._events: list[EngineEvent] = []
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        info = self.engine.info().as_dict() if self.engine else {"running": False}
+        report = dict(info)
+        report["uptime"] = round(time.monotonic() - self.started, 1)
+        if self.controller is not None:
+            report["plugins"] = sum(1 for _ in self.controller.board.instances())
+        return bool(info.get("running")), report
+
+    def _on_engine_event(self, event: EngineEvent) -> None:
+        if self.controller is not None:
+            self.controller.engine_event(event)
+
+    async def start(self) -> None:
+        config = self.config
+        token = await asyncio.to_thread(read_token, config)
+        self.catalog = await asyncio.to_thread(
+            Catalog.load, config.catalog, cache=config.data_dir / "lv2-scan.json"
+        )
+        board = Board(t.id for t in config.tracks)
+        store = BoardStore(config.data_dir)
+        saved = await asyncio.to_thread(store.load)
+        if saved is not None:
+            try:
+                for problem in board.restore(saved, self.catalog):
+                    log.warning("board: %s", problem)
+            except (ValueError, TypeError, AttributeError) as exc:
+                log.error("saved board is not usable (%s); starting empty", exc)
+                board = Board(t.id for t in config.tracks)
+        self.engine = make_engine(config, self._on_engine_event)
+        await self.engine.start()
+        self.saver = DebouncedSaver(store, board.to_dict, config.save_delay)
+        self.controller = Controller(
+            board, self.catalog, self.engine, self.saver.changed, lambda: self.health()[1]
+        )
+        await self._load_engine(board, saved is None)
+        self.server = ControlServer(config.server, self.controller, self.health, token)
+        await self.server.start()
+        self.notifier.notify("READY=1", f"STATUS=serving on port {self.server.port}")
+
+    async def _load_engine(self, board: Board, fresh: bool) -> None:
+        """Put the restored board (or, on a fresh box, the demo board) into the engine."""
+        assert self.engine is not None and self.controller is not None and self.catalog is not None
+        for track in board.tracks.values():
+            for index, instance in enumerate(list(track.chain)):
+                try:
+                    await self.engine.add_plugin(
+                        track.id, instance.id, instance.type, index, instance.engine_values(), instance.bypass
+                    )
+                except ApplianceError as exc:
+                    log.error("board: %s could not be loaded (%s); it stays on the board", instance.id, exc)
+        if fresh and self.config.demo:
+            for demo in self.config.demo:
+                plugin_type = self.catalog.lookup(demo.plugin)
+                if plugin_type is None:
+                    log.warning("demo: plugin %s is not installed", demo.plugin)
+                    continue
+                await self.controller.add(
+                    demo.track, plugin_type, plugin_type.name, None, demo.values, demo.bypass
+                )
+        log.info("board loaded: %d plugins", sum(1 for _ in board.instances()))
+
+    async def stop(self) -> None:
+        self.notifier.notify("STOPPING=1")
+        if self.server is not None:
+            await self.server.stop()
+        if self.saver is not None:
+            await self.saver.flush()
+        if self.engine is not None:
+            await self.engine.stop()
+
+    def status(self) -> tuple[bool, str]:
+        healthy, report = self.health()
+        return healthy, f"{report.get('plugins', 0)} plugins, {report.get('xruns', 0)} xruns"
+
+
+async def run(config: Config) -> None:
+    """Run the box until SIGTERM or SIGINT."""
+    box = Box(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await box.start()
+        log.info("box is up: http://%s:%d/", config.server.host, box.server.port if box.server else 0)
+        dog = asyncio.create_task(watchdog_loop(box.notifier, box.status))
+        await stop.wait()
+        dog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dog
+        log.info("stopping")
+    finally:
+        await box.stop()
+
+
+def default_config_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "config" / "appliance.yaml"

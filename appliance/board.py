@@ -1,0 +1,263 @@
+"""The board: tracks, their plugin chains, parameter values and bypass.
+
+Pure: no asyncio, sockets, clocks or files. The board is the single place
+where the rules live (which ids exist, clamping and snapping, atomic
+multi-value changes); callers check a change with a ``plan_*`` method, apply
+it to the engine, then ``commit`` it here, so a change the engine refused
+never reaches the board.
+
+Plugin ids are assigned here (``plugin_<n>``), never reused, and saved with
+the board, so they are stable across restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .controls import PluginType
+from .errors import InvalidMessage, InvalidValue, UnknownPlugin, UnknownTrack
+
+BOARD_FORMAT = 1
+
+
+@dataclass
+class PluginInstance:
+    """One plugin on a track.
+
+    Attributes:
+        id: the box's stable id.
+        name: the name the client asked for (echoed back, the examples key
+            presets on it).
+        type: what the plugin is.
+        values: canonical parameter id → value in canonical units.
+        bypass: True when the plugin is passed through.
+    """
+
+    id: str
+    name: str
+    type: PluginType
+    values: dict[str, float]
+    bypass: bool = False
+
+    def engine_values(self) -> dict[str, float]:
+        """Every parameter as LV2 symbol → value in the plugin's own units."""
+        return {p.symbol: p.to_engine(self.values.get(p.id, p.default)) for p in self.type.parameters}
+
+
+@dataclass
+class Track:
+    id: str
+    chain: list[PluginInstance] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ParameterPlan:
+    """A checked multi-value change, ready for the engine and then the board.
+
+    Attributes:
+        values: canonical id → value as applied (clamped, snapped).
+        engine: LV2 symbol → value in the plugin's units.
+    """
+
+    track_id: str
+    plugin_id: str
+    values: dict[str, float]
+    engine: dict[str, float]
+
+
+class PluginResolver(Protocol):
+    """Anything that maps a saved plugin key or URI back to a :class:`PluginType`."""
+
+    def lookup(self, key: str) -> PluginType | None: ...
+
+
+class Board:
+    """Tracks and chains. Not thread-safe: the asyncio loop owns it."""
+
+    def __init__(self, track_ids: Iterable[str]) -> None:
+        self.tracks: dict[str, Track] = {tid: Track(tid) for tid in track_ids}
+        self.next_number = 1
+
+    # -- lookups ---------------------------------------------------------
+
+    def track(self, track_id: object) -> Track:
+        _require_str("track_id", track_id)
+        try:
+            return self.tracks[track_id]  # type: ignore[index]
+        except KeyError:
+            raise UnknownTrack(f"no track {track_id!r}", {"track_id": track_id}) from None
+
+    def plugin(self, track_id: object, plugin_id: object) -> PluginInstance:
+        track = self.track(track_id)
+        _require_str("plugin_id", plugin_id)
+        for instance in track.chain:
+            if instance.id == plugin_id:
+                return instance
+        raise UnknownPlugin(
+            f"no plugin {plugin_id!r} on {track.id}", {"track_id": track.id, "plugin_id": plugin_id}
+        )
+
+    def position(self, track_id: str, plugin_id: str) -> int:
+        return self.track(track_id).chain.index(self.plugin(track_id, plugin_id))
+
+    def instances(self) -> Iterable[tuple[Track, PluginInstance]]:
+        for track in self.tracks.values():
+            for instance in track.chain:
+                yield track, instance
+
+    # -- structure -------------------------------------------------------
+
+    def new_instance(self, plugin_type: PluginType, name: str) -> PluginInstance:
+        """Make (but do not place) a plugin with default values and a fresh id."""
+        instance = PluginInstance(f"plugin_{self.next_number}", name, plugin_type, plugin_type.defaults())
+        self.next_number += 1
+        return instance
+
+    def insert(self, track_id: str, instance: PluginInstance, position: int | None = None) -> int:
+        chain = self.track(track_id).chain
+        index = len(chain) if position is None else max(0, min(position, len(chain)))
+        chain.insert(index, instance)
+        return index
+
+    def check_position(self, track_id: str, position: object) -> int | None:
+        if position is None:
+            return None
+        if isinstance(position, bool) or not isinstance(position, int):
+            raise InvalidMessage("position must be an integer", {"field": "position"})
+        return max(0, min(position, len(self.track(track_id).chain)))
+
+    def remove(self, track_id: str, plugin_id: str) -> PluginInstance:
+        instance = self.plugin(track_id, plugin_id)
+        self.tracks[track_id].chain.remove(instance)
+        return instance
+
+    def move(self, track_id: str, plugin_id: str, position: int) -> int:
+        chain = self.track(track_id).chain
+        instance = self.plugin(track_id, plugin_id)
+        chain.remove(instance)
+        index = max(0, min(position, len(chain)))
+        chain.insert(index, instance)
+        return index
+
+    # -- values ----------------------------------------------------------
+
+    def plan_parameters(
+        self, track_id: object, plugin_id: object, values: Mapping[str, object] | Mapping[object, object]
+    ) -> ParameterPlan:
+        """Check every value first; one bad entry raises and nothing is planned.
+
+        Raises:
+            UnknownTrack, UnknownPlugin, UnknownParameter, InvalidValue.
+        """
+        instance = self.plugin(track_id, plugin_id)
+        applied, engine = conform_values(instance.type, values)
+        return ParameterPlan(str(track_id), instance.id, applied, engine)
+
+    def commit(self, plan: ParameterPlan) -> None:
+        self.plugin(plan.track_id, plan.plugin_id).values.update(plan.values)
+
+    def set_bypass(self, track_id: str, plugin_id: str, bypass: object) -> PluginInstance:
+        if not isinstance(bypass, bool):
+            raise InvalidValue("bypass must be true or false", {"field": "bypass"})
+        instance = self.plugin(track_id, plugin_id)
+        instance.bypass = bypass
+        return instance
+
+    # -- saving ----------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The board as plain data, the form :class:`BoardStore` writes."""
+        return {
+            "format": BOARD_FORMAT,
+            "next_number": self.next_number,
+            "tracks": [
+                {
+                    "id": track.id,
+                    "chain": [
+                        {
+                            "id": p.id,
+                            "name": p.name,
+                            "plugin": p.type.key,
+                            "uri": p.type.uri,
+                            "bypass": p.bypass,
+                            "values": {pid: p.values[pid] for pid in sorted(p.values)},
+                        }
+                        for p in track.chain
+                    ],
+                }
+                for track in self.tracks.values()
+            ],
+        }
+
+    def restore(self, data: Mapping[str, Any], resolver: PluginResolver) -> list[str]:
+        """Replace the chains with saved ones; tracks not in config are dropped.
+
+        Plugins that no longer resolve and values that no longer fit are left
+        out and reported, never fatal.
+
+        Returns:
+            One sentence per thing that could not be restored, for the log.
+        """
+        problems: list[str] = []
+        if data.get("format") != BOARD_FORMAT:
+            raise ValueError(f"unknown board format {data.get('format')!r}")
+        for track in self.tracks.values():
+            track.chain.clear()
+        highest = 0
+        for saved_track in data.get("tracks", []):
+            track_id = saved_track.get("id")
+            if track_id not in self.tracks:
+                problems.append(f"track {track_id!r} is no longer configured; its plugins were not loaded")
+                continue
+            for saved in saved_track.get("chain", []):
+                plugin_type = resolver.lookup(saved.get("plugin", "")) or resolver.lookup(
+                    saved.get("uri", "")
+                )
+                plugin_id = str(saved.get("id", ""))
+                if plugin_id.startswith("plugin_") and plugin_id[7:].isdigit():
+                    highest = max(highest, int(plugin_id[7:]))
+                if plugin_type is None:
+                    problems.append(f"{plugin_id}: plugin {saved.get('plugin')!r} is not installed")
+                    continue
+                instance = PluginInstance(
+                    plugin_id, str(saved.get("name", plugin_type.name)), plugin_type, plugin_type.defaults()
+                )
+                instance.bypass = bool(saved.get("bypass", False))
+                for pid, value in dict(saved.get("values", {})).items():
+                    try:
+                        instance.values.update(conform_values(plugin_type, {pid: value})[0])
+                    except (KeyError, ValueError, InvalidMessage) as exc:
+                        problems.append(f"{plugin_id}: {exc}")
+                self.tracks[track_id].chain.append(instance)
+        self.next_number = max(int(data.get("next_number", 1)), highest + 1)
+        return problems
+
+
+def conform_values(
+    plugin_type: PluginType, values: Mapping[str, object] | Mapping[object, object]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Check values for a plugin type, all or nothing.
+
+    Returns:
+        (canonical id → applied value, LV2 symbol → value in the plugin's units)
+
+    Raises:
+        InvalidMessage, UnknownParameter, InvalidValue.
+    """
+    applied: dict[str, float] = {}
+    engine: dict[str, float] = {}
+    for parameter_id, raw in values.items():
+        _require_str("parameter_id", parameter_id)
+        asked = plugin_type.parameter(parameter_id)  # type: ignore[arg-type]
+        canonical = plugin_type.canonical(parameter_id)  # type: ignore[arg-type]
+        engine_value = asked.to_engine(asked.conform(raw))
+        applied[canonical.id] = canonical.from_engine(engine_value)
+        engine[canonical.symbol] = engine_value
+    return applied, engine
+
+
+def _require_str(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidMessage(f"{name} must be a string", {"field": name})

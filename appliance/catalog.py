@@ -1,0 +1,413 @@
+"""The plugin catalog: which plugins a client may add, and under which names.
+
+Built once at start from ``config/plugins.yaml`` (curated entries with
+friendly keys and the examples' parameter aliases) and the box's own scan of
+its system LV2 folders (:mod:`appliance.lilv`). Every control's range,
+default, unit and kind come from the plugin's real LV2 data; the YAML only
+names things.
+
+docs/protocol.md, "Adding plugins safely": a client's ``name`` and
+``plugin_path`` are never paths to load. :meth:`Catalog.resolve` matches them
+against catalog keys (case-insensitive), the stem of ``plugin_path`` and the
+URIs the scan found, with pure string operations; nothing a client sends is
+ever opened.
+
+A :class:`Catalog` is immutable once built: any thread may read it.
+:meth:`Catalog.load` blocks (file read, LV2 scan): run it in a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+from typing import Any, Literal
+
+import yaml
+
+from . import lilv
+from .controls import Alias, Control, PluginType
+from .errors import ConfigError, InvalidMessage, PluginNotAllowed
+
+logger = logging.getLogger("appliance.catalog")
+
+#: Catalog keys: lowercase, no dots (a path stem is matched against them).
+KEY_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+#: Longest ``name`` / ``plugin_path`` worth looking at.
+MAX_FIELD_LENGTH = 1024
+
+_ENTRY_KEYS = frozenset({"uri", "name", "aliases", "enable"})
+_ALIAS_KEYS = frozenset({"symbol", "scale", "offset", "unit"})
+_ENABLE_KEYS = frozenset({"symbol", "inverted"})
+_TOP_KEYS = frozenset({"plugins"})
+
+
+class Catalog:
+    """Curated entries plus every installed LV2 audio effect, by URI.
+
+    Attributes:
+        entries: catalog key -> :class:`PluginType`, in file order; only the
+            entries whose plugin is installed.
+    """
+
+    def __init__(self, entries: Mapping[str, PluginType], installed: Iterable[lilv.ScannedPlugin]) -> None:
+        self.entries: dict[str, PluginType] = dict(entries)
+        self._scanned: dict[str, lilv.ScannedPlugin] = {p.uri: p for p in installed if p.is_audio_effect}
+        self._by_uri: dict[str, PluginType] = {
+            uri: _scanned_type(plugin) for uri, plugin in self._scanned.items()
+        }
+
+    # -- building --------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: Path, scan: bool = True, *, cache: Path | None = None) -> Catalog:
+        """Read the catalog file and the installed plugins' LV2 data.
+
+        Blocking (file read; the full scan takes a few seconds): call from a
+        worker thread, e.g. ``await asyncio.to_thread(Catalog.load, path)``.
+
+        Args:
+            path: the catalog YAML (``config/plugins.yaml``).
+            scan: scan every installed plugin, so that any of them can be
+                added by URI. False reads only the catalog entries' plugins
+                (fast); then only those URIs resolve.
+            cache: optional JSON file for the full scan
+                (:func:`appliance.lilv.load_plugins`).
+
+        Returns:
+            The catalog. Entries whose plugin is not installed are logged and
+            left out; without liblilv the catalog is empty (logged).
+
+        Raises:
+            ConfigError: the file is unreadable or invalid; ``key`` names the
+                failing key (``plugins.reverb.aliases.damping.symbol``).
+        """
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read the plugin catalog: {exc.strerror or exc}") from exc
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(str(path), f"not valid YAML: {exc}") from exc
+        specs = parse(document)
+        try:
+            if scan:
+                plugins = lilv.load_plugins(cache)
+            else:
+                plugins = lilv.scan_plugins(uris={spec.uri for spec in specs})
+        except lilv.LilvUnavailable as exc:
+            logger.error("no LV2 scan (%s): the plugin catalog is empty", exc)
+            plugins = []
+        catalog = cls.build(specs, plugins)
+        logger.info(
+            "plugin catalog: %d entries, %d other installed plugins",
+            len(catalog.entries),
+            len(catalog.installed()),
+        )
+        return catalog
+
+    @classmethod
+    def build(cls, specs: Iterable[EntrySpec], plugins: Iterable[lilv.ScannedPlugin]) -> Catalog:
+        """Combine parsed entries with scanned plugins (pure, no I/O).
+
+        Raises:
+            ConfigError: an entry names a control its plugin does not have.
+        """
+        scanned = list(plugins)
+        by_uri = {p.uri: p for p in scanned}
+        entries: dict[str, PluginType] = {}
+        for spec in specs:
+            plugin = by_uri.get(spec.uri)
+            if plugin is None:
+                logger.warning("catalog entry %s: plugin %s is not installed; left out", spec.key, spec.uri)
+                continue
+            if not plugin.is_audio_effect:
+                logger.warning(
+                    "catalog entry %s: %s has no audio input and output to chain; left out",
+                    spec.key,
+                    spec.uri,
+                )
+                continue
+            entries[spec.key] = spec.plugin_type(plugin)
+        return cls(entries, scanned)
+
+    # -- queries ---------------------------------------------------------
+
+    def lookup(self, key: str) -> PluginType | None:
+        """The plugin type saved or configured under ``key``, if any.
+
+        Args:
+            key: a catalog key (any case) or the URI of an installed plugin
+                (exact); a URI gives the plugin's raw type (key = URI, its
+                own symbols, no aliases).
+        """
+        if not isinstance(key, str):
+            return None
+        return self.entries.get(key.lower()) or self._by_uri.get(key)
+
+    def resolve(self, name: object, plugin_path: object) -> PluginType:
+        """The plugin a ``PLUGIN_ADD`` asks for (protocol.md "Adding plugins safely").
+
+        Tried in order: ``name`` as a catalog key (any case) or an installed
+        URI; ``plugin_path`` as an installed URI; the stem of ``plugin_path``
+        (``/path/to/reverb.vst3`` -> ``reverb``, ``C:\\x\\Reverb.dll`` ->
+        ``reverb``) as a catalog key. The strings are only compared, never
+        opened: ``/any/dir/reverb.so`` means the catalog's reverb, whatever
+        that file may be.
+
+        Args:
+            name: the request's ``name``; None when absent.
+            plugin_path: the request's ``plugin_path``; None when absent.
+
+        Raises:
+            InvalidMessage: a field is present but not a string, or both are
+                absent.
+            PluginNotAllowed: nothing matched.
+        """
+        for field, value in (("name", name), ("plugin_path", plugin_path)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidMessage(f"{field} must be a string", {"field": field})
+        if name is None and plugin_path is None:
+            raise InvalidMessage("PLUGIN_ADD needs a name or a plugin_path", {"field": "name"})
+        candidates = [v for v in (name, plugin_path) if isinstance(v, str) and 0 < len(v) <= MAX_FIELD_LENGTH]
+        for value in candidates:
+            found = self.lookup(value)
+            if found is not None:
+                return found
+        if isinstance(plugin_path, str) and 0 < len(plugin_path) <= MAX_FIELD_LENGTH:
+            stem = _stem(plugin_path)
+            if stem and stem in self.entries:
+                return self.entries[stem]
+        asked = name if isinstance(name, str) and name else plugin_path
+        raise PluginNotAllowed(
+            f"{_short(asked)} is not a plugin this box offers; add one of "
+            f"{', '.join(self.entries) or 'nothing (the catalog is empty)'} or an installed plugin's URI",
+            {"available": list(self.entries)},
+        )
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The curated entries' metadata, for a ``CATALOG`` message."""
+        return [plugin_type.describe() for plugin_type in self.entries.values()]
+
+    def installed(self) -> list[dict[str, Any]]:
+        """Every other installed audio effect, short form (``uri``, ``name``), by URI."""
+        curated = {t.uri for t in self.entries.values()}
+        return [
+            {"uri": uri, "name": plugin.name}
+            for uri, plugin in sorted(self._scanned.items())
+            if uri not in curated
+        ]
+
+
+# --------------------------------------------------------------------------
+# The YAML file
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """One validated catalog entry, before it meets its plugin's LV2 data.
+
+    Attributes:
+        enable: ``(symbol, inverted)``; None: the port designated
+            ``lv2:enabled``, if any; False: no enable port.
+    """
+
+    key: str
+    uri: str
+    name: str | None
+    aliases: tuple[Alias, ...]
+    enable: tuple[str, bool] | Literal[False] | None
+
+    def plugin_type(self, plugin: lilv.ScannedPlugin) -> PluginType:
+        """This entry's :class:`PluginType`, with ``plugin``'s real controls.
+
+        Raises:
+            ConfigError: an alias or the enable port names a control the
+                plugin does not have, or an alias shadows another control.
+        """
+        where = f"plugins.{self.key}"
+        symbols = {c.symbol for c in plugin.controls}
+        enable_symbol: str | None
+        if self.enable is None:
+            enable_symbol, inverted = plugin.enable_symbol, False
+        elif self.enable is False:
+            enable_symbol, inverted = None, False
+        else:
+            enable_symbol, inverted = self.enable
+            if enable_symbol not in symbols:
+                raise ConfigError(
+                    f"{where}.enable.symbol",
+                    f"{plugin.uri} has no control {enable_symbol!r} (it has: {', '.join(sorted(symbols))})",
+                )
+        for alias in self.aliases:
+            key = f"{where}.aliases.{alias.name}"
+            if alias.symbol not in symbols:
+                raise ConfigError(
+                    f"{key}.symbol",
+                    f"{plugin.uri} has no control {alias.symbol!r} (it has: {', '.join(sorted(symbols))})",
+                )
+            if alias.symbol == enable_symbol:
+                raise ConfigError(f"{key}.symbol", f"{alias.symbol!r} is the enable port, driven by bypass")
+            if alias.name in symbols and alias.name != alias.symbol:
+                raise ConfigError(key, f"{alias.name!r} is already another control's symbol")
+        return PluginType(
+            key=self.key,
+            uri=plugin.uri,
+            name=self.name or plugin.name,
+            controls=tuple(_control(c) for c in plugin.controls),
+            audio_inputs=plugin.audio_inputs,
+            audio_outputs=plugin.audio_outputs,
+            aliases=self.aliases,
+            enable_symbol=enable_symbol,
+            enable_inverted=inverted,
+            latency=plugin.latency,
+        )
+
+
+def parse(document: object) -> list[EntrySpec]:
+    """Validate a loaded catalog document (pure).
+
+    Raises:
+        ConfigError: naming the first failing key.
+    """
+    if document is None:
+        document = {}
+    top = _mapping(document, "(top level)")
+    for key in top:
+        if key not in _TOP_KEYS:
+            raise ConfigError(str(key), f"unknown key (expected: {', '.join(sorted(_TOP_KEYS))})")
+    plugins = _mapping(top.get("plugins") or {}, "plugins")
+    specs: list[EntrySpec] = []
+    seen: set[str] = set()
+    for key, body in plugins.items():
+        where = f"plugins.{key}"
+        if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+            raise ConfigError(where, "a key is lowercase letters, digits, '_' or '-', starting with a letter")
+        if key in seen:
+            raise ConfigError(where, "duplicate key")
+        seen.add(key)
+        specs.append(_entry(key, body, where))
+    return specs
+
+
+def _entry(key: str, body: object, where: str) -> EntrySpec:
+    entry = _mapping(body, where)
+    _known(entry, _ENTRY_KEYS, where)
+    uri = entry.get("uri")
+    if not isinstance(uri, str) or ":" not in uri or any(c.isspace() for c in uri):
+        raise ConfigError(f"{where}.uri", "required: the LV2 plugin URI")
+    name = entry.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ConfigError(f"{where}.name", "must be a non-empty string")
+    aliases = tuple(
+        _alias(alias_name, spec, f"{where}.aliases.{alias_name}")
+        for alias_name, spec in _mapping(entry.get("aliases") or {}, f"{where}.aliases").items()
+    )
+    return EntrySpec(key, uri, name, aliases, _enable(entry, where))
+
+
+def _alias(name: object, body: object, where: str) -> Alias:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ConfigError(where, "an alias is a letter or '_' followed by letters, digits or '_'")
+    if isinstance(body, str):
+        body = {"symbol": body}
+    spec = _mapping(body, where)
+    _known(spec, _ALIAS_KEYS, where)
+    symbol = spec.get("symbol")
+    if not isinstance(symbol, str) or not symbol:
+        raise ConfigError(f"{where}.symbol", "required: the LV2 port symbol")
+    scale = _number(spec.get("scale", 1.0), f"{where}.scale")
+    if scale == 0:
+        raise ConfigError(f"{where}.scale", "must not be 0")
+    offset = _number(spec.get("offset", 0.0), f"{where}.offset")
+    unit = spec.get("unit")
+    if unit is not None and not isinstance(unit, str):
+        raise ConfigError(f"{where}.unit", "must be a string")
+    return Alias(name, symbol, scale, offset, unit)
+
+
+def _enable(entry: Mapping[Any, Any], where: str) -> tuple[str, bool] | Literal[False] | None:
+    value = entry.get("enable")
+    if value is None or value is True:
+        return None
+    if value is False:
+        return False
+    spec = _mapping(value, f"{where}.enable")
+    _known(spec, _ENABLE_KEYS, f"{where}.enable")
+    symbol = spec.get("symbol")
+    if not isinstance(symbol, str) or not symbol:
+        raise ConfigError(f"{where}.enable.symbol", "required: the LV2 port symbol")
+    inverted = spec.get("inverted", False)
+    if not isinstance(inverted, bool):
+        raise ConfigError(f"{where}.enable.inverted", "must be true or false")
+    return symbol, inverted
+
+
+def _mapping(value: object, where: str) -> Mapping[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(where, "must be a mapping")
+    return value
+
+
+def _known(spec: Mapping[Any, Any], allowed: frozenset[str], where: str) -> None:
+    for key in spec:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}", f"unknown key (expected: {', '.join(sorted(allowed))})")
+
+
+def _number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(where, "must be a finite number")
+    return float(value)
+
+
+# --------------------------------------------------------------------------
+# Helpers
+
+
+def _control(port: lilv.ScannedControl) -> Control:
+    """A :class:`Control` from a scanned port; labels kept for enums and integers."""
+    return Control(
+        symbol=port.symbol,
+        name=port.name,
+        minimum=port.minimum,
+        maximum=port.maximum,
+        default=port.default,
+        unit=port.unit,
+        kind=port.kind,
+        labels=port.labels if port.kind in ("enum", "integer") else (),
+        logarithmic=port.logarithmic,
+    )
+
+
+def _scanned_type(plugin: lilv.ScannedPlugin) -> PluginType:
+    """The raw type of an installed plugin: key = URI, its own symbols."""
+    return PluginType(
+        key=plugin.uri,
+        uri=plugin.uri,
+        name=plugin.name,
+        controls=tuple(_control(c) for c in plugin.controls),
+        audio_inputs=plugin.audio_inputs,
+        audio_outputs=plugin.audio_outputs,
+        enable_symbol=plugin.enable_symbol,
+        latency=plugin.latency,
+    )
+
+
+def _stem(plugin_path: str) -> str:
+    """The lowercase stem of a client's path, by string rules only.
+
+    ``PureWindowsPath`` splits on both ``/`` and ``\\``; nothing touches the
+    filesystem. Everything after the first dot goes (``reverb.lv2.so`` ->
+    ``reverb``), so ``..`` and dotfiles give an empty stem.
+    """
+    return PureWindowsPath(plugin_path).name.split(".", 1)[0].lower()
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "...'"

@@ -1,0 +1,362 @@
+"""The box's one control interface: requests in, events out.
+
+Every frontend (WebSocket clients, GPIO encoders, the demo loader) goes
+through :class:`Controller`. A change is checked against the board, applied to
+the engine, committed to the board, then published as events; a request that
+fails at any step changes nothing and yields an error instead.
+
+Runs on the asyncio loop's thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .board import Board, ParameterPlan, PluginInstance, conform_values
+from .controls import PluginType
+from .engine import Engine, EngineEvent
+from .errors import InvalidMessage, PluginNotAllowed
+from .protocol import Request, batch_values
+
+log = logging.getLogger("appliance.control")
+
+Event = tuple[str, dict[str, Any]]
+
+
+class Catalog(Protocol):
+    def resolve(self, name: object, plugin_path: object) -> PluginType: ...
+
+    def lookup(self, key: str) -> PluginType | None: ...
+
+    def describe(self) -> list[dict[str, Any]]: ...
+
+    def installed(self) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class Outcome:
+    """What a request produced: messages for the requester and for everyone."""
+
+    reply: list[Event] = field(default_factory=list)
+    broadcast: list[Event] = field(default_factory=list)
+
+
+Publisher = Callable[[list[Event], "str | None", "dict[str, str] | None"], None]
+
+
+class Controller:
+    """Applies requests to engine and board, in that order, and reports events.
+
+    Args:
+        board: the state, owned by this controller from now on.
+        catalog: what may be added.
+        engine: the plugin host.
+        on_change: called after every committed change (schedules a save).
+        health: returns the health report (for HEALTH_GET and BOARD_STATE).
+    """
+
+    def __init__(
+        self,
+        board: Board,
+        catalog: Catalog,
+        engine: Engine,
+        on_change: Callable[[], None] = lambda: None,
+        health: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self.board = board
+        self.catalog = catalog
+        self.engine = engine
+        self.on_change = on_change
+        self.health = health
+        self.publishers: list[Publisher] = []
+        self._structure = asyncio.Lock()
+        self._handlers: dict[str, Callable[[Request], Any]] = {
+            "PLUGIN_ADD": self._add,
+            "PLUGIN_REMOVE": self._remove,
+            "PLUGIN_MOVE": self._move,
+            "PLUGIN_PARAMETER": self._parameter,
+            "PLUGIN_PARAMETER_BATCH": self._batch,
+            "PLUGIN_PRESET": self._preset,
+            "PLUGIN_BYPASS": self._bypass,
+            "PLUGIN_PARAMETERS_GET": self._parameters_get,
+            "BOARD_GET": self._board_get,
+            "CATALOG_GET": self._catalog_get,
+            "HEALTH_GET": self._health_get,
+            "PING": self._ping,
+        }
+
+    async def execute(self, request: Request) -> Outcome:
+        """Carry out one request.
+
+        Raises:
+            ApplianceError: the request was refused; nothing changed.
+        """
+        handler = self._handlers.get(request.type)
+        if handler is None:
+            raise InvalidMessage(f"{request.type} is not handled here")
+        outcome: Outcome = await handler(request)
+        if outcome.broadcast:
+            self.publish(outcome.broadcast, request.id, request.origin())
+        return outcome
+
+    def publish(
+        self, events: list[Event], reply_to: str | None = None, origin: dict[str, str] | None = None
+    ) -> None:
+        for publisher in self.publishers:
+            publisher(events, reply_to, origin)
+
+    # -- structure -------------------------------------------------------
+
+    async def _add(self, request: Request) -> Outcome:
+        data = request.data
+        plugin_type = self.catalog.resolve(data.get("name"), data.get("plugin_path"))
+        name = (
+            data.get("name") if isinstance(data.get("name"), str) and data.get("name") else plugin_type.name
+        )
+        return await self.add(data["track_id"], plugin_type, str(name), data.get("position"))
+
+    async def add(
+        self,
+        track_id: str,
+        plugin_type: PluginType,
+        name: str,
+        position: object = None,
+        values: Mapping[str, object] | None = None,
+        bypass: bool = False,
+    ) -> Outcome:
+        """Add a plugin (also used by the demo loader)."""
+        async with self._structure:
+            self.board.track(track_id)
+            index = self.board.check_position(track_id, position)
+            instance = self.board.new_instance(plugin_type, name)
+            if values:
+                instance.values.update(conform_values(plugin_type, values)[0])
+            instance.bypass = bypass
+            chain = self.board.track(track_id).chain
+            index = len(chain) if index is None else index
+            await self.engine.add_plugin(
+                track_id, instance.id, plugin_type, index, instance.engine_values(), bypass
+            )
+            self.board.insert(track_id, instance, index)
+        self.on_change()
+        log.debug("added %s (%s) to %s at %d", instance.id, plugin_type.key, track_id, index)
+        events = [("PLUGIN_ADD", self._added(track_id, instance, index))]
+        if bypass:
+            events.append(("PLUGIN_BYPASS", self._ids(track_id, instance) | {"bypass": True}))
+        return Outcome(broadcast=events)
+
+    async def _remove(self, request: Request) -> Outcome:
+        track_id, plugin_id = request.data["track_id"], request.data["plugin_id"]
+        async with self._structure:
+            self.board.plugin(track_id, plugin_id)
+            await self.engine.remove_plugin(plugin_id)
+            self.board.remove(track_id, plugin_id)
+        self.on_change()
+        return Outcome(broadcast=[("PLUGIN_REMOVE", {"track_id": track_id, "plugin_id": plugin_id})])
+
+    async def _move(self, request: Request) -> Outcome:
+        track_id, plugin_id = request.data["track_id"], request.data["plugin_id"]
+        async with self._structure:
+            self.board.plugin(track_id, plugin_id)
+            last = len(self.board.track(track_id).chain) - 1
+            position = max(0, min(int(request.data["position"]), last))
+            await self.engine.move_plugin(plugin_id, position)
+            self.board.move(track_id, plugin_id, position)
+        self.on_change()
+        return Outcome(
+            broadcast=[("PLUGIN_MOVE", {"track_id": track_id, "plugin_id": plugin_id, "position": position})]
+        )
+
+    async def _bypass(self, request: Request) -> Outcome:
+        track_id, plugin_id = request.data["track_id"], request.data["plugin_id"]
+        bypass = request.data.get("bypass")
+        async with self._structure:
+            instance = self.board.plugin(track_id, plugin_id)
+            if not isinstance(bypass, bool):
+                self.board.set_bypass(track_id, plugin_id, bypass)  # raises InvalidValue
+            await self.engine.set_bypass(plugin_id, bool(bypass))
+            self.board.set_bypass(track_id, plugin_id, bypass)
+        self.on_change()
+        return Outcome(broadcast=[("PLUGIN_BYPASS", self._ids(track_id, instance) | {"bypass": bypass})])
+
+    # -- values ----------------------------------------------------------
+
+    async def _apply(self, plan: ParameterPlan) -> None:
+        await self.engine.set_parameters(plan.plugin_id, plan.engine)
+        self.board.commit(plan)
+        self.on_change()
+
+    async def _parameter(self, request: Request) -> Outcome:
+        data = request.data
+        plan = self.board.plan_parameters(
+            data["track_id"], data["plugin_id"], {data["parameter_id"]: data.get("parameter_value")}
+        )
+        await self._apply(plan)
+        return Outcome(broadcast=self._parameter_events(plan))
+
+    async def _batch(self, request: Request) -> Outcome:
+        data = request.data
+        plan = self.board.plan_parameters(
+            data["track_id"], data["plugin_id"], batch_values(data["parameters"])
+        )
+        await self._apply(plan)
+        return Outcome(broadcast=self._parameter_events(plan))
+
+    async def _preset(self, request: Request) -> Outcome:
+        data = request.data
+        plan = self.board.plan_parameters(data["track_id"], data["plugin_id"], data["preset_data"])
+        await self._apply(plan)
+        instance = self.board.plugin(plan.track_id, plan.plugin_id)
+        events: list[Event] = [
+            ("PLUGIN_PRESET", self._ids(plan.track_id, instance) | {"preset_data": dict(instance.values)})
+        ]
+        # Clients that only follow PLUGIN_PARAMETER (the React example) converge too.
+        return Outcome(broadcast=events + self._parameter_events(plan))
+
+    def set_parameter(self, track_id: str, plugin_id: str, parameter_id: str, value: float) -> ParameterPlan:
+        """Plan a change from a local frontend (GPIO); apply it with :meth:`apply_local`."""
+        return self.board.plan_parameters(track_id, plugin_id, {parameter_id: value})
+
+    async def apply_local(self, plan: ParameterPlan, origin: str) -> None:
+        await self._apply(plan)
+        self.publish(self._parameter_events(plan), None, {"source": origin})
+
+    @staticmethod
+    def _parameter_events(plan: ParameterPlan) -> list[Event]:
+        return [
+            (
+                "PLUGIN_PARAMETER",
+                {
+                    "track_id": plan.track_id,
+                    "plugin_id": plan.plugin_id,
+                    "parameter_id": parameter_id,
+                    "parameter_value": value,
+                },
+            )
+            for parameter_id, value in plan.values.items()
+        ]
+
+    # -- reads -----------------------------------------------------------
+
+    async def _parameters_get(self, request: Request) -> Outcome:
+        track_id, plugin_id = request.data["track_id"], request.data["plugin_id"]
+        instance = self.board.plugin(track_id, plugin_id)
+        return Outcome(
+            reply=[
+                (
+                    "PLUGIN_PARAMETERS_GET",
+                    self._ids(track_id, instance) | {"parameters": dict(instance.values)},
+                )
+            ]
+        )
+
+    async def _board_get(self, request: Request) -> Outcome:
+        return Outcome(reply=[("BOARD_STATE", self.board_state())])
+
+    async def _catalog_get(self, request: Request) -> Outcome:
+        return Outcome(
+            reply=[("CATALOG", {"plugins": self.catalog.describe(), "installed": self.catalog.installed()})]
+        )
+
+    async def _health_get(self, request: Request) -> Outcome:
+        return Outcome(reply=[("HEALTH", self.health())])
+
+    async def _ping(self, request: Request) -> Outcome:
+        return Outcome(reply=[("PONG", {})])
+
+    def board_state(self) -> dict[str, Any]:
+        """The whole board in one message (BOARD_STATE, docs/protocol.md)."""
+        tracks = []
+        for track in self.board.tracks.values():
+            ports = self.engine.tracks.get(track.id)
+            tracks.append(
+                {
+                    "track_id": track.id,
+                    "inputs": list(ports.inputs) if ports else [],
+                    "outputs": list(ports.outputs) if ports else [],
+                    "plugins": [
+                        self._added(track.id, p, i) | {"bypass": p.bypass} for i, p in enumerate(track.chain)
+                    ],
+                }
+            )
+        return {"tracks": tracks, "engine": self.engine.info().as_dict()}
+
+    def replay(self) -> list[Event]:
+        """The board as ordinary events, for a client that just connected.
+
+        protocol.md "Late joiners see the board": per track in chain order,
+        PLUGIN_ADD with current values, then PLUGIN_BYPASS for bypassed ones.
+        """
+        events: list[Event] = []
+        for track in self.board.tracks.values():
+            for index, instance in enumerate(track.chain):
+                events.append(("PLUGIN_ADD", self._added(track.id, instance, index)))
+                if instance.bypass:
+                    events.append(("PLUGIN_BYPASS", self._ids(track.id, instance) | {"bypass": True}))
+        return events
+
+    @staticmethod
+    def _ids(track_id: str, instance: PluginInstance) -> dict[str, Any]:
+        return {"track_id": track_id, "plugin_id": instance.id}
+
+    def _added(self, track_id: str, instance: PluginInstance, index: int) -> dict[str, Any]:
+        return {
+            "track_id": track_id,
+            "plugin_id": instance.id,
+            "name": instance.name,
+            "parameters": dict(instance.values),
+            "plugin": instance.type.key,
+            "uri": instance.type.uri,
+            "position": index,
+        }
+
+    # -- engine events ---------------------------------------------------
+
+    def engine_event(self, event: EngineEvent) -> None:
+        """React to something the engine reports. Loop thread."""
+        if event.kind == "parameter" and event.plugin_id:
+            for track, instance in self.board.instances():
+                if instance.id != event.plugin_id:
+                    continue
+                changed: dict[str, float] = {}
+                for parameter in instance.type.parameters:
+                    if parameter.symbol in event.values:
+                        value = parameter.from_engine(event.values[parameter.symbol])
+                        if instance.values.get(parameter.id) != value:
+                            changed[parameter.id] = value
+                if changed:
+                    plan = ParameterPlan(track.id, instance.id, changed, {})
+                    self.board.commit(plan)
+                    self.on_change()
+                    self.publish(self._parameter_events(plan), None, {"source": "engine"})
+        elif event.kind in ("plugin-died", "engine-died"):
+            log.error("engine: %s %s", event.kind, event.message)
+            self.publish(
+                [
+                    (
+                        "ENGINE_EVENT",
+                        {"kind": event.kind, "plugin_id": event.plugin_id, "message": event.message},
+                    )
+                ]
+            )
+        elif event.kind == "plugin-restored":
+            log.warning("engine: plugin %s restored", event.plugin_id)
+            self.publish(
+                [
+                    (
+                        "ENGINE_EVENT",
+                        {"kind": event.kind, "plugin_id": event.plugin_id, "message": event.message},
+                    )
+                ]
+            )
+
+
+def resolve_or_none(catalog: Catalog, key: str) -> PluginType | None:
+    try:
+        return catalog.lookup(key) or catalog.resolve(key, key)
+    except PluginNotAllowed:
+        return None

@@ -1,0 +1,226 @@
+"""What a plugin looks like from outside: its controls, their ranges and kinds.
+
+Pure data, no I/O. :mod:`appliance.catalog` builds these from the plugins' own
+LV2 data; the board and the engines read them.
+
+A control has one *engine* id (its LV2 port symbol) and one *canonical* id,
+the one the box answers with: the catalog alias when one maps onto the control
+(``wet_dry``), else the symbol. Aliases may carry a linear unit conversion:
+``engine_value = value * scale + offset`` (a negative scale turns the
+control around: ``damping`` 0..1 onto a damping cutoff 16 kHz..1 kHz).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import InvalidValue, UnknownParameter
+
+Kind = Literal["float", "integer", "toggle", "enum"]
+
+
+@dataclass(frozen=True)
+class Control:
+    """One input control port of a plugin, in the plugin's own units."""
+
+    symbol: str
+    name: str
+    minimum: float
+    maximum: float
+    default: float
+    unit: str = ""
+    kind: Kind = "float"
+    labels: tuple[tuple[float, str], ...] = ()
+    logarithmic: bool = False
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A client-facing name for a control, with a linear unit conversion."""
+
+    name: str
+    symbol: str
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str | None = None
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A control as clients see it: canonical id, units and range after aliasing."""
+
+    id: str
+    control: Control
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+
+    @property
+    def symbol(self) -> str:
+        return self.control.symbol
+
+    @property
+    def minimum(self) -> float:
+        ends = self.from_engine(self.control.minimum), self.from_engine(self.control.maximum)
+        return min(ends)
+
+    @property
+    def maximum(self) -> float:
+        ends = self.from_engine(self.control.minimum), self.from_engine(self.control.maximum)
+        return max(ends)
+
+    @property
+    def default(self) -> float:
+        return self.from_engine(self.control.default)
+
+    def to_engine(self, value: float) -> float:
+        return value * self.scale + self.offset
+
+    def from_engine(self, value: float) -> float:
+        return _tidy((value - self.offset) / self.scale)
+
+    def conform(self, value: object) -> float:
+        """Check a client's value and return it clamped and snapped.
+
+        Raises:
+            InvalidValue: not a finite number (booleans and strings included).
+        """
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidValue(f"{self.id}: value must be a number", {"parameter_id": self.id})
+        number = float(value)
+        if not math.isfinite(number):
+            raise InvalidValue(f"{self.id}: value must be finite", {"parameter_id": self.id})
+        control = self.control
+        engine = min(max(self.to_engine(number), control.minimum), control.maximum)
+        if control.kind == "toggle":
+            engine = control.maximum if engine >= (control.minimum + control.maximum) / 2 else control.minimum
+        elif control.kind == "integer":
+            engine = float(round(engine))
+        elif control.kind == "enum" and control.labels:
+            engine = min((point for point, _ in control.labels), key=lambda p: abs(p - engine))
+        engine = min(max(engine, control.minimum), control.maximum)
+        return self.from_engine(engine)
+
+    def describe(self) -> dict[str, object]:
+        """Metadata for the catalog extension (docs/protocol.md#catalog_get)."""
+        described: dict[str, object] = {
+            "id": self.id,
+            "symbol": self.symbol,
+            "name": self.control.name,
+            "unit": self.unit,
+            "min": self.minimum,
+            "max": self.maximum,
+            "default": self.default,
+            "kind": self.control.kind,
+        }
+        if self.control.logarithmic:
+            described["logarithmic"] = True
+        if self.control.labels:
+            described["labels"] = [
+                {"value": self.from_engine(v), "label": label} for v, label in self.control.labels
+            ]
+        return described
+
+
+def _tidy(value: float) -> float:
+    """Round off float noise from the unit conversion (0.30000000000000004)."""
+    return float(f"{value:.9g}")
+
+
+@dataclass(frozen=True)
+class PluginType:
+    """An addable plugin: where it comes from and what its controls are.
+
+    Attributes:
+        key: catalog key (``reverb``) or, for scanned plugins, the URI.
+        uri: the LV2 plugin URI.
+        audio_inputs / audio_outputs: audio port symbols, in port order.
+        enable_symbol: the plugin's own enable/bypass control, if it has one
+            (``lv2:enabled`` designation, or a Guitarix-style ``BYPASS``).
+        enable_inverted: True when that control means "bypass" (1 = bypassed).
+    """
+
+    key: str
+    uri: str
+    name: str
+    controls: tuple[Control, ...]
+    audio_inputs: tuple[str, ...] = ()
+    audio_outputs: tuple[str, ...] = ()
+    aliases: tuple[Alias, ...] = ()
+    enable_symbol: str | None = None
+    enable_inverted: bool = False
+    latency: bool = False
+    parameters: tuple[Parameter, ...] = field(init=False, repr=False, compare=False)
+    _lookup: dict[str, Parameter] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_symbol = {c.symbol: c for c in self.controls}
+        first_alias: dict[str, Alias] = {}
+        for alias in self.aliases:
+            if alias.symbol not in by_symbol:
+                raise ValueError(f"alias {alias.name} names unknown control {alias.symbol}")
+            if alias.scale == 0:
+                raise ValueError(f"alias {alias.name}: scale must not be 0")
+            first_alias.setdefault(alias.symbol, alias)
+        parameters = []
+        for control in self.controls:
+            if control.symbol == self.enable_symbol:
+                continue  # driven by bypass, not shown as a parameter
+            primary = first_alias.get(control.symbol)
+            if primary is None:
+                parameters.append(Parameter(control.symbol, control, unit=control.unit))
+            else:
+                unit = primary.unit if primary.unit is not None else control.unit
+                parameters.append(Parameter(primary.name, control, primary.scale, primary.offset, unit))
+        lookup = {p.id: p for p in parameters}
+        for p in parameters:
+            # The bare symbol always means the plugin's own units.
+            lookup.setdefault(p.symbol, Parameter(p.symbol, p.control, unit=p.control.unit))
+        for alias in self.aliases:
+            if alias.name not in lookup and alias.symbol != self.enable_symbol:
+                control = by_symbol[alias.symbol]
+                unit = alias.unit if alias.unit is not None else control.unit
+                lookup[alias.name] = Parameter(alias.name, control, alias.scale, alias.offset, unit)
+        object.__setattr__(self, "parameters", tuple(parameters))
+        object.__setattr__(self, "_lookup", lookup)
+
+    def parameter(self, parameter_id: str) -> Parameter:
+        """The parameter a client means by ``parameter_id`` (symbol or alias).
+
+        Note that a secondary alias returns a :class:`Parameter` whose ``id`` is
+        that alias; callers that store values use :meth:`canonical`.
+
+        Raises:
+            UnknownParameter: no control of this plugin has that id.
+        """
+        try:
+            return self._lookup[parameter_id]
+        except KeyError:
+            raise UnknownParameter(
+                f"plugin {self.key} has no parameter {parameter_id!r}",
+                {"parameter_id": parameter_id},
+            ) from None
+
+    def canonical(self, parameter_id: str) -> Parameter:
+        """The canonical parameter for a control named by any of its ids."""
+        symbol = self.parameter(parameter_id).symbol
+        for p in self.parameters:
+            if p.symbol == symbol:
+                return p
+        raise UnknownParameter(f"{parameter_id!r} is not adjustable", {"parameter_id": parameter_id})
+
+    def defaults(self) -> dict[str, float]:
+        return {p.id: p.default for p in self.parameters}
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "uri": self.uri,
+            "name": self.name,
+            "audio_inputs": len(self.audio_inputs),
+            "audio_outputs": len(self.audio_outputs),
+            "bypass": "enable-port" if self.enable_symbol else "pass-through",
+            "parameters": [p.describe() for p in self.parameters],
+        }

@@ -1,0 +1,152 @@
+"""The engine port: the one interface the board drives, whatever hosts the plugins.
+
+Adapters: :class:`appliance.engine.jalv.JalvEngine` (each plugin a ``jalv``
+process on JACK, Debian packages only) and
+:class:`appliance.engine.carla.CarlaEngine` (Carla in-process). Only
+:mod:`appliance.app` chooses one. Every method is called from the asyncio
+loop's thread; adapters do their blocking work elsewhere.
+
+Values cross this boundary in the plugins' own units, keyed by LV2 symbol.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..controls import PluginType
+
+#: How long a structural change (plugin start, rewiring) may take.
+PLUGIN_START_TIMEOUT = 10.0
+#: How long engine start (server, connections) may take.
+ENGINE_START_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class TrackPorts:
+    """A track's fixed endpoints: full JACK port names (``system:capture_1``)."""
+
+    id: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the engine reports for health and meters."""
+
+    name: str
+    running: bool
+    sample_rate: int = 0
+    buffer_size: int = 0
+    dsp_load: float = 0.0
+    xruns: int = 0
+    details: Mapping[str, object] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "engine": self.name,
+            "running": self.running,
+            "sample_rate": self.sample_rate,
+            "buffer_size": self.buffer_size,
+            "dsp_load": round(self.dsp_load, 2),
+            "xruns": self.xruns,
+            **dict(self.details),
+        }
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """Something that happened inside the engine, for the loop to act on.
+
+    kinds: ``plugin-died`` (message says why), ``plugin-restored``,
+    ``parameter`` (symbol/value changed inside the engine), ``engine-died``.
+    """
+
+    kind: str
+    plugin_id: str | None = None
+    message: str = ""
+    values: Mapping[str, float] = field(default_factory=dict)
+
+
+EventSink = Callable[[EngineEvent], None]
+
+
+class Engine(abc.ABC):
+    """Hosts the plugins of every track as serial chains.
+
+    Plugins are named by the box's stable plugin ids; the adapter maps them to
+    whatever it uses inside. All methods run on the loop's thread.
+    """
+
+    name: str = "engine"
+
+    def __init__(self, tracks: Sequence[TrackPorts], on_event: EventSink | None = None) -> None:
+        self.tracks = {t.id: t for t in tracks}
+        self.on_event: EventSink = on_event or (lambda event: None)
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Start or connect to the audio backend and wire every track dry.
+
+        Raises:
+            EngineError: the backend cannot be reached or started.
+        """
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop every plugin and release the backend. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def add_plugin(
+        self,
+        track_id: str,
+        plugin_id: str,
+        plugin_type: PluginType,
+        position: int,
+        values: Mapping[str, float],
+        bypass: bool = False,
+    ) -> None:
+        """Instantiate a plugin at ``position`` in the track's chain, with values.
+
+        Raises:
+            PluginLoadFailed: the plugin could not be instantiated; the chain
+                is left as it was.
+        """
+
+    @abc.abstractmethod
+    async def remove_plugin(self, plugin_id: str) -> None:
+        """Take the plugin out of its chain and rewire the chain around it."""
+
+    @abc.abstractmethod
+    async def move_plugin(self, plugin_id: str, position: int) -> None:
+        """Move a plugin to ``position`` in its own track's chain."""
+
+    @abc.abstractmethod
+    async def set_parameters(self, plugin_id: str, values: Mapping[str, float]) -> None:
+        """Set control values (symbol → value, already clamped by the board)."""
+
+    @abc.abstractmethod
+    async def set_bypass(self, plugin_id: str, bypass: bool) -> None:
+        """True bypass: the track hears the dry signal at that point, never silence."""
+
+    @abc.abstractmethod
+    def info(self) -> EngineInfo:
+        """Rate, buffer, DSP load, xruns and whether the engine runs. Never blocks."""
+
+    def chain(self, track_id: str) -> list[str]:
+        """Plugin ids of a track in order, as the engine holds them (for tests)."""
+        raise NotImplementedError
+
+
+def wire_pairs(sources: Sequence[str], destinations: Sequence[str]) -> list[tuple[str, str]]:
+    """Connections between two stages of a chain with possibly different widths.
+
+    Equal widths connect pairwise; a mono source feeds every destination;
+    a wider source feeds a narrower destination channel by channel and its
+    extra channels are dropped (no summing, so levels stay as they are).
+    """
+    if not sources:
+        return []
+    return [(sources[min(i, len(sources) - 1)], dst) for i, dst in enumerate(destinations)]

@@ -1,0 +1,116 @@
+"""The box's error tree and the one table that maps failures to protocol codes.
+
+Every error the box raises on purpose descends from :class:`ApplianceError`.
+Adapters translate library errors at their edge (``raise ... from exc``); the
+protocol layer turns any of them into an ``ERROR`` message through
+:data:`ERROR_CODES` without leaking internals to the phone.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Root of every error the box raises on purpose."""
+
+    code = "INTERNAL"
+    retryable = False
+
+
+class ConfigError(ApplianceError, ValueError):
+    """The configuration file is missing, unreadable or invalid.
+
+    Args:
+        key: dotted path of the failing key (``tracks[0].inputs``).
+        problem: what is wrong with it.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class ProtocolError(ApplianceError):
+    """A client message is malformed or asks for something that is not there."""
+
+    code = "INVALID_MESSAGE"
+
+    def __init__(self, message: str, details: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
+
+
+class InvalidMessage(ProtocolError):
+    code = "INVALID_MESSAGE"
+
+
+class UnknownType(ProtocolError):
+    code = "UNKNOWN_TYPE"
+
+
+class UnknownTrack(ProtocolError, KeyError):
+    code = "UNKNOWN_TRACK"
+
+
+class UnknownPlugin(ProtocolError, KeyError):
+    code = "UNKNOWN_PLUGIN"
+
+
+class UnknownParameter(ProtocolError, KeyError):
+    code = "UNKNOWN_PARAMETER"
+
+
+class InvalidValue(ProtocolError, ValueError):
+    code = "INVALID_VALUE"
+
+
+class PluginNotAllowed(ProtocolError):
+    code = "PLUGIN_NOT_ALLOWED"
+
+
+class RateLimited(ProtocolError):
+    code = "RATE_LIMITED"
+    retryable = True
+
+
+class Unauthorized(ProtocolError):
+    code = "UNAUTHORIZED"
+
+
+class EngineError(ApplianceError):
+    """The plugin host failed or is not running."""
+
+    code = "ENGINE_UNAVAILABLE"
+    retryable = True
+
+
+class PluginLoadFailed(EngineError):
+    code = "PLUGIN_LOAD_FAILED"
+    retryable = False
+
+
+class HardwareError(ApplianceError):
+    """GPIO, mixer or sound card trouble."""
+
+
+class StoreError(ApplianceError, OSError):
+    """The board file could not be read or written."""
+
+
+#: Every code a client may see in ``ERROR.data.code`` (docs/protocol.md#errors).
+ERROR_CODES: frozenset[str] = frozenset(
+    {
+        "INVALID_MESSAGE",
+        "UNKNOWN_TYPE",
+        "UNKNOWN_TRACK",
+        "UNKNOWN_PLUGIN",
+        "UNKNOWN_PARAMETER",
+        "INVALID_VALUE",
+        "PLUGIN_NOT_ALLOWED",
+        "PLUGIN_LOAD_FAILED",
+        "ENGINE_UNAVAILABLE",
+        "RATE_LIMITED",
+        "UNAUTHORIZED",
+        "INTERNAL",
+    }
+)

@@ -1,0 +1,641 @@
+"""A small ctypes binding to liblilv: scan the installed LV2 plugins.
+
+Only what the catalog needs: per plugin its URI, name, audio ports, control
+input ports (range, default, unit, kind, scale points) and a few flags. The
+whole scan is one blocking call, :func:`scan_plugins`; the loop runs it through
+``asyncio.to_thread``. Each scan makes and frees its own ``LilvWorld``, so it is
+safe from any one thread at a time per call (lilv itself is not thread-safe,
+but nothing here is shared between calls).
+
+A full scan of ~500 plugins takes a few seconds; :func:`load_plugins` keeps the
+result in a JSON cache file, invalidated when the modification times of the LV2
+folders, their bundles or the bundles' Turtle files change.
+
+Memory ownership follows ``lilv.h`` (0.24): nodes returned by
+``lilv_plugin_get_name``, ``lilv_port_get_name``, ``lilv_port_get``,
+``lilv_world_get`` and ``lilv_port_get_range`` are ours to ``lilv_node_free``;
+``lilv_port_get_scale_points`` is ours to ``lilv_scale_points_free``; the URI,
+symbol and scale-point nodes are owned by lilv and never freed here.
+
+Specs followed: LV2 core (lv2:toggled, lv2:integer, lv2:enumeration,
+lv2:designation lv2:enabled / lv2:latency, lv2:reportsLatency), LV2 units
+(units:unit, units:symbol), LV2 port properties (pprops:logarithmic).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import json
+import logging
+import math
+import os
+import sysconfig
+import tempfile
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+logger = logging.getLogger("appliance.lilv")
+
+Kind = Literal["float", "integer", "toggle", "enum"]
+
+#: Bumped whenever the cached JSON layout changes.
+CACHE_FORMAT = 2
+
+_LV2 = "http://lv2plug.in/ns/lv2core#"
+_ATOM = "http://lv2plug.in/ns/ext/atom#"
+_MIDI_EVENT = "http://lv2plug.in/ns/ext/midi#MidiEvent"
+_EVENT_PORT = "http://lv2plug.in/ns/ext/event#EventPort"
+_UNITS = "http://lv2plug.in/ns/extensions/units#"
+_PPROPS = "http://lv2plug.in/ns/ext/port-props#"
+_LILV_OPTION_LV2_PATH = "http://drobilla.net/ns/lilv#lv2-path"
+
+#: Display strings for the common LV2 unit URIs (LV2 units spec).
+UNIT_SYMBOLS: dict[str, str] = {
+    _UNITS + "db": "dB",
+    _UNITS + "hz": "Hz",
+    _UNITS + "khz": "kHz",
+    _UNITS + "mhz": "MHz",
+    _UNITS + "ms": "ms",
+    _UNITS + "s": "s",
+    _UNITS + "min": "min",
+    _UNITS + "pc": "%",
+    _UNITS + "bpm": "bpm",
+    _UNITS + "beat": "beats",
+    _UNITS + "bar": "bars",
+    _UNITS + "cent": "ct",
+    _UNITS + "semitone12TET": "semi",
+    _UNITS + "oct": "oct",
+    _UNITS + "coef": "",
+    _UNITS + "degree": "°",
+    _UNITS + "frame": "frames",
+    _UNITS + "midiNote": "note",
+    _UNITS + "m": "m",
+    _UNITS + "cm": "cm",
+    _UNITS + "mm": "mm",
+    _UNITS + "km": "km",
+    _UNITS + "inch": "in",
+    _UNITS + "mile": "mi",
+}
+
+
+class LilvUnavailable(RuntimeError):
+    """liblilv-0 cannot be loaded on this machine."""
+
+
+@dataclass(frozen=True)
+class ScannedControl:
+    """One control input port as the plugin's Turtle data describes it.
+
+    ``labels`` are the port's scale points (value, label), sorted by value.
+    ``is_enable`` is True for the port designated ``lv2:enabled``.
+    ``sample_rate`` is True for ``lv2:sampleRate`` ports, whose range is a
+    fraction of the sample rate.
+    """
+
+    index: int
+    symbol: str
+    name: str
+    minimum: float
+    maximum: float
+    default: float
+    unit: str = ""
+    kind: Kind = "float"
+    labels: tuple[tuple[float, str], ...] = ()
+    logarithmic: bool = False
+    is_enable: bool = False
+    sample_rate: bool = False
+
+
+@dataclass(frozen=True)
+class ScannedPlugin:
+    """One installed LV2 plugin, as far as the box cares.
+
+    Attributes:
+        uri: the plugin URI.
+        name: its ``doap:name``.
+        audio_inputs / audio_outputs: audio port symbols in port index order
+            (side-chain inputs left out).
+        sidechain_inputs: audio inputs marked ``lv2:isSideChain``.
+        controls: control input ports in port index order.
+        monitors: control output port symbols (meters, tuner readings).
+        atom_inputs: atom/event input port symbols (jalv feeds them nothing).
+        midi_input: an atom/event input supports MIDI events.
+        cv_ports: CV port symbols (the box cannot wire these).
+        latency: the plugin reports its latency (lv2:reportsLatency or a
+            port designated lv2:latency).
+    """
+
+    uri: str
+    name: str
+    audio_inputs: tuple[str, ...]
+    audio_outputs: tuple[str, ...]
+    controls: tuple[ScannedControl, ...]
+    sidechain_inputs: tuple[str, ...] = ()
+    monitors: tuple[str, ...] = ()
+    atom_inputs: tuple[str, ...] = ()
+    midi_input: bool = False
+    cv_ports: tuple[str, ...] = ()
+    latency: bool = False
+
+    @property
+    def is_audio_effect(self) -> bool:
+        """True when the box can chain it: audio in, audio out, no CV ports."""
+        return bool(self.audio_inputs and self.audio_outputs and not self.cv_ports)
+
+    @property
+    def enable_symbol(self) -> str | None:
+        """The control designated ``lv2:enabled``, if any."""
+        for control in self.controls:
+            if control.is_enable:
+                return control.symbol
+        return None
+
+    def control(self, symbol: str) -> ScannedControl | None:
+        """The control input port with this symbol, or None."""
+        for control in self.controls:
+            if control.symbol == symbol:
+                return control
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (the cache format)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScannedPlugin:
+        """Rebuild from :meth:`to_json` output."""
+        controls = tuple(
+            ScannedControl(
+                **{
+                    **c,
+                    "labels": tuple((float(v), str(label)) for v, label in c["labels"]),
+                }
+            )
+            for c in data["controls"]
+        )
+        return cls(
+            uri=data["uri"],
+            name=data["name"],
+            audio_inputs=tuple(data["audio_inputs"]),
+            audio_outputs=tuple(data["audio_outputs"]),
+            controls=controls,
+            sidechain_inputs=tuple(data["sidechain_inputs"]),
+            monitors=tuple(data["monitors"]),
+            atom_inputs=tuple(data["atom_inputs"]),
+            midi_input=bool(data["midi_input"]),
+            cv_ports=tuple(data["cv_ports"]),
+            latency=bool(data["latency"]),
+        )
+
+
+# --------------------------------------------------------------------------
+# Paths
+
+
+def default_lv2_path() -> list[str]:
+    """The LV2 folders scanned when none are given.
+
+    ``$LV2_PATH`` when set, else the system folders (multiarch first, as
+    Debian's lilv does), never a user's ``~/.lv2``.
+    """
+    env = os.environ.get("LV2_PATH")
+    if env:
+        return [p for p in env.split(os.pathsep) if p]
+    folders = []
+    multiarch = sysconfig.get_config_var("MULTIARCH")
+    if multiarch:
+        folders.append(f"/usr/lib/{multiarch}/lv2")
+    folders += ["/usr/lib/lv2", "/usr/local/lib/lv2"]
+    return folders
+
+
+def fingerprint(folders: Sequence[str]) -> str:
+    """A digest of the mtimes of the LV2 folders, their bundles and Turtle files.
+
+    Any package install, removal or upgrade changes it. Blocking (stats a few
+    thousand files, a few milliseconds).
+    """
+    digest = hashlib.sha256()
+    for folder in folders:
+        digest.update(folder.encode() + b"\0")
+        for path, mtime in _mtimes(Path(folder)):
+            digest.update(f"{path}\0{mtime}\0".encode())
+    return digest.hexdigest()
+
+
+def _mtimes(folder: Path) -> Iterator[tuple[str, int]]:
+    try:
+        yield str(folder), folder.stat().st_mtime_ns
+        bundles = sorted(folder.iterdir())
+    except OSError:
+        return
+    for bundle in bundles:
+        try:
+            yield str(bundle), bundle.stat().st_mtime_ns
+            if bundle.is_dir():
+                for ttl in sorted(bundle.glob("*.ttl")):
+                    yield str(ttl), ttl.stat().st_mtime_ns
+        except OSError:
+            continue
+
+
+# --------------------------------------------------------------------------
+# The C library
+
+
+def _load_library() -> ctypes.CDLL:
+    name = ctypes.util.find_library("lilv-0") or "liblilv-0.so.0"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError as exc:
+        raise LilvUnavailable(f"cannot load liblilv ({name}): {exc}") from exc
+    p = ctypes.c_void_p
+    signatures: dict[str, tuple[Any, list[Any]]] = {
+        "lilv_world_new": (p, []),
+        "lilv_world_free": (None, [p]),
+        "lilv_world_set_option": (None, [p, ctypes.c_char_p, p]),
+        "lilv_world_load_all": (None, [p]),
+        "lilv_world_get_all_plugins": (p, [p]),
+        "lilv_world_get": (p, [p, p, p, p]),
+        "lilv_new_uri": (p, [p, ctypes.c_char_p]),
+        "lilv_new_string": (p, [p, ctypes.c_char_p]),
+        "lilv_node_free": (None, [p]),
+        "lilv_node_as_string": (ctypes.c_char_p, [p]),
+        "lilv_node_is_uri": (ctypes.c_bool, [p]),
+        "lilv_node_as_uri": (ctypes.c_char_p, [p]),
+        "lilv_node_is_float": (ctypes.c_bool, [p]),
+        "lilv_node_is_int": (ctypes.c_bool, [p]),
+        "lilv_node_as_float": (ctypes.c_float, [p]),
+        "lilv_plugins_begin": (p, [p]),
+        "lilv_plugins_is_end": (ctypes.c_bool, [p, p]),
+        "lilv_plugins_next": (p, [p, p]),
+        "lilv_plugins_get": (p, [p, p]),
+        "lilv_plugin_get_uri": (p, [p]),
+        "lilv_plugin_get_name": (p, [p]),
+        "lilv_plugin_get_num_ports": (ctypes.c_uint32, [p]),
+        "lilv_plugin_get_port_by_index": (p, [p, ctypes.c_uint32]),
+        "lilv_plugin_has_latency": (ctypes.c_bool, [p]),
+        "lilv_port_is_a": (ctypes.c_bool, [p, p, p]),
+        "lilv_port_get_symbol": (p, [p, p]),
+        "lilv_port_get_name": (p, [p, p]),
+        "lilv_port_get": (p, [p, p, p]),
+        "lilv_port_has_property": (ctypes.c_bool, [p, p, p]),
+        "lilv_port_supports_event": (ctypes.c_bool, [p, p, p]),
+        "lilv_port_get_range": (None, [p, p, ctypes.POINTER(p), ctypes.POINTER(p), ctypes.POINTER(p)]),
+        "lilv_port_get_scale_points": (p, [p, p]),
+        "lilv_scale_points_free": (None, [p]),
+        "lilv_scale_points_begin": (p, [p]),
+        "lilv_scale_points_is_end": (ctypes.c_bool, [p, p]),
+        "lilv_scale_points_next": (p, [p, p]),
+        "lilv_scale_points_get": (p, [p, p]),
+        "lilv_scale_point_get_label": (p, [p]),
+        "lilv_scale_point_get_value": (p, [p]),
+    }
+    for function, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, function)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    return lib
+
+
+_library: ctypes.CDLL | None = None
+
+
+def library() -> ctypes.CDLL:
+    """liblilv-0, loaded and typed once.
+
+    Raises:
+        LilvUnavailable: the library is not installed.
+    """
+    global _library
+    if _library is None:
+        _library = _load_library()
+    return _library
+
+
+def is_available() -> bool:
+    """Whether liblilv-0 can be loaded here."""
+    try:
+        library()
+    except LilvUnavailable:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------
+# The scan
+
+
+class _Scanner:
+    """One LilvWorld and the URI nodes the scan asks about; freed by close()."""
+
+    _URIS: ClassVar[dict[str, str]] = {
+        "audio": _LV2 + "AudioPort",
+        "control": _LV2 + "ControlPort",
+        "cv": _LV2 + "CVPort",
+        "atom": _ATOM + "AtomPort",
+        "event": _EVENT_PORT,
+        "input": _LV2 + "InputPort",
+        "output": _LV2 + "OutputPort",
+        "toggled": _LV2 + "toggled",
+        "integer": _LV2 + "integer",
+        "enumeration": _LV2 + "enumeration",
+        "sample_rate": _LV2 + "sampleRate",
+        "side_chain": _LV2 + "isSideChain",
+        "designation": _LV2 + "designation",
+        "enabled": _LV2 + "enabled",
+        "logarithmic": _PPROPS + "logarithmic",
+        "unit": _UNITS + "unit",
+        "unit_symbol": _UNITS + "symbol",
+        "midi_event": _MIDI_EVENT,
+    }
+
+    def __init__(self, lib: ctypes.CDLL, folders: Sequence[str]) -> None:
+        self.lib = lib
+        self.world = lib.lilv_world_new()
+        if not self.world:
+            raise LilvUnavailable("lilv_world_new failed")
+        self.nodes: dict[str, int] = {}
+        try:
+            for key, uri in self._URIS.items():
+                self.nodes[key] = lib.lilv_new_uri(self.world, uri.encode())
+            path = lib.lilv_new_string(self.world, os.pathsep.join(folders).encode())
+            lib.lilv_world_set_option(self.world, _LILV_OPTION_LV2_PATH.encode(), path)
+            lib.lilv_node_free(path)
+            lib.lilv_world_load_all(self.world)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            self.lib.lilv_node_free(node)
+        self.nodes.clear()
+        if self.world:
+            self.lib.lilv_world_free(self.world)
+            self.world = None
+
+    def plugins(self, uris: Collection[str] | None) -> Iterator[ScannedPlugin]:
+        lib = self.lib
+        plugins = lib.lilv_world_get_all_plugins(self.world)
+        it = lib.lilv_plugins_begin(plugins)
+        while not lib.lilv_plugins_is_end(plugins, it):
+            plugin = lib.lilv_plugins_get(plugins, it)
+            it = lib.lilv_plugins_next(plugins, it)
+            uri = _text(lib, lib.lilv_plugin_get_uri(plugin))
+            if uris is not None and uri not in uris:
+                continue  # reading the URI is cheap; the ports are not
+            try:
+                yield self._plugin(plugin, uri)
+            except Exception:  # one broken bundle must not hide the others
+                logger.warning("skipping LV2 plugin %s: unreadable data", uri, exc_info=True)
+
+    def _plugin(self, plugin: int, uri: str) -> ScannedPlugin:
+        lib, n = self.lib, self.nodes
+        name = self._owned_text(lib.lilv_plugin_get_name(plugin)) or uri
+        audio_in: list[str] = []
+        audio_out: list[str] = []
+        sidechain: list[str] = []
+        controls: list[ScannedControl] = []
+        monitors: list[str] = []
+        atom_in: list[str] = []
+        cv: list[str] = []
+        midi = False
+        for index in range(lib.lilv_plugin_get_num_ports(plugin)):
+            port = lib.lilv_plugin_get_port_by_index(plugin, index)
+            symbol = _text(lib, lib.lilv_port_get_symbol(plugin, port))
+            is_input = lib.lilv_port_is_a(plugin, port, n["input"])
+            if lib.lilv_port_is_a(plugin, port, n["audio"]):
+                if not is_input:
+                    audio_out.append(symbol)
+                elif lib.lilv_port_has_property(plugin, port, n["side_chain"]):
+                    sidechain.append(symbol)
+                else:
+                    audio_in.append(symbol)
+            elif lib.lilv_port_is_a(plugin, port, n["cv"]):
+                cv.append(symbol)
+            elif lib.lilv_port_is_a(plugin, port, n["control"]):
+                if is_input:
+                    controls.append(self._control(plugin, port, index, symbol))
+                else:
+                    monitors.append(symbol)
+            elif is_input and (
+                lib.lilv_port_is_a(plugin, port, n["atom"]) or lib.lilv_port_is_a(plugin, port, n["event"])
+            ):
+                atom_in.append(symbol)
+                midi = midi or bool(lib.lilv_port_supports_event(plugin, port, n["midi_event"]))
+        return ScannedPlugin(
+            uri=uri,
+            name=name,
+            audio_inputs=tuple(audio_in),
+            audio_outputs=tuple(audio_out),
+            controls=tuple(controls),
+            sidechain_inputs=tuple(sidechain),
+            monitors=tuple(monitors),
+            atom_inputs=tuple(atom_in),
+            midi_input=midi,
+            cv_ports=tuple(cv),
+            latency=bool(lib.lilv_plugin_has_latency(plugin)),
+        )
+
+    def _control(self, plugin: int, port: int, index: int, symbol: str) -> ScannedControl:
+        lib, n = self.lib, self.nodes
+        name = self._owned_text(lib.lilv_port_get_name(plugin, port)) or symbol
+
+        def has(prop: str) -> bool:
+            return bool(lib.lilv_port_has_property(plugin, port, n[prop]))
+
+        if has("toggled"):
+            kind: Kind = "toggle"
+        elif has("enumeration"):
+            kind = "enum"
+        elif has("integer"):
+            kind = "integer"
+        else:
+            kind = "float"
+
+        default, minimum, maximum = self._range(plugin, port)
+        if kind == "toggle":
+            minimum = 0.0 if minimum is None else minimum
+            maximum = 1.0 if maximum is None else maximum
+        labels = self._scale_points(plugin, port)
+        if minimum is None:
+            minimum = min((v for v, _ in labels), default=0.0)
+        if maximum is None:
+            maximum = max((v for v, _ in labels), default=max(minimum, 1.0))
+        if maximum < minimum:
+            minimum, maximum = maximum, minimum
+        if default is None:
+            default = minimum
+        default = min(max(default, minimum), maximum)
+
+        designation = lib.lilv_port_get(plugin, port, n["designation"])
+        is_enable = bool(designation) and _text(lib, designation) == _LV2 + "enabled"
+        if designation:
+            lib.lilv_node_free(designation)
+
+        return ScannedControl(
+            index=index,
+            symbol=symbol,
+            name=name,
+            minimum=minimum,
+            maximum=maximum,
+            default=default,
+            unit=self._unit(plugin, port),
+            kind=kind,
+            labels=labels,
+            logarithmic=has("logarithmic"),
+            is_enable=is_enable,
+            sample_rate=has("sample_rate"),
+        )
+
+    def _range(self, plugin: int, port: int) -> tuple[float | None, float | None, float | None]:
+        lib = self.lib
+        default, minimum, maximum = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+        lib.lilv_port_get_range(
+            plugin, port, ctypes.byref(default), ctypes.byref(minimum), ctypes.byref(maximum)
+        )
+        values = []
+        for node in (default, minimum, maximum):
+            values.append(self._number(node.value))
+            if node.value:
+                lib.lilv_node_free(node.value)
+        return values[0], values[1], values[2]
+
+    def _number(self, node: int | None) -> float | None:
+        lib = self.lib
+        if not node or not (lib.lilv_node_is_float(node) or lib.lilv_node_is_int(node)):
+            return None
+        value = float(lib.lilv_node_as_float(node))
+        if not math.isfinite(value):
+            return None
+        return float(f"{value:.7g}")  # lilv gives float32: 0.1 not 0.10000000149
+
+    def _scale_points(self, plugin: int, port: int) -> tuple[tuple[float, str], ...]:
+        lib = self.lib
+        points = lib.lilv_port_get_scale_points(plugin, port)
+        if not points:
+            return ()
+        labels: list[tuple[float, str]] = []
+        try:
+            it = lib.lilv_scale_points_begin(points)
+            while not lib.lilv_scale_points_is_end(points, it):
+                point = lib.lilv_scale_points_get(points, it)
+                it = lib.lilv_scale_points_next(points, it)
+                value = self._number(lib.lilv_scale_point_get_value(point))
+                if value is not None:
+                    labels.append((value, _text(lib, lib.lilv_scale_point_get_label(point))))
+        finally:
+            lib.lilv_scale_points_free(points)
+        return tuple(sorted(labels, key=lambda item: item[0]))
+
+    def _unit(self, plugin: int, port: int) -> str:
+        lib, n = self.lib, self.nodes
+        unit = lib.lilv_port_get(plugin, port, n["unit"])
+        if not unit:
+            return ""
+        try:
+            if lib.lilv_node_is_uri(unit):
+                known = UNIT_SYMBOLS.get(_text(lib, unit))
+                if known is not None:
+                    return known
+            symbol = lib.lilv_world_get(self.world, unit, n["unit_symbol"], None)
+            return self._owned_text(symbol).strip()
+        finally:
+            lib.lilv_node_free(unit)
+
+    def _owned_text(self, node: int | None) -> str:
+        """The string of a node we own, which is freed."""
+        if not node:
+            return ""
+        try:
+            return _text(self.lib, node)
+        finally:
+            self.lib.lilv_node_free(node)
+
+
+def _text(lib: ctypes.CDLL, node: int | None) -> str:
+    if not node:
+        return ""
+    raw = lib.lilv_node_as_string(node)
+    return raw.decode("utf-8", "replace") if raw else ""
+
+
+def scan_plugins(
+    lv2_path: Sequence[str] | None = None, uris: Collection[str] | None = None
+) -> list[ScannedPlugin]:
+    """Scan the LV2 plugins in the given folders (blocking, ~2.5 s for 500).
+
+    Call from a worker thread (``asyncio.to_thread``), never on the loop.
+
+    Args:
+        lv2_path: folders to scan; default :func:`default_lv2_path`.
+        uris: read only these plugins (fast: the manifests alone are cheap);
+            default every plugin.
+
+    Returns:
+        Every readable plugin asked for, sorted by URI, audio effects or not.
+
+    Raises:
+        LilvUnavailable: liblilv-0 is not installed.
+    """
+    folders = list(lv2_path) if lv2_path is not None else default_lv2_path()
+    scanner = _Scanner(library(), folders)
+    try:
+        plugins = list(scanner.plugins(uris))
+    finally:
+        scanner.close()
+    plugins.sort(key=lambda p: p.uri)
+    logger.debug("scanned %d LV2 plugins in %s", len(plugins), folders)
+    return plugins
+
+
+def load_plugins(cache: Path | None = None, lv2_path: Sequence[str] | None = None) -> list[ScannedPlugin]:
+    """:func:`scan_plugins`, through a JSON cache file when one is given.
+
+    The cache is reused while the LV2 folders' :func:`fingerprint` is
+    unchanged; an unreadable or stale cache is silently rebuilt, and a cache
+    that cannot be written only costs a log line. Blocking: call from a worker.
+
+    Args:
+        cache: the JSON file to read and (atomically) rewrite.
+        lv2_path: folders to scan; default :func:`default_lv2_path`.
+
+    Raises:
+        LilvUnavailable: a scan was needed and liblilv-0 is not installed.
+    """
+    folders = list(lv2_path) if lv2_path is not None else default_lv2_path()
+    if cache is None:
+        return scan_plugins(folders)
+    stamp = fingerprint(folders)
+    try:
+        data = json.loads(cache.read_text(encoding="utf-8"))
+        if data.get("format") == CACHE_FORMAT and data.get("fingerprint") == stamp:
+            return [ScannedPlugin.from_json(item) for item in data["plugins"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    plugins = scan_plugins(folders)
+    payload = {"format": CACHE_FORMAT, "fingerprint": stamp, "plugins": [p.to_json() for p in plugins]}
+    try:
+        _write_atomic(cache, json.dumps(payload))
+    except OSError as exc:
+        logger.warning("cannot write the LV2 scan cache %s: %s", cache, exc)
+    return plugins
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

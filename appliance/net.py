@@ -1,0 +1,337 @@
+"""HTTP and WebSocket on one port: ``/ws``, ``/healthz`` and the phone UI.
+
+Each connection is a :class:`ClientSession` with its own bounded outbound
+queue and writer task, so a slow or dead phone is dropped instead of stalling
+the others or the engine. Runs on the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import http
+import json
+import logging
+import mimetypes
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request as HttpRequest
+from websockets.http11 import Response
+
+from . import protocol
+from .config import RateLimit, ServerConfig
+from .control import Controller, Event
+from .errors import ApplianceError, RateLimited, Unauthorized
+
+log = logging.getLogger("appliance.net")
+
+STATIC_DIR = Path(__file__).parent / "ui" / "static"
+#: Close codes (docs/protocol.md "Close codes").
+CLOSE_POLICY = 1008
+CLOSE_TOO_SLOW = 1013
+#: How long a token-mode client has to send AUTH after connecting.
+AUTH_TIMEOUT = 10.0
+
+
+class TokenBucket:
+    """Per-connection rate limit: ``rate`` tokens/s, up to ``burst`` saved."""
+
+    def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = limit.rate
+        self.capacity = float(limit.burst)
+        self.tokens = self.capacity
+        self.clock = clock
+        self.stamp = clock()
+
+    def take(self) -> float:
+        """Spend one token; returns 0 when allowed, else seconds until one is available."""
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class ClientSession:
+    """One WebSocket client: its queue, its writer and its limits."""
+
+    def __init__(self, connection: ServerConnection, config: ServerConfig, authorized: bool) -> None:
+        self.connection = connection
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(config.send_queue)
+        self.low_water = config.send_queue // 2
+        self.room = asyncio.Event()
+        self.room.set()
+        self.bucket = TokenBucket(config.rate_limit)
+        self.authorized = authorized
+        self.dropped = False
+        self.name = (
+            f"{connection.remote_address[0]}:{connection.remote_address[1]}"
+            if connection.remote_address
+            else "?"
+        )
+
+    def send(self, text: str) -> None:
+        """Queue a message; a client whose queue is full is dropped. Loop thread."""
+        if self.dropped:
+            return
+        try:
+            self.queue.put_nowait(text)
+            if self.queue.qsize() > self.low_water:
+                self.room.clear()
+        except asyncio.QueueFull:
+            self.dropped = True
+            log.warning("client %s is too slow; dropping it", self.name)
+            asyncio.get_running_loop().create_task(
+                self.connection.close(CLOSE_TOO_SLOW, "client too slow to keep up")
+            )
+
+    async def writer(self) -> None:
+        """Send queued messages in order until the connection ends."""
+        while True:
+            text = await self.queue.get()
+            if text is None:
+                return
+            batch = [text]
+            while not self.queue.empty() and len(batch) < 64:
+                more = self.queue.get_nowait()
+                if more is None:
+                    break
+                batch.append(more)
+            if self.queue.qsize() <= self.low_water:
+                self.room.set()
+            try:
+                for item in batch:
+                    await self.connection.send(item)
+            except ConnectionClosed:
+                return
+
+
+class ControlServer:
+    """Serves the protocol; knows the controller, not the engine."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        controller: Controller,
+        health: Callable[[], tuple[bool, dict[str, Any]]],
+        token: str | None = None,
+    ) -> None:
+        self.config = config
+        self.controller = controller
+        self.health = health
+        self.token = token
+        self.sessions: set[ClientSession] = set()
+        self.server: Server | None = None
+        self.static: dict[str, Response] = {}
+        controller.publishers.append(self.broadcast)
+
+    async def start(self) -> None:
+        self.static = await asyncio.to_thread(_load_static, STATIC_DIR)
+        self.server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=self._process_request,
+            max_size=self.config.max_message_bytes,
+            compression=None,
+            server_header="appliance",
+        )
+        log.info("serving on http://%s:%d (ws at /ws)", self.config.host, self.port)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    # -- HTTP --------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: HttpRequest) -> Response | None:
+        url = urllib.parse.urlsplit(request.path)
+        if url.path == "/ws":
+            if request.headers.get("Upgrade", "").lower() != "websocket":
+                return _text(http.HTTPStatus.UPGRADE_REQUIRED, "WebSocket endpoint: connect with ws://\n")
+            origin = request.headers.get("Origin")
+            if origin is not None and not self._origin_allowed(origin, request.headers.get("Host", "")):
+                log.warning("refused a handshake from origin %s", origin)
+                return _text(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
+            if len(self.sessions) >= self.config.max_clients:
+                return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
+            return None
+        if url.path == "/healthz":
+            healthy, report = self.health()
+            report["clients"] = len(self.sessions)
+            status = http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE
+            return _response(status, json.dumps(report).encode(), "application/json")
+        page = self.static.get(url.path.lstrip("/") or "index.html")
+        return page if page is not None else _text(http.HTTPStatus.NOT_FOUND, "not found\n")
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        if origin in self.config.allowed_origins or "*" in self.config.allowed_origins:
+            return True
+        parsed = urllib.parse.urlsplit(origin)
+        return parsed.scheme in ("http", "https") and parsed.netloc.lower() == host.lower()
+
+    # -- WebSocket ---------------------------------------------------------
+
+    def _token_in_handshake(self, connection: ServerConnection) -> str | None:
+        assert connection.request is not None
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(connection.request.path).query)
+        if "token" in query:
+            return query["token"][0]
+        bearer = connection.request.headers.get("Authorization", "")
+        if bearer.lower().startswith("bearer "):
+            return bearer[7:].strip()
+        return None
+
+    def _token_ok(self, token: str | None) -> bool:
+        return token is not None and self.token is not None and hmac.compare_digest(token, self.token)
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        authorized = self.config.auth == "none"
+        offered = None if authorized else self._token_in_handshake(connection)
+        if offered is not None:
+            authorized = self._token_ok(offered)
+            if not authorized:
+                await self._refuse(connection, None)
+                return
+        session = ClientSession(connection, self.config, authorized)
+        self.sessions.add(session)
+        writer = asyncio.create_task(session.writer())
+        log.info("client %s connected (%d now)", session.name, len(self.sessions))
+        try:
+            if not authorized:
+                if not await self._await_auth(session):
+                    return
+            else:
+                self._welcome(session)
+            async for message in connection:
+                await self._on_message(session, message)
+                # A client that sends faster than it reads waits for its own queue,
+                # so its replies are never what gets it dropped.
+                await session.room.wait()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.sessions.discard(session)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            log.info("client %s disconnected (%d now)", session.name, len(self.sessions))
+
+    async def _refuse(self, connection: ServerConnection, reply_to: str | None) -> None:
+        error = Unauthorized("a valid token is required (?token=, Authorization: Bearer, or AUTH)")
+        with contextlib.suppress(ConnectionClosed):
+            await connection.send(protocol.encode("ERROR", protocol.error_data(error), reply_to))
+            await connection.close(CLOSE_POLICY, "unauthorized")
+
+    async def _await_auth(self, session: ClientSession) -> bool:
+        try:
+            first = await asyncio.wait_for(session.connection.recv(), AUTH_TIMEOUT)
+            request = protocol.decode(first)
+        except (TimeoutError, ApplianceError):
+            await self._refuse(session.connection, None)
+            return False
+        if request.type != "AUTH" or not self._token_ok(request.data.get("token")):
+            await self._refuse(session.connection, request.id)
+            return False
+        session.authorized = True
+        session.send(protocol.encode("AUTH", {"ok": True}, request.id))
+        self._welcome(session)
+        return True
+
+    def _welcome(self, session: ClientSession) -> None:
+        for kind, data in self.controller.replay():
+            session.send(protocol.encode(kind, data))
+
+    async def _on_message(self, session: ClientSession, message: str | bytes) -> None:
+        request_id: str | None = None
+        try:
+            wait = session.bucket.take()
+            if wait:
+                raise RateLimited(
+                    "too many messages; slow down", {"retry_after_ms": max(1, round(wait * 1000))}
+                )
+            request = protocol.decode(message)
+            request_id = request.id
+            if request.type == "AUTH":
+                session.send(protocol.encode("AUTH", {"ok": True}, request_id))
+                return
+            outcome = await self.controller.execute(request)
+            for kind, data in outcome.reply:
+                session.send(protocol.encode(kind, data, request_id))
+        except ApplianceError as exc:
+            if request_id is None:
+                request_id = _peek_id(message)
+            session.send(protocol.encode("ERROR", protocol.error_data(exc), request_id))
+        except Exception:
+            log.exception("request from %s failed", session.name)
+            session.send(protocol.encode("ERROR", protocol.internal_error_data(), request_id))
+
+    def broadcast(self, events: list[Event], reply_to: str | None, origin: dict[str, str] | None) -> None:
+        """Send events to every authorized client, each encoded once. Loop thread."""
+        for kind, data in events:
+            text = protocol.encode(kind, data, reply_to, origin)
+            for session in list(self.sessions):
+                if session.authorized:
+                    session.send(text)
+                    if session.dropped:
+                        self.sessions.discard(session)
+
+
+def _peek_id(message: str | bytes) -> str | None:
+    """The id of a message that failed checks, if one can be read, for reply_to."""
+    if isinstance(message, bytes) or len(message) > 65536:
+        return None
+    try:
+        value = json.loads(message)
+    except ValueError:
+        return None
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return str(value["id"])
+    return None
+
+
+def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+def _text(status: http.HTTPStatus, text: str) -> Response:
+    return _response(status, text.encode(), "text/plain; charset=utf-8")
+
+
+def _load_static(folder: Path) -> dict[str, Response]:
+    """Every UI file, read once at start, keyed by its path under the folder."""
+    pages: dict[str, Response] = {}
+    for target in sorted(folder.rglob("*")):
+        if not target.is_file():
+            continue
+        content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if content_type.startswith("text/") or content_type.endswith("javascript"):
+            content_type += "; charset=utf-8"
+        pages[target.relative_to(folder).as_posix()] = _response(
+            http.HTTPStatus.OK, target.read_bytes(), content_type
+        )
+    return pages

@@ -1,0 +1,184 @@
+"""The wire format of the control protocol (docs/protocol.md), with no I/O.
+
+Text in, :class:`Request` out; events in, text out. Field checks that do not
+need the board live here; rules that do (which tracks exist, ranges) live in
+:mod:`appliance.board`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ApplianceError, InvalidMessage, InvalidValue, UnknownType
+
+#: The published examples' requests (protocol.md "Requests").
+EXAMPLE_REQUESTS = frozenset(
+    {
+        "PLUGIN_ADD",
+        "PLUGIN_REMOVE",
+        "PLUGIN_PARAMETER",
+        "PLUGIN_BYPASS",
+        "PLUGIN_PRESET",
+        "PLUGIN_PARAMETERS_GET",
+        "PLUGIN_PARAMETER_BATCH",
+        "PING",
+    }
+)
+#: The box's own additive requests (docs/protocol.md "Extensions").
+EXTENSION_REQUESTS = frozenset({"AUTH", "BOARD_GET", "CATALOG_GET", "PLUGIN_MOVE", "HEALTH_GET"})
+REQUESTS = EXAMPLE_REQUESTS | EXTENSION_REQUESTS
+
+#: Required data fields and their JSON types, per request type.
+_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "PLUGIN_ADD": {"track_id": str},
+    "PLUGIN_REMOVE": {"track_id": str, "plugin_id": str},
+    "PLUGIN_PARAMETER": {"track_id": str, "plugin_id": str, "parameter_id": str},
+    "PLUGIN_BYPASS": {"track_id": str, "plugin_id": str},
+    "PLUGIN_PRESET": {"track_id": str, "plugin_id": str, "preset_data": dict},
+    "PLUGIN_PARAMETERS_GET": {"track_id": str, "plugin_id": str},
+    "PLUGIN_PARAMETER_BATCH": {"track_id": str, "plugin_id": str, "parameters": list},
+    "PLUGIN_MOVE": {"track_id": str, "plugin_id": str, "position": int},
+    "AUTH": {"token": str},
+}
+_STRING_FIELDS = ("id", "user_id", "session_id")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One checked client message."""
+
+    type: str
+    data: dict[str, Any]
+    id: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+
+    def origin(self) -> dict[str, str]:
+        return {k: v for k, v in (("user_id", self.user_id), ("session_id", self.session_id)) if v}
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> float:
+    raise _NonFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text)
+    return value
+
+
+def decode(text: str | bytes) -> Request:
+    """Parse and check one text frame.
+
+    Raises:
+        InvalidMessage: binary frame, not JSON, not an object, ill-typed field.
+        InvalidValue: NaN or an infinity anywhere in the message.
+        UnknownType: a type the box does not know.
+    """
+    if isinstance(text, bytes):
+        raise InvalidMessage("binary frames are not part of the protocol; send JSON text")
+    try:
+        message = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except _NonFinite as exc:
+        raise InvalidValue(f"numbers must be finite, got {exc}") from None
+    except (ValueError, RecursionError):
+        raise InvalidMessage("message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise InvalidMessage("message must be a JSON object")
+    for name in _STRING_FIELDS:
+        if message.get(name) is not None and not isinstance(message[name], str):
+            raise InvalidMessage(f"{name} must be a string", {"field": name})
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise InvalidMessage("type must be a string", {"field": "type"})
+    if kind not in REQUESTS:
+        raise UnknownType(f"unknown message type {kind[:64]!r}", {"type": kind[:64]})
+    data = message.get("data")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidMessage("data must be an object", {"field": "data"})
+    for name, expected in _FIELDS.get(kind, {}).items():
+        value = data.get(name)
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise InvalidMessage(
+                f"{kind}: data.{name} is missing or not a {_json_type(expected)}",
+                {"field": f"data.{name}"},
+            )
+    return Request(kind, data, message.get("id"), message.get("user_id"), message.get("session_id"))
+
+
+def batch_values(parameters: list[Any]) -> dict[str, Any]:
+    """The ``{parameter_id: value}`` map of a PLUGIN_PARAMETER_BATCH.
+
+    Later entries for the same parameter win, as if sent one by one.
+
+    Raises:
+        InvalidMessage: an entry is not ``{parameter_id, parameter_value}``.
+    """
+    values: dict[str, Any] = {}
+    for index, entry in enumerate(parameters):
+        if not isinstance(entry, dict) or not isinstance(entry.get("parameter_id"), str):
+            raise InvalidMessage(
+                f"parameters[{index}] must be {{parameter_id, parameter_value}}",
+                {"field": f"data.parameters[{index}]"},
+            )
+        if "parameter_value" not in entry:
+            raise InvalidMessage(
+                f"parameters[{index}] has no parameter_value",
+                {"field": f"data.parameters[{index}].parameter_value"},
+            )
+        values[entry["parameter_id"]] = entry["parameter_value"]
+    return values
+
+
+def _json_type(expected: type | tuple[type, ...]) -> str:
+    names = {str: "string", int: "integer", dict: "object", list: "array", float: "number"}
+    if isinstance(expected, tuple):
+        return " or ".join(names.get(t, t.__name__) for t in expected)
+    return names.get(expected, expected.__name__)
+
+
+_ids = itertools.count(1)
+
+
+def next_id() -> str:
+    return f"box_{next(_ids)}"
+
+
+def encode(
+    kind: str,
+    data: dict[str, Any],
+    reply_to: str | None = None,
+    origin: dict[str, str] | None = None,
+) -> str:
+    """One server message as text (protocol.md "Envelope")."""
+    message: dict[str, Any] = {"id": next_id(), "type": kind, "data": data}
+    if reply_to is not None:
+        message["reply_to"] = reply_to
+    if origin:
+        message["origin"] = origin
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def error_data(exc: ApplianceError) -> dict[str, Any]:
+    """``ERROR.data`` for a failure: a sentence, the code, whether to retry."""
+    data: dict[str, Any] = {"error": str(exc), "code": exc.code, "retryable": exc.retryable}
+    details = getattr(exc, "details", None)
+    if details:
+        data["details"] = details
+    return data
+
+
+def internal_error_data() -> dict[str, Any]:
+    """``ERROR.data`` for a bug: nothing about the internals (they go to the log)."""
+    return {"error": "internal error; the box logged the details", "code": "INTERNAL", "retryable": False}

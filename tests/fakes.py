@@ -1,0 +1,125 @@
+"""In-memory stand-ins for tests of *other* parts (never what an engine is verified against)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from appliance.controls import Alias, Control, PluginType
+from appliance.engine import Engine, EngineInfo
+from appliance.errors import EngineError, PluginLoadFailed, PluginNotAllowed
+
+
+class FakeEngine(Engine):
+    """Keeps chains and values in dicts; can be told to fail."""
+
+    name = "fake"
+
+    def __init__(self, tracks, on_event=None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(tracks, on_event)
+        self.chains: dict[str, list[str]] = {t: [] for t in self.tracks}
+        self.values: dict[str, dict[str, float]] = {}
+        self.bypassed: dict[str, bool] = {}
+        self.running = False
+        self.fail_next_add = False
+        self.down = False
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise EngineError("engine is down")
+
+    async def add_plugin(self, track_id, plugin_id, plugin_type, position, values, bypass=False):  # type: ignore[no-untyped-def]
+        self._check()
+        if self.fail_next_add:
+            self.fail_next_add = False
+            raise PluginLoadFailed(f"{plugin_type.uri} failed to load")
+        self.chains[track_id].insert(position, plugin_id)
+        self.values[plugin_id] = dict(values)
+        self.bypassed[plugin_id] = bypass
+
+    def _track_of(self, plugin_id: str) -> str:
+        return next(t for t, chain in self.chains.items() if plugin_id in chain)
+
+    async def remove_plugin(self, plugin_id: str) -> None:
+        self._check()
+        self.chains[self._track_of(plugin_id)].remove(plugin_id)
+
+    async def move_plugin(self, plugin_id: str, position: int) -> None:
+        chain = self.chains[self._track_of(plugin_id)]
+        chain.remove(plugin_id)
+        chain.insert(position, plugin_id)
+
+    async def set_parameters(self, plugin_id: str, values: Mapping[str, float]) -> None:
+        self._check()
+        self.values[plugin_id].update(values)
+
+    async def set_bypass(self, plugin_id: str, bypass: bool) -> None:
+        self._check()
+        self.bypassed[plugin_id] = bypass
+
+    def info(self) -> EngineInfo:
+        return EngineInfo("fake", self.running, 48000, 128)
+
+    def chain(self, track_id: str) -> list[str]:
+        return list(self.chains[track_id])
+
+
+AMP = PluginType(
+    key="gain",
+    uri="http://lv2plug.in/plugins/eg-amp",
+    name="Simple Amplifier",
+    controls=(Control("gain", "Gain", -90.0, 24.0, 0.0, "dB"),),
+    audio_inputs=("in",),
+    audio_outputs=("out",),
+)
+
+COMP = PluginType(
+    key="compressor",
+    uri="urn:test:comp",
+    name="Compressor",
+    controls=(
+        Control("att", "Attack", 0.1, 100.0, 10.0, "ms"),
+        Control("thr", "Threshold", -60.0, 0.0, -20.0, "dB"),
+        Control("rat", "Ratio", 1.0, 20.0, 4.0),
+        Control("steps", "Steps", 0.0, 8.0, 2.0, kind="integer"),
+        Control("mode", "Mode", 0.0, 2.0, 0.0, kind="enum", labels=((0.0, "A"), (1.0, "B"), (2.0, "C"))),
+        Control("on", "Sidechain", 0.0, 1.0, 0.0, kind="toggle"),
+        Control("enable", "Enable", 0.0, 1.0, 1.0, kind="toggle"),
+    ),
+    audio_inputs=("in",),
+    audio_outputs=("out",),
+    aliases=(Alias("attack", "att", 1000.0, 0.0, "s"), Alias("threshold", "thr")),
+    enable_symbol="enable",
+)
+
+
+class FakeCatalog:
+    """Two plugin types, resolved by key or path stem like the real catalog."""
+
+    def __init__(self) -> None:
+        self.entries = {"gain": AMP, "compressor": COMP}
+
+    def lookup(self, key: str) -> PluginType | None:
+        return self.entries.get(key.lower()) or next(
+            (t for t in self.entries.values() if t.uri == key), None
+        )
+
+    def resolve(self, name: object, plugin_path: object) -> PluginType:
+        for candidate in (name, plugin_path):
+            if isinstance(candidate, str):
+                stem = candidate.rsplit("/", 1)[-1].split(".", 1)[0]
+                found = self.lookup(candidate) or self.lookup(stem)
+                if found:
+                    return found
+        raise PluginNotAllowed(f"{name!r} is not in the catalog")
+
+    def describe(self) -> list[dict[str, object]]:
+        return [t.describe() for t in self.entries.values()]
+
+    def installed(self) -> list[dict[str, object]]:
+        return []
