@@ -125,7 +125,7 @@ class Board:
         if position is None:
             return None
         if isinstance(position, bool) or not isinstance(position, int):
-            raise InvalidMessage("position must be an integer", {"field": "position"})
+            raise InvalidMessage("position must be an integer", {"field": "data.position"})
         return max(0, min(position, len(self.track(track_id).chain)))
 
     def remove(self, track_id: str, plugin_id: str) -> PluginInstance:

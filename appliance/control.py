@@ -113,6 +113,7 @@ class Controller:
 
     async def _add(self, request: Request) -> Outcome:
         data = request.data
+        self.board.track(data["track_id"])
         plugin_type = self.catalog.resolve(data.get("name"), data.get("plugin_path"))
         name = (
             data.get("name") if isinstance(data.get("name"), str) and data.get("name") else plugin_type.name

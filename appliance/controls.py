@@ -89,7 +89,10 @@ class Parameter:
         """
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidValue(f"{self.id}: value must be a number", {"parameter_id": self.id})
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
         if not math.isfinite(number):
             raise InvalidValue(f"{self.id}: value must be finite", {"parameter_id": self.id})
         control = self.control
@@ -126,7 +129,7 @@ class Parameter:
 
 def _tidy(value: float) -> float:
     """Round off float noise from the unit conversion (0.30000000000000004)."""
-    return float(f"{value:.9g}")
+    return float(f"{value:.9g}") + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,12 @@ class ProtocolError(ApplianceError):
 
     def __init__(self, message: str, details: dict[str, object] | None = None) -> None:
         super().__init__(message)
+        self.message = message
         self.details = details or {}
+
+    def __str__(self) -> str:
+        # KeyError subclasses would otherwise quote the sentence.
+        return self.message
 
 
 class InvalidMessage(ProtocolError):

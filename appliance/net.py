@@ -269,6 +269,10 @@ class ControlServer:
             request = protocol.decode(message)
             request_id = request.id
             if request.type == "AUTH":
+                if self.config.auth == "token" and not self._token_ok(request.data.get("token")):
+                    self.sessions.discard(session)
+                    await self._refuse(session.connection, request_id)
+                    return
                 session.send(protocol.encode("AUTH", {"ok": True}, request_id))
                 return
             outcome = await self.controller.execute(request)

@@ -111,7 +111,7 @@ def decode(text: str | bytes) -> Request:
         value = data.get(name)
         if not isinstance(value, expected) or isinstance(value, bool):
             raise InvalidMessage(
-                f"{kind}: data.{name} is missing or not a {_json_type(expected)}",
+                f"{kind}: data.{name} is missing or not {_json_type(expected)}",
                 {"field": f"data.{name}"},
             )
     return Request(kind, data, message.get("id"), message.get("user_id"), message.get("session_id"))
@@ -125,6 +125,8 @@ def batch_values(parameters: list[Any]) -> dict[str, Any]:
     Raises:
         InvalidMessage: an entry is not ``{parameter_id, parameter_value}``.
     """
+    if not parameters:
+        raise InvalidMessage("parameters must list at least one change", {"field": "data.parameters"})
     values: dict[str, Any] = {}
     for index, entry in enumerate(parameters):
         if not isinstance(entry, dict) or not isinstance(entry.get("parameter_id"), str):
@@ -142,7 +144,7 @@ def batch_values(parameters: list[Any]) -> dict[str, Any]:
 
 
 def _json_type(expected: type | tuple[type, ...]) -> str:
-    names = {str: "string", int: "integer", dict: "object", list: "array", float: "number"}
+    names = {str: "a string", int: "an integer", dict: "an object", list: "an array", float: "a number"}
     if isinstance(expected, tuple):
         return " or ".join(names.get(t, t.__name__) for t in expected)
     return names.get(expected, expected.__name__)

@@ -225,6 +225,12 @@ BAD_MESSAGES = [
      '"parameter_id": "gain", "parameter_value": "3"}}', "INVALID_VALUE"),
     ('{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
      '"parameter_id": "gain", "parameter_value": null}}', "INVALID_VALUE"),
+    ('{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
+     '"parameter_id": "gain", "parameter_value": 1' + "0" * 400 + '}}', "INVALID_VALUE"),
+    ('{"type": "PLUGIN_PARAMETER_BATCH", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
+     '"parameters": []}}', "INVALID_MESSAGE"),
+    ('{"type": "PLUGIN_ADD", "data": {"track_id": "track_404", "name": "nothing", "plugin_path": ""}}',
+     "UNKNOWN_TRACK"),
     ('{"type": "PLUGIN_BYPASS", "data": {"track_id": "track_001", "plugin_id": "plugin_1", "bypass": "yes"}}',
      "INVALID_VALUE"),
     ('{"type": "PLUGIN_ADD", "data": {"track_id": "track_001", "name": "../../etc/passwd", '
@@ -245,6 +251,7 @@ async def test_bad_input_gets_its_code_and_changes_nothing(box: Box) -> None:
             error = await recv_type(a, "ERROR")
             assert error["data"]["code"] == code, (index, text, error)
             assert error["data"]["code"] in ERROR_CODES and isinstance(error["data"]["error"], str)
+            assert not error["data"]["error"].startswith('"'), "a sentence, not a repr"
         assert box.controller.board.to_dict() == before
         await other.send('{"type": "PING"}')
         assert (await recv(other))["type"] == "PONG"
@@ -334,6 +341,10 @@ async def test_token_auth_modes() -> None:
         async with connect(made.url) as ws:
             await ws.send('{"type": "AUTH", "id": "a", "data": {"token": "sekrit"}}')
             assert (await recv(ws))["data"] == {"ok": True}
+            await ws.send('{"type": "AUTH", "id": "b", "data": {"token": "guess"}}')
+            assert (await recv(ws))["data"]["code"] == "UNAUTHORIZED"
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), RECV_TIMEOUT)
         for bad in (made.url + "?token=wrong", made.url):
             async with connect(bad) as ws:
                 if bad == made.url:
