@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stdout,
     )
+    # websockets logs every connection and HTTP request at INFO; the box logs its own.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         config = config_module.load(args.config)
         server = config.server

@@ -45,9 +45,13 @@ def make_engine(config: Config, on_event: Any) -> Engine:
         log.info("engine: jalv (Carla not used: %s)", reason)
     else:
         log.info("engine: jalv (configured)")
+    from .engine.jackserver import DummySettings
     from .engine.jalv import JalvEngine
 
-    return JalvEngine(tracks, config.engine.jack, on_event=on_event)
+    jack = config.engine.jack
+    dummy = jack.dummy
+    settings = DummySettings(dummy.rate, dummy.period, dummy.realtime) if dummy else None
+    return JalvEngine(tracks, jack.server, on_event=on_event, dummy_server=settings)
 
 
 def carla_unavailable(config: Config) -> str | None:
@@ -100,7 +104,7 @@ class Box:
         report = dict(info)
         report["uptime"] = round(time.monotonic() - self.started, 1)
         if self.controller is not None:
-            report["plugins"] = sum(1 for _ in self.controller.board.instances())
+            report["board_plugins"] = sum(1 for _ in self.controller.board.instances())
         return bool(info.get("running")), report
 
     def _on_engine_event(self, event: EngineEvent) -> None:
@@ -167,7 +171,7 @@ class Box:
 
     def status(self) -> tuple[bool, str]:
         healthy, report = self.health()
-        return healthy, f"{report.get('plugins', 0)} plugins, {report.get('xruns', 0)} xruns"
+        return healthy, f"{report.get('board_plugins', 0)} plugins, {report.get('xruns', 0)} xruns"
 
 
 async def run(config: Config) -> None:

@@ -37,7 +37,7 @@ class ServerConfig:
     rate_limit: RateLimit = RateLimit()
     max_message_bytes: int = 65536
     max_clients: int = 64
-    send_queue: int = 1024
+    send_buffer: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def parse(data: object, path: Path) -> Config:
         rate_limit=rate_limit,
         max_message_bytes=_positive(s, "max_message_bytes", int, 65536),
         max_clients=_positive(s, "max_clients", int, 64),
-        send_queue=_positive(s, "send_queue", int, 1024),
+        send_buffer=_positive(s, "send_buffer", int, 1 << 20),
     )
     s.done()
 

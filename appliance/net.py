@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as HttpRequest
@@ -39,6 +39,9 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_SLOW = 1013
 #: How long a token-mode client has to send AUTH after connecting.
 AUTH_TIMEOUT = 10.0
+#: How often, and how long at most, a client that reads slowly is waited for.
+CATCH_UP_POLL = 0.005
+CATCH_UP_TIMEOUT = 10.0
 
 
 class TokenBucket:
@@ -63,57 +66,56 @@ class TokenBucket:
 
 
 class ClientSession:
-    """One WebSocket client: its queue, its writer and its limits."""
+    """One WebSocket client: its limits and its place in the broadcasts.
+
+    Messages are written straight into the connection's transport (websockets'
+    ``broadcast``: one frame build and one write per message, no task per
+    client). What a client has not read yet waits in that transport's buffer;
+    past ``send_buffer`` bytes the client is too slow and is dropped.
+    """
 
     def __init__(self, connection: ServerConnection, config: ServerConfig, authorized: bool) -> None:
         self.connection = connection
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(config.send_queue)
-        self.low_water = config.send_queue // 2
-        self.room = asyncio.Event()
-        self.room.set()
         self.bucket = TokenBucket(config.rate_limit)
         self.authorized = authorized
         self.dropped = False
-        self.name = (
-            f"{connection.remote_address[0]}:{connection.remote_address[1]}"
-            if connection.remote_address
-            else "?"
-        )
+        self.limit = config.send_buffer
+        address = connection.remote_address
+        self.name = f"{address[0]}:{address[1]}" if address else "?"
+
+    def backlog(self) -> int:
+        """Bytes written for this client that the network has not taken yet."""
+        transport = self.connection.transport
+        return 0 if transport is None or transport.is_closing() else transport.get_write_buffer_size()
 
     def send(self, text: str) -> None:
-        """Queue a message; a client whose queue is full is dropped. Loop thread."""
-        if self.dropped:
-            return
-        try:
-            self.queue.put_nowait(text)
-            if self.queue.qsize() > self.low_water:
-                self.room.clear()
-        except asyncio.QueueFull:
+        """Send one message to this client alone. Loop thread."""
+        if not self.dropped:
+            broadcast((self.connection,), text)
+            self.check()
+
+    def check(self) -> None:
+        """Drop the client if its unsent backlog is over the limit."""
+        if not self.dropped and self.backlog() > self.limit:
             self.dropped = True
-            log.warning("client %s is too slow; dropping it", self.name)
+            log.warning("client %s is too slow (%d bytes unsent); dropping it", self.name, self.backlog())
             asyncio.get_running_loop().create_task(
                 self.connection.close(CLOSE_TOO_SLOW, "client too slow to keep up")
             )
 
-    async def writer(self) -> None:
-        """Send queued messages in order until the connection ends."""
-        while True:
-            text = await self.queue.get()
-            if text is None:
+    async def catch_up(self) -> None:
+        """Wait while this client's own backlog is over half the limit.
+
+        Called between its requests: a client that sends faster than it reads
+        is slowed down instead of being dropped for its own replies.
+        """
+        waited = 0.0
+        while not self.dropped and self.backlog() > self.limit // 2:
+            if waited > CATCH_UP_TIMEOUT:
+                self.check()
                 return
-            batch = [text]
-            while not self.queue.empty() and len(batch) < 64:
-                more = self.queue.get_nowait()
-                if more is None:
-                    break
-                batch.append(more)
-            if self.queue.qsize() <= self.low_water:
-                self.room.set()
-            try:
-                for item in batch:
-                    await self.connection.send(item)
-            except ConnectionClosed:
-                return
+            await asyncio.sleep(CATCH_UP_POLL)
+            waited += CATCH_UP_POLL
 
 
 class ControlServer:
@@ -211,7 +213,6 @@ class ControlServer:
                 return
         session = ClientSession(connection, self.config, authorized)
         self.sessions.add(session)
-        writer = asyncio.create_task(session.writer())
         log.info("client %s connected (%d now)", session.name, len(self.sessions))
         try:
             if not authorized:
@@ -221,16 +222,11 @@ class ControlServer:
                 self._welcome(session)
             async for message in connection:
                 await self._on_message(session, message)
-                # A client that sends faster than it reads waits for its own queue,
-                # so its replies are never what gets it dropped.
-                await session.room.wait()
+                await session.catch_up()
         except ConnectionClosed:
             pass
         finally:
             self.sessions.discard(session)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
             log.info("client %s disconnected (%d now)", session.name, len(self.sessions))
 
     async def _refuse(self, connection: ServerConnection, reply_to: str | None) -> None:
@@ -288,13 +284,13 @@ class ControlServer:
 
     def broadcast(self, events: list[Event], reply_to: str | None, origin: dict[str, str] | None) -> None:
         """Send events to every authorized client, each encoded once. Loop thread."""
+        listeners = [s for s in self.sessions if s.authorized and not s.dropped]
         for kind, data in events:
-            text = protocol.encode(kind, data, reply_to, origin)
-            for session in list(self.sessions):
-                if session.authorized:
-                    session.send(text)
-                    if session.dropped:
-                        self.sessions.discard(session)
+            broadcast([s.connection for s in listeners], protocol.encode(kind, data, reply_to, origin))
+        for session in listeners:
+            session.check()
+            if session.dropped:
+                self.sessions.discard(session)
 
 
 def _peek_id(message: str | bytes) -> str | None:

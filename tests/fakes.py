@@ -105,9 +105,7 @@ class FakeCatalog:
         self.entries = {"gain": AMP, "compressor": COMP}
 
     def lookup(self, key: str) -> PluginType | None:
-        return self.entries.get(key.lower()) or next(
-            (t for t in self.entries.values() if t.uri == key), None
-        )
+        return self.entries.get(key.lower()) or next((t for t in self.entries.values() if t.uri == key), None)
 
     def resolve(self, name: object, plugin_path: object) -> PluginType:
         for candidate in (name, plugin_path):

@@ -42,7 +42,9 @@ class Box:
 
 
 async def make_box(**server: Any) -> Box:
-    engine = FakeEngine([TrackPorts(TRACK, ("a:in",), ("a:out",)), TrackPorts("track_002", ("b:in",), ("b:out",))])
+    engine = FakeEngine(
+        [TrackPorts(TRACK, ("a:in",), ("a:out",)), TrackPorts("track_002", ("b:in",), ("b:out",))]
+    )
     await engine.start()
     controller = Controller(Board([TRACK, "track_002"]), FakeCatalog(), engine)
     config = ServerConfig(host="127.0.0.1", port=0, **server)
@@ -70,12 +72,18 @@ async def recv_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
             return message
 
 
-async def request(ws: ClientConnection, kind: str, data: dict[str, Any] | None = None, mid: str = "m1") -> None:
-    await ws.send(json.dumps({"id": mid, "type": kind, "data": data or {}, "user_id": "u", "session_id": "s"}))
+async def request(
+    ws: ClientConnection, kind: str, data: dict[str, Any] | None = None, mid: str = "m1"
+) -> None:
+    await ws.send(
+        json.dumps({"id": mid, "type": kind, "data": data or {}, "user_id": "u", "session_id": "s"})
+    )
 
 
 async def add_gain(ws: ClientConnection, mid: str = "add") -> dict[str, Any]:
-    await request(ws, "PLUGIN_ADD", {"track_id": TRACK, "name": "Gain", "plugin_path": "", "plugin_id": ""}, mid)
+    await request(
+        ws, "PLUGIN_ADD", {"track_id": TRACK, "name": "Gain", "plugin_path": "", "plugin_id": ""}, mid
+    )
     return await recv_type(ws, "PLUGIN_ADD")
 
 
@@ -105,8 +113,10 @@ async def test_parameter_clamped_and_broadcast(box: Box) -> None:
         plugin = (await add_gain(a))["data"]["plugin_id"]
         await recv_type(b, "PLUGIN_ADD")
         await request(
-            a, "PLUGIN_PARAMETER",
-            {"track_id": TRACK, "plugin_id": plugin, "parameter_id": "gain", "parameter_value": 99}, "p",
+            a,
+            "PLUGIN_PARAMETER",
+            {"track_id": TRACK, "plugin_id": plugin, "parameter_id": "gain", "parameter_value": 99},
+            "p",
         )
         for ws in (a, b):
             event = await recv_type(ws, "PLUGIN_PARAMETER")
@@ -122,7 +132,8 @@ async def test_late_joiner_sees_board(box: Box) -> None:
         await request(a, "PLUGIN_BYPASS", {"track_id": TRACK, "plugin_id": second, "bypass": True})
         await recv_type(a, "PLUGIN_BYPASS")
         await request(
-            a, "PLUGIN_PARAMETER",
+            a,
+            "PLUGIN_PARAMETER",
             {"track_id": TRACK, "plugin_id": first, "parameter_id": "gain", "parameter_value": -6},
         )
         await recv_type(a, "PLUGIN_PARAMETER")
@@ -136,7 +147,9 @@ async def test_late_joiner_sees_board(box: Box) -> None:
 async def test_batch_converges_with_one_event_per_value(box: Box) -> None:
     """A batch is broadcast as one PLUGIN_PARAMETER per value, so example clients converge."""
     async with connect(box.url) as a, connect(box.url) as b:
-        await request(a, "PLUGIN_ADD", {"track_id": TRACK, "name": "compressor", "plugin_path": "", "plugin_id": ""})
+        await request(
+            a, "PLUGIN_ADD", {"track_id": TRACK, "name": "compressor", "plugin_path": "", "plugin_id": ""}
+        )
         plugin = (await recv_type(a, "PLUGIN_ADD"))["data"]["plugin_id"]
         await recv_type(b, "PLUGIN_ADD")
         batch = [
@@ -144,7 +157,9 @@ async def test_batch_converges_with_one_event_per_value(box: Box) -> None:
             {"parameter_id": "attack", "parameter_value": 0.001},
             {"parameter_id": "rat", "parameter_value": 8},
         ]
-        await request(a, "PLUGIN_PARAMETER_BATCH", {"track_id": TRACK, "plugin_id": plugin, "parameters": batch})
+        await request(
+            a, "PLUGIN_PARAMETER_BATCH", {"track_id": TRACK, "plugin_id": plugin, "parameters": batch}
+        )
         got = {}
         for _ in range(3):
             event = await recv_type(b, "PLUGIN_PARAMETER")
@@ -156,7 +171,9 @@ async def test_batch_converges_with_one_event_per_value(box: Box) -> None:
 async def test_preset_is_atomic_and_sends_whole_map(box: Box) -> None:
     """A preset with one bad entry changes nothing; a good one broadcasts the whole map."""
     async with connect(box.url) as a:
-        await request(a, "PLUGIN_ADD", {"track_id": TRACK, "name": "Compressor", "plugin_path": "", "plugin_id": ""})
+        await request(
+            a, "PLUGIN_ADD", {"track_id": TRACK, "name": "Compressor", "plugin_path": "", "plugin_id": ""}
+        )
         plugin = (await recv_type(a, "PLUGIN_ADD"))["data"]["plugin_id"]
         before = dict(box.engine.values[plugin])
         bad = {"threshold": -10, "ratio_typo": 2}
@@ -164,7 +181,9 @@ async def test_preset_is_atomic_and_sends_whole_map(box: Box) -> None:
         error = await recv_type(a, "ERROR")
         assert error["data"]["code"] == "UNKNOWN_PARAMETER" and error["reply_to"] == "bad"
         assert box.engine.values[plugin] == before
-        await request(a, "PLUGIN_PRESET", {"track_id": TRACK, "plugin_id": plugin, "preset_data": {"threshold": -25}})
+        await request(
+            a, "PLUGIN_PRESET", {"track_id": TRACK, "plugin_id": plugin, "preset_data": {"threshold": -25}}
+        )
         preset = await recv_type(a, "PLUGIN_PRESET")
         assert preset["data"]["preset_data"]["threshold"] == -25.0
         assert set(preset["data"]["preset_data"]) == set(box.controller.board.plugin(TRACK, plugin).values)
@@ -215,28 +234,59 @@ BAD_MESSAGES = [
     ('{"type": "PLUGIN_REMOVE", "data": {"track_id": 3, "plugin_id": "x"}}', "INVALID_MESSAGE"),
     ('{"type": "PLUGIN_REMOVE", "data": {"track_id": "track_404", "plugin_id": "x"}}', "UNKNOWN_TRACK"),
     ('{"type": "PLUGIN_REMOVE", "data": {"track_id": "track_001", "plugin_id": "nope"}}', "UNKNOWN_PLUGIN"),
-    ('{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
-     '"parameter_id": "volume", "parameter_value": 1}}', "UNKNOWN_PARAMETER"),
-    ('{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
-     '"parameter_id": "gain", "parameter_value": NaN}}', "INVALID_VALUE"),
-    ('{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
-     '"parameter_id": "gain", "parameter_value": Infinity}}', "INVALID_VALUE"),
-    ('{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
-     '"parameter_id": "gain", "parameter_value": "3"}}', "INVALID_VALUE"),
-    ('{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
-     '"parameter_id": "gain", "parameter_value": null}}', "INVALID_VALUE"),
-    ('{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
-     '"parameter_id": "gain", "parameter_value": 1' + "0" * 400 + '}}', "INVALID_VALUE"),
-    ('{"type": "PLUGIN_PARAMETER_BATCH", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
-     '"parameters": []}}', "INVALID_MESSAGE"),
-    ('{"type": "PLUGIN_ADD", "data": {"track_id": "track_404", "name": "nothing", "plugin_path": ""}}',
-     "UNKNOWN_TRACK"),
-    ('{"type": "PLUGIN_BYPASS", "data": {"track_id": "track_001", "plugin_id": "plugin_1", "bypass": "yes"}}',
-     "INVALID_VALUE"),
-    ('{"type": "PLUGIN_ADD", "data": {"track_id": "track_001", "name": "../../etc/passwd", '
-     '"plugin_path": "/etc/passwd", "plugin_id": ""}}', "PLUGIN_NOT_ALLOWED"),
-    ('{"type": "PLUGIN_ADD", "data": {"track_id": "track_001", "name": "Evil", '
-     '"plugin_path": "/tmp/evil.so", "plugin_id": ""}}', "PLUGIN_NOT_ALLOWED"),
+    (
+        '{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
+        '"parameter_id": "volume", "parameter_value": 1}}',
+        "UNKNOWN_PARAMETER",
+    ),
+    (
+        '{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
+        '"parameter_id": "gain", "parameter_value": NaN}}',
+        "INVALID_VALUE",
+    ),
+    (
+        '{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
+        '"parameter_id": "gain", "parameter_value": Infinity}}',
+        "INVALID_VALUE",
+    ),
+    (
+        '{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
+        '"parameter_id": "gain", "parameter_value": "3"}}',
+        "INVALID_VALUE",
+    ),
+    (
+        '{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
+        '"parameter_id": "gain", "parameter_value": null}}',
+        "INVALID_VALUE",
+    ),
+    (
+        '{"type": "PLUGIN_PARAMETER", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
+        '"parameter_id": "gain", "parameter_value": 1' + "0" * 400 + "}}",
+        "INVALID_VALUE",
+    ),
+    (
+        '{"type": "PLUGIN_PARAMETER_BATCH", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
+        '"parameters": []}}',
+        "INVALID_MESSAGE",
+    ),
+    (
+        '{"type": "PLUGIN_ADD", "data": {"track_id": "track_404", "name": "nothing", "plugin_path": ""}}',
+        "UNKNOWN_TRACK",
+    ),
+    (
+        '{"type": "PLUGIN_BYPASS", "data": {"track_id": "track_001", "plugin_id": "plugin_1", "bypass": "yes"}}',
+        "INVALID_VALUE",
+    ),
+    (
+        '{"type": "PLUGIN_ADD", "data": {"track_id": "track_001", "name": "../../etc/passwd", '
+        '"plugin_path": "/etc/passwd", "plugin_id": ""}}',
+        "PLUGIN_NOT_ALLOWED",
+    ),
+    (
+        '{"type": "PLUGIN_ADD", "data": {"track_id": "track_001", "name": "Evil", '
+        '"plugin_path": "/tmp/evil.so", "plugin_id": ""}}',
+        "PLUGIN_NOT_ALLOWED",
+    ),
 ]
 
 
@@ -271,13 +321,16 @@ async def test_engine_failures_map_to_codes(box: Box) -> None:
     """A plugin that fails to load is PLUGIN_LOAD_FAILED; an engine that is down is ENGINE_UNAVAILABLE."""
     async with connect(box.url) as a:
         box.engine.fail_next_add = True
-        await request(a, "PLUGIN_ADD", {"track_id": TRACK, "name": "gain", "plugin_path": "", "plugin_id": ""})
+        await request(
+            a, "PLUGIN_ADD", {"track_id": TRACK, "name": "gain", "plugin_path": "", "plugin_id": ""}
+        )
         assert (await recv_type(a, "ERROR"))["data"]["code"] == "PLUGIN_LOAD_FAILED"
         assert box.controller.board.to_dict()["tracks"][0]["chain"] == []
         plugin = (await add_gain(a))["data"]["plugin_id"]
         box.engine.down = True
         await request(
-            a, "PLUGIN_PARAMETER",
+            a,
+            "PLUGIN_PARAMETER",
             {"track_id": TRACK, "plugin_id": plugin, "parameter_id": "gain", "parameter_value": 1},
         )
         error = await recv_type(a, "ERROR")
@@ -360,7 +413,7 @@ async def test_token_auth_modes() -> None:
 
 async def test_slow_client_is_dropped_not_waited_for() -> None:
     """A client that stops reading is dropped when its queue fills; others keep getting every event."""
-    made = await make_box(send_queue=8, rate_limit=RateLimit(rate=1e6, burst=1_000_000))
+    made = await make_box(send_buffer=65536, rate_limit=RateLimit(rate=1e6, burst=1_000_000))
     count = 20000
     try:
         tiny = socket.create_connection(("127.0.0.1", made.server.port))
@@ -372,8 +425,14 @@ async def test_slow_client_is_dropped_not_waited_for() -> None:
             async def sender() -> None:
                 for i in range(count):
                     await request(
-                        fast, "PLUGIN_PARAMETER",
-                        {"track_id": TRACK, "plugin_id": plugin, "parameter_id": "gain", "parameter_value": -(i % 80)},
+                        fast,
+                        "PLUGIN_PARAMETER",
+                        {
+                            "track_id": TRACK,
+                            "plugin_id": plugin,
+                            "parameter_id": "gain",
+                            "parameter_value": -(i % 80),
+                        },
                         f"p{i}",
                     )
 

@@ -1,0 +1,229 @@
+"""A JACK server of our own: the dummy backend, for tests and the virtual box.
+
+The box itself runs against a JACK (or ALSA) server that systemd starts; this
+module starts a private ``jackd`` with the *dummy* backend, which keeps
+perfect time without a sound card (see docs field notes, "JACK")::
+
+    jackd -n NAME [--no-realtime | -R -P 70] -d dummy -r RATE -p PERIOD
+
+Everything here runs on the asyncio loop's thread and never blocks it: the
+server and the readiness probe (``jack_lsp``) are asyncio subprocesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+
+from ..errors import EngineError
+
+log = logging.getLogger("appliance.engine.jackserver")
+
+#: How long a fresh server may take to answer (it is ready in ~150 ms here).
+SERVER_START_TIMEOUT = 10.0
+#: How long ``jackd`` may take to exit after SIGTERM, and again after SIGKILL.
+SERVER_STOP_TIMEOUT = 5.0
+#: How long one readiness probe (``jack_lsp``) may take.
+PROBE_TIMEOUT = 2.0
+#: Pause between readiness probes.
+PROBE_INTERVAL = 0.05
+#: Realtime priority asked for with ``-R``.
+REALTIME_PRIORITY = 70
+
+
+@dataclass(frozen=True)
+class DummySettings:
+    """How to run a dummy-backend JACK server.
+
+    Attributes:
+        sample_rate: frames per second (``-r``).
+        period: frames per period (``-p``), the engine's buffer size.
+        realtime: ask for realtime scheduling (``-R -P 70``); falls back to
+            ``--no-realtime`` when the server cannot start that way.
+    """
+
+    sample_rate: int = 48000
+    period: int = 128
+    realtime: bool = False
+
+
+def unique_server_name(prefix: str = "appliance") -> str:
+    """A server name no other process on this machine is likely to use."""
+    return f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def jack_environment(server_name: str | None) -> dict[str, str]:
+    """Environment for a JACK client process aimed at ``server_name``.
+
+    Clients never start a server of their own, and nobody asks D-Bus for the
+    sound device (``JACK_NO_AUDIO_RESERVATION``).
+    """
+    env = dict(os.environ)
+    env["JACK_NO_START_SERVER"] = "1"
+    env["JACK_NO_AUDIO_RESERVATION"] = "1"
+    if server_name is not None:
+        env["JACK_DEFAULT_SERVER"] = server_name
+    return env
+
+
+class JackServer:
+    """One ``jackd`` process with the dummy backend.
+
+    All methods are coroutines for the asyncio loop's thread.
+
+    Args:
+        name: the server name (``-n``); a unique one is made up when omitted.
+        settings: rate, period and scheduling.
+        jackd: the server executable.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        settings: DummySettings | None = None,
+        jackd: str = "jackd",
+    ) -> None:
+        self.name = name or unique_server_name()
+        self.settings = settings or DummySettings()
+        self.is_realtime = False
+        self._jackd = jackd
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._output: collections.deque[str] = collections.deque(maxlen=40)
+
+    @property
+    def is_running(self) -> bool:
+        """True while the server process is alive."""
+        return self._proc is not None and self._proc.returncode is None
+
+    async def start(self) -> None:
+        """Start the server and wait until clients can connect.
+
+        With ``settings.realtime`` it first tries realtime scheduling and
+        falls back to ``--no-realtime`` if that start fails.
+
+        Raises:
+            EngineError: ``jackd`` is missing, exits, or does not answer
+                within :data:`SERVER_START_TIMEOUT`.
+        """
+        if self.is_running:
+            return
+        attempts = [True, False] if self.settings.realtime else [False]
+        failure = "not started"
+        for realtime in attempts:
+            try:
+                await self._start_once(realtime)
+            except EngineError as exc:
+                failure = str(exc)
+                log.warning("jack server %s (realtime=%s) failed: %s", self.name, realtime, exc)
+                await self._reap()
+                continue
+            self.is_realtime = realtime
+            log.info(
+                "jack server %s up (%d Hz, %d frames, %s)",
+                self.name,
+                self.settings.sample_rate,
+                self.settings.period,
+                "realtime" if realtime else "no realtime",
+            )
+            return
+        raise EngineError(f"jack server {self.name} did not start: {failure}")
+
+    async def stop(self) -> None:
+        """Stop the server: SIGTERM, wait, then SIGKILL. Safe to call twice."""
+        if self._proc is None:
+            return
+        if self._proc.returncode is None:
+            log.info("stopping jack server %s", self.name)
+        await self._reap()
+
+    def output_tail(self) -> str:
+        """The server's last output lines (for error messages)."""
+        return "\n".join(self._output)
+
+    async def _start_once(self, realtime: bool) -> None:
+        scheduling = ["-R", "-P", str(REALTIME_PRIORITY)] if realtime else ["--no-realtime"]
+        argv = [
+            self._jackd,
+            "-n",
+            self.name,
+            *scheduling,
+            "-d",
+            "dummy",
+            "-r",
+            str(self.settings.sample_rate),
+            "-p",
+            str(self.settings.period),
+        ]
+        self._output.clear()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=jack_environment(None),
+            )
+        except OSError as exc:
+            raise EngineError(f"cannot run {self._jackd}: {exc}") from exc
+        assert self._proc.stdout is not None
+        self._pump = asyncio.create_task(self._read_output(self._proc.stdout))
+        try:
+            await asyncio.wait_for(self._wait_ready(self._proc), SERVER_START_TIMEOUT)
+        except TimeoutError:
+            raise EngineError(f"no answer within {SERVER_START_TIMEOUT} s: {self.output_tail()}") from None
+
+    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> None:
+        while True:
+            if proc.returncode is not None:
+                raise EngineError(f"jackd exited with {proc.returncode}: {self.output_tail()}")
+            if await self._answers():
+                return
+            await asyncio.sleep(PROBE_INTERVAL)
+
+    async def _answers(self) -> bool:
+        """Whether ``jack_lsp`` can reach the server (it never starts one)."""
+        probe = await asyncio.create_subprocess_exec(
+            "jack_lsp",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=jack_environment(self.name),
+        )
+        try:
+            return await asyncio.wait_for(probe.wait(), PROBE_TIMEOUT) == 0
+        except TimeoutError:
+            probe.kill()
+            await probe.wait()
+            return False
+
+    async def _read_output(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            text = line.decode(errors="replace").rstrip()
+            self._output.append(text)
+            log.debug("jackd %s: %s", self.name, text)
+
+    async def _reap(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), SERVER_STOP_TIMEOUT)
+            except TimeoutError:
+                log.warning("jack server %s ignored SIGTERM; killing it", self.name)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), SERVER_STOP_TIMEOUT)
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            try:
+                await asyncio.wait_for(pump, PROBE_TIMEOUT)
+            except (TimeoutError, asyncio.CancelledError):
+                pump.cancel()

@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop rig and benchmarks (see hil/README.md)."""

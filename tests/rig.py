@@ -1,0 +1,288 @@
+"""The virtual rig: play test signals into a track and record what comes out.
+
+Two JACK clients on the test's server::
+
+    rig-play-XXXX:play_1..N ──▶ track inputs ─▶ plugins ─▶ track outputs ──▶ rig-rec-XXXX:rec_1..N
+             play_1 ──────────────────────────────────────────────────────▶ rig-rec-XXXX:ref_1
+
+Player and recorder are separate clients so that JACK orders the graph player
+→ plugins → recorder and everything happens in one cycle: a plugin chain with
+no latency of its own records 0 frames late. (One client that both fed and
+read the chain would form a cycle, and JACK would add a period.)
+
+A take is scheduled on JACK's frame clock: both process callbacks compute,
+from ``last_frame_time`` (the same number for every client in a cycle), which
+part of the signal this cycle carries, so reference and recording line up
+exactly whatever cycle each callback first sees the take in. The callbacks do
+numpy slicing and copying only; the loop polls for the end of the take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jack
+import numpy as np
+
+#: Frames between scheduling a take and its first frame (time for both clients to see it).
+TAKE_LEAD_PERIODS = 8
+#: Extra wall-clock seconds a take may take beyond its own length.
+TAKE_TIMEOUT_MARGIN = 5.0
+#: How often the loop looks whether a take is complete.
+TAKE_POLL_INTERVAL = 0.005
+#: How long opening or closing the rig's JACK clients may take.
+RIG_OPEN_TIMEOUT = 10.0
+
+_WRAP = 1 << 32
+
+
+def _frames_since(now: int, start: int) -> int:
+    """Signed distance on JACK's 32-bit frame clock."""
+    return ((now - start + (1 << 31)) % _WRAP) - (1 << 31)
+
+
+# -- signals and measurements -------------------------------------------------------
+
+
+def sine(
+    frequency: float = 1000.0, frames: int = 24000, rate: int = 48000, level_db: float = -12.0
+) -> np.ndarray:
+    """A sine of ``frames`` samples at ``level_db`` dBFS peak, as float32."""
+    t = np.arange(frames, dtype=np.float64) / rate
+    amplitude = 10.0 ** (level_db / 20.0)
+    wave: np.ndarray = np.sin(2.0 * np.pi * frequency * t) * amplitude
+    return wave.astype(np.float32)
+
+
+def noise(frames: int = 24000, level_db: float = -20.0, seed: int = 1) -> np.ndarray:
+    """White noise at ``level_db`` dBFS RMS (broadband: good for latency)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(frames)
+    x *= 10.0 ** (level_db / 20.0) / np.sqrt(np.mean(x**2))
+    return x.astype(np.float32)
+
+
+def rms_db(x: np.ndarray) -> float:
+    """RMS level in dBFS (−240 for digital silence)."""
+    power = float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0
+    return 10.0 * float(np.log10(power)) if power > 1e-24 else -240.0
+
+
+def gain_db(recorded: np.ndarray, reference: np.ndarray) -> float:
+    """Level of ``recorded`` relative to ``reference`` in dB (RMS over each)."""
+    return rms_db(recorded) - rms_db(reference)
+
+
+def latency_frames(recorded: np.ndarray, reference: np.ndarray, max_lag: int | None = None) -> int:
+    """How many frames ``recorded`` lags ``reference``: the cross-correlation peak.
+
+    Use a broadband signal (noise, a click): a sine's correlation repeats every
+    period. Negative means ``recorded`` leads.
+    """
+    n = len(recorded) + len(reference)
+    size = 1 << (n - 1).bit_length()
+    spectrum = np.fft.rfft(recorded.astype(np.float64), size) * np.conj(
+        np.fft.rfft(reference.astype(np.float64), size)
+    )
+    corr = np.fft.irfft(spectrum, size)
+    limit = max_lag if max_lag is not None else len(recorded) - 1
+    lags = np.concatenate([np.arange(0, limit + 1), np.arange(-min(limit, len(reference) - 1), 0)])
+    values = np.abs(corr[lags % size])
+    return int(lags[int(np.argmax(values))])
+
+
+def difference_db(a: np.ndarray, b: np.ndarray) -> float:
+    """Level of ``a - b`` relative to ``b`` in dB (how different two takes are)."""
+    return rms_db(a - b) - rms_db(b)
+
+
+# -- the rig ------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Take:
+    """One scheduled play-and-record. Written by the JACK callbacks."""
+
+    start: int
+    signal: np.ndarray  # (frames, channels)
+    reference: np.ndarray  # (length,)
+    recorded: np.ndarray  # (length, channels)
+    done: bool = False
+
+
+class Rig:
+    """A player and a recorder client on one JACK server.
+
+    ``open``/``close``/``play_and_record`` are coroutines for the loop's
+    thread; the process callbacks run on JACK's audio thread and only slice
+    and copy numpy arrays.
+
+    Args:
+        server_name: the JACK server.
+        channels: how many play and rec ports (the track's width).
+    """
+
+    def __init__(self, server_name: str, channels: int = 1) -> None:
+        self.server_name = server_name
+        self.channels = channels
+        token = secrets.token_hex(2)
+        self._names = (f"rig-play-{token}", f"rig-rec-{token}")
+        self._player: jack.Client | None = None
+        self._recorder: jack.Client | None = None
+        self._outs: tuple[jack.OwnPort, ...] = ()
+        self._ref: jack.OwnPort | None = None
+        self._recs: tuple[jack.OwnPort, ...] = ()
+        self._take: _Take | None = None
+        self.samplerate = 0
+        self.blocksize = 0
+
+    @property
+    def play_ports(self) -> tuple[str, ...]:
+        """Full names of the player's outputs (a track's inputs)."""
+        return tuple(f"{self._names[0]}:play_{i + 1}" for i in range(self.channels))
+
+    @property
+    def rec_ports(self) -> tuple[str, ...]:
+        """Full names of the recorder's inputs (a track's outputs)."""
+        return tuple(f"{self._names[1]}:rec_{i + 1}" for i in range(self.channels))
+
+    @property
+    def ref_port(self) -> str:
+        """The recorder's dry reference input, fed straight from ``play_1``."""
+        return f"{self._names[1]}:ref_1"
+
+    async def open(self) -> None:
+        """Open both clients, register ports, connect play_1 → ref_1."""
+        await asyncio.wait_for(asyncio.to_thread(self._open), RIG_OPEN_TIMEOUT)
+
+    async def close(self) -> None:
+        """Deactivate and close both clients."""
+        await asyncio.wait_for(asyncio.to_thread(self._close), RIG_OPEN_TIMEOUT)
+
+    async def play_and_record(
+        self, signal: np.ndarray, extra_frames: int = 0, timeout: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Play ``signal`` into every play port and record ``len + extra_frames``.
+
+        Args:
+            signal: mono ``(frames,)`` (sent to every channel) or ``(frames, channels)``.
+            extra_frames: frames to keep recording after the signal ends.
+            timeout: wall-clock limit; default the take's length plus
+                :data:`TAKE_TIMEOUT_MARGIN`.
+
+        Returns:
+            ``(reference, recorded)``: the dry reference ``(length,)`` and the
+            recordings ``(length, channels)``, sample-aligned.
+        """
+        if self._recorder is None:
+            raise RuntimeError("rig is not open")
+        if self._take is not None:
+            raise RuntimeError("one take at a time")
+        data = np.asarray(signal, dtype=np.float32)
+        if data.ndim == 1:
+            data = np.repeat(data[:, None], self.channels, axis=1)
+        data = np.ascontiguousarray(data)
+        length = data.shape[0] + extra_frames
+        start = (self._recorder.frame_time + TAKE_LEAD_PERIODS * self.blocksize) % _WRAP
+        take = _Take(
+            start=start,
+            signal=data,
+            reference=np.zeros(length, dtype=np.float32),
+            recorded=np.zeros((length, self.channels), dtype=np.float32),
+        )
+        limit = timeout if timeout is not None else length / self.samplerate + TAKE_TIMEOUT_MARGIN
+        self._take = take
+        try:
+            async with asyncio.timeout(limit):
+                while not take.done:
+                    await asyncio.sleep(TAKE_POLL_INTERVAL)
+        finally:
+            self._take = None
+        return take.reference, take.recorded
+
+    async def measure_gain(self, signal: np.ndarray, channel: int = 0) -> float:
+        """One take of ``signal``; the channel's gain against the reference in dB."""
+        reference, recorded = await self.play_and_record(signal)
+        return gain_db(recorded[:, channel], reference)
+
+    async def gain_until(
+        self,
+        accept: Callable[[float], bool],
+        signal: np.ndarray | None = None,
+        tries: int = 40,
+    ) -> float:
+        """Measure short takes until ``accept(gain)`` or ``tries`` takes; the last gain.
+
+        A parameter sent to a plugin lands some cycles later: poll like this
+        instead of sleeping a fixed time.
+        """
+        probe = signal if signal is not None else sine(frames=2400)
+        gain = await self.measure_gain(probe)
+        for _ in range(tries - 1):
+            if accept(gain):
+                break
+            gain = await self.measure_gain(probe)
+        return gain
+
+    # -- worker thread --------------------------------------------------------------
+
+    def _open(self) -> None:
+        player = jack.Client(self._names[0], servername=self.server_name, no_start_server=True)
+        recorder = jack.Client(self._names[1], servername=self.server_name, no_start_server=True)
+        self._player, self._recorder = player, recorder
+        player.set_process_callback(self._play)
+        recorder.set_process_callback(self._record)
+        self.samplerate = player.samplerate
+        self.blocksize = player.blocksize
+        player.activate()
+        recorder.activate()
+        self._outs = tuple(player.outports.register(f"play_{i + 1}") for i in range(self.channels))
+        self._ref = recorder.inports.register("ref_1")
+        self._recs = tuple(recorder.inports.register(f"rec_{i + 1}") for i in range(self.channels))
+        player.connect(self.play_ports[0], self.ref_port)
+
+    def _close(self) -> None:
+        for client in (self._player, self._recorder):
+            if client is not None:
+                client.deactivate()
+                client.close()
+        self._player = self._recorder = None
+
+    # -- JACK's audio thread ---------------------------------------------------------
+
+    def _play(self, frames: int) -> None:
+        outs = self._outs
+        for port in outs:
+            port.get_array().fill(0.0)
+        take = self._take
+        player = self._player
+        if take is None or player is None:
+            return
+        offset = _frames_since(player.last_frame_time, take.start)
+        total = take.signal.shape[0]
+        if offset + frames <= 0 or offset >= total:
+            return
+        a, b = max(0, -offset), min(frames, total - offset)
+        for i, port in enumerate(outs):
+            port.get_array()[a:b] = take.signal[offset + a : offset + b, i]
+
+    def _record(self, frames: int) -> None:
+        take = self._take
+        recorder = self._recorder
+        ref = self._ref
+        if take is None or take.done or recorder is None or ref is None:
+            return
+        offset = _frames_since(recorder.last_frame_time, take.start)
+        total = take.reference.shape[0]
+        if offset + frames <= 0:
+            return
+        if offset < total:
+            a, b = max(0, -offset), min(frames, total - offset)
+            take.reference[offset + a : offset + b] = ref.get_array()[a:b]
+            for i, port in enumerate(self._recs):
+                take.recorded[offset + a : offset + b, i] = port.get_array()[a:b]
+        if offset + frames >= total:
+            take.done = True
