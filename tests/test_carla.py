@@ -1,0 +1,363 @@
+"""Carla-only behaviour: finding Carla, bypass modes, engine events, limits.
+
+The shared behaviour (chains, gain, latency, order) is in the engine contract
+suite; here is what only the Carla adapter has. Tests that need Carla itself
+are skipped, with the reason, where it is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from appliance.config import CarlaConfig, DummyServer, JackConfig
+from appliance.controls import Control, PluginType
+from appliance.engine import EngineEvent, TrackPorts
+from appliance.engine.carla import (
+    HELPER_PACKAGE,
+    HOST_MODULE,
+    STANDALONE_LIBRARY,
+    CarlaEngine,
+    find_carla,
+    unavailable,
+)
+from appliance.engine.jackserver import JackServer
+from appliance.errors import EngineError
+from tests.rig import Rig, sine
+
+TRACK = "guitar"
+AMP = PluginType(
+    key="gain",
+    uri="http://lv2plug.in/plugins/eg-amp",
+    name="Simple Amplifier",
+    controls=(Control("gain", "Gain", -90.0, 24.0, 0.0, "dB"),),
+    audio_inputs=("in",),
+    audio_outputs=("out",),
+)
+TS9 = PluginType(
+    key="overdrive",
+    uri="http://guitarix.sourceforge.net/plugins/gxts9#ts9sim",
+    name="GxTubeScreamer",
+    controls=(
+        Control("fslider0_", "Level", -20.0, 4.0, -16.0, "dB"),
+        Control("fslider1_", "Tone", 100.0, 1000.0, 400.0, "Hz"),
+        Control("fslider2_", "Drive", 0.0, 1.0, 0.5),
+        Control("BYPASS", "BYPASS", 0.0, 1.0, 1.0, kind="toggle"),
+    ),
+    audio_inputs=("in",),
+    audio_outputs=("out",),
+    enable_symbol="BYPASS",
+)
+#: ACE compressor with its side-chain input: 2 in, 1 out, so Carla has no dry/wet for it.
+COMP_CONTROLS = (
+    Control("mak", "Makeup", 0.0, 30.0, 0.0, "dB"),
+    Control("thr", "Threshold", -60.0, 0.0, 0.0, "dB"),
+    Control("enable", "Enable", 0.0, 1.0, 1.0, kind="toggle"),
+)
+COMP_NO_ENABLE = PluginType(
+    key="comp",
+    uri="urn:ardour:a-comp",
+    name="ACE Compressor",
+    controls=COMP_CONTROLS,
+    audio_inputs=("lv2_audio_in_1",),
+    audio_outputs=("lv2_audio_out_1",),
+)
+PROBE = sine(1000.0, 4800, 48000, -12.0)
+TOLERANCE_DB = 0.1
+EVENT_TIMEOUT = 5.0
+
+pytestmark = pytest.mark.timeout(90)
+
+CARLA_MISSING = unavailable(None)
+needs_carla = pytest.mark.skipif(CARLA_MISSING is not None, reason=f"Carla: {CARLA_MISSING}")
+
+
+def _near(target: float) -> Callable[[float], bool]:
+    return lambda gain: abs(gain - target) <= TOLERANCE_DB
+
+
+# -- finding Carla (no Carla needed) ----------------------------------------------------
+
+
+def _fake_install(prefix: Path, *files: str) -> None:
+    for name in files:
+        path = prefix / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+
+
+def test_unavailable_names_the_missing_library(tmp_path: Path) -> None:
+    """An empty prefix: the message names libcarla_standalone2.so and where it looked."""
+    why = unavailable(tmp_path)
+    assert why == f"Carla is not installed: no {STANDALONE_LIBRARY} in {tmp_path / 'lib' / 'carla'}"
+
+
+def test_unavailable_names_the_missing_host_module(tmp_path: Path) -> None:
+    """A headless build (library, no Python modules): names carla_backend.py and says what to copy."""
+    _fake_install(tmp_path, f"lib/carla/{STANDALONE_LIBRARY}")
+    why = unavailable(tmp_path)
+    assert why is not None
+    assert why.startswith(f"no {HOST_MODULE} in {tmp_path / 'share' / 'carla'}")
+    assert "carla_utils.py and common/" in why
+
+
+def test_unavailable_names_the_missing_helper_package(tmp_path: Path) -> None:
+    """carla_backend.py without common/: names common/__init__.py."""
+    _fake_install(tmp_path, f"lib/carla/{STANDALONE_LIBRARY}", f"share/carla/{HOST_MODULE}")
+    why = unavailable(tmp_path)
+    assert why is not None and why.startswith(f"no {HELPER_PACKAGE} in {tmp_path / 'share' / 'carla'}")
+
+
+def test_complete_prefix_is_usable(tmp_path: Path) -> None:
+    """All three files present under the prefix: usable, and find_carla points there."""
+    _fake_install(
+        tmp_path,
+        f"lib/carla/{STANDALONE_LIBRARY}",
+        f"share/carla/{HOST_MODULE}",
+        f"share/carla/{HELPER_PACKAGE}",
+    )
+    assert unavailable(tmp_path) is None
+    paths = find_carla(tmp_path)
+    assert paths.library == tmp_path / "lib" / "carla" / STANDALONE_LIBRARY
+    assert paths.share_dir == tmp_path / "share" / "carla"
+
+
+# -- a running Carla ------------------------------------------------------------------
+
+
+def _engine(server: str, rig: Rig, events: list[EngineEvent]) -> CarlaEngine:
+    return CarlaEngine(
+        [TrackPorts(TRACK, rig.play_ports, rig.rec_ports)],
+        CarlaConfig(driver="jack"),
+        JackConfig(server=server),
+        on_event=events.append,
+        client_name="carla-test",
+    )
+
+
+@pytest.fixture
+def events() -> list[EngineEvent]:
+    return []
+
+
+@pytest_asyncio.fixture
+async def carla(jack_server: JackServer, rig: Rig, events: list[EngineEvent]) -> AsyncIterator[CarlaEngine]:
+    """A started CarlaEngine whose one track plays from the rig into its recorder."""
+    engine = _engine(jack_server.name, rig, events)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+async def _wait_for(events: list[EngineEvent], kind: str) -> EngineEvent:
+    async with asyncio.timeout(EVENT_TIMEOUT):
+        while True:
+            for event in events:
+                if event.kind == kind:
+                    return event
+            await asyncio.sleep(0.01)
+
+
+@needs_carla
+async def test_bypass_uses_the_enable_port(carla: CarlaEngine, rig: Rig) -> None:
+    """TS9 (BYPASS port) is bypassed by its own control: the value flips, the track goes dry."""
+    await carla.add_plugin(TRACK, "drive", TS9, 0, {"fslider2_": 1.0, "fslider0_": 4.0})
+    assert carla.bypass_mode("drive") == "enable-port"
+    driven = await rig.gain_until(lambda g: g > 3.0, PROBE)
+    assert driven > 3.0
+
+    def bypass_value(host: object) -> float:
+        plugin = carla._plugins["drive"]
+        index = plugin.params["BYPASS"]
+        return float(host.get_current_parameter_value(carla.carla_id("drive"), index))  # type: ignore[attr-defined]
+
+    await carla.set_bypass("drive", True)
+    assert await carla.run_on_owner(bypass_value) == 0.0  # Guitarix: 1 = active
+    assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+    await carla.set_bypass("drive", False)
+    assert await carla.run_on_owner(bypass_value) == 1.0
+    assert await rig.gain_until(lambda g: g > 3.0, PROBE) > 3.0
+
+
+@needs_carla
+async def test_bypass_uses_drywet_without_an_enable_port(carla: CarlaEngine, rig: Rig) -> None:
+    """eg-amp (no enable port, 1 in 1 out) is bypassed with dry/wet 0, wiring untouched."""
+    await carla.add_plugin(TRACK, "amp", AMP, 0, {"gain": -6.0})
+    assert carla.bypass_mode("amp") == "drywet"
+    assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+    wired = dict(carla._graph.connections)
+    await carla.set_bypass("amp", True)
+    assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+    assert carla._graph.connections == wired
+
+
+@needs_carla
+async def test_bypass_reroutes_without_enable_port_or_drywet(carla: CarlaEngine, rig: Rig) -> None:
+    """a-comp told it has no enable port (2 in, 1 out: no dry/wet) is bypassed by rewiring."""
+    await carla.add_plugin(TRACK, "comp", COMP_NO_ENABLE, 0, {"mak": 10.0})
+    assert carla.bypass_mode("comp") == "reroute"
+    assert await rig.gain_until(lambda g: g > 3.0, PROBE) > 3.0
+    await carla.set_bypass("comp", True)
+    assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+    await carla.set_bypass("comp", False)
+    assert await rig.gain_until(lambda g: g > 3.0, PROBE) > 3.0
+
+
+@needs_carla
+async def test_parameter_changed_inside_reaches_on_event(
+    carla: CarlaEngine, events: list[EngineEvent]
+) -> None:
+    """A control Carla changes itself (reset to defaults) arrives as a parameter event by symbol.
+
+    The first plugin is removed first, so the second one's Carla id has
+    shifted from 1 to 0: the event must still name it.
+    """
+    await carla.add_plugin(TRACK, "first", AMP, 0, {"gain": -3.0})
+    await carla.add_plugin(TRACK, "second", AMP, 1, {"gain": -6.0})
+    await carla.remove_plugin("first")
+    assert await carla.run_on_owner(lambda host: carla.carla_id("second")) == 0
+    await carla.run_on_owner(lambda host: host.reset_parameters(carla.carla_id("second")))
+    event = await _wait_for(events, "parameter")
+    assert event == EngineEvent("parameter", "second", values={"gain": 0.0})
+
+
+@needs_carla
+async def test_killed_server_reports_engine_death(
+    jack_server: JackServer, carla: CarlaEngine, events: list[EngineEvent]
+) -> None:
+    """Killing the JACK server gives one engine-died event and running=False; stop still works."""
+    await carla.add_plugin(TRACK, "amp", AMP, 0, {"gain": 0.0})
+    assert carla.info().running
+    await jack_server.stop()
+    died = await _wait_for(events, "engine-died")
+    assert "JACK" in died.message
+    async with asyncio.timeout(EVENT_TIMEOUT):
+        while carla.info().running:
+            await asyncio.sleep(0.01)
+    with pytest.raises(EngineError):
+        await carla.set_parameters("amp", {"gain": -6.0})
+    await carla.stop()
+    assert [e.kind for e in events].count("engine-died") == 1
+
+
+@needs_carla
+async def test_info_never_blocks_while_the_owner_is_busy(carla: CarlaEngine) -> None:
+    """info() answers in well under a millisecond even while the owner thread is busy."""
+    busy = asyncio.ensure_future(carla.run_on_owner(lambda host: time.sleep(0.3)))
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    info = carla.info()
+    assert time.perf_counter() - started < 0.001
+    assert info.running and info.sample_rate == 48000 and info.buffer_size == 128
+    await busy
+
+
+@needs_carla
+async def test_one_engine_per_process(jack_server: JackServer, carla: CarlaEngine, rig: Rig) -> None:
+    """A second CarlaEngine in the same process is refused with EngineError."""
+    second = _engine(jack_server.name, rig, [])
+    with pytest.raises(EngineError, match="one engine per process"):
+        await second.start()
+    await second.stop()
+
+
+@needs_carla
+async def test_too_many_channels_is_a_clear_error(jack_server: JackServer, rig: Rig) -> None:
+    """Three track inputs on Carla's 2-input JACK patchbay: EngineError naming the counts."""
+    tracks = [
+        TrackPorts("a", ("x:1", "x:2"), ("y:1",)),
+        TrackPorts("b", ("x:3",), ("y:2",)),
+    ]
+    engine = CarlaEngine(tracks, CarlaConfig(), JackConfig(server=jack_server.name))
+    with pytest.raises(EngineError, match="has 2 audio inputs but the tracks need 3"):
+        await engine.start()
+    await engine.stop()
+    # the slot is free again
+    ok = _engine(jack_server.name, rig, [])
+    await ok.start()
+    await ok.stop()
+
+
+@needs_carla
+async def test_two_tracks_share_the_engine(jack_server: JackServer) -> None:
+    """Two mono tracks get one engine channel each and separate chains."""
+    left, right = Rig(jack_server.name), Rig(jack_server.name)
+    await left.open()
+    await right.open()
+    engine = CarlaEngine(
+        [
+            TrackPorts("l", left.play_ports, left.rec_ports),
+            TrackPorts("r", right.play_ports, right.rec_ports),
+        ],
+        CarlaConfig(),
+        JackConfig(server=jack_server.name),
+    )
+    try:
+        await engine.start()
+        await engine.add_plugin("r", "amp", AMP, 0, {"gain": -6.0})
+        assert await right.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+        assert await left.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+    finally:
+        await engine.stop()
+        await left.close()
+        await right.close()
+
+
+@needs_carla
+async def test_runs_its_own_dummy_server() -> None:
+    """jack.dummy set: the engine starts a private server at that rate/period and stops it."""
+    engine = CarlaEngine(
+        [TrackPorts(TRACK, ("system:capture_1",), ("system:playback_1", "system:playback_2"))],
+        CarlaConfig(),
+        JackConfig(dummy=DummyServer(rate=44100, period=256)),
+    )
+    await engine.start()
+    server = engine._server
+    try:
+        info = engine.info()
+        assert (info.running, info.sample_rate, info.buffer_size) == (True, 44100, 256)
+        assert server is not None and server.is_running
+    finally:
+        await engine.stop()
+    assert not server.is_running
+    assert engine.info().running is False
+
+
+@needs_carla
+async def test_alsa_without_a_card_fails_cleanly() -> None:
+    """The ALSA driver on a machine with no sound card: EngineError with Carla's reason."""
+    engine = CarlaEngine(
+        [TrackPorts(TRACK, ("system:capture_1",), ("system:playback_1",))],
+        CarlaConfig(driver="alsa", device="hw:99"),
+        JackConfig(),
+    )
+    with pytest.raises(EngineError, match="alsa engine did not start"):
+        await engine.start()
+    await engine.stop()
+    assert engine.info().running is False
+
+
+@needs_carla
+async def test_bridged_plugin_plays_and_bypasses(jack_server: JackServer, rig: Rig) -> None:
+    """bridges: true runs the plugin out of process; gain applies and bypass (a reroute) is dry."""
+    engine = CarlaEngine(
+        [TrackPorts(TRACK, rig.play_ports, rig.rec_ports)],
+        CarlaConfig(bridges=True),
+        JackConfig(server=jack_server.name),
+    )
+    await engine.start()
+    try:
+        await engine.add_plugin(TRACK, "amp", AMP, 0, {"gain": -6.0})
+        assert engine.bypass_mode("amp") == "reroute"  # dry/wet stays wet across a bridge
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+        await engine.set_bypass("amp", True)
+        assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+    finally:
+        await engine.stop()
