@@ -71,6 +71,8 @@ JACK_CALL_TIMEOUT = 5.0
 PLUGIN_STOP_TIMEOUT = 2.0
 #: How long a write of ``set`` lines to a jalv's stdin may take.
 STDIN_WRITE_TIMEOUT = 2.0
+#: Unsent ``set`` lines a jalv may have waiting before it is called stuck.
+STDIN_BACKLOG_LIMIT = 1 << 20
 #: Longest pause between two looks at a starting plugin's ports.
 PORT_POLL_INTERVAL = 0.02
 #: How long a dead plugin's JACK client may take to vanish before its respawn.
@@ -126,6 +128,8 @@ class _Plugin:
     alive: bool = False
     retired: bool = False
     output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
+    #: Values set since the last write to stdin; flushed once per loop turn.
+    unsent: dict[str, float] = field(default_factory=dict)
     deaths: collections.deque[float] = field(default_factory=collections.deque)
 
     @property
@@ -370,7 +374,10 @@ class JalvEngine(Engine):
         plugin = self._plugin(plugin_id)
         plugin.values.update(values)
         if plugin.alive:
-            await self._send(plugin, values)
+            # A slider storm becomes one write per loop turn with the newest values.
+            if not plugin.unsent:
+                asyncio.get_running_loop().call_soon(self._flush, plugin)
+            plugin.unsent.update(values)
 
     async def set_bypass(self, plugin_id: str, bypass: bool) -> None:
         """Route the chain around the plugin (or back through it).
@@ -728,6 +735,26 @@ class JalvEngine(Engine):
                 text = text[1:].lstrip()
             plugin.output.append(text)
             log.debug("%s: %s", plugin.client_name, text)
+
+    def _flush(self, plugin: _Plugin) -> None:
+        """Write the values set since the last flush. Loop thread, never waits."""
+        values, plugin.unsent = plugin.unsent, {}
+        proc = plugin.proc
+        if not values or proc is None or proc.stdin is None or proc.returncode is not None:
+            return
+        lines = "".join(f"set {symbol} {_number(value)}\n" for symbol, value in values.items())
+        try:
+            proc.stdin.write(lines.encode())
+        except (BrokenPipeError, ConnectionResetError):
+            log.debug("%s: stdin closed; values kept for the respawn", plugin.client_name)
+            return
+        transport = proc.stdin.transport
+        if transport.get_write_buffer_size() > STDIN_BACKLOG_LIMIT:
+            log.warning(
+                "%s: not reading its stdin; %d bytes of values wait",
+                plugin.client_name,
+                transport.get_write_buffer_size(),
+            )
 
     async def _send(self, plugin: _Plugin, values: Mapping[str, float]) -> None:
         proc = plugin.proc
