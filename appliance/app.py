@@ -13,6 +13,7 @@ import logging
 import secrets
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ from .store import BoardStore, DebouncedSaver
 from .watchdog import SystemdNotifier, watchdog_loop
 
 log = logging.getLogger("appliance.app")
+
+#: How long each shutdown step (server, save, engine) may take.
+STOP_STEP_TIMEOUT = 20.0
 
 
 def make_engine(config: Config, on_event: Any) -> Engine:
@@ -97,7 +101,6 @@ class Box:
         self.saver: DebouncedSaver | None = None
         self.controller: Controller | None = None
         self.catalog: Catalog | None = None
-        self._events: list[EngineEvent] = []
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         info = self.engine.info().as_dict() if self.engine else {"running": False}
@@ -125,7 +128,8 @@ class Box:
                 for problem in board.restore(saved, self.catalog):
                     log.warning("board: %s", problem)
             except (ValueError, TypeError, AttributeError) as exc:
-                log.error("saved board is not usable (%s); starting empty", exc)
+                aside = await asyncio.to_thread(store.set_aside, "unusable")
+                log.error("saved board is not usable (%s); moved it to %s and started empty", exc, aside)
                 board = Board(t.id for t in config.tracks)
         self.engine = make_engine(config, self._on_engine_event)
         await self.engine.start()
@@ -142,32 +146,50 @@ class Box:
         """Put the restored board (or, on a fresh box, the demo board) into the engine."""
         assert self.engine is not None and self.controller is not None and self.catalog is not None
         for track in board.tracks.values():
-            for index, instance in enumerate(list(track.chain)):
+            loaded = 0
+            for instance in list(track.chain):
                 try:
                     await self.engine.add_plugin(
-                        track.id, instance.id, instance.type, index, instance.engine_values(), instance.bypass
+                        track.id,
+                        instance.id,
+                        instance.type,
+                        loaded,
+                        instance.engine_values(),
+                        instance.bypass,
                     )
+                    loaded += 1
                 except ApplianceError as exc:
-                    log.error("board: %s could not be loaded (%s); it stays on the board", instance.id, exc)
+                    board.make_dormant(track.id, instance.id)
+                    log.error("board: %s could not be loaded (%s); kept in the saved board", instance.id, exc)
         if fresh and self.config.demo:
             for demo in self.config.demo:
                 plugin_type = self.catalog.lookup(demo.plugin)
                 if plugin_type is None:
                     log.warning("demo: plugin %s is not installed", demo.plugin)
                     continue
-                await self.controller.add(
-                    demo.track, plugin_type, plugin_type.name, None, demo.values, demo.bypass
-                )
+                try:
+                    await self.controller.add(
+                        demo.track, plugin_type, plugin_type.name, None, demo.values, demo.bypass
+                    )
+                except ApplianceError as exc:
+                    log.error("demo: %s could not be loaded (%s)", demo.plugin, exc)
         log.info("board loaded: %d plugins", sum(1 for _ in board.instances()))
 
     async def stop(self) -> None:
+        """Stop serving, save the board, stop the engine: each step even if one before failed."""
         self.notifier.notify("STOPPING=1")
-        if self.server is not None:
-            await self.server.stop()
-        if self.saver is not None:
-            await self.saver.flush()
-        if self.engine is not None:
-            await self.engine.stop()
+        steps: list[tuple[str, Callable[[], Awaitable[object]] | None]] = [
+            ("server", self.server.stop if self.server else None),
+            ("save", self.saver.flush if self.saver else None),
+            ("engine", self.engine.stop if self.engine else None),
+        ]
+        for name, step in steps:
+            if step is None:
+                continue
+            try:
+                await asyncio.wait_for(step(), STOP_STEP_TIMEOUT)
+            except Exception:
+                log.exception("stopping: the %s step failed", name)
 
     def status(self) -> tuple[bool, str]:
         healthy, report = self.health()

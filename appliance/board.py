@@ -48,8 +48,16 @@ class PluginInstance:
 
 @dataclass
 class Track:
+    """A track's chain, and saved plugins that cannot be loaded now.
+
+    ``dormant`` keeps each unloadable saved entry with its place in the saved
+    chain, untouched, so that saving the board never throws it away (a plugin
+    package being upgraded must not cost the user their settings).
+    """
+
     id: str
     chain: list[PluginInstance] = field(default_factory=list)
+    dormant: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,8 @@ class Board:
     def __init__(self, track_ids: Iterable[str]) -> None:
         self.tracks: dict[str, Track] = {tid: Track(tid) for tid in track_ids}
         self.next_number = 1
+        #: Saved tracks that are no longer configured, kept as they were.
+        self.orphans: list[dict[str, Any]] = []
 
     # -- lookups ---------------------------------------------------------
 
@@ -128,6 +138,12 @@ class Board:
             raise InvalidMessage("position must be an integer", {"field": "data.position"})
         return max(0, min(position, len(self.track(track_id).chain)))
 
+    def make_dormant(self, track_id: str, plugin_id: str) -> None:
+        """Take a plugin the engine could not load off the live chain, keeping it saved."""
+        index = self.position(track_id, plugin_id)
+        instance = self.remove(track_id, plugin_id)
+        self.tracks[track_id].dormant.append((index, _saved(instance)))
+
     def remove(self, track_id: str, plugin_id: str) -> PluginInstance:
         instance = self.plugin(track_id, plugin_id)
         self.tracks[track_id].chain.remove(instance)
@@ -169,33 +185,25 @@ class Board:
 
     def to_dict(self) -> dict[str, Any]:
         """The board as plain data, the form :class:`BoardStore` writes."""
+        tracks: list[dict[str, Any]] = []
+        for track in self.tracks.values():
+            chain = [_saved(p) for p in track.chain]
+            for index, saved in track.dormant:
+                chain.insert(min(index, len(chain)), saved)
+            tracks.append({"id": track.id, "chain": chain})
         return {
             "format": BOARD_FORMAT,
             "next_number": self.next_number,
-            "tracks": [
-                {
-                    "id": track.id,
-                    "chain": [
-                        {
-                            "id": p.id,
-                            "name": p.name,
-                            "plugin": p.type.key,
-                            "uri": p.type.uri,
-                            "bypass": p.bypass,
-                            "values": {pid: p.values[pid] for pid in sorted(p.values)},
-                        }
-                        for p in track.chain
-                    ],
-                }
-                for track in self.tracks.values()
-            ],
+            "tracks": tracks + self.orphans,
         }
 
     def restore(self, data: Mapping[str, Any], resolver: PluginResolver) -> list[str]:
         """Replace the chains with saved ones; tracks not in config are dropped.
 
-        Plugins that no longer resolve and values that no longer fit are left
-        out and reported, never fatal.
+        Plugins that no longer resolve are kept dormant (saved again as they
+        were, see :class:`Track`) and tracks no longer configured are kept as
+        orphans; values that no longer fit are dropped. All are reported, none
+        is fatal.
 
         Returns:
             One sentence per thing that could not be restored, for the log.
@@ -205,13 +213,16 @@ class Board:
             raise ValueError(f"unknown board format {data.get('format')!r}")
         for track in self.tracks.values():
             track.chain.clear()
+            track.dormant.clear()
+        self.orphans = []
         highest = 0
         for saved_track in data.get("tracks", []):
             track_id = saved_track.get("id")
             if track_id not in self.tracks:
                 problems.append(f"track {track_id!r} is no longer configured; its plugins were not loaded")
+                self.orphans.append(saved_track)
                 continue
-            for saved in saved_track.get("chain", []):
+            for index, saved in enumerate(saved_track.get("chain", [])):
                 plugin_type = resolver.lookup(saved.get("plugin", "")) or resolver.lookup(
                     saved.get("uri", "")
                 )
@@ -219,7 +230,9 @@ class Board:
                 if plugin_id.startswith("plugin_") and plugin_id[7:].isdigit():
                     highest = max(highest, int(plugin_id[7:]))
                 if plugin_type is None:
-                    problems.append(f"{plugin_id}: plugin {saved.get('plugin')!r} is not installed")
+                    name = saved.get("plugin")
+                    problems.append(f"{plugin_id}: plugin {name!r} is not installed; kept in the saved board")
+                    self.tracks[track_id].dormant.append((index, saved))
                     continue
                 instance = PluginInstance(
                     plugin_id, str(saved.get("name", plugin_type.name)), plugin_type, plugin_type.defaults()
@@ -233,6 +246,18 @@ class Board:
                 self.tracks[track_id].chain.append(instance)
         self.next_number = max(int(data.get("next_number", 1)), highest + 1)
         return problems
+
+
+def _saved(instance: PluginInstance) -> dict[str, Any]:
+    """One plugin as :meth:`Board.to_dict` writes it."""
+    return {
+        "id": instance.id,
+        "name": instance.name,
+        "plugin": instance.type.key,
+        "uri": instance.type.uri,
+        "bypass": instance.bypass,
+        "values": {pid: instance.values[pid] for pid in sorted(instance.values)},
+    }
 
 
 def conform_values(

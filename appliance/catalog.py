@@ -369,14 +369,24 @@ def _number(value: object, where: str) -> float:
 # Helpers
 
 
+#: The rate that ``lv2:sampleRate`` ranges (fractions of the rate) are turned
+#: into Hz with: the box's rate, 48 kHz in every shipped config.
+SAMPLE_RATE = 48000
+
+
 def _control(port: lilv.ScannedControl) -> Control:
-    """A :class:`Control` from a scanned port; labels kept for enums and integers."""
+    """A :class:`Control` from a scanned port; labels kept for enums and integers.
+
+    LV2 gives the range of an ``lv2:sampleRate`` port as fractions of the
+    sample rate while the value itself is in Hz (LV2 core, lv2:sampleRate).
+    """
+    scale = SAMPLE_RATE if port.sample_rate else 1
     return Control(
         symbol=port.symbol,
         name=port.name,
-        minimum=port.minimum,
-        maximum=port.maximum,
-        default=port.default,
+        minimum=port.minimum * scale,
+        maximum=port.maximum * scale,
+        default=port.default * scale,
         unit=port.unit,
         kind=port.kind,
         labels=port.labels if port.kind in ("enum", "integer") else (),

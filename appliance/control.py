@@ -19,12 +19,19 @@ from typing import Any, Protocol
 from .board import Board, ParameterPlan, PluginInstance, conform_values
 from .controls import PluginType
 from .engine import Engine, EngineEvent
-from .errors import InvalidMessage, PluginNotAllowed
+from .errors import InvalidMessage, UnknownPlugin
 from .protocol import Request, batch_values
 
 log = logging.getLogger("appliance.control")
 
 Event = tuple[str, dict[str, Any]]
+
+#: What clients are told of engine events (docs/protocol.md, ENGINE_EVENT).
+ENGINE_EVENT_SENTENCES = {
+    "plugin-died": "the plugin stopped; the box is restarting it",
+    "plugin-restored": "the plugin is running again with its settings",
+    "engine-died": "the audio engine stopped",
+}
 
 
 class Catalog(Protocol):
@@ -154,7 +161,10 @@ class Controller:
         track_id, plugin_id = request.data["track_id"], request.data["plugin_id"]
         async with self._structure:
             self.board.plugin(track_id, plugin_id)
-            await self.engine.remove_plugin(plugin_id)
+            try:
+                await self.engine.remove_plugin(plugin_id)
+            except UnknownPlugin:
+                log.warning("remove: the engine did not have %s; removed from the board", plugin_id)
             self.board.remove(track_id, plugin_id)
         self.on_change()
         return Outcome(broadcast=[("PLUGIN_REMOVE", {"track_id": track_id, "plugin_id": plugin_id})])
@@ -217,14 +227,6 @@ class Controller:
         ]
         # Clients that only follow PLUGIN_PARAMETER (the React example) converge too.
         return Outcome(broadcast=events + self._parameter_events(plan))
-
-    def set_parameter(self, track_id: str, plugin_id: str, parameter_id: str, value: float) -> ParameterPlan:
-        """Plan a change from a local frontend (GPIO); apply it with :meth:`apply_local`."""
-        return self.board.plan_parameters(track_id, plugin_id, {parameter_id: value})
-
-    async def apply_local(self, plan: ParameterPlan, origin: str) -> None:
-        await self._apply(plan)
-        self.publish(self._parameter_events(plan), None, {"source": origin})
 
     @staticmethod
     def _parameter_events(plan: ParameterPlan) -> list[Event]:
@@ -334,30 +336,13 @@ class Controller:
                     self.board.commit(plan)
                     self.on_change()
                     self.publish(self._parameter_events(plan), None, {"source": "engine"})
-        elif event.kind in ("plugin-died", "engine-died"):
-            log.error("engine: %s %s", event.kind, event.message)
+        elif event.kind in ENGINE_EVENT_SENTENCES:
+            if event.kind == "plugin-restored":
+                log.warning("engine: plugin %s restored", event.plugin_id)
+            else:
+                log.error("engine: %s %s %s", event.kind, event.plugin_id or "", event.message)
+            # The engine's own message (process output, library errors) stays in the log.
+            sentence = ENGINE_EVENT_SENTENCES[event.kind]
             self.publish(
-                [
-                    (
-                        "ENGINE_EVENT",
-                        {"kind": event.kind, "plugin_id": event.plugin_id, "message": event.message},
-                    )
-                ]
+                [("ENGINE_EVENT", {"kind": event.kind, "plugin_id": event.plugin_id, "message": sentence})]
             )
-        elif event.kind == "plugin-restored":
-            log.warning("engine: plugin %s restored", event.plugin_id)
-            self.publish(
-                [
-                    (
-                        "ENGINE_EVENT",
-                        {"kind": event.kind, "plugin_id": event.plugin_id, "message": event.message},
-                    )
-                ]
-            )
-
-
-def resolve_or_none(catalog: Catalog, key: str) -> PluginType | None:
-    try:
-        return catalog.lookup(key) or catalog.resolve(key, key)
-    except PluginNotAllowed:
-        return None

@@ -14,6 +14,12 @@ class ApplianceError(Exception):
 
     code = "INTERNAL"
     retryable = False
+    #: What a client is told instead of the message, when that may carry
+    #: internals (process output, library errors); None: the message itself.
+    public: str | None = None
+
+    def public_message(self) -> str:
+        return self.public or str(self)
 
 
 class ConfigError(ApplianceError, ValueError):
@@ -87,11 +93,13 @@ class EngineError(ApplianceError):
 
     code = "ENGINE_UNAVAILABLE"
     retryable = True
+    public = "the audio engine is not available right now; the box logged why"
 
 
 class PluginLoadFailed(EngineError):
     code = "PLUGIN_LOAD_FAILED"
     retryable = False
+    public = "the plugin could not be loaded; the box logged why"
 
 
 class HardwareError(ApplianceError):

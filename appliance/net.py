@@ -14,6 +14,7 @@ import http
 import json
 import logging
 import mimetypes
+import socket
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -39,6 +40,8 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_SLOW = 1013
 #: How long a token-mode client has to send AUTH after connecting.
 AUTH_TIMEOUT = 10.0
+#: How long stopping the server waits for clients' closing handshakes.
+SERVER_CLOSE_TIMEOUT = 5.0
 #: How often, and how long at most, a client that reads slowly is waited for.
 CATCH_UP_POLL = 0.005
 CATCH_UP_TIMEOUT = 10.0
@@ -79,6 +82,7 @@ class ClientSession:
         self.bucket = TokenBucket(config.rate_limit)
         self.authorized = authorized
         self.dropped = False
+        self.closing: asyncio.Task[None] | None = None
         self.limit = config.send_buffer
         address = connection.remote_address
         self.name = f"{address[0]}:{address[1]}" if address else "?"
@@ -99,7 +103,7 @@ class ClientSession:
         if not self.dropped and self.backlog() > self.limit:
             self.dropped = True
             log.warning("client %s is too slow (%d bytes unsent); dropping it", self.name, self.backlog())
-            asyncio.get_running_loop().create_task(
+            self.closing = asyncio.get_running_loop().create_task(
                 self.connection.close(CLOSE_TOO_SLOW, "client too slow to keep up")
             )
 
@@ -135,6 +139,8 @@ class ControlServer:
         self.sessions: set[ClientSession] = set()
         self.server: Server | None = None
         self.static: dict[str, Response] = {}
+        name = socket.gethostname().lower()
+        self.hostnames = {name, f"{name}.local"}
         controller.publishers.append(self.broadcast)
 
     async def start(self) -> None:
@@ -158,7 +164,10 @@ class ControlServer:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-            await self.server.wait_closed()
+            try:
+                await asyncio.wait_for(self.server.wait_closed(), SERVER_CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("some clients did not close within %.0f s", SERVER_CLOSE_TIMEOUT)
 
     # -- HTTP --------------------------------------------------------------
 
@@ -168,7 +177,7 @@ class ControlServer:
             if request.headers.get("Upgrade", "").lower() != "websocket":
                 return _text(http.HTTPStatus.UPGRADE_REQUIRED, "WebSocket endpoint: connect with ws://\n")
             origin = request.headers.get("Origin")
-            if origin is not None and not self._origin_allowed(origin, request.headers.get("Host", "")):
+            if origin is not None and not self._origin_allowed(origin, connection.local_address):
                 log.warning("refused a handshake from origin %s", origin)
                 return _text(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
             if len(self.sessions) >= self.config.max_clients:
@@ -182,11 +191,28 @@ class ControlServer:
         page = self.static.get(url.path.lstrip("/") or "index.html")
         return page if page is not None else _text(http.HTTPStatus.NOT_FOUND, "not found\n")
 
-    def _origin_allowed(self, origin: str, host: str) -> bool:
+    def _origin_allowed(self, origin: str, local: Any) -> bool:
+        """Is a browser page from ``origin`` allowed to drive the box?
+
+        Yes when it is on ``allowed_origins``, or when it is the box's own
+        page: served from this port, under the box's own address or name
+        (``localhost``, the address the connection came in on, the host
+        name, ``<hostname>.local``). The ``Host`` header is not trusted: a
+        DNS-rebinding page controls it together with its origin.
+        """
         if origin in self.config.allowed_origins or "*" in self.config.allowed_origins:
             return True
         parsed = urllib.parse.urlsplit(origin)
-        return parsed.scheme in ("http", "https") and parsed.netloc.lower() == host.lower()
+        try:
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        except ValueError:
+            return False
+        if parsed.scheme not in ("http", "https") or port != self.port or parsed.hostname is None:
+            return False
+        own = {"localhost", "127.0.0.1", "::1", *self.hostnames}
+        if local:
+            own.add(str(local[0]).lower())
+        return parsed.hostname.lower() in own
 
     # -- WebSocket ---------------------------------------------------------
 
@@ -275,7 +301,9 @@ class ControlServer:
             for kind, data in outcome.reply:
                 session.send(protocol.encode(kind, data, request_id))
         except ApplianceError as exc:
-            if request_id is None:
+            if exc.public is not None:
+                log.warning("request from %s failed: %s", session.name, exc)
+            if request_id is None and not isinstance(exc, RateLimited):
                 request_id = _peek_id(message)
             session.send(protocol.encode("ERROR", protocol.error_data(exc), request_id))
         except Exception:

@@ -174,7 +174,7 @@ def encode(
 
 def error_data(exc: ApplianceError) -> dict[str, Any]:
     """``ERROR.data`` for a failure: a sentence, the code, whether to retry."""
-    data: dict[str, Any] = {"error": str(exc), "code": exc.code, "retryable": exc.retryable}
+    data: dict[str, Any] = {"error": exc.public_message(), "code": exc.code, "retryable": exc.retryable}
     details = getattr(exc, "details", None)
     if details:
         data["details"] = details

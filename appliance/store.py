@@ -26,6 +26,8 @@ log = logging.getLogger("appliance.store")
 
 #: How long a save may take before shutdown gives up waiting for it.
 SAVE_TIMEOUT = 10.0
+#: Longest pause between retries of a save that failed.
+RETRY_MAX = 30.0
 
 
 class BoardStore:
@@ -62,6 +64,13 @@ class BoardStore:
             return data
         return None
 
+    def set_aside(self, why: str) -> str:
+        """Move ``board.json`` aside (it loaded but cannot be used); returns the new name."""
+        aside = self.path.with_name(f"{self.path.name}.{why}-{int(time.time())}")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path, aside)
+        return aside.name
+
     def save(self, data: dict[str, Any]) -> None:
         """Write atomically: temp file, fsync, keep last good, rename, fsync folder.
 
@@ -97,46 +106,67 @@ class BoardStore:
 class DebouncedSaver:
     """Saves a snapshot a short while after the last change, and on shutdown.
 
-    All methods run on the loop's thread; the write itself runs in a worker.
+    Writes never overlap (one lock); a failed write is logged and retried with
+    a growing pause, so a full or read-only card does not silently stop the
+    saving. All methods run on the loop's thread; the write itself runs in a
+    worker.
     """
 
     def __init__(self, store: BoardStore, snapshot: Callable[[], dict[str, Any]], delay: float) -> None:
         self.store = store
         self.snapshot = snapshot
         self.delay = delay
-        self._timer: asyncio.TimerHandle | None = None
-        self._writing: asyncio.Task[None] | None = None
+        self.failures = 0
         self._dirty = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[bool]] = set()
 
     def changed(self) -> None:
         """Note a change; the save happens ``delay`` seconds after the last one."""
         self._dirty = True
+        self._schedule(self.delay)
+
+    def _schedule(self, delay: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(self.delay, self._start)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._start)
 
     def _start(self) -> None:
         self._timer = None
-        if self._writing is not None and not self._writing.done():
-            self._timer = asyncio.get_running_loop().call_later(self.delay, self._start)
-            return
-        self._writing = asyncio.get_running_loop().create_task(self._write())
+        task = asyncio.get_running_loop().create_task(self._save())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _write(self) -> None:
-        self._dirty = False
-        data = self.snapshot()
-        try:
-            await asyncio.to_thread(self.store.save, data)
-        except StoreError as exc:
-            self._dirty = True
-            log.error("%s", exc)
+    async def _save(self) -> bool:
+        async with self._lock:
+            if not self._dirty:
+                return True
+            self._dirty = False
+            try:
+                data = self.snapshot()
+                await asyncio.to_thread(self.store.save, data)
+            except Exception as exc:  # any failure: keep the change, say so, try again
+                self._dirty = True
+                self.failures += 1
+                retry = min(RETRY_MAX, self.delay * 2**self.failures)
+                log.error("board not saved (%s); retrying in %.1f s", exc, retry)
+                self._schedule(retry)
+                return False
+            self.failures = 0
+            return True
 
-    async def flush(self) -> None:
-        """Write now if anything changed since the last save (shutdown path)."""
+    async def flush(self) -> bool:
+        """Write now if anything changed since the last save (shutdown path).
+
+        Returns:
+            True when the board on disk is current.
+        """
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._writing is not None:
-            await asyncio.wait_for(asyncio.shield(self._writing), SAVE_TIMEOUT)
-        if self._dirty:
-            await asyncio.wait_for(self._write(), SAVE_TIMEOUT)
+        saved = await asyncio.wait_for(self._save(), SAVE_TIMEOUT)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return saved

@@ -120,3 +120,40 @@ def test_restore_reports_what_it_cannot_load() -> None:
     assert len(problems) == 3
     assert [p.id for p in restored.track("track_001").chain] == [amp]
     assert restored.next_number == 8
+
+
+def test_unloadable_plugins_and_tracks_are_kept_in_the_saved_board() -> None:
+    """A plugin not installed now, or a track no longer configured, is saved again unchanged."""
+    board, (first, second) = board_with(AMP, AMP)
+    data = board.to_dict()
+    missing = {
+        "id": "plugin_9",
+        "name": "Fuzz",
+        "plugin": "fuzz",
+        "uri": "urn:x:fuzz",
+        "bypass": True,
+        "values": {"drive": 0.9},
+    }
+    data["tracks"][0]["chain"].insert(1, missing)
+    data["tracks"].append({"id": "track_gone", "chain": [dict(missing, id="plugin_10")]})
+    restored = Board(["track_001"])
+    restored.restore(data, FakeCatalog())
+    assert [p.id for p in restored.track("track_001").chain] == [first, second]
+    restored.commit(restored.plan_parameters("track_001", second, {"gain": -3}))
+    saved = restored.to_dict()
+    assert saved["tracks"][0]["chain"][1] == missing
+    assert [p["id"] for p in saved["tracks"][0]["chain"]] == [first, "plugin_9", second]
+    assert saved["tracks"][1]["id"] == "track_gone"
+    again = Board(["track_001", "track_gone"])
+    again.restore(saved, FakeCatalog())
+    assert again.next_number == 11
+
+
+def test_plugin_the_engine_cannot_load_stays_saved_in_place() -> None:
+    """make_dormant takes a plugin off the live chain but saves it at its place, values intact."""
+    board, (first, second, third) = board_with(AMP, COMP, AMP)
+    board.commit(board.plan_parameters("track_001", second, {"threshold": -30}))
+    before = board.to_dict()
+    board.make_dormant("track_001", second)
+    assert [p.id for p in board.track("track_001").chain] == [first, third]
+    assert board.to_dict() == before

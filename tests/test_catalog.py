@@ -409,3 +409,12 @@ def test_alias_shorthand_and_explicit_no_enable(tmp_path: Path) -> None:
     comp = Catalog.load(path, scan=False).entries["comp"]
     assert comp.parameter("threshold").symbol == "thr"
     assert comp.enable_symbol is None and comp.parameter("enable").control.kind == "toggle"
+
+
+def test_sample_rate_ranges_are_in_hz(catalog: Catalog) -> None:
+    """An lv2:sampleRate control (swh lowpass cutoff) gets its range in Hz, so 1 kHz is not clamped."""
+    lowpass = catalog.lookup("http://plugin.org.uk/swh-plugins/lowpass_iir")
+    if lowpass is None:
+        pytest.skip("swh-lv2's lowpass_iir is not installed")
+    cutoff = lowpass.parameter("cutoff")
+    assert cutoff.maximum > 10000 and cutoff.conform(1000.0) == 1000.0

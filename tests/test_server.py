@@ -372,8 +372,19 @@ async def test_origin_check() -> None:
             async with connect(made.url, origin="http://evil.example"):  # type: ignore[arg-type]
                 pass
         assert refused.value.response.status_code == 403
-        own = f"http://127.0.0.1:{made.server.port}"
-        for origin in (own, "http://studio.local:3000"):
+        port = made.server.port
+        # A DNS-rebinding page sends its own name as both Host and Origin.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"GET /ws HTTP/1.1\r\nHost: rebind.example:{port}\r\nOrigin: http://rebind.example:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        status = await asyncio.wait_for(reader.readline(), RECV_TIMEOUT)
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 403"), status
+        own = f"http://127.0.0.1:{port}"
+        for origin in (own, f"http://localhost:{port}", "http://studio.local:3000"):
             async with connect(made.url, origin=origin) as ws:  # type: ignore[arg-type]
                 await ws.send('{"type": "PING"}')
                 assert (await recv(ws))["type"] == "PONG"

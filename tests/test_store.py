@@ -1,5 +1,6 @@
 """Persistence: atomic saves, the last good board kept, corrupt files survived."""
 
+import asyncio
 import json
 import os
 import signal
@@ -59,6 +60,27 @@ async def test_debounced_saver_coalesces_and_flushes(tmp_path: Path) -> None:
     assert store.load() is None
     await saver.flush()
     assert store.load() == {"n": 49}
+
+
+async def test_failed_save_is_retried_not_forgotten(tmp_path: Path) -> None:
+    """A save that fails (folder blocked by a file) is retried and lands once the folder is usable."""
+    blocked = tmp_path / "data"
+    blocked.write_text("not a folder yet")
+    store = BoardStore(blocked)
+    saver = DebouncedSaver(store, lambda: {"n": 1}, delay=0.01)
+    saver.changed()
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if saver.failures:
+            break
+    assert saver.failures >= 1 and store.load() is None
+    blocked.unlink()
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if saver.failures == 0:
+            break
+    assert store.load() == {"n": 1}
+    assert await saver.flush() is True
 
 
 WRITER = textwrap.dedent(
