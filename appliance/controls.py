@@ -217,6 +217,22 @@ class PluginType:
     def defaults(self) -> dict[str, float]:
         return {p.id: p.default for p in self.parameters}
 
+    def enable_value(self, bypass: bool) -> float | None:
+        """The value of the plugin's own enable control that means ``bypass``.
+
+        The control's maximum means "on" (its minimum when
+        ``enable_inverted``); a control missing from :attr:`controls` is
+        taken as LV2's ``lv2:enabled`` toggle, 0..1.
+
+        Returns:
+            None when the plugin has no enable control.
+        """
+        if self.enable_symbol is None:
+            return None
+        control = next((c for c in self.controls if c.symbol == self.enable_symbol), None)
+        low, high = (control.minimum, control.maximum) if control is not None else (0.0, 1.0)
+        return high if bypass == self.enable_inverted else low
+
     def describe(self) -> dict[str, object]:
         return {
             "key": self.key,

@@ -8,9 +8,12 @@ are skipped, with the reason, where it is not installed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -18,6 +21,7 @@ import pytest_asyncio
 from appliance.config import CarlaConfig, DummyServer, JackConfig
 from appliance.controls import Control, PluginType
 from appliance.engine import EngineEvent, TrackPorts
+from appliance.engine import carla as carla_module
 from appliance.engine.carla import (
     HELPER_PACKAGE,
     HOST_MODULE,
@@ -361,3 +365,144 @@ async def test_bridged_plugin_plays_and_bypasses(jack_server: JackServer, rig: R
         assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
     finally:
         await engine.stop()
+
+
+# -- failures on the owner thread -----------------------------------------------------
+
+
+def _once(real: Callable[..., Any], failure: Callable[..., Any]) -> Callable[..., Any]:
+    """``failure`` on the first call, ``real`` afterwards."""
+    calls: list[int] = []
+
+    def call(*args: Any) -> Any:
+        calls.append(1)
+        return failure(*args) if len(calls) == 1 else real(*args)
+
+    return call
+
+
+@needs_carla
+async def test_failed_carla_removal_keeps_the_plugin_and_the_id_map(
+    carla: CarlaEngine, rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Carla refusing remove_plugin: EngineError, plugin kept and wired, later ids still right."""
+    await carla.add_plugin(TRACK, "first", AMP, 0, {"gain": -3.0})
+    await carla.add_plugin(TRACK, "second", AMP, 1, {"gain": -6.0})
+    assert await rig.gain_until(_near(-9.0), PROBE) == pytest.approx(-9.0, abs=TOLERANCE_DB)
+    host = carla._host
+    monkeypatch.setattr(host, "remove_plugin", _once(host.remove_plugin, lambda carla_id: False))
+    with pytest.raises(EngineError, match="remove_plugin"):
+        await carla.remove_plugin("first")
+    assert carla.chain(TRACK) == ["first", "second"]
+    assert await rig.gain_until(_near(-9.0), PROBE) == pytest.approx(-9.0, abs=TOLERANCE_DB)
+    await carla.remove_plugin("first")
+    assert await carla.run_on_owner(lambda host: carla.carla_id("second")) == 0
+    await carla.set_parameters("second", {"gain": 0.0})  # reaches "second", at its new id
+    assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+
+
+@needs_carla
+async def test_timed_out_load_is_undone(
+    carla: CarlaEngine, rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load the loop gave up on does not stay in Carla unwired; the id is free again."""
+    host = carla._host
+
+    def slow_add(*args: Any) -> Any:
+        time.sleep(0.5)
+        return real_add(*args)
+
+    real_add = host.add_plugin
+    monkeypatch.setattr(host, "add_plugin", _once(real_add, slow_add))
+    monkeypatch.setattr(carla_module, "PLUGIN_START_TIMEOUT", 0.1)
+    with pytest.raises(EngineError, match="did not answer"):
+        await carla.add_plugin(TRACK, "amp", AMP, 0, {"gain": -6.0})
+    assert await carla.run_on_owner(lambda host: host.get_current_plugin_count(), 5.0) == 0
+    assert carla.chain(TRACK) == [] and "amp" not in carla._plugins
+    monkeypatch.setattr(carla_module, "PLUGIN_START_TIMEOUT", 10.0)
+    await carla.add_plugin(TRACK, "amp", AMP, 0, {"gain": -6.0})
+    assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+
+
+@needs_carla
+async def test_failed_reroute_bypass_keeps_the_state(
+    carla: CarlaEngine, rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reroute bypass whose rewiring fails stays engaged; asking again bypasses it."""
+    await carla.add_plugin(TRACK, "comp", COMP_NO_ENABLE, 0, {"mak": 10.0})
+    assert await rig.gain_until(lambda g: g > 3.0, PROBE) > 3.0
+
+    def fail() -> None:
+        raise EngineError("injected: patchbay_connect failed")
+
+    monkeypatch.setattr(carla, "_rewire", _once(carla._rewire, fail))
+    with pytest.raises(EngineError, match="injected"):
+        await carla.set_bypass("comp", True)
+    assert carla._plugins["comp"].bypass is False
+    assert await rig.gain_until(lambda g: g > 3.0, PROBE) > 3.0
+    await carla.set_bypass("comp", True)
+    assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+
+
+@needs_carla
+async def test_failing_idle_reports_engine_death(
+    carla: CarlaEngine, events: list[EngineEvent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception in the idle tick: engine-died, running=False, calls fail fast, stop works."""
+    await carla.add_plugin(TRACK, "amp", AMP, 0, {"gain": 0.0})
+
+    def broken() -> None:
+        raise RuntimeError("injected: engine_idle broke")
+
+    monkeypatch.setattr(carla._host, "engine_idle", _once(carla._host.engine_idle, broken))
+    died = await _wait_for(events, "engine-died")
+    assert "engine_idle broke" in died.message
+    assert carla.info().running is False
+    async with asyncio.timeout(1.0):
+        with pytest.raises(EngineError):
+            await carla.set_parameters("amp", {"gain": -6.0})
+    await carla.stop()
+    assert [e.kind for e in events].count("engine-died") == 1
+
+
+@needs_carla
+async def test_queued_server_shutdown_is_handled_before_engine_idle(
+    carla: CarlaEngine, events: list[EngineEvent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JACK shutdown queued between two idle ticks ends the engine before engine_idle() runs."""
+    host = carla._host
+    queued = threading.Event()
+    late: list[str] = []
+
+    def runtime_info() -> Any:  # the end of one idle tick: the server "dies" here
+        if not queued.is_set():
+            queued.set()
+            carla._on_jack_shutdown(None, "injected")
+        return real_runtime()
+
+    def idle() -> None:
+        if queued.is_set():
+            late.append("engine_idle() after the shutdown")  # Carla would assert
+        real_idle()
+
+    real_runtime, real_idle = host.get_runtime_engine_info, host.engine_idle
+    monkeypatch.setattr(host, "get_runtime_engine_info", runtime_info)
+    monkeypatch.setattr(host, "engine_idle", idle)
+    died = await _wait_for(events, "engine-died")
+    assert died.message == "JACK server gone: injected"
+    assert late == []
+
+
+@needs_carla
+async def test_ended_owner_thread_fails_commands_and_reports_not_running(carla: CarlaEngine) -> None:
+    """Once the owner thread has ended, queued commands fail and info() says not running."""
+    thread = carla._thread
+    assert thread is not None
+    left: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    carla._commands.put(None)
+    carla._commands.put((lambda: None, left))
+    await asyncio.to_thread(thread.join, 5.0)
+    assert not thread.is_alive()
+    assert isinstance(left.exception(timeout=0), EngineError)
+    assert carla.info().running is False
+    await asyncio.to_thread(carla._close)  # the owner is gone: close Carla from here

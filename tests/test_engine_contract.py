@@ -17,8 +17,10 @@ import os
 import secrets
 import shutil
 import signal
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,8 +28,9 @@ import pytest_asyncio
 
 from appliance.controls import Control, PluginType
 from appliance.engine import Engine, EngineEvent, EventSink, TrackPorts
+from appliance.engine.chain import Stage, chain_connections, connection_changes
 from appliance.engine.jackserver import JackServer
-from appliance.errors import PluginLoadFailed
+from appliance.errors import EngineError, PluginLoadFailed
 from tests.rig import Rig, difference_db, gain_db, latency_frames, noise, rms_db, sine
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(90)]
@@ -200,6 +203,30 @@ async def _add_amp(
     engine: Engine, plugin_type: Callable[[str], PluginType], plugin_id: str, gain: float, position: int
 ) -> None:
     await engine.add_plugin(TRACK, plugin_id, plugin_type(AMP), position, {"gain": gain})
+
+
+#: Per adapter: the internal call that changes the audio graph (JACK worker / Carla owner).
+GRAPH_CHANGE = {"jalv": "_apply", "carla": "_rewire"}
+
+
+def _fail_next_graph_change(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the engine's next graph change raise once, as a JACK or Carla timeout would.
+
+    Returns:
+        A list that holds one entry once the failure has happened.
+    """
+    name = GRAPH_CHANGE[engine.name]
+    real = getattr(engine, name)
+    failed: list[str] = []
+
+    def once(*args: Any) -> Any:
+        if not failed:
+            failed.append(name)
+            raise EngineError(f"injected: {name} timed out")
+        return real(*args)
+
+    monkeypatch.setattr(engine, name, once)
+    return failed
 
 
 # -- the contract -----------------------------------------------------------------------
@@ -420,7 +447,194 @@ async def test_killed_plugin_is_respawned_with_its_values(
     assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
 
 
+async def test_failed_removal_keeps_the_plugin_and_can_be_retried(
+    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal whose rewiring fails raises, keeps the plugin playing, and works when retried."""
+    await _add_amp(engine, plugin_type, "amp", -6.0, 0)
+    assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+    pid = getattr(engine, "plugin_pid", lambda _: None)("amp")
+    _fail_next_graph_change(engine, monkeypatch)
+    with pytest.raises(EngineError):
+        await engine.remove_plugin("amp")
+    assert engine.chain(TRACK) == ["amp"]
+    assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+    await engine.remove_plugin("amp")
+    assert engine.chain(TRACK) == []
+    assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+    if pid is not None:  # and its process is gone
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_failed_add_leaves_the_chain_and_can_be_retried(
+    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An add whose wiring fails raises and leaves chain and sound as they were; a retry works."""
+    await _add_amp(engine, plugin_type, "a", -6.0, 0)
+    assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+    failed = _fail_next_graph_change(engine, monkeypatch)
+    with pytest.raises(EngineError):
+        await _add_amp(engine, plugin_type, "b", -3.0, 1)
+    assert failed
+    assert engine.chain(TRACK) == ["a"]
+    assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+    await _add_amp(engine, plugin_type, "b", -3.0, 1)  # the same id is free again
+    assert engine.chain(TRACK) == ["a", "b"]
+    assert await rig.gain_until(_near(-9.0), PROBE) == pytest.approx(-9.0, abs=TOLERANCE_DB)
+
+
+async def test_failed_bypass_keeps_the_state_and_can_be_retried(
+    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bypass whose rewiring fails keeps the plugin engaged; asking again does bypass it."""
+    await _add_amp(engine, plugin_type, "amp", -6.0, 0)
+    assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+    _fail_next_graph_change(engine, monkeypatch)
+    try:
+        await engine.set_bypass("amp", True)
+    except EngineError:  # an adapter that rewires to bypass: the old state stays
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+    await engine.set_bypass("amp", True)
+    assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+    await engine.set_bypass("amp", False)
+    assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+
+
+async def test_failed_move_keeps_the_order_and_can_be_retried(
+    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A move whose rewiring fails raises and keeps the order (and sound); a retry moves it."""
+    cut_then_drive = await _drive_and_cut(engine, rig, plugin_type, amp_first=True)
+    _fail_next_graph_change(engine, monkeypatch)
+    with pytest.raises(EngineError):
+        await engine.move_plugin("cut", 1)
+    assert engine.chain(TRACK) == ["cut", "drive"]
+    await rig.play_and_record(PROBE)
+    _, kept = await rig.play_and_record(PROBE)
+    assert rms_db(kept[:, 0]) == pytest.approx(rms_db(cut_then_drive), abs=0.5)
+    await engine.move_plugin("cut", 1)
+    assert engine.chain(TRACK) == ["drive", "cut"]
+    await rig.play_and_record(PROBE)
+    _, moved = await rig.play_and_record(PROBE)
+    assert abs(rms_db(moved[:, 0]) - rms_db(cut_then_drive)) > 3.0
+
+
+# -- the chain walk both adapters share (pure) ----------------------------------------
+
+
+async def test_chain_walk_skips_stages_out_of_the_path_and_taps_sinks() -> None:
+    """Bypassed stages are jumped over, a sink only taps, the last stage feeds the outputs."""
+    stages = [
+        Stage(("a:in",), ("a:out",)),
+        Stage(("b:in",), ("b:out",), in_path=False),
+        Stage(("meter:in",), ()),
+        Stage(("c:in",), ("c:out",)),
+    ]
+    assert chain_connections(("in",), stages, ("out",)) == {
+        ("in", "a:in"),
+        ("a:out", "meter:in"),
+        ("a:out", "c:in"),
+        ("c:out", "out"),
+    }
+    assert chain_connections(("in",), [], ("out",)) == {("in", "out")}
+
+
+async def test_chain_walk_fans_mono_out_and_diffs_in_order() -> None:
+    """A mono stage feeds both channels; changes list connects, then disconnects, sorted."""
+    wanted = chain_connections([(0, 1), (0, 2)], [Stage([(5, 0)], [(5, 1)])], [(9, 1), (9, 2)])
+    assert wanted == {((0, 1), (5, 0)), ((5, 1), (9, 1)), ((5, 1), (9, 2))}
+    current = {((0, 1), (9, 1)), ((5, 1), (9, 1))}
+    assert connection_changes(current, wanted) == (
+        [((0, 1), (5, 0)), ((5, 1), (9, 2))],
+        [((0, 1), (9, 1))],
+    )
+
+
+async def test_enable_value_follows_the_control_and_inversion() -> None:
+    """The enable control's maximum means on (minimum when inverted); no control: None."""
+    ts9 = _FALLBACK_TYPES[TS9]
+    assert (ts9.enable_value(bypass=False), ts9.enable_value(bypass=True)) == (1.0, 0.0)
+    inverted = PluginType(
+        key="x",
+        uri="urn:x",
+        name="X",
+        controls=(Control("bypass", "Bypass", 0.0, 2.0, 0.0, kind="toggle"),),
+        enable_symbol="bypass",
+        enable_inverted=True,
+    )
+    assert (inverted.enable_value(bypass=False), inverted.enable_value(bypass=True)) == (0.0, 2.0)
+    assert _FALLBACK_TYPES[AMP].enable_value(bypass=True) is None
+
+
 # -- adapter-specific: jalv --------------------------------------------------------------
+
+
+def _jalv_only(engine: Engine) -> Any:
+    if engine.name != "jalv":
+        pytest.skip(f"engine {engine.name}: jalv-only behaviour")
+    return engine
+
+
+async def test_jalv_cancelled_add_leaves_no_process(
+    engine: Engine, plugin_type: Callable[[str], PluginType]
+) -> None:
+    """add_plugin cancelled while jalv starts stops that jalv; the id can be used again."""
+    jalv = _jalv_only(engine)
+    task = asyncio.ensure_future(_add_amp(engine, plugin_type, "amp", 0.0, 0))
+    async with asyncio.timeout(5.0):
+        while (loading := jalv._loading.get("amp")) is None or loading.proc is None:
+            await asyncio.sleep(0.001)
+    proc = loading.proc
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert proc.returncode is not None
+    assert engine.chain(TRACK) == []
+    await _add_amp(engine, plugin_type, "amp", 0.0, 0)
+    assert engine.chain(TRACK) == ["amp"]
+
+
+async def test_jalv_bypass_does_not_wait_for_a_plugin_start(
+    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A footswitch bypass during a slow plugin start is done at once, not after the start."""
+    jalv = _jalv_only(engine)
+    await _add_amp(engine, plugin_type, "a", -6.0, 0)
+    real_spawn = jalv._spawn
+
+    async def slow_spawn(plugin: Any) -> None:
+        await asyncio.sleep(2.0)
+        await real_spawn(plugin)
+
+    monkeypatch.setattr(jalv, "_spawn", slow_spawn)
+    adding = asyncio.ensure_future(_add_amp(engine, plugin_type, "b", -3.0, 1))
+    await asyncio.sleep(0.1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await engine.set_bypass("a", True)
+    assert loop.time() - started < 1.0
+    await adding
+    assert engine.chain(TRACK) == ["a", "b"]
+    assert await rig.gain_until(_near(-3.0), PROBE) == pytest.approx(-3.0, abs=TOLERANCE_DB)
+
+
+async def test_jalv_stop_does_not_wait_for_a_stuck_jack_call(engine: Engine) -> None:
+    """stop() ends even while a JACK call hangs on the worker thread."""
+    from appliance.engine.jalv import JACK_CALL_TIMEOUT
+
+    jalv = _jalv_only(engine)
+    stuck = threading.Event()
+    jalv._executor.submit(stuck.wait)
+    try:
+        async with asyncio.timeout(JACK_CALL_TIMEOUT + 5.0):
+            await engine.stop()
+    finally:
+        stuck.set()
+    assert engine.info().running is False
+    async with asyncio.timeout(JACK_CALL_TIMEOUT):  # its JACK client closes once JACK answers
+        while jalv._client is not None:
+            await asyncio.sleep(0.01)
 
 
 async def test_jalv_engine_runs_its_own_dummy_server() -> None:

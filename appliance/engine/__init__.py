@@ -14,8 +14,27 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ..controls import PluginType
+from ..errors import UnknownPlugin, UnknownTrack
+from .chain import wire_pairs
+
+__all__ = [
+    "ENGINE_START_TIMEOUT",
+    "PLUGIN_START_TIMEOUT",
+    "Engine",
+    "EngineEvent",
+    "EngineInfo",
+    "EventSink",
+    "TrackPorts",
+    "find_chain",
+    "find_plugin",
+    "wire_pairs",
+]
+
+P = TypeVar("P")
+C = TypeVar("C")
 
 #: How long a structural change (plugin start, rewiring) may take.
 PLUGIN_START_TIMEOUT = 10.0
@@ -140,13 +159,17 @@ class Engine(abc.ABC):
         raise NotImplementedError
 
 
-def wire_pairs(sources: Sequence[str], destinations: Sequence[str]) -> list[tuple[str, str]]:
-    """Connections between two stages of a chain with possibly different widths.
+def find_plugin(plugins: Mapping[str, P], plugin_id: str) -> P:
+    """``plugins[plugin_id]``, or :class:`UnknownPlugin` naming it. Adapters' lookups."""
+    try:
+        return plugins[plugin_id]
+    except KeyError:
+        raise UnknownPlugin(f"no plugin {plugin_id!r}", {"plugin_id": plugin_id}) from None
 
-    Equal widths connect pairwise; a mono source feeds every destination;
-    a wider source feeds a narrower destination channel by channel and its
-    extra channels are dropped (no summing, so levels stay as they are).
-    """
-    if not sources:
-        return []
-    return [(sources[min(i, len(sources) - 1)], dst) for i, dst in enumerate(destinations)]
+
+def find_chain(chains: Mapping[str, C], track_id: str) -> C:
+    """``chains[track_id]``, or :class:`UnknownTrack` naming it. Adapters' lookups."""
+    try:
+        return chains[track_id]
+    except KeyError:
+        raise UnknownTrack(f"no track {track_id!r}", {"track_id": track_id}) from None

@@ -27,18 +27,32 @@ Threads::
   callbacks fire synchronously inside the call that caused them (on the owner
   thread), so the owner drains the queue right after every call.
 
+* If anything on the owner thread fails unexpectedly (``engine_idle()``, the
+  handling of a callback), the engine is reported dead (``engine-died``,
+  ``info().running`` False) rather than the thread ending unnoticed; pending
+  commands fail with :class:`EngineError`.
+* A command the loop gave up on (timeout, cancellation) is skipped if the
+  owner has not started it; one already running cannot be interrupted and
+  completes, its effect kept (the owner's state always matches Carla's). A
+  timed-out ``set_parameters`` or ``set_bypass`` may therefore still land.
+  A timed-out plugin load is undone by a clean-up command queued behind it.
+
 Wiring is declarative (as in :mod:`appliance.engine.jalv`): from the chains the
-owner computes the internal connections it wants (``wire_pairs`` between
-stages), connects what is missing, then disconnects what is no longer wanted
-(patchbay connection ids come from ``PATCHBAY_CONNECTION_ADDED``).
+owner computes the internal connections it wants
+(:func:`appliance.engine.chain.chain_connections`), connects what is missing,
+then disconnects what is no longer wanted (patchbay connection ids come from
+``PATCHBAY_CONNECTION_ADDED``). A change whose rewiring fails is rolled back,
+state and graph.
 
 Carla facts this relies on (Carla 2.5/2.6, see the design field notes):
 plugin ids are positions in the engine and shift down on removal, while
-patchbay group ids stay; ``set_active(False)`` mutes, so bypass is the
-plugin's own enable control, else ``set_drywet(0)`` (``PLUGIN_CAN_DRYWET``),
-else a reroute around the plugin; ``set_parameter_value`` sends no callback;
-``get_last_error()`` is stale unless the call just failed; after the JACK
-server dies every ``engine_idle()`` asserts, so the owner stops idling.
+patchbay group ids stay, so the adapter finds a plugin's id by the unique name
+Carla gave it (``get_plugin_info()["name"]``) each time; ``set_active(False)``
+mutes, so bypass is the plugin's own enable control, else ``set_drywet(0)``
+(``PLUGIN_CAN_DRYWET``), else a reroute around the plugin;
+``set_parameter_value`` sends no callback; ``get_last_error()`` is stale unless
+the call just failed; after the JACK server dies every ``engine_idle()``
+asserts, so the owner stops idling.
 """
 
 from __future__ import annotations
@@ -55,7 +69,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,8 +84,10 @@ from . import (
     EngineInfo,
     EventSink,
     TrackPorts,
-    wire_pairs,
+    find_chain,
+    find_plugin,
 )
+from .chain import Stage, chain_connections, connection_changes
 from .jackserver import DummySettings, JackServer
 
 log = logging.getLogger("appliance.engine.carla")
@@ -110,13 +126,8 @@ PORT_IS_AUDIO = 0x2
 
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 
+Port = tuple[int, int]  # patchbay group, port
 Edge = tuple[int, int, int, int]  # group A, port A (output) → group B, port B (input)
-
-
-def _edges(sources: Sequence[tuple[int, int]], destinations: Sequence[tuple[int, int]]) -> list[Edge]:
-    """:func:`appliance.engine.wire_pairs` for patchbay ``(group, port)`` ends."""
-    pairs = wire_pairs([str(i) for i in range(len(sources))], [str(i) for i in range(len(destinations))])
-    return [(*sources[int(a)], *destinations[int(z)]) for a, z in pairs]
 
 
 def _can_drywet(backend: Any, hints: int) -> bool:
@@ -253,6 +264,7 @@ class _Plugin:
     id: str
     track_id: str
     type: PluginType
+    carla_name: str  # unique inside Carla: how its positional id is found
     group: int
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
@@ -275,15 +287,14 @@ class _Plugin:
             return "drywet"
         return "reroute"
 
-    def enable_value(self, bypass: bool) -> float:
-        """The value of the plugin's enable control for a bypass state."""
-        symbol = self.type.enable_symbol
-        control = next(c for c in self.type.controls if c.symbol == symbol) if symbol else None
-        low, high = (control.minimum, control.maximum) if control is not None else (0.0, 1.0)
-        on = not bypass
-        if self.type.enable_inverted:
-            on = not on
-        return high if on else low
+    @property
+    def stage(self) -> Stage[Port]:
+        """The plugin as the chain walk sees it: skipped while reroute-bypassed."""
+        return Stage(
+            tuple((self.group, p) for p in self.inputs),
+            tuple((self.group, p) for p in self.outputs),
+            in_path=not (self.bypass and self.bypass_mode == "reroute"),
+        )
 
 
 @dataclass
@@ -356,7 +367,6 @@ class CarlaEngine(Engine):
         self._running = False
         self._closing = False
         self._graph = _Graph()
-        self._order: list[str] = []  # box plugin ids in Carla's positional order
         self._plugins: dict[str, _Plugin] = {}
         self._chains: dict[str, list[str]] = {t: [] for t in self.tracks}
         self._in_ports: dict[str, tuple[int, ...]] = {}  # track → Audio Input ports
@@ -464,9 +474,17 @@ class CarlaEngine(Engine):
             EngineError: the engine is not running or did not answer within
                 :data:`PLUGIN_START_TIMEOUT`.
         """
+        loaded: list[_Plugin] = []
+
+        def unload() -> None:  # behind a load the loop gave up on: undo it
+            for plugin in loaded:
+                if self._plugins.get(plugin.id) is plugin:
+                    self._remove(plugin.id)
+
         await self._call(
-            lambda: self._load(track_id, plugin_id, plugin_type, dict(values), bypass),
+            lambda: self._load(track_id, plugin_id, plugin_type, dict(values), bypass, loaded),
             PLUGIN_START_TIMEOUT,
+            undo=unload,
         )
         try:
             await asyncio.sleep(PLUGIN_PREROLL)
@@ -513,9 +531,12 @@ class CarlaEngine(Engine):
     def info(self) -> EngineInfo:
         """The snapshot the owner thread last made (rate, buffer, load, xruns).
 
-        Never blocks; any thread.
+        Not running once the owner thread has ended. Never blocks; any thread.
         """
-        return self._info
+        info, thread = self._info, self._thread
+        if info.running and thread is not None and not thread.is_alive():
+            return replace(info, running=False, dsp_load=0.0)
+        return info
 
     def chain(self, track_id: str) -> list[str]:
         """Plugin ids of a track in chain order. Any thread (reads a copy).
@@ -523,10 +544,7 @@ class CarlaEngine(Engine):
         Raises:
             UnknownTrack: no such track.
         """
-        try:
-            return list(self._chains[track_id])
-        except KeyError:
-            raise UnknownTrack(f"no track {track_id!r}", {"track_id": track_id}) from None
+        return list(find_chain(self._chains, track_id))
 
     def bypass_mode(self, plugin_id: str) -> str:
         """How the plugin is bypassed: ``enable-port``, ``drywet`` or ``reroute``.
@@ -547,12 +565,16 @@ class CarlaEngine(Engine):
 
     def carla_id(self, plugin_id: str) -> int:
         """The plugin's current positional id inside Carla. Owner thread."""
-        return self._order.index(plugin_id)
+        return self._carla_id(self._plugin(plugin_id))
 
     # -- loop ↔ owner ----------------------------------------------------------------
 
-    async def _call(self, work: Callable[[], T], timeout: float) -> T:
+    async def _call(self, work: Callable[[], T], timeout: float, undo: Callable[[], None] | None = None) -> T:
         """Run ``work`` on the owner thread and await it (loop thread).
+
+        If the loop gives up (timeout, cancellation), ``work`` is skipped when
+        the owner has not started it yet; once started it runs to the end,
+        and then ``undo`` (if given) runs on the owner thread after it.
 
         Raises:
             EngineError: no owner thread, or no answer within ``timeout``.
@@ -565,7 +587,25 @@ class CarlaEngine(Engine):
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:
             future.cancel()
+            self._submit_undo(undo)
             raise EngineError(f"Carla did not answer within {timeout} s") from None
+        except asyncio.CancelledError:
+            future.cancel()
+            self._submit_undo(undo)
+            raise
+
+    def _submit_undo(self, undo: Callable[[], None] | None) -> None:
+        """Queue ``undo`` behind the abandoned command; nobody waits for it. Loop thread."""
+        if undo is None:
+            return
+
+        def guarded() -> None:
+            try:
+                undo()
+            except Exception:
+                log.exception("carla: undoing an abandoned command failed")
+
+        self._commands.put((guarded, concurrent.futures.Future()))
 
     def _emit(self, event: EngineEvent) -> None:
         """Hand an event to ``on_event`` on the loop's thread. Owner thread."""
@@ -578,7 +618,21 @@ class CarlaEngine(Engine):
     # -- the owner thread ------------------------------------------------------------
 
     def _own(self) -> None:
-        """The owner thread: commands, callbacks and ``engine_idle()``."""
+        """The owner thread: commands, callbacks and ``engine_idle()``.
+
+        Ends on the ``None`` command. An unexpected failure of the idle tick
+        or of the callback handling reports the engine dead and the thread
+        keeps serving commands (they fail: not running), so :meth:`stop`
+        can still close Carla. Commands left when it ends are failed.
+        """
+        try:
+            self._serve()
+        except BaseException as exc:  # not expected: _serve guards its steps
+            self._failed("the owner thread", exc)
+        finally:
+            self._fail_pending()
+
+    def _serve(self) -> None:
         next_idle = time.monotonic()
         while True:
             try:
@@ -588,22 +642,57 @@ class CarlaEngine(Engine):
             else:
                 if item is None:
                     return
-                work, future = item
-                if future.set_running_or_notify_cancel():
-                    try:
-                        result = work()
-                    except BaseException as exc:
-                        self._drain()
-                        future.set_exception(exc)
-                    else:
-                        self._drain()
-                        future.set_result(result)
+                self._run(*item)
             if time.monotonic() >= next_idle:
-                self._idle()
+                try:
+                    self._idle()
+                except Exception as exc:
+                    self._failed("the idle tick", exc)
                 next_idle = time.monotonic() + IDLE_INTERVAL
 
+    def _run(self, work: Callable[[], Any], future: concurrent.futures.Future[Any]) -> None:
+        """Run one command and settle its future, whatever fails. Owner thread."""
+        if not future.set_running_or_notify_cancel():
+            return  # the loop gave up before it started
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = work()
+        except BaseException as exc:
+            error = exc
+        try:
+            self._drain()
+        except Exception as exc:
+            self._failed("handling Carla's callbacks", exc)
+            error = error or EngineError(f"the Carla engine failed: {exc}")
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        """Something on the owner thread failed unexpectedly: the engine is dead."""
+        log.error("carla: %s failed", what, exc_info=exc)
+        self._died(f"{what} failed: {exc!r}")
+
+    def _fail_pending(self) -> None:
+        """Fail every command still queued: the owner thread is ending. Owner thread."""
+        while True:
+            try:
+                item = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None and item[1].set_running_or_notify_cancel():
+                item[1].set_exception(EngineError("the Carla engine is not running"))
+
     def _idle(self) -> None:
-        """One idle tick: ``engine_idle()``, callbacks, health and info snapshot."""
+        """One idle tick: callbacks, ``engine_idle()``, health and info snapshot.
+
+        Callbacks first: after a queued JACK shutdown ``engine_idle()`` asserts.
+        """
+        if not self._running:
+            return
+        self._drain()
         if not self._running:
             return
         self._host.engine_idle()
@@ -724,8 +813,10 @@ class CarlaEngine(Engine):
                 log.error("carla: %s", text)
                 if not self._closing and self._engine_open and not self._host.is_engine_running():
                     self._died(text)
-            elif action == b.ENGINE_CALLBACK_PLUGIN_UNAVAILABLE and 0 <= pid < len(self._order):
-                self._emit(EngineEvent("plugin-died", self._order[pid], text or "unavailable"))
+            elif action == b.ENGINE_CALLBACK_PLUGIN_UNAVAILABLE:
+                plugin = self._plugin_at(pid)
+                if plugin is not None:
+                    self._emit(EngineEvent("plugin-died", plugin.id, text or "unavailable"))
         if rewire_external and self._running:
             self._connect_external()
         for plugin_id, values in self._pending_params.items():
@@ -734,9 +825,11 @@ class CarlaEngine(Engine):
 
     def _parameter_changed(self, carla_id: int, index: int, value: float) -> None:
         """A control changed inside the engine: collect it for ``on_event``."""
-        if index < 0 or not 0 <= carla_id < len(self._order):
+        if index < 0:
             return  # Carla's own pseudo-parameters (active, dry/wet, volume...)
-        plugin = self._plugins[self._order[carla_id]]
+        plugin = self._plugin_at(carla_id)
+        if plugin is None:
+            return
         symbol = plugin.symbols.get(index)
         if symbol is None or symbol == plugin.type.enable_symbol:
             return
@@ -933,7 +1026,6 @@ class CarlaEngine(Engine):
             self._engine_open = False
         self._running = False
         self._plugins.clear()
-        self._order.clear()
         self._chains = {t: [] for t in self.tracks}
 
     # -- owner thread: plugins -------------------------------------------------------
@@ -945,10 +1037,27 @@ class CarlaEngine(Engine):
 
     def _plugin(self, plugin_id: str) -> _Plugin:
         """The plugin by box id, or UnknownPlugin. Owner thread (or a read from any)."""
-        try:
-            return self._plugins[plugin_id]
-        except KeyError:
-            raise UnknownPlugin(f"no plugin {plugin_id!r}", {"plugin_id": plugin_id}) from None
+        return find_plugin(self._plugins, plugin_id)
+
+    def _carla_id(self, plugin: _Plugin) -> int:
+        """The plugin's positional id in Carla now, found by its name. Owner thread.
+
+        Raises:
+            EngineError: Carla has no plugin of that name (any more).
+        """
+        host = self._host
+        for carla_id in range(host.get_current_plugin_count()):
+            if host.get_plugin_info(carla_id)["name"] == plugin.carla_name:
+                return carla_id
+        raise EngineError(f"Carla has no plugin {plugin.carla_name!r} (for {plugin.id!r})")
+
+    def _plugin_at(self, carla_id: int) -> _Plugin | None:
+        """The plugin at a positional id in Carla, if it is one of ours. Owner thread."""
+        host = self._host
+        if not 0 <= carla_id < host.get_current_plugin_count():
+            return None
+        name = host.get_plugin_info(carla_id)["name"]
+        return next((p for p in self._plugins.values() if p.carla_name == name), None)
 
     def _load(
         self,
@@ -957,16 +1066,20 @@ class CarlaEngine(Engine):
         plugin_type: PluginType,
         values: dict[str, float],
         bypass: bool,
+        loaded: list[_Plugin],
     ) -> None:
-        """Load the plugin, set its values and bypass; not wired yet. Owner thread."""
+        """Load the plugin, set its values and bypass; not wired yet. Owner thread.
+
+        Appends the plugin to ``loaded`` once it is in, for an undo.
+        """
         b, host = self._backend, self._host
         self._require_running()
         if track_id not in self._chains:
             raise UnknownTrack(f"no track {track_id!r}", {"track_id": track_id})
         if plugin_id in self._plugins:
             raise PluginLoadFailed(f"plugin id {plugin_id!r} is already in use")
-        carla_id = len(self._order)
         self._drain()
+        carla_id = host.get_current_plugin_count()
         before = set(self._graph.groups)
         started = time.monotonic()
         if not host.add_plugin(b.BINARY_NATIVE, b.PLUGIN_LV2, "", plugin_id, plugin_type.uri, 0, None, 0):
@@ -990,56 +1103,79 @@ class CarlaEngine(Engine):
         outputs = self._graph.audio_ports(group, is_input=False)
         if plugin_type.audio_inputs and len(plugin_type.audio_inputs) < len(inputs):
             inputs = inputs[: len(plugin_type.audio_inputs)]  # side-chain inputs stay unconnected
+        info = host.get_plugin_info(carla_id)
         plugin = _Plugin(
             id=plugin_id,
             track_id=track_id,
             type=plugin_type,
+            carla_name=info["name"],
             group=group,
             inputs=inputs,
             outputs=outputs,
             params=params,
             symbols={i: s for s, i in params.items()},
-            can_drywet=_can_drywet(b, host.get_plugin_info(carla_id)["hints"]),
+            can_drywet=_can_drywet(b, info["hints"]),
         )
-        self._order.append(plugin_id)
         self._plugins[plugin_id] = plugin
-        self._write_values(plugin, values)
-        self._apply_bypass(plugin, bypass)
+        loaded.append(plugin)
+        try:
+            self._write_values(plugin, values)
+            self._apply_bypass(plugin, bypass)
+        except BaseException:
+            self._remove(plugin_id)
+            raise
 
     def _insert(self, plugin_id: str, position: int) -> None:
         """Put a loaded plugin into its track's chain at ``position``. Owner thread."""
         plugin = self._plugin(plugin_id)
         self._require_running()
-        chain = list(self._chains[plugin.track_id])
-        chain.insert(max(0, min(position, len(chain))), plugin_id)
-        self._chains[plugin.track_id] = chain
-        self._rewire()
+        chain = self._chains[plugin.track_id]
+        self._change_chain(plugin.track_id, _inserted(chain, plugin_id, position))
 
     def _remove(self, plugin_id: str) -> None:
-        """Rewire around the plugin, then remove it; later Carla ids shift down. Owner thread."""
+        """Rewire around the plugin, then remove it from Carla. Owner thread.
+
+        Raises:
+            EngineError: the rewiring or Carla's removal failed; the plugin
+                stays, wired where it was.
+        """
         plugin = self._plugin(plugin_id)
-        chain = [p for p in self._chains[plugin.track_id] if p != plugin_id]
-        self._chains[plugin.track_id] = chain
-        carla_id = self._order.index(plugin_id)
+        chain = self._chains[plugin.track_id]
+        without = [p for p in chain if p != plugin_id]
         if self._running:
-            self._rewire()
-            if not self._host.remove_plugin(carla_id):
-                log.error("carla: remove_plugin(%d) failed: %s", carla_id, self._host.get_last_error())
+            self._change_chain(plugin.track_id, without)
+            try:
+                carla_id = self._carla_id(plugin)
+                if not self._host.remove_plugin(carla_id):
+                    raise EngineError(
+                        f"carla: remove_plugin({carla_id}) failed: {self._host.get_last_error()}"
+                    )
+            except BaseException:
+                self._roll_back(lambda: self._chains.__setitem__(plugin.track_id, chain))
+                raise
             self._drain()
         del self._plugins[plugin_id]
-        self._order.pop(carla_id)
+        self._chains[plugin.track_id] = without
 
     def _move(self, plugin_id: str, position: int) -> None:
         """Reorder the chain and rewire (Carla ids do not change). Owner thread."""
         plugin = self._plugin(plugin_id)
-        chain = list(self._chains[plugin.track_id])
-        if plugin_id not in chain:
+        chain = [p for p in self._chains[plugin.track_id] if p != plugin_id]
+        if len(chain) == len(self._chains[plugin.track_id]):
             return  # still pre-rolling: add_plugin puts it where it was asked to
-        chain.remove(plugin_id)
-        chain.insert(max(0, min(position, len(chain))), plugin_id)
-        self._chains[plugin.track_id] = chain
         if self._running:
+            self._change_chain(plugin.track_id, _inserted(chain, plugin_id, position))
+        else:
+            self._chains[plugin.track_id] = _inserted(chain, plugin_id, position)
+
+    def _change_chain(self, track_id: str, chain: list[str]) -> None:
+        """Make ``chain`` the track's chain and rewire; all as before if that fails."""
+        before, self._chains[track_id] = self._chains[track_id], chain
+        try:
             self._rewire()
+        except BaseException:
+            self._roll_back(lambda: self._chains.__setitem__(track_id, before))
+            raise
 
     def _set_values(self, plugin_id: str, values: dict[str, float]) -> None:
         """Set controls of a running plugin. Owner thread."""
@@ -1049,7 +1185,7 @@ class CarlaEngine(Engine):
 
     def _write_values(self, plugin: _Plugin, values: Mapping[str, float]) -> None:
         """``set_parameter_value`` by symbol (Carla clamps; no callback). Owner thread."""
-        carla_id = self._order.index(plugin.id)
+        carla_id = self._carla_id(plugin)
         for symbol, value in values.items():
             index = plugin.params.get(symbol)
             if index is None or symbol == plugin.type.enable_symbol:
@@ -1058,26 +1194,46 @@ class CarlaEngine(Engine):
             self._host.set_parameter_value(carla_id, index, float(value))
 
     def _set_bypass(self, plugin_id: str, bypass: bool) -> None:
-        """Bypass or engage; a reroute-bypassed plugin also rewires. Owner thread."""
+        """Bypass or engage; a reroute-bypassed plugin also rewires. Owner thread.
+
+        Applied even when the plugin is already in that state, so that a
+        repeated request also repairs the graph.
+
+        Raises:
+            EngineError: the rewiring failed; the plugin keeps its old state.
+        """
         plugin = self._plugin(plugin_id)
         self._require_running()
-        if plugin.bypass == bypass:
-            return
-        self._apply_bypass(plugin, bypass)
-        if plugin.bypass_mode == "reroute":
-            self._rewire()
+        before = plugin.bypass
+        try:
+            self._apply_bypass(plugin, bypass)
+            if plugin.bypass_mode == "reroute":
+                self._rewire()
+        except BaseException:
+            self._roll_back(lambda: self._apply_bypass(plugin, before))
+            raise
 
     def _apply_bypass(self, plugin: _Plugin, bypass: bool) -> None:
         """Set the plugin's enable control or dry/wet for ``bypass``. Owner thread."""
-        plugin.bypass = bypass
-        carla_id = self._order.index(plugin.id)
+        carla_id = self._carla_id(plugin)
         mode = plugin.bypass_mode
         if mode == "enable-port":
-            index = plugin.enable_index
-            assert index is not None
-            self._host.set_parameter_value(carla_id, index, plugin.enable_value(bypass))
+            index, value = plugin.enable_index, plugin.type.enable_value(bypass)
+            assert index is not None and value is not None
+            self._host.set_parameter_value(carla_id, index, value)
         elif mode == "drywet":
             self._host.set_drywet(carla_id, 0.0 if bypass else 1.0)
+        plugin.bypass = bypass
+
+    def _roll_back(self, undo: Callable[[], None]) -> None:
+        """After a failed change: restore the state, and the graph to match (best effort)."""
+        try:
+            self._drain()
+            undo()
+            if self._running:
+                self._rewire()
+        except Exception as exc:
+            log.error("carla: could not restore the graph after a failed change: %s", exc)
 
     # -- owner thread: wiring --------------------------------------------------------
 
@@ -1089,31 +1245,31 @@ class CarlaEngine(Engine):
         group_out = graph.group_named(AUDIO_OUTPUT_GROUP)
         assert group_in is not None and group_out is not None
         for track_id, chain in self._chains.items():
-            previous: Sequence[tuple[int, int]] = [(group_in, p) for p in self._in_ports[track_id]]
-            for plugin_id in chain:
-                plugin = self._plugins[plugin_id]
-                if plugin.bypass and plugin.bypass_mode == "reroute":
-                    continue  # the previous stage feeds the next one: dry
-                ins = [(plugin.group, p) for p in plugin.inputs]
-                wanted.update(_edges(previous, ins))
-                if plugin.outputs:  # a pure sink (a meter) taps the signal
-                    previous = [(plugin.group, p) for p in plugin.outputs]
-            outs = [(group_out, p) for p in self._out_ports[track_id]]
-            wanted.update(_edges(previous, outs))
+            inputs = [(group_in, p) for p in self._in_ports[track_id]]
+            outputs = [(group_out, p) for p in self._out_ports[track_id]]
+            stages = [self._plugins[plugin_id].stage for plugin_id in chain]
+            wanted.update((*a, *z) for a, z in chain_connections(inputs, stages, outputs))
         return wanted
 
     def _rewire(self) -> None:
         """Bring Carla's internal graph to :meth:`_desired`: connect, then disconnect."""
         host = self._host
-        wanted = self._desired()
         current = self._graph.connections
-        for edge in sorted(wanted - current.keys()):
+        connect, disconnect = connection_changes(current.keys(), self._desired())
+        for edge in connect:
             if not host.patchbay_connect(False, *edge):
                 raise EngineError(f"patchbay_connect{edge} failed: {host.get_last_error()}")
             self._drain()
-        for edge in sorted(current.keys() - wanted):
+        for edge in disconnect:
             connection = current.get(edge)
             if connection is not None and not host.patchbay_disconnect(False, connection):
                 log.warning("patchbay_disconnect(%d) failed: %s", connection, host.get_last_error())
             self._drain()
             current.pop(edge, None)
+
+
+def _inserted(chain: Sequence[str], plugin_id: str, position: int) -> list[str]:
+    """A copy of ``chain`` with ``plugin_id`` at ``position`` (clamped)."""
+    result = list(chain)
+    result.insert(max(0, min(position, len(result))), plugin_id)
+    return result

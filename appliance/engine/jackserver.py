@@ -198,9 +198,12 @@ class JackServer:
         try:
             return await asyncio.wait_for(probe.wait(), PROBE_TIMEOUT) == 0
         except TimeoutError:
-            probe.kill()
-            await probe.wait()
             return False
+        finally:
+            if probe.returncode is None:  # timed out, or the caller was cancelled
+                with contextlib.suppress(ProcessLookupError):
+                    probe.kill()
+                await probe.wait()
 
     async def _read_output(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():

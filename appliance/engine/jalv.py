@@ -16,13 +16,20 @@ Threads:
   ``loop.call_soon_threadsafe``.
 
 Wiring is declarative: from the chains the loop computes the set of
-connections it wants (:func:`appliance.engine.wire_pairs` between stages,
+connections it wants (:func:`appliance.engine.chain.chain_connections`:
 bypassed or dead plugins skipped so the previous stage feeds the next one
-directly: a dry pass-through, never a mute), then the worker connects what is
+directly, a dry pass-through, never a mute), then the worker connects what is
 missing before it disconnects what is no longer wanted. A connection is the
 adapter's to remove when one end is a plugin port, or when it runs straight
 from a track input to a track output; anything else that touches a track's
 endpoints (a monitor, the test rig's reference) is left alone.
+
+A structural change (add, remove, move, bypass) holds the lock only while it
+changes the chain and rewires; a jalv starts without it. The change stays
+only if its rewiring worked: otherwise the old state is put back, a
+background rewire brings the graph back to it, and the error propagates. A
+jalv the engine no longer knows is always stopped, on any failure or
+cancellation.
 
 jalv facts this relies on (jalv 1.6, see the design field notes): ``-x -n NAME``
 gives an exact client name, ports are ``NAME:SYMBOL``, ``-c SYM=VAL`` sets
@@ -48,7 +55,7 @@ from typing import Any, TypeVar
 import jack  # type: ignore[import-untyped]
 
 from ..controls import PluginType
-from ..errors import EngineError, PluginLoadFailed, UnknownPlugin, UnknownTrack
+from ..errors import EngineError, PluginLoadFailed
 from . import (
     ENGINE_START_TIMEOUT,
     PLUGIN_START_TIMEOUT,
@@ -57,8 +64,10 @@ from . import (
     EngineInfo,
     EventSink,
     TrackPorts,
-    wire_pairs,
+    find_chain,
+    find_plugin,
 )
+from .chain import Stage, chain_connections, connection_changes
 from .jackserver import DummySettings, JackServer, jack_environment, unique_server_name
 
 log = logging.getLogger("appliance.engine.jalv")
@@ -144,14 +153,17 @@ class _Plugin:
     def ports(self) -> tuple[str, ...]:
         return self.inputs + self.outputs
 
+    @property
+    def stage(self) -> Stage[str]:
+        """The plugin as the chain walk sees it: skipped while bypassed or down."""
+        return Stage(self.inputs, self.outputs, in_path=self.alive and not self.bypass)
+
     def start_values(self) -> dict[str, float]:
         """Values for ``-c``: the plugin's own enable control on, then ours."""
         start: dict[str, float] = {}
-        symbol = self.type.enable_symbol
-        if symbol is not None:
-            for control in self.type.controls:
-                if control.symbol == symbol:
-                    start[symbol] = control.minimum if self.type.enable_inverted else control.maximum
+        enable = self.type.enable_value(bypass=False)
+        if self.type.enable_symbol is not None and enable is not None:
+            start[self.type.enable_symbol] = enable
         start.update(self.values)
         return start
 
@@ -210,6 +222,7 @@ class JalvEngine(Engine):
         self._lock = asyncio.Lock()
         self._chains: dict[str, list[_Plugin]] = {track_id: [] for track_id in self.tracks}
         self._plugins: dict[str, _Plugin] = {}
+        self._loading: dict[str, _Plugin] = {}  # spawning outside the lock, not in a chain yet
         self._client_names: set[str] = set()
         self._stale_ports: set[str] = set()  # of dead clients that JACK has not dropped yet
         self._running = False
@@ -219,6 +232,7 @@ class JalvEngine(Engine):
         self._rewire_task: asyncio.Task[None] | None = None
         self._rewire_wanted = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping: set[asyncio.Future[None]] = set()  # terminations under way
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -257,8 +271,10 @@ class JalvEngine(Engine):
             return
         self._started = False
         was_running, self._running = self._running, False
-        if self._rewire_task is not None:
-            self._rewire_task.cancel()
+        rewire_task, self._rewire_task = self._rewire_task, None
+        if rewire_task is not None:
+            rewire_task.cancel()
+            await asyncio.gather(rewire_task, return_exceptions=True)
         try:
             await asyncio.wait_for(self._lock.acquire(), PLUGIN_START_TIMEOUT)
             locked = True
@@ -266,7 +282,7 @@ class JalvEngine(Engine):
             locked = False
             log.warning("stopping while a structural change is still running")
         try:
-            plugins = list(self._plugins.values())
+            plugins = [*self._plugins.values(), *self._loading.values()]
             for plugin in plugins:
                 plugin.retired = True
             await asyncio.gather(*(self._terminate(p) for p in plugins))
@@ -276,17 +292,28 @@ class JalvEngine(Engine):
             for chain in self._chains.values():
                 chain.clear()
             if self._executor is not None:
-                with contextlib.suppress(EngineError):
-                    await self._jack(self._close_client)
                 executor, self._executor = self._executor, None
-                await asyncio.to_thread(executor.shutdown)
+                # Behind a JACK call that is stuck, the close waits its turn (it must
+                # run, or the client leaks); stop waits for neither of them for long.
+                closing = asyncio.wrap_future(executor.submit(self._close_client))
+                try:
+                    await asyncio.wait_for(asyncio.shield(closing), JACK_CALL_TIMEOUT)
+                except TimeoutError:
+                    log.warning(
+                        "JACK client not closed within %s s; it closes when JACK answers", JACK_CALL_TIMEOUT
+                    )
+                except jack.JackError as exc:
+                    log.warning("closing the JACK client failed: %s", exc)
+                executor.shutdown(wait=False)
         finally:
             if locked:
                 self._lock.release()
+        await asyncio.gather(*self._stopping, return_exceptions=True)
         leftovers = list(self._tasks)  # output pumps end at EOF; watchers see retired
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
+        await asyncio.gather(*self._stopping, return_exceptions=True)  # of cancelled spawns
         if self._server is not None:
             await self._server.stop()
             self._server = None
@@ -306,61 +333,103 @@ class JalvEngine(Engine):
     ) -> None:
         """Start a jalv for the plugin and wire it in at ``position``.
 
+        The jalv starts without the lock (other changes go on meanwhile);
+        the position is taken in the chain as it is once it is up.
+
         Raises:
             UnknownTrack: no such track.
             PluginLoadFailed: jalv failed, or its ports did not appear within
                 :data:`PLUGIN_START_TIMEOUT`; the chain is left as it was.
-            EngineError: the engine is not running.
+            EngineError: the engine is not running, or the rewiring failed;
+                the chain is left as it was and the jalv stopped.
         """
-        async with self._lock:
-            self._require_running()
-            chain = self._chain_of(track_id)
-            if plugin_id in self._plugins:
-                raise PluginLoadFailed(f"plugin id {plugin_id!r} is already in use")
-            plugin = _Plugin(
-                id=plugin_id,
-                track_id=track_id,
-                type=plugin_type,
-                client_name=self._client_name_for(plugin_id),
-                values=dict(values),
-                bypass=bypass,
-            )
+        self._require_running()
+        self._chain_of(track_id)
+        if plugin_id in self._plugins or plugin_id in self._loading:
+            raise PluginLoadFailed(f"plugin id {plugin_id!r} is already in use")
+        plugin = _Plugin(
+            id=plugin_id,
+            track_id=track_id,
+            type=plugin_type,
+            client_name=self._client_name_for(plugin_id),
+            values=dict(values),
+            bypass=bypass,
+        )
+        self._client_names.add(plugin.client_name)
+        self._loading[plugin_id] = plugin
+        try:
+            # Without the lock: a bypass pressed meanwhile need not wait for jalv.
             await self._spawn(plugin)
-            self._client_names.add(plugin.client_name)
-            self._plugins[plugin_id] = plugin
-            chain.insert(max(0, min(position, len(chain))), plugin)
-            await self._rewire()
-            log.debug("added %s (%s) to %s", plugin_id, plugin_type.uri, track_id)
+            async with self._lock:
+                if plugin.retired:  # stop() came first
+                    raise EngineError("the jalv engine stopped while the plugin started")
+                self._require_running()
+                chain = self._chains[track_id]
+                del self._loading[plugin_id]
+                self._plugins[plugin_id] = plugin
+                chain.insert(max(0, min(position, len(chain))), plugin)
+                try:
+                    await self._rewire()
+                except BaseException:
+                    chain.remove(plugin)
+                    del self._plugins[plugin_id]
+                    self._stale_ports.update(plugin.ports)  # may be wired in: ours to undo
+                    self._request_rewire()
+                    raise
+        except BaseException:
+            self._loading.pop(plugin_id, None)
+            plugin.retired = True
+            await self._stop_process(plugin)
+            self._client_names.discard(plugin.client_name)
+            raise
+        log.debug("added %s (%s) to %s", plugin_id, plugin_type.uri, track_id)
 
     async def remove_plugin(self, plugin_id: str) -> None:
         """Wire the chain around the plugin, then stop its jalv.
 
         Raises:
             UnknownPlugin: no such plugin.
+            EngineError: the rewiring failed; the plugin stays where it was.
         """
         async with self._lock:
             plugin = self._plugin(plugin_id)
-            del self._plugins[plugin_id]
-            self._chains[plugin.track_id].remove(plugin)
-            plugin.retired = True
+            chain = self._chains[plugin.track_id]
+            before = list(chain)
+            chain.remove(plugin)
             if self._running:
-                await self._rewire(retired=[plugin])
-            await self._terminate(plugin)
-            self._client_names.discard(plugin.client_name)
+                try:
+                    await self._rewire(retired=[plugin])
+                except BaseException:
+                    chain[:] = before
+                    self._request_rewire()
+                    raise
+            del self._plugins[plugin_id]
+            plugin.retired = True
+            try:
+                await self._stop_process(plugin)
+            finally:
+                self._client_names.discard(plugin.client_name)
 
     async def move_plugin(self, plugin_id: str, position: int) -> None:
         """Move a plugin within its own track's chain and rewire.
 
         Raises:
             UnknownPlugin: no such plugin.
+            EngineError: the rewiring failed; the chain stays as it was.
         """
         async with self._lock:
             plugin = self._plugin(plugin_id)
             chain = self._chains[plugin.track_id]
+            before = list(chain)
             chain.remove(plugin)
             chain.insert(max(0, min(position, len(chain))), plugin)
             if self._running:
-                await self._rewire()
+                try:
+                    await self._rewire()
+                except BaseException:
+                    chain[:] = before
+                    self._request_rewire()
+                    raise
 
     async def set_parameters(self, plugin_id: str, values: Mapping[str, float]) -> None:
         """Send ``set SYMBOL VALUE`` lines to the plugin's jalv.
@@ -382,16 +451,23 @@ class JalvEngine(Engine):
     async def set_bypass(self, plugin_id: str, bypass: bool) -> None:
         """Route the chain around the plugin (or back through it).
 
+        Rewires even when the plugin is already in that state, so that a
+        repeated request also repairs the graph.
+
         Raises:
             UnknownPlugin: no such plugin.
+            EngineError: the rewiring failed; the plugin keeps its old state.
         """
         async with self._lock:
             plugin = self._plugin(plugin_id)
-            if plugin.bypass == bypass:
-                return
-            plugin.bypass = bypass
+            before, plugin.bypass = plugin.bypass, bypass
             if self._running:
-                await self._rewire()
+                try:
+                    await self._rewire()
+                except BaseException:
+                    plugin.bypass = before
+                    self._request_rewire()
+                    raise
 
     def info(self) -> EngineInfo:
         """Rate, buffer, DSP load and xruns. Never blocks (shared-memory reads)."""
@@ -444,16 +520,10 @@ class JalvEngine(Engine):
             raise EngineError("the jalv engine is not running")
 
     def _chain_of(self, track_id: str) -> list[_Plugin]:
-        try:
-            return self._chains[track_id]
-        except KeyError:
-            raise UnknownTrack(f"no track {track_id!r}", {"track_id": track_id}) from None
+        return find_chain(self._chains, track_id)
 
     def _plugin(self, plugin_id: str) -> _Plugin:
-        try:
-            return self._plugins[plugin_id]
-        except KeyError:
-            raise UnknownPlugin(f"no plugin {plugin_id!r}", {"plugin_id": plugin_id}) from None
+        return find_plugin(self._plugins, plugin_id)
 
     def _client_name_for(self, plugin_id: str) -> str:
         base = f"{self._prefix}-{_safe_name(plugin_id)}"[:CLIENT_NAME_MAX]
@@ -522,6 +592,8 @@ class JalvEngine(Engine):
             (for example a client whose ports exist but which is not active yet).
         """
         client = self._client
+        if client is None:
+            raise EngineError("the jalv engine's JACK client is closed")
         existing = {port.name: port for port in client.get_ports(is_audio=True)}
         want = {(s, d) for s, d in plan.desired if s in existing and d in existing}
         current: set[Connection] = set()
@@ -535,12 +607,13 @@ class JalvEngine(Engine):
                 if ours or (src in plan.endpoints and dst in plan.endpoints):
                     current.add((src, dst))
         failures: list[str] = []
-        for src, dst in sorted(want - current):
+        connect, disconnect = connection_changes(current, want)
+        for src, dst in connect:
             try:
                 client.connect(src, dst)
             except jack.JackError as exc:
                 failures.append(f"connect {src} -> {dst}: {exc}")
-        for src, dst in sorted(current - want):
+        for src, dst in disconnect:
             try:
                 client.disconnect(src, dst)
             except jack.JackError as exc:
@@ -595,15 +668,10 @@ class JalvEngine(Engine):
         endpoints: set[str] = set()
         for track in self.tracks.values():
             endpoints.update(track.inputs, track.outputs)
-            previous: Sequence[str] = track.inputs
-            for plugin in self._chains[track.id]:
+            chain = self._chains[track.id]
+            for plugin in chain:
                 plugin_ports.update(plugin.ports)
-                if plugin.bypass or not plugin.alive:
-                    continue  # the previous stage feeds the next one: dry
-                desired.update(wire_pairs(previous, plugin.inputs))
-                if plugin.outputs:  # a pure sink (a meter) taps the signal
-                    previous = plugin.outputs
-            desired.update(wire_pairs(previous, track.outputs))
+            desired |= chain_connections(track.inputs, [p.stage for p in chain], track.outputs)
         for plugin in retired:
             plugin_ports.update(plugin.ports)
         plugin_ports.update(self._stale_ports)
@@ -651,6 +719,10 @@ class JalvEngine(Engine):
     async def _spawn(self, plugin: _Plugin) -> None:
         """Start the plugin's jalv and wait for all its audio ports.
 
+        On any failure, a cancellation included, the new jalv is stopped
+        again before the exception propagates. Needs no lock: it touches only
+        ``plugin``, which is in no chain or has its process down.
+
         Raises:
             PluginLoadFailed: jalv could not run, exited, or its ports did not
                 appear within :data:`PLUGIN_START_TIMEOUT`.
@@ -676,9 +748,13 @@ class JalvEngine(Engine):
         self._background(self._pump(plugin, proc.stdout))
         try:
             await asyncio.wait_for(self._wait_ports(plugin, proc), PLUGIN_START_TIMEOUT)
-        except (TimeoutError, PluginLoadFailed, EngineError) as exc:
-            await self._terminate(plugin)
-            plugin.proc = None
+        except BaseException as exc:
+            try:
+                await self._stop_process(plugin)
+            finally:
+                plugin.proc = None
+            if not isinstance(exc, (TimeoutError, PluginLoadFailed, EngineError)):
+                raise  # a cancellation, or a bug: the process is gone either way
             why = str(exc) or f"its ports did not appear within {PLUGIN_START_TIMEOUT} s"
             raise PluginLoadFailed(f"{plugin.type.uri}: {why}") from exc
         plugin.alive = True
@@ -769,6 +845,13 @@ class JalvEngine(Engine):
         except TimeoutError:
             log.warning("%s: stdin stuck, values not delivered", plugin.client_name)
 
+    async def _stop_process(self, plugin: _Plugin) -> None:
+        """:meth:`_terminate`, carried on even if the caller is cancelled meanwhile."""
+        task = asyncio.ensure_future(self._terminate(plugin))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        await asyncio.shield(task)
+
     async def _terminate(self, plugin: _Plugin) -> None:
         """Stop a plugin's jalv: EOF on stdin, then SIGTERM, then SIGKILL."""
         plugin.alive = False
@@ -816,17 +899,24 @@ class JalvEngine(Engine):
             self._give_up(plugin, f"died {len(plugin.deaths)} times within {RESPAWN_WINDOW:.0f} s")
             return
         if not await self._wait_client_gone(plugin):
+            if plugin.retired or not self._running:
+                return
             self._rename(plugin)
         for delay in RESPAWN_DELAYS:
             await asyncio.sleep(delay)
+            if plugin.retired or not self._running:
+                return
+            try:
+                # Without the lock, as in add_plugin: the plugin is down, so
+                # the chain walk skips it whatever else changes meanwhile.
+                await self._spawn(plugin)
+            except PluginLoadFailed as exc:
+                log.warning("respawn of %s failed: %s", plugin.id, exc)
+                continue
             async with self._lock:
-                if plugin.retired or not self._running:
+                if plugin.retired or not self._running:  # removed meanwhile
+                    await self._stop_process(plugin)
                     return
-                try:
-                    await self._spawn(plugin)
-                except PluginLoadFailed as exc:
-                    log.warning("respawn of %s failed: %s", plugin.id, exc)
-                    continue
                 await self._rewire()
             log.info("plugin %s restored", plugin.id)
             self._emit(EngineEvent("plugin-restored", plugin.id, "respawned with its values"))
