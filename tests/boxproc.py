@@ -2,6 +2,12 @@
 
 The config is the shipped ``config/virtual.yaml`` with the plain keys a test
 may override (JACK server name, ports, data folder, origins) changed.
+
+The box runs in a process group of its own. When it has exited (SIGTERM, or
+SIGKILL to play a crash), whatever is left in that group (its jalv plugins,
+its own JACK server) is killed, as systemd's ``KillMode=control-group`` does
+on the box, and those still there after :data:`LEFTOVER_GRACE` are listed in
+:attr:`BoxProcess.leftovers`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 #: How long the box may take to come up (catalog scan, JACK server, plugins).
 BOX_START_TIMEOUT = 60.0
+#: How long the box may take to exit after SIGTERM (saving the board, stopping plugins).
+BOX_STOP_TIMEOUT = 30.0
+#: How long the box's children may take to exit on their own once it is gone.
+LEFTOVER_GRACE = 1.0
+#: How long the processes left in the box's group may take to die after SIGKILL.
+LEFTOVER_KILL_TIMEOUT = 5.0
 
 
 def free_port() -> int:
@@ -33,57 +45,181 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def virtual_config(tmp: Path, **overrides: Any) -> Path:
-    """Write a copy of config/virtual.yaml with overrides; returns its path."""
+def virtual_config(
+    tmp: Path, *, jack_server: str | None = None, dummy: bool = True, **overrides: Any
+) -> Path:
+    """Write a copy of config/virtual.yaml with overrides; returns its path.
+
+    Args:
+        tmp: the folder for the config, its log and (unless overridden) ``data/``.
+        jack_server: ``engine.jack.server``; default a fresh unique name.
+        dummy: False removes ``engine.jack.dummy``, so the box connects to the
+            running server ``jack_server`` instead of starting its own.
+        overrides: ``engine`` sets ``engine.kind`` (default ``jalv``);
+            ``allowed_origins``, ``auth`` and ``token_file`` go under
+            ``server``; anything else (``tracks``, ``demo``, ``data_dir``)
+            replaces the top-level key. Tuples are written as lists.
+    """
     data = yaml.safe_load((ROOT / "config" / "virtual.yaml").read_text())
     data["catalog"] = str(ROOT / "config" / "plugins.yaml")
     data["data_dir"] = str(tmp / "data")
-    data["engine"]["jack"]["server"] = f"box-{os.getpid()}-{secrets.token_hex(3)}"
+    data["engine"]["jack"]["server"] = jack_server or f"box-{os.getpid()}-{secrets.token_hex(3)}"
+    if not dummy:
+        data["engine"]["jack"]["dummy"] = None
     data["engine"]["kind"] = overrides.pop("engine", "jalv")
     for key, value in overrides.items():
         if key in ("allowed_origins", "auth", "token_file"):
             data["server"][key] = value
         else:
-            data[key] = value
+            data[key] = _plain(value)
     path = tmp / "box.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
-@contextlib.contextmanager
-def running_box(config: Path, port: int | None = None) -> Iterator[str]:
-    """Start the box and wait for /healthz to answer; yields its http base URL."""
-    port = port or free_port()
-    log = open(config.parent / "box.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "run", "--config", str(config), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"},
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists and paths as strings (what safe_dump writes)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _group_members(pgid: int) -> list[str]:
+    """``"pid command line"`` of every live process in process group ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) != pgid or fields[0] == "Z":
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        found.append(f"{entry.name} {b' '.join(argv).decode(errors='replace').strip()}")
+    return found
+
+
+class BoxProcess:
+    """One run of the box: ``start()`` waits for /healthz, ``stop()`` ends it.
+
+    Blocking (``time.sleep``, ``urlopen``): from async code call it through
+    ``asyncio.to_thread``.
+
+    Args:
+        config: the config file (its folder gets ``box.log``).
+        port: the HTTP/WebSocket port; default a free one.
+    """
+
+    def __init__(self, config: Path, port: int | None = None) -> None:
+        self.config = config
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = config.parent / "box.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        #: Processes found in the box's group after it exited (and then killed).
+        self.leftovers: list[str] = []
+        self.returncode: int | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def start(self) -> str:
+        """Start the box and wait until /healthz says running; returns the http base URL."""
+        argv = [sys.executable, "-m", "appliance", "run", "--config", str(self.config)]
+        argv += ["--port", str(self.port)]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child holds it; closed right after
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"},
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            raise
+        return self.base
+
+    def _wait_healthy(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + BOX_START_TIMEOUT
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the box exited: {(config.parent / 'box.log').read_text()[-3000:]}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the box exited: {self.log_tail()}")
             try:
-                with urllib.request.urlopen(base + "/healthz", timeout=2) as response:
+                with urllib.request.urlopen(self.base + "/healthz", timeout=2) as response:
                     if json.loads(response.read()).get("running"):
-                        break
+                        return
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the box did not come up: {(config.parent / 'box.log').read_text()[-3000:]}"
-                )
+                raise RuntimeError(f"the box did not come up: {self.log_tail()}")
             time.sleep(0.1)
-        yield base
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send ``sig``, wait for the exit, kill what is left in its group; the exit code.
+
+        After SIGTERM the box gets :data:`BOX_STOP_TIMEOUT` to save and stop,
+        then SIGKILL. Its children get :data:`LEFTOVER_GRACE` to follow it
+        (a jalv exits when its stdin closes); the rest are killed and listed in
+        :attr:`leftovers`. Twice is fine.
+        """
+        proc = self.proc
+        if proc is None:
+            return self.returncode if self.returncode is not None else 0
+        self.proc = None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=BOX_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.returncode = proc.returncode
+        deadline = time.monotonic() + LEFTOVER_GRACE
+        while (left := _group_members(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.leftovers = left
+        if left:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            deadline = time.monotonic() + LEFTOVER_KILL_TIMEOUT
+            while _group_members(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return self.returncode
+
+
+@contextlib.contextmanager
+def running_box(
+    config: Path, port: int | None = None, exit_signal: signal.Signals = signal.SIGTERM
+) -> Iterator[str]:
+    """Start the box and wait for /healthz to answer; yields its http base URL.
+
+    On exit the box gets ``exit_signal`` (SIGKILL plays a crash) and what is
+    left of its process group is killed.
+    """
+    box = BoxProcess(config, port)
+    box.start()
+    try:
+        yield box.base
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        box.stop(exit_signal)

@@ -1,0 +1,370 @@
+"""The whole box, end to end: ``python -m appliance run``, phones on WebSocket, real audio.
+
+Each test starts its own JACK dummy server (conftest's ``jack_server``) and
+the virtual rig on it, then runs the box as a user does (:mod:`tests.boxproc`)
+with its config aimed at that server: ``engine.jack.server`` is the test's
+server, ``engine.jack.dummy`` is removed (connect, don't start one), the
+track reads the rig's player and feeds its recorder, no demo board, and a
+fresh data folder::
+
+    rig-play:play_1 ──▶ box (jalv processes or Carla) ──▶ rig-rec:rec_1
+          └──────────────────────────────────────────────▶ rig-rec:ref_1
+
+Clients are real ``websockets`` clients; every audio claim is a level or a
+latency read from recorded samples against the rig's dry reference. The
+tests are parametrised over the engine kinds; one that cannot run here is
+skipped with the reason printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from appliance.engine.jackserver import JackServer
+from tests.boxproc import BoxProcess, virtual_config
+from tests.rig import Rig, gain_db, latency_frames, noise, sine
+
+pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(120)]
+
+TRACK = "track_001"
+#: Tolerance of every gain claim, in dB.
+TOLERANCE_DB = 0.1
+#: How closely the same overdrive must read under the two engines, in dB.
+ENGINES_AGREE_DB = 0.5
+#: Two takes in a row this close (dB) mean a plugin's filters have settled.
+STEADY_DB = 0.05
+#: The probe for gain claims: 0.1 s of 1 kHz at −12 dBFS.
+PROBE = sine(1000.0, 4800, 48000, -12.0)
+#: A probe well under the compressor's −25 dB threshold, so it reads as unity.
+QUIET_PROBE = sine(1000.0, 4800, 48000, -40.0)
+#: How long a reply to a request may take (a plugin load included).
+REPLY_TIMEOUT = 30.0
+#: How long the debounced save may take to reach board.json.
+SAVE_TIMEOUT = 10.0
+#: Takes before a level is called unsteady.
+LEVEL_TRIES = 40
+
+#: One plugin as a client or the board file sees it: (plugin_id, catalog key, values, bypass).
+PluginState = tuple[str, str, dict[str, float], bool]
+
+
+# -- engines --------------------------------------------------------------------------
+
+
+def _why_not(kind: str) -> str | None:
+    """Why engine ``kind`` cannot run here, or None."""
+    if kind == "jalv":
+        missing = [tool for tool in ("jalv", "stdbuf") if shutil.which(tool) is None]
+        return f"jalv engine needs {', '.join(missing)} (not installed)" if missing else None
+    from appliance.engine import carla
+
+    return carla.unavailable(None)
+
+
+@pytest.fixture(params=["jalv", "carla"])
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    """The ``engine.kind`` under test; skipped with the reason when it cannot run here."""
+    why = _why_not(request.param)
+    if why is not None:
+        pytest.skip(f"engine {request.param}: {why}")
+    return str(request.param)
+
+
+def _config(tmp: Path, server: JackServer, kind: str, tracks: list[dict[str, Any]]) -> Path:
+    """virtual.yaml aimed at the test's running server, with these tracks, no demo."""
+    return virtual_config(
+        tmp, jack_server=server.name, dummy=False, engine=kind, tracks=tracks, demo=[], data_dir=tmp / "data"
+    )
+
+
+def _one_track(rig: Rig) -> list[dict[str, Any]]:
+    return [{"id": TRACK, "inputs": rig.play_ports, "outputs": rig.rec_ports}]
+
+
+@contextlib.asynccontextmanager
+async def _box(config: Path) -> AsyncIterator[BoxProcess]:
+    """The box running on ``config``; SIGTERM on exit, unless a test stopped it already."""
+    box = BoxProcess(config)
+    await asyncio.to_thread(box.start)
+    try:
+        yield box
+    finally:
+        await asyncio.to_thread(box.stop)
+
+
+# -- a phone ----------------------------------------------------------------------------
+
+
+class Phone:
+    """A WebSocket client of the box that waits for the answer to each request."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self._sent = 0
+
+    async def _receive(self) -> dict[str, Any]:
+        message: dict[str, Any] = json.loads(await self.ws.recv())
+        return message
+
+    async def replay(self) -> list[dict[str, Any]]:
+        """The board replayed on connect: every message before the answer to a PING, ids dropped."""
+        self._sent += 1
+        mark = f"sync_{self._sent}"
+        await self.ws.send(json.dumps({"id": mark, "type": "PING"}))
+        replayed = []
+        async with asyncio.timeout(REPLY_TIMEOUT):
+            while (message := await self._receive()).get("reply_to") != mark:
+                message.pop("id", None)
+                replayed.append(message)
+        return replayed
+
+    async def request(self, kind: str, **data: Any) -> dict[str, Any]:
+        """Send one request; the first message answering it (an ERROR fails the test)."""
+        self._sent += 1
+        mark = f"msg_{self._sent}"
+        await self.ws.send(json.dumps({"id": mark, "type": kind, "data": {"track_id": TRACK, **data}}))
+        async with asyncio.timeout(REPLY_TIMEOUT):
+            while (message := await self._receive()).get("reply_to") != mark:
+                pass
+        assert message["type"] == kind, f"{kind} {data} was refused: {message}"
+        return message
+
+    async def add(self, plugin: str, track_id: str = TRACK, **values: float) -> str:
+        """Add ``plugin`` by catalog key, set ``values``; its plugin_id."""
+        added = await self.request("PLUGIN_ADD", track_id=track_id, name=plugin)
+        plugin_id = str(added["data"]["plugin_id"])
+        for parameter_id, value in values.items():
+            await self.set(plugin_id, parameter_id, value, track_id)
+        return plugin_id
+
+    async def set(self, plugin_id: str, parameter_id: str, value: float, track_id: str = TRACK) -> None:
+        """Set one parameter; checks the broadcast value is the one sent."""
+        echo = await self.request(
+            "PLUGIN_PARAMETER",
+            track_id=track_id,
+            plugin_id=plugin_id,
+            parameter_id=parameter_id,
+            parameter_value=value,
+        )
+        assert echo["data"]["parameter_value"] == pytest.approx(value)
+
+    async def bypass(self, plugin_id: str, bypass: bool) -> None:
+        await self.request("PLUGIN_BYPASS", plugin_id=plugin_id, bypass=bypass)
+
+
+@contextlib.asynccontextmanager
+async def _phone(box: BoxProcess) -> AsyncIterator[Phone]:
+    async with connect(box.ws_url, open_timeout=REPLY_TIMEOUT, close_timeout=5) as ws:
+        yield Phone(ws)
+
+
+async def _replay(box: BoxProcess) -> list[dict[str, Any]]:
+    """What a client that connects now is sent as the board."""
+    async with _phone(box) as phone:
+        return await phone.replay()
+
+
+def _chain(replay: list[dict[str, Any]], track_id: str = TRACK) -> list[PluginState]:
+    """Each plugin of ``track_id`` in a replay, in chain order."""
+    chain: dict[str, PluginState] = {}
+    for message in replay:
+        data = message["data"]
+        if data["track_id"] != track_id:
+            continue
+        if message["type"] == "PLUGIN_ADD":
+            chain[data["plugin_id"]] = (data["plugin_id"], data["plugin"], data["parameters"], False)
+        elif message["type"] == "PLUGIN_BYPASS":
+            plugin_id, key, values, _ = chain[data["plugin_id"]]
+            chain[data["plugin_id"]] = (plugin_id, key, values, bool(data["bypass"]))
+    positions = {m["data"]["plugin_id"]: m["data"]["position"] for m in replay if m["type"] == "PLUGIN_ADD"}
+    return sorted(chain.values(), key=lambda plugin: positions[plugin[0]])
+
+
+# -- audio --------------------------------------------------------------------------------
+
+
+def _near(target_db: float) -> Callable[[float], bool]:
+    return lambda gain: abs(gain - target_db) <= TOLERANCE_DB
+
+
+async def _levels(rig: Rig, probe: np.ndarray = PROBE) -> list[float]:
+    """One take: each channel's gain against the dry reference, in dB."""
+    reference, recorded = await rig.play_and_record(probe)
+    return [gain_db(recorded[:, channel], reference) for channel in range(rig.channels)]
+
+
+async def _steady_levels(rig: Rig, first_db: float) -> list[float]:
+    """Takes until channel 0 reads ``first_db`` and every channel reads as the take before."""
+    before = await _levels(rig)
+    for _ in range(LEVEL_TRIES):
+        now = await _levels(rig)
+        if abs(now[0] - first_db) <= TOLERANCE_DB and all(
+            abs(a - b) <= STEADY_DB for a, b in zip(now, before, strict=True)
+        ):
+            return now
+        before = now
+    return now
+
+
+async def _latency(rig: Rig) -> int:
+    reference, recorded = await rig.play_and_record(noise(4800), extra_frames=512)
+    return latency_frames(recorded[:, 0], reference, max_lag=512)
+
+
+async def _saved(data_dir: Path, accept: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """board.json once ``accept`` says it holds the change (the save is debounced)."""
+    path = data_dir / "board.json"
+    board: dict[str, Any] = {}
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(SAVE_TIMEOUT):
+            while True:
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    board = json.loads(await asyncio.to_thread(path.read_text))
+                    if accept(board):
+                        return board
+                await asyncio.sleep(0.05)
+    raise AssertionError(f"board.json never held the change; last read: {board}")
+
+
+def _saved_chain(board: dict[str, Any], track_id: str = TRACK) -> list[PluginState]:
+    """Each plugin of ``track_id`` in board.json, in chain order."""
+    track = next(t for t in board["tracks"] if t["id"] == track_id)
+    return [(p["id"], p["plugin"], p["values"], p["bypass"]) for p in track["chain"]]
+
+
+# -- the tests ------------------------------------------------------------------------------
+
+
+async def test_gain_bypass_and_remove_over_websocket(
+    engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """Gain −6 over WebSocket reads −6.0 dB, 0 frames late; bypass and remove read 0 dB (dry)."""
+    config = _config(tmp_path, jack_server, engine_kind, _one_track(rig))
+    async with _box(config) as box, _phone(box) as phone:
+        assert await phone.replay() == []
+        assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+
+        gain = await phone.add("gain", gain=-6.0)
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+        assert await _latency(rig) == 0
+
+        await phone.bypass(gain, True)
+        assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+        await phone.bypass(gain, False)
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+
+        await phone.request("PLUGIN_REMOVE", plugin_id=gain)
+        assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+        assert await _latency(rig) == 0
+
+
+async def _build_board(phone: Phone) -> tuple[str, str, str]:
+    """gain −6, overdrive bypassed, compressor threshold −25; their plugin ids."""
+    gain = await phone.add("gain", gain=-6.0)
+    drive = await phone.add("overdrive", drive=1.0)
+    await phone.bypass(drive, True)
+    compressor = await phone.add("compressor", threshold=-25.0)
+    return gain, drive, compressor
+
+
+async def test_board_survives_a_restart(
+    engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """After SIGTERM and a new start on the same data_dir, the board replays the same and reads −6 dB."""
+    config = _config(tmp_path, jack_server, engine_kind, _one_track(rig))
+    async with _box(config) as box:
+        async with _phone(box) as phone:
+            gain, drive, compressor = await _build_board(phone)
+        assert await rig.gain_until(_near(-6.0), QUIET_PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+        before = await _replay(box)
+    assert box.returncode == 0, box.log_tail()
+    assert box.leftovers == [], "the box left processes behind after SIGTERM"
+
+    chain = _chain(before)
+    assert [(p[0], p[1], p[3]) for p in chain] == [
+        (gain, "gain", False),
+        (drive, "overdrive", True),
+        (compressor, "compressor", False),
+    ]
+    assert chain[0][2]["gain"] == -6.0
+    assert chain[1][2]["drive"] == 1.0
+    assert chain[2][2]["threshold"] == -25.0
+
+    async with _box(config) as box:
+        assert await _replay(box) == before
+        assert await rig.gain_until(_near(-6.0), QUIET_PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+
+
+async def test_saved_change_survives_kill_9(
+    engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """A change that reached board.json is there after SIGKILL and a new start."""
+    config = _config(tmp_path, jack_server, engine_kind, _one_track(rig))
+    async with _box(config) as box:
+        async with _phone(box) as phone:
+            gain = await phone.add("gain", gain=-6.0)
+        before = await _replay(box)
+        saved = [(gain, "gain", {"gain": -6.0}, False)]
+        await _saved(tmp_path / "data", lambda board: _saved_chain(board) == saved)
+        await asyncio.to_thread(box.stop, signal.SIGKILL)
+    assert box.returncode == -signal.SIGKILL
+
+    async with _box(config) as box:
+        assert await _replay(box) == before
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+
+
+async def test_board_is_portable_between_engines(jack_server: JackServer, tmp_path: Path) -> None:
+    """A board saved under jalv loads under Carla and back, and reads the same levels under both."""
+    for kind in ("jalv", "carla"):
+        if (why := _why_not(kind)) is not None:
+            pytest.skip(f"engine {kind}: {why}")
+    rig = Rig(jack_server.name, channels=2)
+    await rig.open()
+    try:
+        tracks = [
+            {"id": TRACK, "inputs": rig.play_ports[:1], "outputs": rig.rec_ports[:1]},
+            {"id": "track_002", "inputs": rig.play_ports[1:], "outputs": rig.rec_ports[1:]},
+        ]
+
+        # jalv: track_001 gain −6; track_002 gain −20 into an overdrive driven hard.
+        async with _box(_config(tmp_path, jack_server, "jalv", tracks)) as box:
+            async with _phone(box) as phone:
+                await phone.add("gain", gain=-6.0)
+                await phone.add("gain", "track_002", gain=-20.0)
+                await phone.add("overdrive", "track_002", drive=1.0)
+            jalv_levels = await _steady_levels(rig, -6.0)
+            jalv_board = await _replay(box)
+        assert jalv_levels[0] == pytest.approx(-6.0, abs=TOLERANCE_DB)
+        assert jalv_levels[1] > -60.0, "the overdrive track is silent"
+
+        # Carla loads it and sounds the same; then it changes track_001 to −9.
+        async with _box(_config(tmp_path, jack_server, "carla", tracks)) as box:
+            assert await _replay(box) == jalv_board
+            carla_levels = await _steady_levels(rig, -6.0)
+            assert carla_levels[0] == pytest.approx(-6.0, abs=TOLERANCE_DB)
+            assert carla_levels[1] == pytest.approx(jalv_levels[1], abs=ENGINES_AGREE_DB)
+            async with _phone(box) as phone:
+                await phone.set(_chain(jalv_board)[0][0], "gain", -9.0)
+            assert await rig.gain_until(_near(-9.0), PROBE) == pytest.approx(-9.0, abs=TOLERANCE_DB)
+            carla_board = await _replay(box)
+
+        # And back: jalv loads Carla's board and sounds the same.
+        async with _box(_config(tmp_path, jack_server, "jalv", tracks)) as box:
+            assert await _replay(box) == carla_board
+            back_levels = await _steady_levels(rig, -9.0)
+            assert back_levels[0] == pytest.approx(-9.0, abs=TOLERANCE_DB)
+            assert back_levels[1] == pytest.approx(carla_levels[1], abs=ENGINES_AGREE_DB)
+    finally:
+        await rig.close()
