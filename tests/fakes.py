@@ -1,4 +1,5 @@
-"""In-memory stand-ins for tests of *other* parts (never what an engine is verified against)."""
+"""In-memory stand-ins for tests of *other* parts (never what an engine is verified against),
+and hand-written descriptions of two real plugins (eg-amp, the TS9) for tests that need no scan."""
 
 from __future__ import annotations
 
@@ -76,6 +77,21 @@ AMP = PluginType(
     controls=(Control("gain", "Gain", -90.0, 24.0, 0.0, "dB"),),
     audio_inputs=("in",),
     audio_outputs=("out",),
+)
+
+TS9 = PluginType(
+    key="overdrive",
+    uri="http://guitarix.sourceforge.net/plugins/gxts9#ts9sim",
+    name="GxTubeScreamer",
+    controls=(
+        Control("fslider0_", "Level", -20.0, 4.0, -16.0, "dB"),
+        Control("fslider1_", "Tone", 100.0, 1000.0, 400.0, "Hz"),
+        Control("fslider2_", "Drive", 0.0, 1.0, 0.5),
+        Control("BYPASS", "BYPASS", 0.0, 1.0, 1.0, kind="toggle"),
+    ),
+    audio_inputs=("in",),
+    audio_outputs=("out",),
+    enable_symbol="BYPASS",
 )
 
 COMP = PluginType(

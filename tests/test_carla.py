@@ -32,31 +32,10 @@ from appliance.engine.carla import (
 )
 from appliance.engine.jackserver import JackServer
 from appliance.errors import EngineError
+from tests.fakes import AMP, TS9
 from tests.rig import Rig, sine
 
 TRACK = "guitar"
-AMP = PluginType(
-    key="gain",
-    uri="http://lv2plug.in/plugins/eg-amp",
-    name="Simple Amplifier",
-    controls=(Control("gain", "Gain", -90.0, 24.0, 0.0, "dB"),),
-    audio_inputs=("in",),
-    audio_outputs=("out",),
-)
-TS9 = PluginType(
-    key="overdrive",
-    uri="http://guitarix.sourceforge.net/plugins/gxts9#ts9sim",
-    name="GxTubeScreamer",
-    controls=(
-        Control("fslider0_", "Level", -20.0, 4.0, -16.0, "dB"),
-        Control("fslider1_", "Tone", 100.0, 1000.0, 400.0, "Hz"),
-        Control("fslider2_", "Drive", 0.0, 1.0, 0.5),
-        Control("BYPASS", "BYPASS", 0.0, 1.0, 1.0, kind="toggle"),
-    ),
-    audio_inputs=("in",),
-    audio_outputs=("out",),
-    enable_symbol="BYPASS",
-)
 #: ACE compressor with its side-chain input: 2 in, 1 out, so Carla has no dry/wet for it.
 COMP_CONTROLS = (
     Control("mak", "Makeup", 0.0, 30.0, 0.0, "dB"),

@@ -12,7 +12,6 @@ with that reason.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import secrets
 import shutil
@@ -26,11 +25,13 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from appliance.catalog import Catalog
 from appliance.controls import Control, PluginType
 from appliance.engine import Engine, EngineEvent, EventSink, TrackPorts
 from appliance.engine.chain import Stage, chain_connections, connection_changes
 from appliance.engine.jackserver import JackServer
 from appliance.errors import EngineError, PluginLoadFailed
+from tests import fakes
 from tests.rig import Rig, difference_db, gain_db, latency_frames, noise, rms_db, sine
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(90)]
@@ -95,30 +96,8 @@ ENGINE_ADAPTERS: dict[str, Callable[[JackServer], EngineFactory | str]] = {
 
 # -- plugin types -----------------------------------------------------------------------
 
-_FALLBACK_TYPES = {
-    AMP: PluginType(
-        key=AMP,
-        uri=AMP,
-        name="Simple Amplifier",
-        controls=(Control("gain", "Gain", -90.0, 24.0, 0.0, "dB"),),
-        audio_inputs=("in",),
-        audio_outputs=("out",),
-    ),
-    TS9: PluginType(
-        key=TS9,
-        uri=TS9,
-        name="GxTubeScreamer",
-        controls=(
-            Control("fslider0_", "Level", -20.0, 4.0, -16.0, "dB"),
-            Control("fslider1_", "Tone", 100.0, 1000.0, 400.0, "Hz"),
-            Control("fslider2_", "Drive", 0.0, 1.0, 0.5),
-            Control("BYPASS", "BYPASS", 0.0, 1.0, 1.0, kind="toggle"),
-        ),
-        audio_inputs=("in",),
-        audio_outputs=("out",),
-        enable_symbol="BYPASS",
-    ),
-}
+
+#: A plugin that is not installed anywhere.
 BAD = PluginType(
     key="nothing",
     uri="http://example.org/plugins/no-such-plugin",
@@ -129,24 +108,15 @@ BAD = PluginType(
 )
 
 
-@functools.cache
-def _catalog() -> object | None:
-    try:
-        from appliance.catalog import Catalog
-
-        return Catalog.load(ROOT / "config" / "plugins.yaml", scan=False)
-    except Exception:  # not written yet, or broken: the suite tests engines, not the catalog
-        return None
-
-
 @pytest.fixture(scope="session")
 def plugin_type() -> Callable[[str], PluginType]:
-    """URI → PluginType, from the catalog when it works, else hard-coded."""
-    catalog = _catalog()
+    """URI → PluginType, read from the plugins' own LV2 data by the catalog."""
+    catalog = Catalog.load(ROOT / "config" / "plugins.yaml", scan=False)
 
     def find(uri: str) -> PluginType:
-        found = getattr(catalog, "lookup", lambda _: None)(uri)
-        return found if isinstance(found, PluginType) else _FALLBACK_TYPES[uri]
+        found = catalog.lookup(uri)
+        assert found is not None, f"{uri} is not installed (scripts/setup installs it)"
+        return found
 
     return find
 
@@ -553,7 +523,7 @@ async def test_chain_walk_fans_mono_out_and_diffs_in_order() -> None:
 
 async def test_enable_value_follows_the_control_and_inversion() -> None:
     """The enable control's maximum means on (minimum when inverted); no control: None."""
-    ts9 = _FALLBACK_TYPES[TS9]
+    ts9 = fakes.TS9
     assert (ts9.enable_value(bypass=False), ts9.enable_value(bypass=True)) == (1.0, 0.0)
     inverted = PluginType(
         key="x",
@@ -564,7 +534,7 @@ async def test_enable_value_follows_the_control_and_inversion() -> None:
         enable_inverted=True,
     )
     assert (inverted.enable_value(bypass=False), inverted.enable_value(bypass=True)) == (0.0, 2.0)
-    assert _FALLBACK_TYPES[AMP].enable_value(bypass=True) is None
+    assert fakes.AMP.enable_value(bypass=True) is None
 
 
 # -- adapter-specific: jalv --------------------------------------------------------------
