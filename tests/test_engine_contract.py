@@ -540,18 +540,25 @@ async def test_enable_value_follows_the_control_and_inversion() -> None:
 # -- adapter-specific: jalv --------------------------------------------------------------
 
 
-def _jalv_only(engine: Engine) -> Any:
-    if engine.name != "jalv":
-        pytest.skip(f"engine {engine.name}: jalv-only behaviour")
-    return engine
+@pytest_asyncio.fixture
+async def jalv(jack_server: JackServer, rig: Rig, events: list[EngineEvent]) -> AsyncIterator[Any]:
+    """A started JalvEngine, for behaviour only the process-per-plugin engine has."""
+    factory = _jalv_factory(jack_server)
+    if isinstance(factory, str):
+        pytest.skip(f"engine jalv: {factory}")
+    engine = factory([TrackPorts(TRACK, rig.play_ports, rig.rec_ports)], events.append)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
 
 
 async def test_jalv_cancelled_add_leaves_no_process(
-    engine: Engine, plugin_type: Callable[[str], PluginType]
+    jalv: Any, plugin_type: Callable[[str], PluginType]
 ) -> None:
     """add_plugin cancelled while jalv starts stops that jalv; the id can be used again."""
-    jalv = _jalv_only(engine)
-    task = asyncio.ensure_future(_add_amp(engine, plugin_type, "amp", 0.0, 0))
+    task = asyncio.ensure_future(_add_amp(jalv, plugin_type, "amp", 0.0, 0))
     async with asyncio.timeout(5.0):
         while (loading := jalv._loading.get("amp")) is None or loading.proc is None:
             await asyncio.sleep(0.001)
@@ -560,17 +567,16 @@ async def test_jalv_cancelled_add_leaves_no_process(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert proc.returncode is not None
-    assert engine.chain(TRACK) == []
-    await _add_amp(engine, plugin_type, "amp", 0.0, 0)
-    assert engine.chain(TRACK) == ["amp"]
+    assert jalv.chain(TRACK) == []
+    await _add_amp(jalv, plugin_type, "amp", 0.0, 0)
+    assert jalv.chain(TRACK) == ["amp"]
 
 
 async def test_jalv_bypass_does_not_wait_for_a_plugin_start(
-    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType], monkeypatch: pytest.MonkeyPatch
+    jalv: Any, rig: Rig, plugin_type: Callable[[str], PluginType], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A footswitch bypass during a slow plugin start is done at once, not after the start."""
-    jalv = _jalv_only(engine)
-    await _add_amp(engine, plugin_type, "a", -6.0, 0)
+    await _add_amp(jalv, plugin_type, "a", -6.0, 0)
     real_spawn = jalv._spawn
 
     async def slow_spawn(plugin: Any) -> None:
@@ -578,30 +584,29 @@ async def test_jalv_bypass_does_not_wait_for_a_plugin_start(
         await real_spawn(plugin)
 
     monkeypatch.setattr(jalv, "_spawn", slow_spawn)
-    adding = asyncio.ensure_future(_add_amp(engine, plugin_type, "b", -3.0, 1))
+    adding = asyncio.ensure_future(_add_amp(jalv, plugin_type, "b", -3.0, 1))
     await asyncio.sleep(0.1)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await engine.set_bypass("a", True)
+    await jalv.set_bypass("a", True)
     assert loop.time() - started < 1.0
     await adding
-    assert engine.chain(TRACK) == ["a", "b"]
+    assert jalv.chain(TRACK) == ["a", "b"]
     assert await rig.gain_until(_near(-3.0), PROBE) == pytest.approx(-3.0, abs=TOLERANCE_DB)
 
 
-async def test_jalv_stop_does_not_wait_for_a_stuck_jack_call(engine: Engine) -> None:
+async def test_jalv_stop_does_not_wait_for_a_stuck_jack_call(jalv: Any) -> None:
     """stop() ends even while a JACK call hangs on the worker thread."""
     from appliance.engine.jalv import JACK_CALL_TIMEOUT
 
-    jalv = _jalv_only(engine)
     stuck = threading.Event()
     jalv._executor.submit(stuck.wait)
     try:
         async with asyncio.timeout(JACK_CALL_TIMEOUT + 5.0):
-            await engine.stop()
+            await jalv.stop()
     finally:
         stuck.set()
-    assert engine.info().running is False
+    assert jalv.info().running is False
     async with asyncio.timeout(JACK_CALL_TIMEOUT):  # its JACK client closes once JACK answers
         while jalv._client is not None:
             await asyncio.sleep(0.01)
@@ -614,15 +619,38 @@ async def test_jalv_engine_runs_its_own_dummy_server() -> None:
     from appliance.engine.jackserver import DummySettings
     from appliance.engine.jalv import JalvEngine
 
-    engine = JalvEngine(
+    jalv = JalvEngine(
         [TrackPorts(TRACK, ("system:capture_1",), ("system:playback_1",))],
         dummy_server=DummySettings(sample_rate=44100, period=256),
     )
-    await engine.start()
+    await jalv.start()
     try:
-        info = engine.info()
+        info = jalv.info()
         assert (info.running, info.sample_rate, info.buffer_size) == (True, 44100, 256)
-        assert engine.server_name and info.details["server"] == engine.server_name
+        assert jalv.server_name and info.details["server"] == jalv.server_name
     finally:
-        await engine.stop()
-    assert engine.info().running is False
+        await jalv.stop()
+    assert jalv.info().running is False
+
+
+async def test_jalv_rewire_survives_a_port_vanishing_midway(
+    jalv: Any, rig: Rig, plugin_type: Callable[[str], PluginType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port whose client dies between listing and reading its connections does not fail the rewire."""
+    import jack
+
+    await _add_amp(jalv, plugin_type, "amp", -6.0, 0)
+    client = jalv._client
+    real = client.get_all_connections
+    calls = {"n": 0}
+
+    def vanishing(port: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise jack.JackError(f"Port '{port.name}' not available")
+        return real(port)
+
+    monkeypatch.setattr(client, "get_all_connections", vanishing)
+    await jalv.set_bypass("amp", True)
+    assert calls["n"] > 1
+    assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)

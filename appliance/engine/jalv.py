@@ -601,7 +601,11 @@ class JalvEngine(Engine):
             port = existing.get(name)
             if port is None:
                 continue
-            for other in client.get_all_connections(port):
+            try:
+                connected = client.get_all_connections(port)
+            except jack.JackError:  # its client died since get_ports: no connections left
+                continue
+            for other in connected:
                 src, dst = (name, other.name) if port.is_output else (other.name, name)
                 ours = src in plan.plugin_ports or dst in plan.plugin_ports
                 if ours or (src in plan.endpoints and dst in plan.endpoints):
