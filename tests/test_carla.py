@@ -485,3 +485,38 @@ async def test_ended_owner_thread_fails_commands_and_reports_not_running(carla: 
     assert isinstance(left.exception(timeout=0), EngineError)
     assert carla.info().running is False
     await asyncio.to_thread(carla._close)  # the owner is gone: close Carla from here
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Any:
+    from appliance.catalog import Catalog
+
+    return Catalog.load(Path(__file__).resolve().parent.parent / "config" / "plugins.yaml", scan=False)
+
+
+@pytest.mark.parametrize("key", ["gain", "overdrive", "compressor", "eq", "reverb"])
+async def test_carla_describes_controls_as_the_lv2_data_does(carla: CarlaEngine, catalog: Any, key: str) -> None:
+    """Carla's own parameter info gives the same symbols, ranges, defaults and kinds as the plugins' LV2 data."""
+    plugin_type = catalog.lookup(key)
+    await carla.add_plugin(TRACK, "p", plugin_type, 0, {})
+    described = {c.symbol: c for c in await carla.controls("p")}
+    for control in plugin_type.controls:
+        if control.symbol == plugin_type.enable_symbol:
+            continue
+        theirs = described[control.symbol]
+        assert (theirs.minimum, theirs.maximum, theirs.default) == pytest.approx(
+            (control.minimum, control.maximum, control.default), rel=1e-4, abs=1e-4
+        ), control.symbol
+        assert theirs.name and (theirs.kind == control.kind or {theirs.kind, control.kind} <= {"float", "integer"})
+
+
+async def test_carla_values_read_back(carla: CarlaEngine, catalog: Any) -> None:
+    """Values set through the engine read back from Carla, clamped by Carla to the control's range."""
+    comp = catalog.lookup("compressor")
+    await carla.add_plugin(TRACK, "comp", comp, 0, {"thr": -30.0})
+    assert (await carla.values("comp"))["thr"] == pytest.approx(-30.0)
+    await carla.set_parameters("comp", {"att": 12.5, "rat": 8.0})
+    values = await carla.values("comp")
+    assert values["att"] == pytest.approx(12.5) and values["rat"] == pytest.approx(8.0)
+    await carla.set_parameters("comp", {"thr": 1000.0})
+    assert (await carla.values("comp"))["thr"] == pytest.approx(comp.parameter("thr").control.maximum)

@@ -74,7 +74,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import CarlaConfig, JackConfig
-from ..controls import PluginType
+from ..controls import Control, Kind, PluginType
 from ..errors import EngineError, PluginLoadFailed, UnknownPlugin, UnknownTrack
 from . import (
     ENGINE_START_TIMEOUT,
@@ -517,6 +517,28 @@ class CarlaEngine(Engine):
             UnknownPlugin: no such plugin.
         """
         await self._call(lambda: self._set_values(plugin_id, dict(values)), CARLA_CALL_TIMEOUT)
+
+    async def controls(self, plugin_id: str) -> tuple[Control, ...]:
+        """The plugin's input controls as Carla itself describes them. Loop thread.
+
+        Name, symbol, unit, ranges and default, kind from Carla's hints
+        (boolean, integer, scale points) and the scale points' labels: what a
+        plugin format without LV2 data (VST, CLAP) would be described by.
+
+        Raises:
+            UnknownPlugin: no such plugin.
+        """
+        result: tuple[Control, ...] = await self._call(lambda: self._controls(plugin_id), CARLA_CALL_TIMEOUT)
+        return result
+
+    async def values(self, plugin_id: str) -> dict[str, float]:
+        """Every input control's current value, read back from Carla, by symbol. Loop thread.
+
+        Raises:
+            UnknownPlugin: no such plugin.
+        """
+        result: dict[str, float] = await self._call(lambda: self._read_values(plugin_id), CARLA_CALL_TIMEOUT)
+        return result
 
     async def set_bypass(self, plugin_id: str, bypass: bool) -> None:
         """True bypass: the plugin's enable control, else dry/wet 0, else a reroute.
@@ -1176,6 +1198,54 @@ class CarlaEngine(Engine):
         except BaseException:
             self._roll_back(lambda: self._chains.__setitem__(track_id, before))
             raise
+
+    def _controls(self, plugin_id: str) -> tuple[Control, ...]:
+        """Carla's parameter info, data, ranges and scale points as Controls. Owner thread."""
+        b, host = self._backend, self._host
+        plugin = self._plugin(plugin_id)
+        carla_id = self._carla_id(plugin)
+        controls = []
+        for symbol, index in plugin.params.items():
+            info = host.get_parameter_info(carla_id, index)
+            hints = host.get_parameter_data(carla_id, index)["hints"]
+            ranges = host.get_parameter_ranges(carla_id, index)
+            labels = tuple(
+                (float(point["value"]), str(point["label"]))
+                for point in (
+                    host.get_parameter_scalepoint_info(carla_id, index, i)
+                    for i in range(info["scalePointCount"])
+                )
+            )
+            kind: Kind = "float"
+            if hints & b.PARAMETER_IS_BOOLEAN:
+                kind = "toggle"
+            elif hints & b.PARAMETER_USES_SCALEPOINTS and labels:
+                kind = "enum"
+            elif hints & b.PARAMETER_IS_INTEGER:
+                kind = "integer"
+            controls.append(
+                Control(
+                    symbol=symbol,
+                    name=str(info["name"]),
+                    minimum=float(ranges["min"]),
+                    maximum=float(ranges["max"]),
+                    default=float(ranges["def"]),
+                    unit=str(info["unit"]).strip(),
+                    kind=kind,
+                    labels=labels if kind == "enum" else (),
+                    logarithmic=bool(hints & b.PARAMETER_IS_LOGARITHMIC),
+                )
+            )
+        return tuple(controls)
+
+    def _read_values(self, plugin_id: str) -> dict[str, float]:
+        """``get_current_parameter_value`` of every input control. Owner thread."""
+        plugin = self._plugin(plugin_id)
+        carla_id = self._carla_id(plugin)
+        return {
+            symbol: float(self._host.get_current_parameter_value(carla_id, index))
+            for symbol, index in plugin.params.items()
+        }
 
     def _set_values(self, plugin_id: str, values: dict[str, float]) -> None:
         """Set controls of a running plugin. Owner thread."""
