@@ -21,7 +21,7 @@ from .board import Board
 from .catalog import Catalog
 from .config import Config
 from .control import Controller
-from .engine import Engine, EngineEvent, TrackPorts
+from .engine import Engine, EngineEvent, SavedPlugin, TrackPorts
 from .errors import ApplianceError, ConfigError, EngineError
 from .net import ControlServer
 from .store import BoardStore, DebouncedSaver
@@ -145,22 +145,15 @@ class Box:
     async def _load_engine(self, board: Board, fresh: bool) -> None:
         """Put the restored board (or, on a fresh box, the demo board) into the engine."""
         assert self.engine is not None and self.controller is not None and self.catalog is not None
-        for track in board.tracks.values():
-            loaded = 0
-            for instance in list(track.chain):
-                try:
-                    await self.engine.add_plugin(
-                        track.id,
-                        instance.id,
-                        instance.type,
-                        loaded,
-                        instance.engine_values(),
-                        instance.bypass,
-                    )
-                    loaded += 1
-                except ApplianceError as exc:
-                    board.make_dormant(track.id, instance.id)
-                    log.error("board: %s could not be loaded (%s); kept in the saved board", instance.id, exc)
+        saved = [SavedPlugin(t.id, p.id, p.type, p.engine_values(), p.bypass) for t, p in board.instances()]
+        failed = await self.engine.load_board(saved)
+        for plugin in saved:
+            if plugin.plugin_id in failed:
+                board.make_dormant(plugin.track_id, plugin.plugin_id)
+                why = failed[plugin.plugin_id]
+                log.error(
+                    "board: %s could not be loaded (%s); kept in the saved board", plugin.plugin_id, why
+                )
         if fresh and self.config.demo:
             for demo in self.config.demo:
                 plugin_type = self.catalog.lookup(demo.plugin)

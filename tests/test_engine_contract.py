@@ -27,7 +27,7 @@ import pytest_asyncio
 
 from appliance.catalog import Catalog
 from appliance.controls import Control, PluginType
-from appliance.engine import Engine, EngineEvent, EventSink, TrackPorts
+from appliance.engine import Engine, EngineEvent, EventSink, SavedPlugin, TrackPorts
 from appliance.engine.chain import Stage, chain_connections, connection_changes
 from appliance.engine.jackserver import JackServer
 from appliance.errors import EngineError, PluginLoadFailed
@@ -654,3 +654,21 @@ async def test_jalv_rewire_survives_a_port_vanishing_midway(
     await jalv.set_bypass("amp", True)
     assert calls["n"] > 1
     assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+
+
+async def test_load_board_loads_in_order_and_reports_failures(
+    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType]
+) -> None:
+    """load_board adds a saved board in order; a plugin that fails is reported, the rest play."""
+    amp = plugin_type(AMP)
+    failed = await engine.load_board(
+        [
+            SavedPlugin(TRACK, "a", amp, {"gain": -6.0}),
+            SavedPlugin(TRACK, "bad", BAD, {}),
+            SavedPlugin(TRACK, "b", amp, {"gain": -3.0}, bypass=True),
+            SavedPlugin(TRACK, "c", amp, {"gain": -3.0}),
+        ]
+    )
+    assert set(failed) == {"bad"} and isinstance(failed["bad"], PluginLoadFailed)
+    assert engine.chain(TRACK) == ["a", "b", "c"]
+    assert await rig.gain_until(_near(-9.0), PROBE) == pytest.approx(-9.0, abs=TOLERANCE_DB)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..controls import PluginType
-from ..errors import UnknownPlugin, UnknownTrack
+from ..errors import ApplianceError, UnknownPlugin, UnknownTrack
 from .chain import wire_pairs
 
 __all__ = [
@@ -92,6 +92,17 @@ class EngineEvent:
 EventSink = Callable[[EngineEvent], None]
 
 
+@dataclass(frozen=True)
+class SavedPlugin:
+    """One plugin of a saved board, for :meth:`Engine.load_board`."""
+
+    track_id: str
+    plugin_id: str
+    type: PluginType
+    values: Mapping[str, float]
+    bypass: bool = False
+
+
 class Engine(abc.ABC):
     """Hosts the plugins of every track as serial chains.
 
@@ -154,8 +165,28 @@ class Engine(abc.ABC):
     def info(self) -> EngineInfo:
         """Rate, buffer, DSP load, xruns and whether the engine runs. Never blocks."""
 
+    async def load_board(self, plugins: Sequence[SavedPlugin]) -> dict[str, ApplianceError]:
+        """Add a saved board's plugins, each at the end of its track, in order.
+
+        A plugin that fails is left out and the others still load; adapters
+        may load faster than one :meth:`add_plugin` after another.
+
+        Returns:
+            plugin id → why it could not be loaded.
+        """
+        failed: dict[str, ApplianceError] = {}
+        for plugin in plugins:
+            position = len(self.chain(plugin.track_id))
+            try:
+                await self.add_plugin(
+                    plugin.track_id, plugin.plugin_id, plugin.type, position, plugin.values, plugin.bypass
+                )
+            except ApplianceError as exc:
+                failed[plugin.plugin_id] = exc
+        return failed
+
     def chain(self, track_id: str) -> list[str]:
-        """Plugin ids of a track in order, as the engine holds them (for tests)."""
+        """Plugin ids of a track in order, as the engine holds them."""
         raise NotImplementedError
 
 

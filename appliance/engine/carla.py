@@ -60,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -75,7 +76,7 @@ from typing import Any, TypeVar
 
 from ..config import CarlaConfig, JackConfig
 from ..controls import Control, Kind, PluginType
-from ..errors import EngineError, PluginLoadFailed, UnknownPlugin, UnknownTrack
+from ..errors import ApplianceError, EngineError, PluginLoadFailed, UnknownPlugin, UnknownTrack
 from . import (
     ENGINE_START_TIMEOUT,
     PLUGIN_START_TIMEOUT,
@@ -83,6 +84,7 @@ from . import (
     EngineEvent,
     EngineInfo,
     EventSink,
+    SavedPlugin,
     TrackPorts,
     find_chain,
     find_plugin,
@@ -474,6 +476,33 @@ class CarlaEngine(Engine):
             EngineError: the engine is not running or did not answer within
                 :data:`PLUGIN_START_TIMEOUT`.
         """
+        await self._load_unwired(SavedPlugin(track_id, plugin_id, plugin_type, values, bypass))
+        await self._wire_in(plugin_id, position, preroll=True)
+
+    async def load_board(self, plugins: Sequence[SavedPlugin]) -> dict[str, ApplianceError]:
+        """Load every plugin unwired, pre-roll them together once, then wire them in. Loop thread.
+
+        One :data:`PLUGIN_PREROLL` for the whole board instead of one per plugin.
+        """
+        failed: dict[str, ApplianceError] = {}
+        loaded: list[SavedPlugin] = []
+        for saved in plugins:
+            try:
+                await self._load_unwired(saved)
+                loaded.append(saved)
+            except ApplianceError as exc:
+                failed[saved.plugin_id] = exc
+        if loaded:
+            await asyncio.sleep(PLUGIN_PREROLL)
+        for saved in loaded:
+            try:
+                await self._wire_in(saved.plugin_id, len(self.chain(saved.track_id)), preroll=False)
+            except ApplianceError as exc:
+                failed[saved.plugin_id] = exc
+        return failed
+
+    async def _load_unwired(self, saved: SavedPlugin) -> None:
+        """Load a plugin with its values and bypass, not wired yet. Loop thread."""
         loaded: list[_Plugin] = []
 
         def unload() -> None:  # behind a load the loop gave up on: undo it
@@ -481,17 +510,20 @@ class CarlaEngine(Engine):
                 if self._plugins.get(plugin.id) is plugin:
                     self._remove(plugin.id)
 
-        await self._call(
-            lambda: self._load(track_id, plugin_id, plugin_type, dict(values), bypass, loaded),
-            PLUGIN_START_TIMEOUT,
-            undo=unload,
+        load = functools.partial(
+            self._load, saved.track_id, saved.plugin_id, saved.type, dict(saved.values), saved.bypass, loaded
         )
+        await self._call(load, PLUGIN_START_TIMEOUT, undo=unload)
+
+    async def _wire_in(self, plugin_id: str, position: int, preroll: bool) -> None:
+        """Wire a loaded plugin into its chain, after its pre-roll; unload it on failure. Loop thread."""
         try:
-            await asyncio.sleep(PLUGIN_PREROLL)
-            await self._call(lambda: self._insert(plugin_id, position), CARLA_CALL_TIMEOUT)
+            if preroll:
+                await asyncio.sleep(PLUGIN_PREROLL)
+            await self._call(functools.partial(self._insert, plugin_id, position), CARLA_CALL_TIMEOUT)
         except BaseException:
             with contextlib.suppress(EngineError, UnknownPlugin):
-                await self._call(lambda: self._remove(plugin_id), PLUGIN_START_TIMEOUT)
+                await self._call(functools.partial(self._remove, plugin_id), PLUGIN_START_TIMEOUT)
             raise
 
     async def remove_plugin(self, plugin_id: str) -> None:
