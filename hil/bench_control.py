@@ -655,9 +655,9 @@ def _rows(box: Figures, bare: Figures) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def _table(rows: list[tuple[str, str, str, str]]) -> str:
-    heading = ("metric", "box", "bare", "ratio (box/bare)")
-    widths = [max(len(r[i]) for r in [heading, *rows]) for i in range(4)]
+def table(heading: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows under a heading: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in [heading, *rows]) for i in range(len(heading))]
     lines = []
     for index, row in enumerate([heading, *rows]):
         cells = [row[0].ljust(widths[0])] + [cell.rjust(widths[i]) for i, cell in enumerate(row) if i]
@@ -757,7 +757,7 @@ async def bench_main(args: argparse.Namespace) -> int:
     box, bare = results["box"], results["bare"]
     print(_header(args, client_pinned, box.ready, bare.ready))
     print()
-    print(_table(_rows(box, bare)))
+    print(table(("metric", "box", "bare", "ratio (box/bare)"), _rows(box, bare)))
     print()
     print("targets")
     print("\n".join(_verdicts(box, bare, args.rate)))

@@ -68,7 +68,7 @@ from typing import Any
 
 import yaml
 
-from hil.bench_control import drain
+from hil.bench_control import drain, table
 from hil.wsprobe import ProbeClient, ProbeError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1041,17 +1041,6 @@ def _rows(columns: list[Column], args: argparse.Namespace) -> list[list[str]]:
     return rows
 
 
-def _table(heading: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [heading, *rows]) for i in range(len(heading))]
-    lines = []
-    for index, row in enumerate([heading, *rows]):
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(widths[i]) for i, cell in enumerate(row) if i]
-        lines.append(" | ".join(cells))
-        if index == 0:
-            lines.append("-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def _header(args: argparse.Namespace, columns: list[Column]) -> str:
     slider_names = ", ".join(f"{s.plugin}.{s.parameter_id}" for s in args.controls)
     try:
@@ -1152,7 +1141,7 @@ async def bench_main(args: argparse.Namespace) -> int:
         leftovers = await reap_servers()
     print(_header(args, columns))
     print()
-    print(_table(["metric", *(c.variant.label for c in columns)], _rows(columns, args)))
+    print(table(["metric", *(c.variant.label for c in columns)], _rows(columns, args)))
     notes = [f"  {c.variant.label}: {p}" for c in columns for p in c.problems]
     notes.append(
         "  jackd left behind, killed by pid: " + "; ".join(leftovers)
