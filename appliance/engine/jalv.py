@@ -368,14 +368,13 @@ class JalvEngine(Engine):
                 del self._loading[plugin_id]
                 self._plugins[plugin_id] = plugin
                 chain.insert(max(0, min(position, len(chain))), plugin)
-                try:
-                    await self._rewire()
-                except BaseException:
+
+                def undo() -> None:
                     chain.remove(plugin)
                     del self._plugins[plugin_id]
                     self._stale_ports.update(plugin.ports)  # may be wired in: ours to undo
-                    self._request_rewire()
-                    raise
+
+                await self._rewire_or_undo(undo)
         except BaseException:
             self._loading.pop(plugin_id, None)
             plugin.retired = True
@@ -396,13 +395,11 @@ class JalvEngine(Engine):
             chain = self._chains[plugin.track_id]
             before = list(chain)
             chain.remove(plugin)
-            if self._running:
-                try:
-                    await self._rewire(retired=[plugin])
-                except BaseException:
-                    chain[:] = before
-                    self._request_rewire()
-                    raise
+
+            def restore() -> None:
+                chain[:] = before
+
+            await self._rewire_or_undo(restore, retired=[plugin])
             del self._plugins[plugin_id]
             plugin.retired = True
             try:
@@ -423,13 +420,11 @@ class JalvEngine(Engine):
             before = list(chain)
             chain.remove(plugin)
             chain.insert(max(0, min(position, len(chain))), plugin)
-            if self._running:
-                try:
-                    await self._rewire()
-                except BaseException:
-                    chain[:] = before
-                    self._request_rewire()
-                    raise
+
+            def restore() -> None:
+                chain[:] = before
+
+            await self._rewire_or_undo(restore)
 
     async def set_parameters(self, plugin_id: str, values: Mapping[str, float]) -> None:
         """Send ``set SYMBOL VALUE`` lines to the plugin's jalv.
@@ -461,13 +456,11 @@ class JalvEngine(Engine):
         async with self._lock:
             plugin = self._plugin(plugin_id)
             before, plugin.bypass = plugin.bypass, bypass
-            if self._running:
-                try:
-                    await self._rewire()
-                except BaseException:
-                    plugin.bypass = before
-                    self._request_rewire()
-                    raise
+
+            def restore() -> None:
+                plugin.bypass = before
+
+            await self._rewire_or_undo(restore)
 
     def info(self) -> EngineInfo:
         """Rate, buffer, DSP load and xruns. Never blocks (shared-memory reads)."""
@@ -680,6 +673,22 @@ class JalvEngine(Engine):
             plugin_ports.update(plugin.ports)
         plugin_ports.update(self._stale_ports)
         return _WiringPlan(frozenset(desired), frozenset(plugin_ports), frozenset(endpoints))
+
+    async def _rewire_or_undo(self, undo: Callable[[], object], retired: Iterable[_Plugin] = ()) -> None:
+        """Rewire after a change to the engine's state; if that fails, undo the change.
+
+        Loop thread, with the lock held. A failed rewire may have left part of
+        the graph changed: a background rewire then brings it back to the
+        restored state, and the error is raised.
+        """
+        if not self._running:
+            return
+        try:
+            await self._rewire(retired)
+        except BaseException:
+            undo()
+            self._request_rewire()
+            raise
 
     async def _rewire(self, retired: Iterable[_Plugin] = ()) -> None:
         """Bring the graph to the plan (loop thread, with the lock held)."""
