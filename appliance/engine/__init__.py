@@ -18,7 +18,6 @@ from typing import TypeVar
 
 from ..controls import PluginType
 from ..errors import ApplianceError, UnknownPlugin, UnknownTrack
-from .chain import wire_pairs
 
 __all__ = [
     "ENGINE_START_TIMEOUT",
@@ -27,10 +26,10 @@ __all__ = [
     "EngineEvent",
     "EngineInfo",
     "EventSink",
+    "SavedPlugin",
     "TrackPorts",
     "find_chain",
     "find_plugin",
-    "wire_pairs",
 ]
 
 P = TypeVar("P")

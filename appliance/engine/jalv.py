@@ -78,8 +78,6 @@ T = TypeVar("T")
 JACK_CALL_TIMEOUT = 5.0
 #: How long a jalv process may take to exit after EOF, and again after SIGTERM.
 PLUGIN_STOP_TIMEOUT = 2.0
-#: How long a write of ``set`` lines to a jalv's stdin may take.
-STDIN_WRITE_TIMEOUT = 2.0
 #: Unsent ``set`` lines a jalv may have waiting before it is called stuck.
 STDIN_BACKLOG_LIMIT = 1 << 20
 #: Longest pause between two looks at a starting plugin's ports.
@@ -774,7 +772,8 @@ class JalvEngine(Engine):
         self._background(self._watch(plugin, proc))
         missed = {s: v for s, v in plugin.values.items() if sent.get(s) != v}
         if missed:  # set while the process was starting
-            await self._send(plugin, missed)
+            plugin.unsent.update(missed)
+            self._flush(plugin)
 
     async def _wait_ports(self, plugin: _Plugin, proc: asyncio.subprocess.Process) -> None:
         expected = set(plugin.ports)
@@ -844,19 +843,6 @@ class JalvEngine(Engine):
                 plugin.client_name,
                 transport.get_write_buffer_size(),
             )
-
-    async def _send(self, plugin: _Plugin, values: Mapping[str, float]) -> None:
-        proc = plugin.proc
-        if proc is None or proc.stdin is None or proc.returncode is not None:
-            return
-        lines = "".join(f"set {symbol} {_number(value)}\n" for symbol, value in values.items())
-        try:
-            proc.stdin.write(lines.encode())
-            await asyncio.wait_for(proc.stdin.drain(), STDIN_WRITE_TIMEOUT)
-        except (BrokenPipeError, ConnectionResetError):
-            log.debug("%s: stdin closed; values kept for the respawn", plugin.client_name)
-        except TimeoutError:
-            log.warning("%s: stdin stuck, values not delivered", plugin.client_name)
 
     async def _stop_process(self, plugin: _Plugin) -> None:
         """:meth:`_terminate`, carried on even if the caller is cancelled meanwhile."""
