@@ -115,10 +115,12 @@ class BoxProcess:
     Args:
         config: the config file (its folder gets ``box.log``).
         port: the HTTP/WebSocket port; default a free one.
+        env: extra environment variables for the box (``APPLIANCE_NO_CARLA``).
     """
 
-    def __init__(self, config: Path, port: int | None = None) -> None:
+    def __init__(self, config: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
         self.config = config
+        self.env = env or {}
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = config.parent / "box.log"
@@ -147,7 +149,7 @@ class BoxProcess:
                 argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"},
+                env={**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", **self.env},
                 start_new_session=True,
             )
         finally:

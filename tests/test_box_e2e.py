@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from appliance.engine.carla import HIDE_CARLA_ENV
 from appliance.engine.jackserver import JackServer
 from tests.boxproc import BoxProcess, virtual_config
 from tests.rig import Rig, gain_db, latency_frames, noise, sine
@@ -62,22 +63,9 @@ PluginState = tuple[str, str, dict[str, float], bool]
 # -- engines --------------------------------------------------------------------------
 
 
-def _why_not(kind: str) -> str | None:
-    """Why engine ``kind`` cannot run here, or None."""
-    if kind == "jalv":
-        missing = [tool for tool in ("jalv", "stdbuf") if shutil.which(tool) is None]
-        return f"jalv engine needs {', '.join(missing)} (not installed)" if missing else None
-    from appliance.engine import carla
-
-    return carla.unavailable(None)
-
-
 @pytest.fixture(params=["jalv", "carla"])
 def engine_kind(request: pytest.FixtureRequest) -> str:
-    """The ``engine.kind`` under test; skipped with the reason when it cannot run here."""
-    why = _why_not(request.param)
-    if why is not None:
-        pytest.skip(f"engine {request.param}: {why}")
+    """The ``engine.kind`` under test (conftest skips ``carla`` where Carla is absent)."""
     return str(request.param)
 
 
@@ -93,9 +81,9 @@ def _one_track(rig: Rig) -> list[dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def _box(config: Path) -> AsyncIterator[BoxProcess]:
+async def _box(config: Path, env: dict[str, str] | None = None) -> AsyncIterator[BoxProcess]:
     """The box running on ``config``; SIGTERM on exit, unless a test stopped it already."""
-    box = BoxProcess(config)
+    box = BoxProcess(config, env=env)
     await asyncio.to_thread(box.start)
     try:
         yield box
@@ -325,11 +313,9 @@ async def test_saved_change_survives_kill_9(
         assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
 
 
+@pytest.mark.carla
 async def test_board_is_portable_between_engines(jack_server: JackServer, tmp_path: Path) -> None:
     """A board saved under jalv loads under Carla and back, and reads the same levels under both."""
-    for kind in ("jalv", "carla"):
-        if (why := _why_not(kind)) is not None:
-            pytest.skip(f"engine {kind}: {why}")
     rig = Rig(jack_server.name, channels=2)
     await rig.open()
     try:
@@ -368,3 +354,20 @@ async def test_board_is_portable_between_engines(jack_server: JackServer, tmp_pa
             assert back_levels[1] == pytest.approx(carla_levels[1], abs=ENGINES_AGREE_DB)
     finally:
         await rig.close()
+
+
+async def test_auto_runs_jalv_where_carla_is_hidden(jack_server: JackServer, rig: Rig, tmp_path: Path) -> None:
+    """engine: auto with APPLIANCE_NO_CARLA=1 plays through jalv and logs why Carla was not used."""
+    config = _config(tmp_path, jack_server, "auto", _one_track(rig))
+    async with _box(config, env={HIDE_CARLA_ENV: "1"}) as box, _phone(box) as phone:
+        health = await asyncio.to_thread(_get_json, box.base + "/healthz")
+        assert health["engine"] == "jalv"
+        await phone.add("gain", gain=-6.0)
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+    assert f"engine: jalv (Carla not used: Carla is hidden by {HIDE_CARLA_ENV}=1)" in box.log_tail(100_000)
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=REPLY_TIMEOUT) as response:
+        data: dict[str, Any] = json.loads(response.read())
+        return data

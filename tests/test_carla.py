@@ -1,8 +1,9 @@
 """Carla-only behaviour: finding Carla, bypass modes, engine events, limits.
 
 The shared behaviour (chains, gain, latency, order) is in the engine contract
-suite; here is what only the Carla adapter has. Tests that need Carla itself
-are skipped, with the reason, where it is not installed.
+suite; here is what only the Carla adapter has. Every test here needs Carla
+(the module is marked ``carla``: conftest skips it, with the reason, where
+Carla is absent); finding Carla is tested in ``test_carla_install.py``.
 """
 
 from __future__ import annotations
@@ -22,14 +23,7 @@ from appliance.config import CarlaConfig, DummyServer, JackConfig
 from appliance.controls import Control, PluginType
 from appliance.engine import EngineEvent, TrackPorts
 from appliance.engine import carla as carla_module
-from appliance.engine.carla import (
-    HELPER_PACKAGE,
-    HOST_MODULE,
-    STANDALONE_LIBRARY,
-    CarlaEngine,
-    find_carla,
-    unavailable,
-)
+from appliance.engine.carla import CarlaEngine
 from appliance.engine.jackserver import JackServer
 from appliance.errors import EngineError
 from tests.fakes import AMP, TS9
@@ -54,60 +48,11 @@ PROBE = sine(1000.0, 4800, 48000, -12.0)
 TOLERANCE_DB = 0.1
 EVENT_TIMEOUT = 5.0
 
-pytestmark = pytest.mark.timeout(90)
-
-CARLA_MISSING = unavailable(None)
-needs_carla = pytest.mark.skipif(CARLA_MISSING is not None, reason=f"Carla: {CARLA_MISSING}")
+pytestmark = [pytest.mark.carla, pytest.mark.timeout(90)]
 
 
 def _near(target: float) -> Callable[[float], bool]:
     return lambda gain: abs(gain - target) <= TOLERANCE_DB
-
-
-# -- finding Carla (no Carla needed) ----------------------------------------------------
-
-
-def _fake_install(prefix: Path, *files: str) -> None:
-    for name in files:
-        path = prefix / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
-
-
-def test_unavailable_names_the_missing_library(tmp_path: Path) -> None:
-    """An empty prefix: the message names libcarla_standalone2.so and where it looked."""
-    why = unavailable(tmp_path)
-    assert why == f"Carla is not installed: no {STANDALONE_LIBRARY} in {tmp_path / 'lib' / 'carla'}"
-
-
-def test_unavailable_names_the_missing_host_module(tmp_path: Path) -> None:
-    """A headless build (library, no Python modules): names carla_backend.py and says what to copy."""
-    _fake_install(tmp_path, f"lib/carla/{STANDALONE_LIBRARY}")
-    why = unavailable(tmp_path)
-    assert why is not None
-    assert why.startswith(f"no {HOST_MODULE} in {tmp_path / 'share' / 'carla'}")
-    assert "carla_utils.py and common/" in why
-
-
-def test_unavailable_names_the_missing_helper_package(tmp_path: Path) -> None:
-    """carla_backend.py without common/: names common/__init__.py."""
-    _fake_install(tmp_path, f"lib/carla/{STANDALONE_LIBRARY}", f"share/carla/{HOST_MODULE}")
-    why = unavailable(tmp_path)
-    assert why is not None and why.startswith(f"no {HELPER_PACKAGE} in {tmp_path / 'share' / 'carla'}")
-
-
-def test_complete_prefix_is_usable(tmp_path: Path) -> None:
-    """All three files present under the prefix: usable, and find_carla points there."""
-    _fake_install(
-        tmp_path,
-        f"lib/carla/{STANDALONE_LIBRARY}",
-        f"share/carla/{HOST_MODULE}",
-        f"share/carla/{HELPER_PACKAGE}",
-    )
-    assert unavailable(tmp_path) is None
-    paths = find_carla(tmp_path)
-    assert paths.library == tmp_path / "lib" / "carla" / STANDALONE_LIBRARY
-    assert paths.share_dir == tmp_path / "share" / "carla"
 
 
 # -- a running Carla ------------------------------------------------------------------
@@ -148,7 +93,6 @@ async def _wait_for(events: list[EngineEvent], kind: str) -> EngineEvent:
             await asyncio.sleep(0.01)
 
 
-@needs_carla
 async def test_bypass_uses_the_enable_port(carla: CarlaEngine, rig: Rig) -> None:
     """TS9 (BYPASS port) is bypassed by its own control: the value flips, the track goes dry."""
     await carla.add_plugin(TRACK, "drive", TS9, 0, {"fslider2_": 1.0, "fslider0_": 4.0})
@@ -169,7 +113,6 @@ async def test_bypass_uses_the_enable_port(carla: CarlaEngine, rig: Rig) -> None
     assert await rig.gain_until(lambda g: g > 3.0, PROBE) > 3.0
 
 
-@needs_carla
 async def test_bypass_uses_drywet_without_an_enable_port(carla: CarlaEngine, rig: Rig) -> None:
     """eg-amp (no enable port, 1 in 1 out) is bypassed with dry/wet 0, wiring untouched."""
     await carla.add_plugin(TRACK, "amp", AMP, 0, {"gain": -6.0})
@@ -181,7 +124,6 @@ async def test_bypass_uses_drywet_without_an_enable_port(carla: CarlaEngine, rig
     assert carla._graph.connections == wired
 
 
-@needs_carla
 async def test_bypass_reroutes_without_enable_port_or_drywet(carla: CarlaEngine, rig: Rig) -> None:
     """a-comp told it has no enable port (2 in, 1 out: no dry/wet) is bypassed by rewiring."""
     await carla.add_plugin(TRACK, "comp", COMP_NO_ENABLE, 0, {"mak": 10.0})
@@ -193,7 +135,6 @@ async def test_bypass_reroutes_without_enable_port_or_drywet(carla: CarlaEngine,
     assert await rig.gain_until(lambda g: g > 3.0, PROBE) > 3.0
 
 
-@needs_carla
 async def test_parameter_changed_inside_reaches_on_event(
     carla: CarlaEngine, events: list[EngineEvent]
 ) -> None:
@@ -211,7 +152,6 @@ async def test_parameter_changed_inside_reaches_on_event(
     assert event == EngineEvent("parameter", "second", values={"gain": 0.0})
 
 
-@needs_carla
 async def test_killed_server_reports_engine_death(
     jack_server: JackServer, carla: CarlaEngine, events: list[EngineEvent]
 ) -> None:
@@ -230,7 +170,6 @@ async def test_killed_server_reports_engine_death(
     assert [e.kind for e in events].count("engine-died") == 1
 
 
-@needs_carla
 async def test_info_never_blocks_while_the_owner_is_busy(carla: CarlaEngine) -> None:
     """info() answers in well under a millisecond even while the owner thread is busy."""
     busy = asyncio.ensure_future(carla.run_on_owner(lambda host: time.sleep(0.3)))
@@ -242,7 +181,6 @@ async def test_info_never_blocks_while_the_owner_is_busy(carla: CarlaEngine) -> 
     await busy
 
 
-@needs_carla
 async def test_one_engine_per_process(jack_server: JackServer, carla: CarlaEngine, rig: Rig) -> None:
     """A second CarlaEngine in the same process is refused with EngineError."""
     second = _engine(jack_server.name, rig, [])
@@ -251,7 +189,6 @@ async def test_one_engine_per_process(jack_server: JackServer, carla: CarlaEngin
     await second.stop()
 
 
-@needs_carla
 async def test_too_many_channels_is_a_clear_error(jack_server: JackServer, rig: Rig) -> None:
     """Three track inputs on Carla's 2-input JACK patchbay: EngineError naming the counts."""
     tracks = [
@@ -268,7 +205,6 @@ async def test_too_many_channels_is_a_clear_error(jack_server: JackServer, rig: 
     await ok.stop()
 
 
-@needs_carla
 async def test_two_tracks_share_the_engine(jack_server: JackServer) -> None:
     """Two mono tracks get one engine channel each and separate chains."""
     left, right = Rig(jack_server.name), Rig(jack_server.name)
@@ -293,7 +229,6 @@ async def test_two_tracks_share_the_engine(jack_server: JackServer) -> None:
         await right.close()
 
 
-@needs_carla
 async def test_runs_its_own_dummy_server() -> None:
     """jack.dummy set: the engine starts a private server at that rate/period and stops it."""
     engine = CarlaEngine(
@@ -313,7 +248,6 @@ async def test_runs_its_own_dummy_server() -> None:
     assert engine.info().running is False
 
 
-@needs_carla
 async def test_alsa_without_a_card_fails_cleanly() -> None:
     """The ALSA driver on a machine with no sound card: EngineError with Carla's reason."""
     engine = CarlaEngine(
@@ -327,7 +261,6 @@ async def test_alsa_without_a_card_fails_cleanly() -> None:
     assert engine.info().running is False
 
 
-@needs_carla
 async def test_bridged_plugin_plays_and_bypasses(jack_server: JackServer, rig: Rig) -> None:
     """bridges: true runs the plugin out of process; gain applies and bypass (a reroute) is dry."""
     engine = CarlaEngine(
@@ -360,7 +293,6 @@ def _once(real: Callable[..., Any], failure: Callable[..., Any]) -> Callable[...
     return call
 
 
-@needs_carla
 async def test_failed_carla_removal_keeps_the_plugin_and_the_id_map(
     carla: CarlaEngine, rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -380,7 +312,6 @@ async def test_failed_carla_removal_keeps_the_plugin_and_the_id_map(
     assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
 
 
-@needs_carla
 async def test_timed_out_load_is_undone(
     carla: CarlaEngine, rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -403,7 +334,6 @@ async def test_timed_out_load_is_undone(
     assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
 
 
-@needs_carla
 async def test_failed_reroute_bypass_keeps_the_state(
     carla: CarlaEngine, rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -423,7 +353,6 @@ async def test_failed_reroute_bypass_keeps_the_state(
     assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
 
 
-@needs_carla
 async def test_failing_idle_reports_engine_death(
     carla: CarlaEngine, events: list[EngineEvent], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -444,7 +373,6 @@ async def test_failing_idle_reports_engine_death(
     assert [e.kind for e in events].count("engine-died") == 1
 
 
-@needs_carla
 async def test_queued_server_shutdown_is_handled_before_engine_idle(
     carla: CarlaEngine, events: list[EngineEvent], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -472,7 +400,6 @@ async def test_queued_server_shutdown_is_handled_before_engine_idle(
     assert late == []
 
 
-@needs_carla
 async def test_ended_owner_thread_fails_commands_and_reports_not_running(carla: CarlaEngine) -> None:
     """Once the owner thread has ended, queued commands fail and info() says not running."""
     thread = carla._thread

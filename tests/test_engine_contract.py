@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import shutil
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -32,6 +31,7 @@ from appliance.engine.chain import Stage, chain_connections, connection_changes
 from appliance.engine.jackserver import JackServer
 from appliance.errors import EngineError, PluginLoadFailed
 from tests import fakes
+from tests.conftest import require_jalv_tools
 from tests.rig import Rig, difference_db, gain_db, latency_frames, noise, rms_db, sine
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(90)]
@@ -54,9 +54,7 @@ EngineFactory = Callable[[Sequence[TrackPorts], EventSink], Engine]
 
 
 def _jalv_factory(server: JackServer) -> EngineFactory | str:
-    missing = [tool for tool in ("jalv", "jackd", "stdbuf") if shutil.which(tool) is None]
-    if missing:
-        return f"jalv adapter needs {', '.join(missing)} (not installed)"
+    require_jalv_tools()
     from appliance.engine.jalv import JalvEngine
 
     def make(tracks: Sequence[TrackPorts], on_event: EventSink) -> Engine:
@@ -66,14 +64,11 @@ def _jalv_factory(server: JackServer) -> EngineFactory | str:
 
 
 def _carla_factory(server: JackServer) -> EngineFactory | str:
-    try:
-        from appliance.config import CarlaConfig, JackConfig
-        from appliance.engine import carla
-    except ImportError as exc:
-        return f"carla adapter not available: {exc}"
-    why = carla.unavailable(None)
-    if why is not None:
-        return why
+    from appliance.config import CarlaConfig, JackConfig
+    from appliance.engine import carla
+
+    if (why := carla.unavailable(None)) is not None:
+        return why  # conftest has skipped the test already; kept for direct use
 
     def make(tracks: Sequence[TrackPorts], on_event: EventSink) -> Engine:
         return carla.CarlaEngine(
@@ -614,8 +609,7 @@ async def test_jalv_stop_does_not_wait_for_a_stuck_jack_call(jalv: Any) -> None:
 
 async def test_jalv_engine_runs_its_own_dummy_server() -> None:
     """JalvEngine with dummy_server starts a private JACK server and stops it again."""
-    if any(shutil.which(tool) is None for tool in ("jalv", "jackd", "jack_lsp")):
-        pytest.skip("jalv adapter needs jalv and jackd2 (not installed)")
+    require_jalv_tools()
     from appliance.engine.jackserver import DummySettings
     from appliance.engine.jalv import JalvEngine
 

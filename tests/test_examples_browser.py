@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import http.server
 import re
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.boxproc import ROOT, free_port, running_box, virtual_config
+from tests.conftest import require_jalv_tools
 
 SEED = ROOT.parent / "shared" / "seed" / "websocket-plugin-integration-examples.md"
 CHROMIUM = "/usr/bin/chromium"
@@ -38,9 +38,9 @@ def example_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The examples' page and client class served over HTTP on loopback; yields its origin."""
     if not SEED.exists():
         pytest.skip(f"the published examples are not here ({SEED})")
-    if not Path(CHROMIUM).exists() or shutil.which("jalv") is None:
-        pytest.skip("needs Debian's chromium and jalv (scripts/setup --test installs them)")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no {CHROMIUM}: ./scripts/setup --test installs Debian's chromium")
+    require_jalv_tools()
     text = SEED.read_text(encoding="utf-8")
     site = tmp_path_factory.mktemp("site")
     (site / "AudioPluginWebSocket.js").write_text(_block(text, "### WebSocket Client Class", "javascript"))

@@ -113,6 +113,10 @@ HOST_MODULE = "carla_backend.py"
 HELPER_PACKAGE = "common/__init__.py"
 BRIDGE_BINARY = "carla-bridge-native"
 
+#: Set to a non-empty value, this environment variable hides every Carla installation:
+#: the box and the suite then behave as on a machine without Carla (README "Carla").
+HIDE_CARLA_ENV = "APPLIANCE_NO_CARLA"
+
 #: Where Carla is looked for when no prefix is configured: (libraries, Python modules).
 SEARCH_PATHS: tuple[tuple[Path, Path], ...] = (
     (Path("/usr/lib/carla"), Path("/usr/share/carla")),  # KXStudio / distribution packages
@@ -194,12 +198,19 @@ def candidates(prefix: Path | None) -> tuple[CarlaPaths, ...]:
     return tuple(CarlaPaths(lib, share) for lib, share in SEARCH_PATHS)
 
 
-def find_carla(prefix: Path | None) -> CarlaPaths:
+def find_carla(prefix: Path | None, environ: Mapping[str, str] = os.environ) -> CarlaPaths:
     """The first complete Carla installation (file checks only, no import).
 
+    Args:
+        prefix: the configured install prefix (``engine.carla.prefix``) or None.
+        environ: where :data:`HIDE_CARLA_ENV` is looked up.
+
     Raises:
-        EngineError: none is complete; the message names the missing file.
+        EngineError: none is complete, or Carla is hidden; the message says which file
+            is missing, or that it is hidden.
     """
+    if environ.get(HIDE_CARLA_ENV):
+        raise EngineError(f"Carla is hidden by {HIDE_CARLA_ENV}={environ[HIDE_CARLA_ENV]}")
     tried = candidates(prefix)
     for paths in tried:
         if paths.missing() is None:
@@ -212,16 +223,17 @@ def find_carla(prefix: Path | None) -> CarlaPaths:
     raise EngineError(f"Carla is not installed: no {STANDALONE_LIBRARY} in {dirs}")
 
 
-def unavailable(prefix: Path | None) -> str | None:
+def unavailable(prefix: Path | None, environ: Mapping[str, str] = os.environ) -> str | None:
     """Why Carla cannot be used here, or None when it can.
 
     Cheap (a few ``stat`` calls); any thread may call it.
 
     Args:
         prefix: the configured install prefix (``engine.carla.prefix``) or None.
+        environ: where :data:`HIDE_CARLA_ENV` is looked up.
     """
     try:
-        find_carla(prefix)
+        find_carla(prefix, environ)
     except EngineError as exc:
         return str(exc)
     return None
