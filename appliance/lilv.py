@@ -32,11 +32,12 @@ import logging
 import math
 import os
 import sysconfig
-import tempfile
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+
+from .files import write_atomic
 
 logger = logging.getLogger("appliance.lilv")
 
@@ -621,21 +622,7 @@ def load_plugins(cache: Path | None = None, lv2_path: Sequence[str] | None = Non
     plugins = scan_plugins(folders)
     payload = {"format": CACHE_FORMAT, "fingerprint": stamp, "plugins": [p.to_json() for p in plugins]}
     try:
-        _write_atomic(cache, json.dumps(payload))
+        write_atomic(cache, json.dumps(payload))
     except OSError as exc:
         logger.warning("cannot write the LV2 scan cache %s: %s", cache, exc)
     return plugins
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

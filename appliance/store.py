@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
+from .files import stale_temporaries, write_atomic
 
 log = logging.getLogger("appliance.store")
 
@@ -43,7 +44,7 @@ class BoardStore:
 
         Also removes temporary files left by a save that was cut short.
         """
-        for stale in self.data_dir.glob(f".{self.path.name}.*.tmp"):
+        for stale in stale_temporaries(self.path):
             with contextlib.suppress(OSError):
                 stale.unlink()
         for candidate in (self.path, self.backup):
@@ -78,28 +79,9 @@ class BoardStore:
             StoreError: the folder is not writable or the disk is full.
         """
         text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if self.path.exists():
-                link = self.backup.with_name(f".{self.backup.name}.tmp")
-                with contextlib.suppress(FileNotFoundError):
-                    link.unlink()
-                os.link(self.path, link)
-                os.replace(link, self.backup)
-            os.replace(tmp, self.path)
-            fd = os.open(self.data_dir, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_atomic(self.path, text, backup=self.backup)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise StoreError(f"cannot save the board to {self.path}: {exc.strerror}") from exc
 
 
