@@ -40,7 +40,7 @@ def make_engine(config: Config, on_event: Any) -> Engine:
     if kind in ("auto", "carla"):
         reason = carla_unavailable(config)
         if reason is None:
-            from .engine.carla import CarlaEngine
+            from .engine.carla.engine import CarlaEngine
 
             log.info("engine: Carla (%s)", "configured" if kind == "carla" else "found by auto")
             return CarlaEngine(tracks, config.engine.carla, config.engine.jack, on_event=on_event)
@@ -60,10 +60,8 @@ def make_engine(config: Config, on_event: Any) -> Engine:
 
 def carla_unavailable(config: Config) -> str | None:
     """Why Carla cannot be used here, or None when it can."""
-    try:
-        from .engine import carla
-    except ImportError as exc:  # the adapter itself is missing
-        return f"no Carla adapter ({exc})"
+    from .engine import carla
+
     return carla.unavailable(config.engine.carla.prefix)
 
 

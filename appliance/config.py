@@ -57,13 +57,14 @@ class JackConfig:
 
 @dataclass(frozen=True)
 class CarlaConfig:
+    """Carla runs on the JACK server of ``engine.jack``, one JACK client per plugin."""
+
     prefix: Path | None = None
-    driver: str = "jack"
-    device: str | None = None
-    sample_rate: int = 48000
-    buffer_size: int = 128
-    periods: int = 2
     bridges: bool = False
+
+
+#: Keys of the Carla ALSA driver, gone since Carla runs on JACK: named in the error.
+_CARLA_ALSA_KEYS = ("driver", "device", "sample_rate", "buffer_size", "periods")
 
 
 @dataclass(frozen=True)
@@ -212,15 +213,14 @@ def parse(data: object, path: Path) -> Config:
     jack = JackConfig(j.get("server", str, None), dummy)
     j.done()
     c = e.child("carla")
-    carla = CarlaConfig(
-        prefix=_resolve(base, c.get("prefix", str, None)),
-        driver=_choice(c, "driver", ("jack", "alsa"), "jack"),
-        device=c.get("device", str, None),
-        sample_rate=_positive(c, "sample_rate", int, 48000),
-        buffer_size=_positive(c, "buffer_size", int, 128),
-        periods=_positive(c, "periods", int, 2),
-        bridges=c.get("bridges", bool, False),
-    )
+    for gone in _CARLA_ALSA_KEYS:
+        if gone in c.data:
+            raise ConfigError(
+                c.key(gone),
+                "Carla now always runs on JACK (one JACK client per plugin); remove this key and "
+                "set the sound card's rate and period on the JACK server",
+            )
+    carla = CarlaConfig(_resolve(base, c.get("prefix", str, None)), c.get("bridges", bool, False))
     c.done()
     e.done()
     engine = EngineConfig(kind, jack, carla)

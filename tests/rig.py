@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import jack
@@ -94,6 +95,20 @@ def latency_frames(recorded: np.ndarray, reference: np.ndarray, max_lag: int | N
     return int(lags[int(np.argmax(values))])
 
 
+def window_gains(recorded: np.ndarray, reference: np.ndarray, window: int = 480) -> np.ndarray:
+    """Gain in dB of each whole ``window`` of ``recorded`` against ``reference``.
+
+    A 1 kHz probe at 48 kHz fills a 480-frame window with exactly ten
+    periods, so every window of an unchanged signal reads the same gain; a
+    dropout or a level change shows up in the windows it touches.
+    """
+    count = min(len(recorded), len(reference)) // window
+    return np.array(
+        [gain_db(recorded[i * window : (i + 1) * window], reference[i * window : (i + 1) * window])
+         for i in range(count)]
+    )
+
+
 def difference_db(a: np.ndarray, b: np.ndarray) -> float:
     """Level of ``a - b`` relative to ``b`` in dB (how different two takes are)."""
     return rms_db(a - b) - rms_db(b)
@@ -136,6 +151,7 @@ class Rig:
         self._ref: jack.OwnPort | None = None
         self._recs: tuple[jack.OwnPort, ...] = ()
         self._take: _Take | None = None
+        self._stall = 0.0
         self.samplerate = 0
         self.blocksize = 0
 
@@ -203,6 +219,37 @@ class Rig:
             self._take = None
         return take.reference, take.recorded
 
+    async def record_during(
+        self, signal: np.ndarray, action: Callable[[], Awaitable[object]], lead_frames: int = 9600
+    ) -> tuple[np.ndarray, np.ndarray, object]:
+        """Play and record ``signal``; run ``action`` once ``lead_frames`` of it have played.
+
+        So that a recording covers the whole of a change (a fault, a switch),
+        not only its outcome.
+
+        Returns:
+            ``(reference, recorded, what action returned or raised)``.
+        """
+        take = asyncio.ensure_future(self.play_and_record(signal))
+        while self._take is None or _frames_since(self._frame_time(), self._take.start) < lead_frames:
+            if take.done():
+                break
+            await asyncio.sleep(TAKE_POLL_INTERVAL)
+        try:
+            outcome: object = await action()
+        except Exception as exc:
+            outcome = exc
+        reference, recorded = await take
+        return reference, recorded, outcome
+
+    def stall(self, seconds: float) -> None:
+        """Make the player's next process cycle take ``seconds``: an xrun for the whole server."""
+        self._stall = seconds
+
+    def _frame_time(self) -> int:
+        assert self._recorder is not None
+        return int(self._recorder.frame_time)
+
     async def measure_gain(self, signal: np.ndarray, channel: int = 0) -> float:
         """One take of ``signal``; the channel's gain against the reference in dB."""
         reference, recorded = await self.play_and_record(signal)
@@ -254,6 +301,9 @@ class Rig:
     # -- JACK's audio thread ---------------------------------------------------------
 
     def _play(self, frames: int) -> None:
+        if self._stall:
+            stall, self._stall = self._stall, 0.0
+            time.sleep(stall)  # on purpose: the rig plays a misbehaving client
         outs = self._outs
         for port in outs:
             port.get_array().fill(0.0)

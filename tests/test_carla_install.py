@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.engine.carla import (
+from appliance.engine.carla.install import (
     HELPER_PACKAGE,
     HIDE_CARLA_ENV,
     HOST_MODULE,

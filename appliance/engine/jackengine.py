@@ -1,0 +1,715 @@
+"""What both engines share: plugins that are JACK clients, chained by JACK connections.
+
+Each plugin is a :class:`Slot`: hosted by a ``jalv`` process
+(:mod:`appliance.engine.jalv`) or by the Carla host process
+(:mod:`appliance.engine.carla`), with JACK ports of its own. A track's chain is
+a list of slots; :class:`JackChainEngine` keeps the chains, turns them into
+connections (:mod:`appliance.engine.wiring`) and leaves hosting to its
+subclass through four hooks: :meth:`~JackChainEngine._instantiate`,
+:meth:`~JackChainEngine._release`, :meth:`~JackChainEngine._send_values` and
+:meth:`~JackChainEngine._send_bypass`.
+
+A slot's life::
+
+    loading ──instantiated, settled, wired in──▶ up ◀──host back──┐
+       │                                          │                │
+       └─failed: released, never in a chain       └──host died──▶ down (the track
+                                                                   passes dry there)
+
+Two speeds (docs/architecture "Stage-critical paths"):
+
+* **Values and bypass never wait** for a structural change. They are kept on
+  the slot at once; a slot that is up gets them from its host at once (a
+  bypass that reroutes waits only for the short rewire); a slot that is
+  loading or down gets them when it (re)joins.
+* **Structural changes** (add, remove, move, a rerouting bypass) hold the lock
+  only while they change a chain and rewire; a plugin starts without it. A
+  change stays only if its rewiring worked; otherwise the old state is put
+  back, a background rewire restores the graph, and the error propagates.
+
+All methods run on the loop's thread.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..controls import PluginType
+from ..errors import ApplianceError, EngineError, PluginLoadFailed
+from . import (
+    ENGINE_START_TIMEOUT,
+    PLUGIN_START_TIMEOUT,
+    Engine,
+    EngineEvent,
+    EngineInfo,
+    EventSink,
+    SavedPlugin,
+    TrackPorts,
+    find_chain,
+    find_plugin,
+)
+from .chain import Stage
+from .jackserver import DummySettings, JackServer, unique_server_name
+from .wiring import JACK_CALL_TIMEOUT, Changer, JackWiring, WiringPlan, plan_wiring
+
+log = logging.getLogger("appliance.engine")
+
+#: Longest pause between two looks at a starting plugin's ports.
+PORT_POLL_INTERVAL = 0.02
+#: Pause before retrying connections that failed (a client not active yet).
+REWIRE_RETRY_INTERVAL = 0.1
+#: Retries of failed connections before waiting for the next port to appear.
+REWIRE_RETRY_LIMIT = 50
+#: JACK client names are at most this long (``jack_client_name_size() - 1``).
+CLIENT_NAME_MAX = 63
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+State = Literal["loading", "up", "down"]
+
+
+def safe_name(text: str) -> str:
+    """A JACK-client-name-safe version of ``text`` (no ``:``, no spaces)."""
+    return _UNSAFE.sub("_", text) or "_"
+
+
+@dataclass(eq=False)
+class Slot:
+    """One plugin in (or joining) a chain. Loop thread only.
+
+    Attributes:
+        values: every value set so far, by LV2 symbol (what a restart starts with).
+        bypass: the bypass the box wants.
+        client_name: the plugin's JACK client.
+        inputs / outputs: its audio ports in the chain, once known.
+        state: ``loading``, ``up`` (its host runs it), or ``down``.
+        hosted_bypass: True when its host bypasses it (an enable control,
+            dry/wet); False when bypass routes the chain around it.
+        retired: removed or failed; nothing may bring it back.
+    """
+
+    id: str
+    track_id: str
+    type: PluginType
+    values: dict[str, float]
+    bypass: bool = False
+    client_name: str = ""
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    state: State = "loading"
+    hosted_bypass: bool = False
+    retired: bool = False
+
+    @property
+    def ports(self) -> tuple[str, ...]:
+        return self.inputs + self.outputs
+
+    @property
+    def stage(self) -> Stage[str]:
+        """The slot as the chain walk sees it: skipped while down or rerouted around."""
+        rerouted = self.bypass and not self.hosted_bypass
+        return Stage(self.inputs, self.outputs, in_path=self.state == "up" and not rerouted)
+
+
+class JackChainEngine(Engine):
+    """Chains of JACK-client plugins, wired by one :class:`JackWiring`.
+
+    Args:
+        tracks: the tracks and their fixed JACK endpoints.
+        server_name: the JACK server (None: the default). With
+            ``dummy_server`` it names the server to start (None: unique).
+        on_event: receives :class:`EngineEvent` on the loop's thread.
+        dummy_server: start a private dummy-backend server with these
+            settings (the virtual box) and stop it again in :meth:`stop`.
+        client_prefix: prefix of every JACK client name this engine opens;
+            unique per instance by default.
+        preroll: seconds a new plugin runs unconnected before it joins its
+            chain, so that it enters with its values in effect.
+        graph_fault: test hook run before every graph change (see
+            :class:`JackWiring`).
+        jack_timeout: how long one blocking JACK call may take.
+    """
+
+    def __init__(
+        self,
+        tracks: Sequence[TrackPorts],
+        server_name: str | None = None,
+        on_event: EventSink | None = None,
+        dummy_server: DummySettings | None = None,
+        client_prefix: str | None = None,
+        preroll: float = 0.0,
+        graph_fault: Callable[[], None] | None = None,
+        jack_timeout: float = JACK_CALL_TIMEOUT,
+    ) -> None:
+        super().__init__(tracks, on_event)
+        self.server_name = server_name
+        self.preroll = preroll
+        self._dummy_settings = dummy_server
+        self._server: JackServer | None = None
+        prefix = client_prefix if client_prefix is not None else f"{self.name}-{secrets.token_hex(2)}"
+        self.prefix = safe_name(prefix)[: CLIENT_NAME_MAX - 24]
+        self._graph_fault = graph_fault
+        self._jack_timeout = jack_timeout
+        self._wiring: JackWiring | None = None
+        self._lock = asyncio.Lock()
+        self._chains: dict[str, list[Slot]] = {track_id: [] for track_id in self.tracks}
+        self._plugins: dict[str, Slot] = {}  # in a chain
+        self._loading: dict[str, Slot] = {}  # starting, not in a chain yet
+        self._stale_ports: set[str] = set()  # of retired or dead clients JACK has not dropped yet
+        self._running = False
+        self._started = False
+        self._ports_changed = asyncio.Event()
+        self._rewire_task: asyncio.Task[None] | None = None
+        self._rewire_wanted = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- hooks for the hosting engine -----------------------------------------------
+
+    async def _start_host(self) -> None:
+        """Start whatever hosts the plugins (after the wiring is up)."""
+
+    async def _stop_host(self) -> None:
+        """Stop it again (every slot is retired and released by then)."""
+
+    @abc.abstractmethod
+    async def _instantiate(self, slot: Slot) -> None:
+        """Start the plugin with ``slot.values`` and ``slot.bypass``; set its ports.
+
+        Sets ``slot.client_name``, ``slot.inputs``, ``slot.outputs`` and
+        ``slot.hosted_bypass``. On any failure, cancellation included, what
+        was started is stopped again before the exception propagates.
+
+        Raises:
+            PluginLoadFailed: the plugin could not be started.
+            EngineError: the host is not running.
+        """
+
+    @abc.abstractmethod
+    async def _release(self, slot: Slot) -> None:
+        """Stop the plugin's instance (the slot is retired and out of every chain)."""
+
+    @abc.abstractmethod
+    def _send_values(self, slot: Slot, values: Mapping[str, float]) -> None:
+        """Hand values to the running plugin without waiting."""
+
+    def _send_bypass(self, slot: Slot, bypass: bool) -> None:
+        """Bypass inside the host without waiting (only when ``hosted_bypass``)."""
+        raise NotImplementedError
+
+    def _details(self) -> dict[str, object]:
+        """Engine-specific health details."""
+        return {}
+
+    def _changer(self) -> Changer | None:
+        """Who makes the connections: None for the wiring client itself (see :class:`Changer`)."""
+        return None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the private server if asked, the wiring client and the host; wire tracks dry.
+
+        Raises:
+            EngineError: the server cannot be started or reached, or the host
+                cannot start.
+        """
+        if self._running:
+            return
+        self._started = True
+        try:
+            if self._dummy_settings is not None and self._server is None:
+                self._server = JackServer(self.server_name or unique_server_name("box"), self._dummy_settings)
+                await self._server.start()
+                self.server_name = self._server.name
+            self._wiring = JackWiring(
+                f"{self.prefix}-wire",
+                self.server_name,
+                self._port_changed,
+                self._server_gone,
+                self._graph_fault,
+                self._jack_timeout,
+            )
+            await asyncio.wait_for(self._wiring.open(), ENGINE_START_TIMEOUT)
+            await self._start_host()
+        except BaseException:
+            await self.stop()
+            raise
+        self._running = True
+        log.info("%s engine up on jack server %s", self.name, self.server_name or "(default)")
+        async with self._lock:
+            await self._rewire()
+
+    async def stop(self) -> None:
+        """Stop every plugin, the host, the wiring client and a private server.
+
+        Safe to call twice, and after a failed :meth:`start`.
+        """
+        if not self._started:
+            return
+        self._started = False
+        was_running, self._running = self._running, False
+        rewire_task, self._rewire_task = self._rewire_task, None
+        if rewire_task is not None:
+            rewire_task.cancel()
+            await asyncio.gather(rewire_task, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self._lock.acquire(), PLUGIN_START_TIMEOUT)
+            locked = True
+        except TimeoutError:
+            locked = False
+            log.warning("stopping while a structural change is still running")
+        try:
+            slots = [*self._plugins.values(), *self._loading.values()]
+            for slot in slots:
+                slot.retired = True
+            await asyncio.gather(*(self._release_quietly(s) for s in slots))
+            self._plugins.clear()
+            self._stale_ports.clear()
+            for chain in self._chains.values():
+                chain.clear()
+            await self._stop_host()
+            if self._wiring is not None:
+                await self._wiring.close()
+        finally:
+            if locked:
+                self._lock.release()
+        leftovers = list(self._tasks)
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+        if was_running:
+            log.info("%s engine stopped", self.name)
+
+    # -- the engine port: structure --------------------------------------------------
+
+    async def add_plugin(
+        self,
+        track_id: str,
+        plugin_id: str,
+        plugin_type: PluginType,
+        position: int,
+        values: Mapping[str, float],
+        bypass: bool = False,
+    ) -> None:
+        """Start the plugin and wire it in at ``position`` (the chain as it is then).
+
+        The plugin starts without the lock: other changes, and every value and
+        bypass (this plugin's too), go on meanwhile.
+
+        Raises:
+            UnknownTrack: no such track.
+            PluginLoadFailed: the plugin could not start; the chain is as it was.
+            EngineError: the engine is not running, or the rewiring failed;
+                the chain is as it was and the plugin stopped.
+        """
+        slot = self._new_slot(track_id, plugin_id, plugin_type, values, bypass)
+        try:
+            await self._bring_up(slot)
+            if self.preroll:
+                await asyncio.sleep(self.preroll)
+            async with self._lock:
+                self._join(slot, position)
+                await self._rewire_or_undo(lambda: self._unjoin(slot))
+        except BaseException:
+            await self._abandon(slot)
+            raise
+        log.debug("added %s (%s) to %s", plugin_id, plugin_type.uri, track_id)
+
+    async def load_board(self, plugins: Sequence[SavedPlugin]) -> dict[str, ApplianceError]:
+        """Start every plugin at once, settle them together, then wire them in with one rewire.
+
+        Returns:
+            plugin id → why it could not be loaded (the others play).
+        """
+        slots: list[Slot] = []
+        failed: dict[str, ApplianceError] = {}
+        for saved in plugins:
+            try:
+                slots.append(
+                    self._new_slot(saved.track_id, saved.plugin_id, saved.type, saved.values, saved.bypass)
+                )
+            except ApplianceError as exc:
+                failed[saved.plugin_id] = exc
+        results = await asyncio.gather(*(self._bring_up(slot) for slot in slots), return_exceptions=True)
+        started: list[Slot] = []
+        for slot, result in zip(slots, results, strict=True):
+            if isinstance(result, ApplianceError):
+                failed[slot.id] = result
+                await self._abandon(slot)
+            elif isinstance(result, BaseException):
+                for other in slots:
+                    await self._abandon(other)
+                raise result
+            else:
+                started.append(slot)
+        if started and self.preroll:
+            await asyncio.sleep(self.preroll)
+        async with self._lock:
+            for slot in started:
+                self._join(slot, len(self._chains[slot.track_id]))
+
+            def unjoin_all() -> None:
+                for slot in started:
+                    self._unjoin(slot)
+
+            try:
+                await self._rewire_or_undo(unjoin_all)
+            except ApplianceError as exc:
+                for slot in started:
+                    failed[slot.id] = exc
+                    await self._abandon(slot)
+        return failed
+
+    async def remove_plugin(self, plugin_id: str) -> None:
+        """Wire the chain around the plugin, then stop it.
+
+        Raises:
+            UnknownPlugin: no such plugin.
+            EngineError: the rewiring failed; the plugin stays where it was.
+        """
+        async with self._lock:
+            slot = self._plugin(plugin_id)
+            without = [s for s in self._chains[slot.track_id] if s is not slot]
+            await self._change_chain(slot.track_id, without, retired=[slot])
+            del self._plugins[plugin_id]
+            slot.retired = True
+            self._stale_ports.update(slot.ports)
+        await self._release_quietly(slot)
+
+    async def move_plugin(self, plugin_id: str, position: int) -> None:
+        """Move a plugin within its own track's chain and rewire.
+
+        Raises:
+            UnknownPlugin: no such plugin.
+            EngineError: the rewiring failed; the chain stays as it was.
+        """
+        async with self._lock:
+            slot = self._plugin(plugin_id)
+            moved = [s for s in self._chains[slot.track_id] if s is not slot]
+            moved.insert(max(0, min(position, len(moved))), slot)
+            await self._change_chain(slot.track_id, moved)
+
+    async def _change_chain(self, track_id: str, chain: list[Slot], retired: Iterable[Slot] = ()) -> None:
+        """Make ``chain`` the track's chain and rewire; all as before if that fails (lock held)."""
+        current = self._chains[track_id]
+        before = list(current)
+        current[:] = chain
+
+        def restore() -> None:
+            current[:] = before
+
+        await self._rewire_or_undo(restore, retired)
+
+    # -- the engine port: values and bypass (never wait for a structural change) -----
+
+    async def set_parameters(self, plugin_id: str, values: Mapping[str, float]) -> None:
+        """Keep the values and hand them to the running plugin at once.
+
+        A plugin that is starting or down gets them when it (re)joins.
+
+        Raises:
+            UnknownPlugin: no such plugin.
+        """
+        slot = self._slot(plugin_id)
+        slot.values.update(values)
+        if slot.state == "up":
+            self._send_values(slot, values)
+
+    async def set_bypass(self, plugin_id: str, bypass: bool) -> None:
+        """True bypass: inside the host where it can, else the chain routes around the plugin.
+
+        A rerouting bypass rewires even when the plugin is already in that
+        state, so that a repeated request also repairs the graph. A plugin
+        that is starting or down is bypassed as it (re)joins.
+
+        Raises:
+            UnknownPlugin: no such plugin.
+            EngineError: the rewiring failed; the plugin keeps its old state.
+        """
+        slot = self._slot(plugin_id)
+        before, slot.bypass = slot.bypass, bypass
+        if slot.state != "up":
+            return
+        if slot.hosted_bypass:
+            self._send_bypass(slot, bypass)
+            return
+        if slot.id not in self._plugins:
+            return  # pre-rolling: it joins the chain with its bypass
+        async with self._lock:
+            if slot.retired:
+                return
+
+            def restore() -> None:
+                slot.bypass = before
+
+            await self._rewire_or_undo(restore)
+
+    # -- the engine port: reads ------------------------------------------------------
+
+    def info(self) -> EngineInfo:
+        """Rate, buffer, DSP load and xruns from the wiring's snapshot. Never blocks."""
+        details: dict[str, object] = {
+            "server": self.server_name or "default",
+            "plugins": len(self._plugins),
+            "plugins_running": sum(1 for s in self._plugins.values() if s.state == "up"),
+            "starting": len(self._loading),
+            **self._details(),
+        }
+        if self._server is not None:
+            details["realtime"] = self._server.is_realtime
+        wiring = self._wiring.info() if self._wiring is not None else None
+        if wiring is not None and wiring.stalled:
+            details["graph"] = "stalled"
+        if wiring is None or not (self._running and wiring.running) or wiring.stalled:
+            return EngineInfo(self.name, False, xruns=wiring.xruns if wiring else 0, details=details)
+        return EngineInfo(
+            self.name,
+            True,
+            sample_rate=wiring.sample_rate,
+            buffer_size=wiring.buffer_size,
+            dsp_load=wiring.dsp_load,
+            xruns=wiring.xruns,
+            details=details,
+        )
+
+    def chain(self, track_id: str) -> list[str]:
+        """Plugin ids of a track in chain order.
+
+        Raises:
+            UnknownTrack: no such track.
+        """
+        return [s.id for s in find_chain(self._chains, track_id)]
+
+    def bypass_mode(self, plugin_id: str) -> str:
+        """``hosted`` (the host bypasses it) or ``reroute`` (the chain goes around it)."""
+        return "hosted" if self._slot(plugin_id).hosted_bypass else "reroute"
+
+    # -- slots -----------------------------------------------------------------------
+
+    def _new_slot(
+        self,
+        track_id: str,
+        plugin_id: str,
+        plugin_type: PluginType,
+        values: Mapping[str, float],
+        bypass: bool,
+    ) -> Slot:
+        self._require_running()
+        find_chain(self._chains, track_id)
+        if plugin_id in self._plugins or plugin_id in self._loading:
+            raise PluginLoadFailed(f"plugin id {plugin_id!r} is already in use")
+        slot = Slot(plugin_id, track_id, plugin_type, dict(values), bypass)
+        self._loading[plugin_id] = slot
+        return slot
+
+    async def _bring_up(self, slot: Slot) -> None:
+        """Instantiate a slot, then hand it what changed while it started. No lock."""
+        sent_values, sent_bypass = dict(slot.values), slot.bypass
+        try:
+            await asyncio.wait_for(self._instantiate(slot), PLUGIN_START_TIMEOUT)
+        except TimeoutError:
+            why = f"did not start within {PLUGIN_START_TIMEOUT} s"
+            raise PluginLoadFailed(f"{slot.type.uri}: {why}") from None
+        if slot.retired:
+            raise EngineError(f"the {self.name} engine stopped while the plugin started")
+        slot.state = "up"
+        missed = {s: v for s, v in slot.values.items() if sent_values.get(s) != v}
+        if missed:
+            self._send_values(slot, missed)
+        if slot.hosted_bypass and slot.bypass != sent_bypass:
+            self._send_bypass(slot, slot.bypass)
+
+    def _join(self, slot: Slot, position: int) -> None:
+        """Put a started slot into its chain (lock held)."""
+        if slot.retired:
+            raise EngineError(f"the {self.name} engine stopped while the plugin started")
+        self._require_running()
+        chain = self._chains[slot.track_id]
+        del self._loading[slot.id]
+        self._plugins[slot.id] = slot
+        chain.insert(max(0, min(position, len(chain))), slot)
+
+    def _unjoin(self, slot: Slot) -> None:
+        """Undo :meth:`_join` after a failed rewire; its ports may be wired: ours to undo."""
+        self._chains[slot.track_id].remove(slot)
+        del self._plugins[slot.id]
+        self._stale_ports.update(slot.ports)
+
+    async def _abandon(self, slot: Slot) -> None:
+        """A slot that did not make it: forgotten and stopped."""
+        self._loading.pop(slot.id, None)
+        if self._plugins.get(slot.id) is not slot:
+            slot.retired = True
+            await self._release_quietly(slot)
+
+    async def _release_quietly(self, slot: Slot) -> None:
+        """:meth:`_release`, carried on even if the caller is cancelled; failures logged."""
+        task = asyncio.ensure_future(self._release(slot))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            await asyncio.shield(task)
+        except ApplianceError as exc:
+            log.warning("stopping plugin %s: %s", slot.id, exc)
+
+    def _set_down(self, slots: Iterable[Slot]) -> None:
+        """Their host died: route every track around them (dry) until they are back."""
+        for slot in slots:
+            if slot.state == "up":
+                slot.state = "down"
+        self._request_rewire()
+
+    async def _set_up(self, slot: Slot) -> None:
+        """A slot's host runs it again: wire it back in."""
+        slot.state = "up"
+        async with self._lock:
+            if slot.retired or not self._running:
+                return
+            await self._rewire()
+
+    def _slot(self, plugin_id: str) -> Slot:
+        """A slot in a chain or starting, by plugin id; UnknownPlugin otherwise."""
+        slot = self._loading.get(plugin_id)
+        return slot if slot is not None else self._plugin(plugin_id)
+
+    def _plugin(self, plugin_id: str) -> Slot:
+        return find_plugin(self._plugins, plugin_id)
+
+    def _require_running(self) -> None:
+        if not self._running:
+            raise EngineError(f"the {self.name} engine is not running")
+
+    def _emit(self, event: EngineEvent) -> None:
+        try:
+            self.on_event(event)
+        except Exception:
+            log.exception("event sink failed on %s", event.kind)
+
+    def _background(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _wait_ports(
+        self,
+        client_name: str,
+        ready: Callable[[tuple[str, ...], tuple[str, ...]], bool],
+        still_starting: Callable[[], None],
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """A client's audio ports once ``ready(inputs, outputs)``; loop thread, no lock.
+
+        ``still_starting`` raises when the client cannot appear any more (its
+        process exited).
+        """
+        wiring = self._require_wiring()
+        while True:
+            self._ports_changed.clear()
+            inputs, outputs = await wiring.client_ports(client_name)
+            if ready(inputs, outputs):
+                return inputs, outputs
+            still_starting()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ports_changed.wait(), PORT_POLL_INTERVAL)
+
+    async def _client_gone(self, client_name: str, timeout: float) -> bool:
+        """Wait until a dead client has no ports left; False on timeout."""
+        try:
+            await asyncio.wait_for(
+                self._wait_ports(client_name, lambda ins, outs: not ins and not outs, lambda: None), timeout
+            )
+        except TimeoutError:
+            return False
+        return True
+
+    def _require_wiring(self) -> JackWiring:
+        if self._wiring is None:
+            raise EngineError(f"the {self.name} engine is not running")
+        return self._wiring
+
+    # -- wiring ----------------------------------------------------------------------
+
+    def _port_changed(self, name: str, register: bool) -> None:
+        self._ports_changed.set()
+        if not register:
+            self._stale_ports.discard(name)
+        if (
+            register
+            and self._running
+            and any(name in track.inputs or name in track.outputs for track in self.tracks.values())
+        ):
+            self._request_rewire()
+
+    def _server_gone(self, reason: str) -> None:
+        if not self._running:
+            return
+        self._running = False
+        log.error("jack server %s shut the %s engine down: %s", self.server_name, self.name, reason)
+        self._emit(EngineEvent("engine-died", None, f"JACK server gone: {reason}"))
+
+    async def _rewire_or_undo(self, undo: Callable[[], object], retired: Iterable[Slot] = ()) -> None:
+        """Rewire after a change to the chains; if that fails, undo the change (lock held).
+
+        A failed rewire may have left part of the graph changed: a background
+        rewire then brings it back to the restored state, and the error is raised.
+        """
+        if not self._running:
+            return
+        try:
+            await self._rewire(retired)
+        except BaseException:
+            undo()
+            self._request_rewire()
+            raise
+
+    def _plan(self, retired: Iterable[Slot] = ()) -> WiringPlan:
+        """The connections the chains want; retired slots' ports are still ours to undo."""
+        owned = set(self._stale_ports)
+        for slot in retired:
+            owned.update(slot.ports)
+        stages = {track_id: [s.stage for s in chain] for track_id, chain in self._chains.items()}
+        return plan_wiring(self.tracks.values(), stages, owned)
+
+    async def _rewire(self, retired: Iterable[Slot] = ()) -> None:
+        """Bring the graph to the chains (lock held)."""
+        failures = await self._require_wiring().apply(self._plan(retired), self._changer())
+        if failures:
+            log.debug("rewire left %d connection(s) for later: %s", len(failures), failures)
+            self._request_rewire()
+
+    def _request_rewire(self) -> None:
+        """Ask for a rewire soon; requests made meanwhile coalesce into one."""
+        self._rewire_wanted = True
+        if self._running and (self._rewire_task is None or self._rewire_task.done()):
+            self._rewire_task = asyncio.get_running_loop().create_task(self._rewire_later())
+
+    async def _rewire_later(self) -> None:
+        attempts = 0
+        try:
+            while self._rewire_wanted and self._running:
+                self._rewire_wanted = False
+                async with self._lock:
+                    if not self._running:
+                        return
+                    failures = await self._require_wiring().apply(self._plan(), self._changer())
+                if not failures:
+                    attempts = 0
+                    continue  # done, unless another request came in meanwhile
+                attempts += 1
+                if attempts >= REWIRE_RETRY_LIMIT:
+                    log.warning("giving up on %d connection(s): %s", len(failures), failures[:4])
+                    return
+                await asyncio.sleep(REWIRE_RETRY_INTERVAL)
+                self._rewire_wanted = True
+        except EngineError as exc:
+            log.error("rewiring failed: %s", exc)

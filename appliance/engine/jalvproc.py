@@ -1,0 +1,150 @@
+"""One ``jalv`` process hosting one plugin: its command line, its stdin, its end.
+
+jalv facts this relies on (jalv 1.6, see the design field notes): ``-x -n NAME``
+gives an exact client name, ports are ``NAME:SYMBOL``, ``-c SYM=VAL`` sets
+initial values, ``set SYMBOL VALUE`` on stdin sets a control (no clamping),
+EOF on stdin makes it exit, stdout is block-buffered unless run under
+``stdbuf -oL``, and an unknown URI prints "Failed to find plugin" then crashes.
+
+Loop thread only. Writing never waits: values go into the pipe's transport;
+a jalv that stops reading its stdin (:data:`STDIN_BACKLOG_LIMIT` unsent) is
+called stuck and killed once, so that the engine restarts it with its values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Mapping
+
+from ..errors import PluginLoadFailed
+from .jackserver import jack_environment
+from .processes import describe_exit, end_process
+
+log = logging.getLogger("appliance.engine.jalv")
+
+#: How long a jalv may take to exit after EOF, and again after SIGTERM.
+PLUGIN_STOP_TIMEOUT = 2.0
+#: Unsent ``set`` bytes a jalv may have waiting before it is called stuck and killed.
+STDIN_BACKLOG_LIMIT = 1 << 20
+#: Lines of a jalv's output kept for error messages.
+OUTPUT_LINES = 20
+
+
+def number(value: float) -> str:
+    """A value as jalv's ``set`` and ``-c`` parse it."""
+    return f"{float(value):.9g}"
+
+
+def jalv_argv(jalv: str, client_name: str, uri: str, values: Mapping[str, float]) -> list[str]:
+    """The command line: line-buffered output, exact client name, initial values."""
+    argv = ["stdbuf", "-oL", jalv, "-x", "-n", client_name]
+    for symbol, value in values.items():
+        argv += ["-c", f"{symbol}={number(value)}"]
+    argv.append(uri)
+    return argv
+
+
+class JalvProcess:
+    """One running ``jalv``.
+
+    Args:
+        argv: from :func:`jalv_argv`.
+        server_name: the JACK server it joins.
+        name: for log lines (its JACK client name).
+    """
+
+    def __init__(self, argv: list[str], server_name: str | None, name: str) -> None:
+        self.argv = argv
+        self.server_name = server_name
+        self.name = name
+        self.output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
+        self.stuck = False
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Run it (it needs time to show its ports).
+
+        Raises:
+            PluginLoadFailed: jalv (or stdbuf) cannot run at all.
+        """
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=jack_environment(self.server_name),
+            )
+        except OSError as exc:
+            raise PluginLoadFailed(f"cannot run jalv for {self.argv[-1]}: {exc}") from exc
+        assert self._proc.stdout is not None
+        self._pump = asyncio.create_task(self._read_output(self._proc.stdout))
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc is not None else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    def exit_reason(self) -> str:
+        """How it ended, with its last words (for errors and the log)."""
+        code = self.returncode
+        ending = describe_exit(code) if code is not None else "still running"
+        tail = " | ".join(line for line in self.output if line)
+        return f"jalv exited with {ending}: {tail}" if tail else f"jalv exited with {ending}"
+
+    def write(self, values: Mapping[str, float]) -> None:
+        """Send ``set`` lines without waiting. A stuck jalv is killed (once)."""
+        proc = self._proc
+        if not values or proc is None or proc.stdin is None or proc.returncode is not None or self.stuck:
+            return
+        lines = "".join(f"set {symbol} {number(value)}\n" for symbol, value in values.items())
+        try:
+            proc.stdin.write(lines.encode())
+        except (BrokenPipeError, ConnectionResetError):
+            return  # it is ending; its watcher restarts it with the values
+        backlog = proc.stdin.transport.get_write_buffer_size()
+        if backlog > STDIN_BACKLOG_LIMIT:
+            self.stuck = True
+            log.error("%s: stopped reading its stdin (%d bytes wait); restarting it", self.name, backlog)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    async def wait(self) -> int:
+        """Its exit status, once it has exited."""
+        assert self._proc is not None
+        code = await self._proc.wait()
+        if self._pump is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._pump), 0.2)  # its last words
+        return code
+
+    async def terminate(self) -> None:
+        """EOF on stdin, then SIGTERM, then SIGKILL; returns once it is gone."""
+        proc = self._proc
+        if proc is None:
+            return
+        stdin = proc.stdin
+        await end_process(proc, stdin.close if stdin is not None else None, PLUGIN_STOP_TIMEOUT, self.name)
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+
+    async def _read_output(self, stream: asyncio.StreamReader) -> None:
+        """Read its output for as long as it lives, so the pipe never fills."""
+        while line := await stream.readline():
+            text = line.decode(errors="replace").strip()
+            while text.startswith(">"):  # jalv's prompt glues onto the next line
+                text = text[1:].lstrip()
+            self.output.append(text)
+            log.debug("%s: %s", self.name, text)

@@ -1,0 +1,50 @@
+"""Ending the child processes the engines start (jalv plugins, the Carla host).
+
+Loop thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+
+log = logging.getLogger("appliance.engine")
+
+
+def describe_exit(returncode: int) -> str:
+    """How a child process ended: ``exit status 1`` or ``signal SIGKILL``."""
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+async def end_process(
+    proc: asyncio.subprocess.Process, ask: Callable[[], None] | None, timeout: float, name: str
+) -> None:
+    """Ask a child to exit, then SIGTERM, then SIGKILL, each given ``timeout`` seconds.
+
+    Args:
+        proc: the child.
+        ask: the polite request (close its stdin, send ``quit``), if it has one.
+        timeout: how long each step may take.
+        name: for the log, if it will not die.
+    """
+    if proc.returncode is None and ask is not None:
+        with contextlib.suppress(OSError):
+            ask()
+    for stop in (None, proc.terminate, proc.kill):
+        if proc.returncode is not None:
+            return
+        if stop is not None:
+            with contextlib.suppress(ProcessLookupError):
+                stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), timeout)
+    if proc.returncode is None:
+        log.error("%s (pid %d) would not die", name, proc.pid)

@@ -1,0 +1,375 @@
+"""The JACK wiring both engines share: one JACK client on one worker thread.
+
+Every plugin of either engine is a JACK client of its own (a ``jalv`` process,
+or one of Carla's clients in the Carla host process), so a track's chain is a
+set of JACK connections, and JACK (not a plugin host) keeps the audio thread
+off a graph that is being changed. This module owns those connections::
+
+    loop ──plan──▶ jack-wiring worker ──connect/disconnect──▶ JACK server
+     ▲                                                          │
+     └─ call_soon_threadsafe ◀── JACK notification thread ◀─────┘
+          (port registered/unregistered, server gone; xruns are counted there)
+
+* :class:`JackWiring` methods are coroutines for the loop's thread; every
+  blocking JACK call runs on its one worker thread, with a timeout.
+* JACK's notification thread only counts xruns or hops onto the loop.
+* :meth:`JackWiring.info` reads a snapshot the worker refreshes; it never
+  calls libjack on the loop.
+
+A connection is the wiring's to remove when one end is a plugin port, or when
+it runs straight from a track input to a track output; anything else touching
+a track's endpoints (a monitor, the test rig's reference) is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import jack  # type: ignore[import-untyped]
+
+from ..errors import EngineError
+from . import TrackPorts
+from .chain import Stage, chain_connections, connection_changes
+
+log = logging.getLogger("appliance.engine.wiring")
+
+T = TypeVar("T")
+
+#: How long one blocking JACK call on the worker thread may take.
+JACK_CALL_TIMEOUT = 5.0
+#: How often the worker refreshes DSP load for :meth:`JackWiring.info`.
+INFO_INTERVAL = 0.5
+#: Refreshes in a row with no new JACK cycle before the graph is called stalled.
+STALLED_AFTER = 3
+
+Connection = tuple[str, str]
+#: Makes connections and undoes others; returns what failed. Where a plugin host
+#: must make the connections itself (Carla, see :mod:`appliance.engine.carla.host`).
+Changer = Callable[[list[Connection], list[Connection]], Awaitable[list[str]]]
+
+
+@dataclass(frozen=True)
+class WiringPlan:
+    """What the worker should make of the graph (computed on the loop).
+
+    Attributes:
+        desired: every connection the chains want.
+        plugin_ports: ports of our plugins, live or retired: connections on
+            them that are not desired are removed.
+        endpoints: the tracks' own ports.
+    """
+
+    desired: frozenset[Connection]
+    plugin_ports: frozenset[str]
+    endpoints: frozenset[str]
+
+
+def plan_wiring(
+    tracks: Iterable[TrackPorts],
+    stages: Mapping[str, list[Stage[str]]],
+    owned: Iterable[str] = (),
+) -> WiringPlan:
+    """The connections every track's chain wants, and the ports that are ours.
+
+    Args:
+        tracks: the tracks and their endpoints.
+        stages: track id → its chain as stages (bypassed or down: not in the path).
+        owned: other plugin ports still ours (retired plugins, dead clients).
+    """
+    desired: set[Connection] = set()
+    plugin_ports: set[str] = set(owned)
+    endpoints: set[str] = set()
+    for track in tracks:
+        endpoints.update(track.inputs, track.outputs)
+        chain = stages.get(track.id, [])
+        for stage in chain:
+            plugin_ports.update(stage.inputs, stage.outputs)
+        desired |= chain_connections(track.inputs, chain, track.outputs)
+    return WiringPlan(frozenset(desired), frozenset(plugin_ports), frozenset(endpoints))
+
+
+@dataclass(frozen=True)
+class WiringInfo:
+    """What JACK says about the server, as of the last refresh.
+
+    Attributes:
+        stalled: the server has run no cycle for :data:`STALLED_AFTER`
+            refreshes: no client hears anything (JACK2 was seen to keep a
+            crashed client in its graph for good on a non-realtime server).
+    """
+
+    running: bool = False
+    sample_rate: int = 0
+    buffer_size: int = 0
+    dsp_load: float = 0.0
+    xruns: int = 0
+    stalled: bool = False
+
+
+def change_graph(client: Any, connect: list[Connection], disconnect: list[Connection]) -> list[str]:
+    """Connect, then disconnect, with a ``jack.Client``; what failed. Blocking.
+
+    Connecting first means the signal is never cut while the graph changes.
+    """
+    failures: list[str] = []
+    for src, dst in connect:
+        try:
+            client.connect(src, dst)
+        except jack.JackError as exc:
+            failures.append(f"connect {src} -> {dst}: {exc}")
+    for src, dst in disconnect:
+        try:
+            client.disconnect(src, dst)
+        except jack.JackError as exc:
+            failures.append(f"disconnect {src} -> {dst}: {exc}")
+    return failures
+
+
+class JackWiring:
+    """One JACK client that wires chains, counts xruns and watches ports.
+
+    Args:
+        client_name: this client's JACK name (unique per engine).
+        server_name: the JACK server (None: the default server).
+        on_port: ``(port name, registered)`` on the loop's thread.
+        on_shutdown: ``(reason)`` on the loop's thread, once the server is gone.
+        graph_fault: called on the worker before every connect or disconnect
+            pass; a test hook that raises to play a failing JACK.
+        call_timeout: how long one blocking JACK call may take.
+        client_factory: makes the ``jack.Client`` (tests wrap it).
+    """
+
+    def __init__(
+        self,
+        client_name: str,
+        server_name: str | None,
+        on_port: Callable[[str, bool], None],
+        on_shutdown: Callable[[str], None],
+        graph_fault: Callable[[], None] | None = None,
+        call_timeout: float = JACK_CALL_TIMEOUT,
+        client_factory: Callable[..., Any] = jack.Client,
+    ) -> None:
+        self.client_name = client_name
+        self._client_factory = client_factory
+        self.server_name = server_name
+        self.call_timeout = call_timeout
+        self._on_port = on_port
+        self._on_shutdown = on_shutdown
+        self._graph_fault = graph_fault
+        self._client: Any = None  # jack.Client; touched on the worker only
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._info = WiringInfo()
+        self._xruns = 0
+        self._last_cycle = -1
+        self._still = 0
+        self._refresh: asyncio.Task[None] | None = None
+
+    # -- lifecycle (loop thread) ---------------------------------------------------
+
+    async def open(self) -> None:
+        """Open and activate the client; start refreshing :meth:`info`.
+
+        Raises:
+            EngineError: the server cannot be reached.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jack-wiring")
+        try:
+            await self.call(self._open_client)
+        except BaseException:
+            await self.close()
+            raise
+        self._refresh = asyncio.create_task(self._refresh_info())
+
+    async def close(self) -> None:
+        """Close the client. Safe to call twice; does not wait long for a stuck JACK."""
+        refresh, self._refresh = self._refresh, None
+        if refresh is not None:
+            refresh.cancel()
+            await asyncio.gather(refresh, return_exceptions=True)
+        executor, self._executor = self._executor, None
+        self._info = WiringInfo(xruns=self._xruns)
+        if executor is None:
+            return
+        # Behind a JACK call that is stuck, the close waits its turn (it must run,
+        # or the client leaks); nobody waits for either of them for long.
+        closing = asyncio.wrap_future(executor.submit(self._close_client))
+        try:
+            await asyncio.wait_for(asyncio.shield(closing), self.call_timeout)
+        except TimeoutError:
+            log.warning("JACK client not closed within %s s; it closes when JACK answers", self.call_timeout)
+        except jack.JackError as exc:
+            log.warning("closing the JACK client failed: %s", exc)
+        executor.shutdown(wait=False)
+
+    @property
+    def is_open(self) -> bool:
+        """True while the client is open (the worker's view; any thread)."""
+        return self._client is not None
+
+    def info(self) -> WiringInfo:
+        """Rate, buffer, DSP load (last refresh) and xruns. Never blocks; any thread."""
+        info = self._info
+        return dataclasses.replace(info, xruns=self._xruns)
+
+    # -- the graph (loop thread) -------------------------------------------------
+
+    async def apply(self, plan: WiringPlan, change: Changer | None = None) -> list[str]:
+        """Connect what is missing, then disconnect what is unwanted.
+
+        What is there is read here (libjack reads the graph from shared
+        memory: no server round trip). The changes are made by ``change`` if
+        given, else by this client's worker.
+
+        Returns:
+            Descriptions of connections that could not be made or undone yet
+            (a client whose ports exist but which is not active yet, a port
+            that vanished while it was read).
+
+        Raises:
+            EngineError: JACK did not answer, or the client is closed.
+        """
+        diff = await self.call(self._diff, plan)
+        if isinstance(diff, str):
+            return [diff]
+        connect, disconnect = diff
+        if not connect and not disconnect:
+            return []
+        if change is not None:
+            return await change(connect, disconnect)
+        return await self.call(change_graph, self._require_client(), connect, disconnect)
+
+    async def client_ports(self, client_name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """A client's audio inputs and outputs, each in registration order."""
+        return await self.call(self._client_ports, client_name)
+
+    async def call(self, work: Callable[..., T], *args: Any) -> T:
+        """Run a blocking JACK call on the worker, with the timeout.
+
+        Raises:
+            EngineError: no worker, no answer within the timeout, or a JackError.
+        """
+        if self._executor is None:
+            raise EngineError("the JACK wiring client is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            running = loop.run_in_executor(self._executor, work, *args)
+            return await asyncio.wait_for(running, self.call_timeout)
+        except TimeoutError:
+            raise EngineError(f"JACK did not answer within {self.call_timeout} s") from None
+        except jack.JackError as exc:
+            raise EngineError(f"JACK: {exc}") from exc
+
+    async def _refresh_info(self) -> None:
+        while True:
+            await asyncio.sleep(INFO_INTERVAL)
+            with contextlib.suppress(EngineError):
+                await self.call(self._sample)
+
+    # -- the worker thread ---------------------------------------------------------
+
+    def _open_client(self) -> None:
+        """Worker: open, set callbacks, activate; closed again if any step fails."""
+        try:
+            client = self._client_factory(self.client_name, servername=self.server_name, no_start_server=True)
+        except jack.JackOpenError as exc:
+            raise EngineError(f"cannot reach jack server {self.server_name or '(default)'}: {exc}") from exc
+        try:
+            client.set_xrun_callback(self._xrun)
+            client.set_port_registration_callback(self._port_registered)
+            client.set_shutdown_callback(self._shutdown)
+            client.activate()
+            client.get_ports()  # so that unregistrations of existing ports are reported too
+        except BaseException:
+            client.close()
+            raise
+        self._client = client
+        self._info = WiringInfo(True, int(client.samplerate), int(client.blocksize), 0.0, self._xruns)
+
+    def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(jack.JackError):
+                client.deactivate()
+            client.close()
+
+    def _sample(self) -> None:
+        client = self._client
+        if client is None or not self._info.running:
+            return
+        cycle = int(client.last_frame_time)
+        self._still = self._still + 1 if cycle == self._last_cycle else 0
+        self._last_cycle = cycle
+        stalled = self._still >= STALLED_AFTER
+        if stalled and not self._info.stalled:
+            quiet = self._still * INFO_INTERVAL
+            log.error("the JACK server has run no cycle for %.1f s: its graph is stalled", quiet)
+        self._info = dataclasses.replace(self._info, dsp_load=float(client.cpu_load()), stalled=stalled)
+
+    def _client_ports(self, client_name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        client = self._require_client()
+        pattern = f"^{re.escape(client_name)}:"
+        inputs = client.get_ports(pattern, is_audio=True, is_input=True)
+        outputs = client.get_ports(pattern, is_audio=True, is_output=True)
+        return tuple(p.name for p in inputs), tuple(p.name for p in outputs)
+
+    def _require_client(self) -> Any:
+        client = self._client
+        if client is None:
+            raise EngineError("the JACK wiring client is closed")
+        return client
+
+    def _diff(self, plan: WiringPlan) -> tuple[list[Connection], list[Connection]] | str:
+        """Worker: what to connect and disconnect; a sentence when the ports changed meanwhile."""
+        client = self._require_client()
+        if self._graph_fault is not None:
+            self._graph_fault()
+        try:
+            existing = {port.name: port for port in client.get_ports(is_audio=True)}
+        except jack.JackError as exc:  # a port vanished while JACK-Client listed them: try again
+            return f"listing ports: {exc}"
+        want = {(s, d) for s, d in plan.desired if s in existing and d in existing}
+        current: set[Connection] = set()
+        for name in plan.plugin_ports | plan.endpoints:
+            port = existing.get(name)
+            if port is None:
+                continue
+            try:
+                connected = client.get_all_connections(port)
+            except jack.JackError:  # its client died since get_ports: no connections left
+                continue
+            for other in connected:
+                src, dst = (name, other.name) if port.is_output else (other.name, name)
+                ours = src in plan.plugin_ports or dst in plan.plugin_ports
+                if ours or (src in plan.endpoints and dst in plan.endpoints):
+                    current.add((src, dst))
+        return connection_changes(current, want)
+
+    # -- JACK's notification thread ----------------------------------------------
+
+    def _xrun(self, delayed_usecs: float) -> None:
+        self._xruns += 1
+
+    def _port_registered(self, port: Any, register: bool) -> None:
+        if port is not None:
+            self._hop(self._on_port, port.name, register)
+
+    def _shutdown(self, status: Any, reason: str) -> None:
+        self._info = WiringInfo(xruns=self._xruns)
+        self._hop(self._on_shutdown, reason)
+
+    def _hop(self, callback: Callable[..., None], *args: Any) -> None:
+        """Hand a call to the loop's thread; dropped once the loop has closed."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(callback, *args)
