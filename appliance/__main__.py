@@ -1,4 +1,10 @@
-"""``python -m appliance run --config PATH``: start the box."""
+"""``python -m appliance run|token --config PATH``: start the box, or make its pairing token.
+
+Exit codes: 0 stopped cleanly; 1 the box failed (engine, files); 2 bad
+configuration (config file, plugin catalog, token file), found before
+anything touches audio where possible. Every failure is one line, never a
+traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import sys
 from pathlib import Path
 
 from . import config as config_module
-from .app import default_config_path, run
+from .app import default_config_path, read_token, run
 from .errors import ApplianceError, ConfigError
 
 
@@ -23,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
     run_parser.add_argument("--data-dir", type=Path, help="where the board is saved (overrides data_dir)")
     run_parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING…")
+    token_parser = commands.add_parser(
+        "token", help="make the pairing token if there is none (as root, before the box starts)"
+    )
+    token_parser.add_argument("--config", type=Path, default=default_config_path(), help="YAML config file")
+    token_parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING…")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -34,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         config = config_module.load(args.config)
+    except ConfigError as exc:
+        return _bad_config(args.config, exc)
+    if args.command == "token":
+        return _token(args.config, config)
+    try:
         server = config.server
         if args.host is not None:
             server = dataclasses.replace(server, host=args.host)
@@ -45,15 +61,34 @@ def main(argv: list[str] | None = None) -> int:
         if args.data_dir is not None:
             config = dataclasses.replace(config, data_dir=args.data_dir)
     except ConfigError as exc:
-        print(f"appliance: bad config {args.config}: {exc}", file=sys.stderr)
-        return 2
+        return _bad_config(args.config, exc)
     try:
         asyncio.run(run(config))
+    except ConfigError as exc:  # found at start: the catalog, the token file
+        return _bad_config(args.config, exc)
     except ApplianceError as exc:
         logging.getLogger("appliance").error("%s", exc)
         return 1
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _bad_config(path: Path, exc: ConfigError) -> int:
+    print(f"appliance: bad config {path}: {exc}", file=sys.stderr)
+    return 2
+
+
+def _token(path: Path, config: config_module.Config) -> int:
+    """``appliance token``: make the pairing token unless there is one; print where it is."""
+    if config.server.auth != "token" or config.server.token_file is None:
+        print(f"appliance: {path} does not use token auth; no token needed")
+        return 0
+    try:
+        read_token(config)
+    except ConfigError as exc:
+        return _bad_config(path, exc)
+    print(f"appliance: pairing token in {config.server.token_file}")
     return 0
 
 

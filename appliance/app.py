@@ -23,6 +23,7 @@ from .config import Config
 from .control import Controller
 from .engine import Engine, EngineEvent, SavedPlugin, TrackPorts
 from .errors import ApplianceError, ConfigError, EngineError
+from .files import write_atomic
 from .net import ControlServer
 from .store import BoardStore, DebouncedSaver
 from .watchdog import SystemdNotifier, watchdog_loop
@@ -65,8 +66,22 @@ def carla_unavailable(config: Config) -> str | None:
     return carla.unavailable(config.engine.carla.prefix)
 
 
+#: Mode of a pairing token file this box makes (readable by the service user; on
+#: the SD card it lives on the boot partition, which any computer can read anyway).
+TOKEN_MODE = 0o644
+
+
 def read_token(config: Config) -> str | None:
-    """The pairing token (auth: token): read it, or make one on first boot."""
+    """The pairing token (auth: token): read it, or make one on first start.
+
+    On the box the token file is made before the box starts, by ``appliance
+    token`` run as root (systemd ``ExecStartPre=+``), because the service
+    user may not write where the token belongs (the boot partition).
+
+    Raises:
+        ConfigError: the file cannot be read, or is missing and cannot be
+            made here; one sentence saying which and why.
+    """
     if config.server.auth != "token":
         return None
     path = config.server.token_file
@@ -79,12 +94,41 @@ def read_token(config: Config) -> str | None:
         pass
     except OSError as exc:
         raise ConfigError("server.token_file", f"cannot read {path}: {exc.strerror}") from exc
+    return make_token(path)
+
+
+def make_token(path: Path) -> str:
+    """Write a new random pairing token to ``path`` (atomically); the token.
+
+    Raises:
+        ConfigError: the file cannot be written (the sentence says how the box makes it).
+    """
     token = secrets.token_urlsafe(24)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(token + "\n", encoding="utf-8")
-    path.chmod(0o600)
+    try:
+        write_atomic(path, token + "\n")
+        path.chmod(TOKEN_MODE)
+    except OSError as exc:
+        raise ConfigError(
+            "server.token_file",
+            f"cannot write {path}: {exc.strerror}; on the box `appliance token` makes it as root "
+            "before the box starts (systemd/appliance.service, ExecStartPre)",
+        ) from exc
     log.info("made a new pairing token in %s", path)
     return token
+
+
+def health_report(engine: Engine | None, board: Board | None, uptime: float) -> tuple[bool, dict[str, Any]]:
+    """Whether the box is healthy, and the report ``/healthz`` and ``HEALTH_GET`` give.
+
+    Healthy while the engine runs (its JACK graph is moving, its plugin host
+    is up). The report is the engine's info, the uptime and how many plugins
+    the board holds.
+    """
+    report: dict[str, Any] = engine.info().as_dict() if engine is not None else {"running": False}
+    report["uptime"] = round(uptime, 1)
+    if board is not None:
+        report["board_plugins"] = sum(1 for _ in board.instances())
+    return bool(report.get("running")), report
 
 
 class Box:
@@ -101,12 +145,8 @@ class Box:
         self.catalog: Catalog | None = None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        info = self.engine.info().as_dict() if self.engine else {"running": False}
-        report = dict(info)
-        report["uptime"] = round(time.monotonic() - self.started, 1)
-        if self.controller is not None:
-            report["board_plugins"] = sum(1 for _ in self.controller.board.instances())
-        return bool(info.get("running")), report
+        board = self.controller.board if self.controller is not None else None
+        return health_report(self.engine, board, time.monotonic() - self.started)
 
     def _on_engine_event(self, event: EngineEvent) -> None:
         if self.controller is not None:

@@ -48,8 +48,11 @@ class PluginInstance:
 
 @dataclass
 class Track:
-    """A track's chain, and saved plugins that cannot be loaded now.
+    """A track's chain, plugins still starting, and saved plugins that cannot be loaded now.
 
+    ``starting`` holds plugins being added: their values and bypass can be
+    changed at once (the engine applies them when the plugin joins), but
+    they are not in the chain, the replay or the saved board until they do.
     ``dormant`` keeps each unloadable saved entry with its place in the saved
     chain, untouched, so that saving the board never throws it away (a plugin
     package being upgraded must not cost the user their settings).
@@ -57,6 +60,7 @@ class Track:
 
     id: str
     chain: list[PluginInstance] = field(default_factory=list)
+    starting: list[PluginInstance] = field(default_factory=list)
     dormant: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
 
@@ -100,9 +104,10 @@ class Board:
             raise UnknownTrack(f"no track {track_id!r}", {"track_id": track_id}) from None
 
     def plugin(self, track_id: object, plugin_id: object) -> PluginInstance:
+        """A plugin in the track's chain, or one still starting there."""
         track = self.track(track_id)
         _require_str("plugin_id", plugin_id)
-        for instance in track.chain:
+        for instance in (*track.chain, *track.starting):
             if instance.id == plugin_id:
                 return instance
         raise UnknownPlugin(
@@ -111,6 +116,9 @@ class Board:
 
     def position(self, track_id: str, plugin_id: str) -> int:
         return self.track(track_id).chain.index(self.plugin(track_id, plugin_id))
+
+    def is_starting(self, track_id: str, plugin_id: str) -> bool:
+        return any(p.id == plugin_id for p in self.track(track_id).starting)
 
     def instances(self) -> Iterable[tuple[Track, PluginInstance]]:
         for track in self.tracks.values():
@@ -131,6 +139,19 @@ class Board:
         chain.insert(index, instance)
         return index
 
+    def begin_insert(self, track_id: str, instance: PluginInstance) -> None:
+        """A plugin is starting on the track: findable, not in the chain yet."""
+        self.track(track_id).starting.append(instance)
+
+    def finish_insert(self, track_id: str, instance: PluginInstance, position: int) -> int:
+        """The starting plugin joined the chain at ``position``; its index."""
+        self.track(track_id).starting.remove(instance)
+        return self.insert(track_id, instance, position)
+
+    def abandon(self, track_id: str, instance: PluginInstance) -> None:
+        """The starting plugin did not make it."""
+        self.track(track_id).starting.remove(instance)
+
     def check_position(self, track_id: str, position: object) -> int | None:
         if position is None:
             return None
@@ -146,13 +167,17 @@ class Board:
 
     def remove(self, track_id: str, plugin_id: str) -> PluginInstance:
         instance = self.plugin(track_id, plugin_id)
-        self.tracks[track_id].chain.remove(instance)
+        chain = self.tracks[track_id].chain
+        if instance not in chain:
+            raise UnknownPlugin(
+                f"plugin {plugin_id!r} is still starting", {"track_id": track_id, "plugin_id": plugin_id}
+            )
+        chain.remove(instance)
         return instance
 
     def move(self, track_id: str, plugin_id: str, position: int) -> int:
         chain = self.track(track_id).chain
-        instance = self.plugin(track_id, plugin_id)
-        chain.remove(instance)
+        instance = self.remove(track_id, plugin_id)
         index = max(0, min(position, len(chain)))
         chain.insert(index, instance)
         return index

@@ -5,6 +5,16 @@ through :class:`Controller`. A change is checked against the board, applied to
 the engine, committed to the board, then published as events; a request that
 fails at any step changes nothing and yields an error instead.
 
+Two speeds (docs/architecture "Stage-critical paths"):
+
+* **Structural requests** (add, remove, move) run one at a time.
+* **Performance requests** (parameter, batch, preset, bypass) never wait for
+  them: they act on the board that is playing at once. A plugin being added
+  is on the board as *starting* from the first moment, so a knob or a
+  footswitch aimed at it is taken at once too and the engine applies it when
+  the plugin joins. Performance requests run one at a time among themselves
+  (a short lock), so that the board and the engine agree on the last value.
+
 Runs on the asyncio loop's thread only.
 """
 
@@ -26,11 +36,15 @@ log = logging.getLogger("appliance.control")
 
 Event = tuple[str, dict[str, Any]]
 
+#: Requests that change the chains: run one at a time, never in a performance request's way.
+STRUCTURAL = frozenset({"PLUGIN_ADD", "PLUGIN_REMOVE", "PLUGIN_MOVE"})
+
 #: What clients are told of engine events (docs/protocol.md, ENGINE_EVENT).
 ENGINE_EVENT_SENTENCES = {
     "plugin-died": "the plugin stopped; the box is restarting it",
     "plugin-restored": "the plugin is running again with its settings",
-    "engine-died": "the audio engine stopped",
+    "engine-died": "the audio engine stopped; the box logged why and restarts it where it can",
+    "engine-restored": "the audio engine is running again with the board",
 }
 
 
@@ -81,6 +95,7 @@ class Controller:
         self.health = health
         self.publishers: list[Publisher] = []
         self._structure = asyncio.Lock()
+        self._performance = asyncio.Lock()
         self._handlers: dict[str, Callable[[Request], Any]] = {
             "PLUGIN_ADD": self._add,
             "PLUGIN_REMOVE": self._remove,
@@ -136,7 +151,11 @@ class Controller:
         values: Mapping[str, object] | None = None,
         bypass: bool = False,
     ) -> Outcome:
-        """Add a plugin (also used by the demo loader)."""
+        """Add a plugin (also used by the demo loader).
+
+        The plugin is on the board as starting while the engine starts it:
+        values and bypass sent meanwhile are kept, and it joins with them.
+        """
         async with self._structure:
             self.board.track(track_id)
             index = self.board.check_position(track_id, position)
@@ -146,14 +165,19 @@ class Controller:
             instance.bypass = bypass
             chain = self.board.track(track_id).chain
             index = len(chain) if index is None else index
-            await self.engine.add_plugin(
-                track_id, instance.id, plugin_type, index, instance.engine_values(), bypass
-            )
-            self.board.insert(track_id, instance, index)
+            self.board.begin_insert(track_id, instance)
+            try:
+                await self.engine.add_plugin(
+                    track_id, instance.id, plugin_type, index, instance.engine_values(), bypass
+                )
+            except BaseException:
+                self.board.abandon(track_id, instance)
+                raise
+            self.board.finish_insert(track_id, instance, index)
         self.on_change()
         log.debug("added %s (%s) to %s at %d", instance.id, plugin_type.key, track_id, index)
         events = [("PLUGIN_ADD", self._added(track_id, instance, index))]
-        if bypass:
+        if instance.bypass:
             events.append(("PLUGIN_BYPASS", self._ids(track_id, instance) | {"bypass": True}))
         return Outcome(broadcast=events)
 
@@ -182,23 +206,24 @@ class Controller:
             broadcast=[("PLUGIN_MOVE", {"track_id": track_id, "plugin_id": plugin_id, "position": position})]
         )
 
+    # -- performance: never behind a structural change ------------------
+
     async def _bypass(self, request: Request) -> Outcome:
         track_id, plugin_id = request.data["track_id"], request.data["plugin_id"]
         bypass = request.data.get("bypass")
-        async with self._structure:
-            instance = self.board.plugin(track_id, plugin_id)
-            if not isinstance(bypass, bool):
-                self.board.set_bypass(track_id, plugin_id, bypass)  # raises InvalidValue
+        instance = self.board.plugin(track_id, plugin_id)
+        if not isinstance(bypass, bool):
+            self.board.set_bypass(track_id, plugin_id, bypass)  # raises InvalidValue
+        async with self._performance:
             await self.engine.set_bypass(plugin_id, bool(bypass))
             self.board.set_bypass(track_id, plugin_id, bypass)
         self.on_change()
         return Outcome(broadcast=[("PLUGIN_BYPASS", self._ids(track_id, instance) | {"bypass": bypass})])
 
-    # -- values ----------------------------------------------------------
-
     async def _apply(self, plan: ParameterPlan) -> None:
-        await self.engine.set_parameters(plan.plugin_id, plan.engine)
-        self.board.commit(plan)
+        async with self._performance:
+            await self.engine.set_parameters(plan.plugin_id, plan.engine)
+            self.board.commit(plan)
         self.on_change()
 
     async def _parameter(self, request: Request) -> Outcome:
@@ -337,8 +362,8 @@ class Controller:
                     self.on_change()
                     self.publish(self._parameter_events(plan), None, {"source": "engine"})
         elif event.kind in ENGINE_EVENT_SENTENCES:
-            if event.kind == "plugin-restored":
-                log.warning("engine: plugin %s restored", event.plugin_id)
+            if event.kind in ("plugin-restored", "engine-restored"):
+                log.warning("engine: %s %s %s", event.kind, event.plugin_id or "", event.message)
             else:
                 log.error("engine: %s %s %s", event.kind, event.plugin_id or "", event.message)
             # The engine's own message (process output, library errors) stays in the log.

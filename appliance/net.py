@@ -29,7 +29,7 @@ from websockets.http11 import Response
 
 from . import protocol
 from .config import RateLimit, ServerConfig
-from .control import Controller, Event
+from .control import STRUCTURAL, Controller, Event
 from .errors import ApplianceError, RateLimited, Unauthorized
 
 log = logging.getLogger("appliance.net")
@@ -139,6 +139,7 @@ class ControlServer:
         self.sessions: set[ClientSession] = set()
         self.server: Server | None = None
         self.static: dict[str, Response] = {}
+        self._structural: set[asyncio.Task[None]] = set()
         name = socket.gethostname().lower()
         self.hostnames = {name, f"{name}.local"}
         controller.publishers.append(self.broadcast)
@@ -162,6 +163,9 @@ class ControlServer:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        """Stop taking connections, let structural requests under way finish, close clients."""
+        if self._structural:
+            await asyncio.wait(self._structural, timeout=SERVER_CLOSE_TIMEOUT)
         if self.server is not None:
             self.server.close()
             try:
@@ -281,7 +285,13 @@ class ControlServer:
             session.send(protocol.encode(kind, data))
 
     async def _on_message(self, session: ClientSession, message: str | bytes) -> None:
-        request_id: str | None = None
+        """Check one message and carry it out; a structural request runs beside the stream.
+
+        A client's performance requests (a slider, a bypass) are carried out
+        in the order sent and at once; its add, remove or move runs as a task
+        of its own (the controller runs those one at a time, in arrival
+        order), so a bypass sent after an add is never held up by it.
+        """
         try:
             wait = session.bucket.take()
             if wait:
@@ -289,26 +299,41 @@ class ControlServer:
                     "too many messages; slow down", {"retry_after_ms": max(1, round(wait * 1000))}
                 )
             request = protocol.decode(message)
-            request_id = request.id
-            if request.type == "AUTH":
-                if self.config.auth == "token" and not self._token_ok(request.data.get("token")):
-                    self.sessions.discard(session)
-                    await self._refuse(session.connection, request_id)
-                    return
-                session.send(protocol.encode("AUTH", {"ok": True}, request_id))
-                return
-            outcome = await self.controller.execute(request)
-            for kind, data in outcome.reply:
-                session.send(protocol.encode(kind, data, request_id))
         except ApplianceError as exc:
-            if exc.public is not None:
-                log.warning("request from %s failed: %s", session.name, exc)
-            if request_id is None and not isinstance(exc, RateLimited):
-                request_id = _peek_id(message)
-            session.send(protocol.encode("ERROR", protocol.error_data(exc), request_id))
+            self._send_error(session, exc, None if isinstance(exc, RateLimited) else _peek_id(message))
+            return
+        if request.type == "AUTH":
+            if self.config.auth == "token" and not self._token_ok(request.data.get("token")):
+                self.sessions.discard(session)
+                await self._refuse(session.connection, request.id)
+                return
+            session.send(protocol.encode("AUTH", {"ok": True}, request.id))
+            return
+        if request.type in STRUCTURAL:
+            task = asyncio.get_running_loop().create_task(self._carry_out(session, request))
+            self._structural.add(task)
+            task.add_done_callback(self._structural.discard)
+            return
+        await self._carry_out(session, request)
+
+    async def _carry_out(self, session: ClientSession, request: protocol.Request) -> None:
+        """Execute a checked request; its replies or its error go to the requester."""
+        try:
+            outcome = await self.controller.execute(request)
+        except ApplianceError as exc:
+            self._send_error(session, exc, request.id)
+            return
         except Exception:
             log.exception("request from %s failed", session.name)
-            session.send(protocol.encode("ERROR", protocol.internal_error_data(), request_id))
+            session.send(protocol.encode("ERROR", protocol.internal_error_data(), request.id))
+            return
+        for kind, data in outcome.reply:
+            session.send(protocol.encode(kind, data, request.id))
+
+    def _send_error(self, session: ClientSession, exc: ApplianceError, request_id: str | None) -> None:
+        if exc.public is not None:
+            log.warning("request from %s failed: %s", session.name, exc)
+        session.send(protocol.encode("ERROR", protocol.error_data(exc), request_id))
 
     def broadcast(self, events: list[Event], reply_to: str | None, origin: dict[str, str] | None) -> None:
         """Send events to every authorized client, each encoded once. Loop thread."""

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import StoreError
 from .files import stale_temporaries, write_atomic
@@ -29,6 +29,8 @@ log = logging.getLogger("appliance.store")
 SAVE_TIMEOUT = 10.0
 #: Longest pause between retries of a save that failed.
 RETRY_MAX = 30.0
+#: Longest a change waits to be saved while more changes keep coming.
+SAVE_MAX_WAIT = 2.0
 
 
 class BoardStore:
@@ -85,37 +87,81 @@ class BoardStore:
             raise StoreError(f"cannot save the board to {self.path}: {exc.strerror}") from exc
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Timer(Protocol):
+    """What the saver needs of a clock: the asyncio loop has both methods."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Cancellable: ...
+
+
 class DebouncedSaver:
     """Saves a snapshot a short while after the last change, and on shutdown.
+
+    A change is saved ``delay`` seconds after the last one, but never later
+    than ``max_wait`` seconds after the first unsaved one: a held slider or
+    a stream of engine events cannot postpone saving without end (a power
+    cut then loses at most about ``max_wait`` seconds of changes).
 
     Writes never overlap (one lock); a failed write is logged and retried with
     a growing pause, so a full or read-only card does not silently stop the
     saving. All methods run on the loop's thread; the write itself runs in a
     worker.
+
+    Args:
+        store: where the board goes.
+        snapshot: the board as plain data, taken when the save starts.
+        delay: quiet time after a change before it is saved.
+        max_wait: longest a change waits to be saved.
+        timer: the clock (default: the running loop).
     """
 
-    def __init__(self, store: BoardStore, snapshot: Callable[[], dict[str, Any]], delay: float) -> None:
+    def __init__(
+        self,
+        store: BoardStore,
+        snapshot: Callable[[], dict[str, Any]],
+        delay: float,
+        max_wait: float = SAVE_MAX_WAIT,
+        timer: Timer | None = None,
+    ) -> None:
         self.store = store
         self.snapshot = snapshot
         self.delay = delay
+        self.max_wait = max(max_wait, delay)
         self.failures = 0
+        self._timer_source = timer
         self._dirty = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._first_unsaved: float | None = None
+        self._handle: Cancellable | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
 
     def changed(self) -> None:
-        """Note a change; the save happens ``delay`` seconds after the last one."""
+        """Note a change: saved ``delay`` after the last one, ``max_wait`` after the first at most."""
+        now = self._timer().time()
+        if self._first_unsaved is None:
+            self._first_unsaved = now
         self._dirty = True
-        self._schedule(self.delay)
+        self._schedule(min(now + self.delay, self._first_unsaved + self.max_wait))
 
-    def _schedule(self, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(delay, self._start)
+    async def settled(self) -> None:
+        """Wait for the saves under way (tests and shutdown)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _timer(self) -> Timer:
+        return self._timer_source if self._timer_source is not None else asyncio.get_running_loop()
+
+    def _schedule(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._timer().call_at(when, self._start)
 
     def _start(self) -> None:
-        self._timer = None
+        self._handle = None
         task = asyncio.get_running_loop().create_task(self._save())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -125,6 +171,7 @@ class DebouncedSaver:
             if not self._dirty:
                 return True
             self._dirty = False
+            self._first_unsaved = None
             try:
                 data = self.snapshot()
                 await asyncio.to_thread(self.store.save, data)
@@ -133,7 +180,7 @@ class DebouncedSaver:
                 self.failures += 1
                 retry = min(RETRY_MAX, self.delay * 2**self.failures)
                 log.error("board not saved (%s); retrying in %.1f s", exc, retry)
-                self._schedule(retry)
+                self._schedule(self._timer().time() + retry)
                 return False
             self.failures = 0
             return True
@@ -144,11 +191,11 @@ class DebouncedSaver:
         Returns:
             True when the board on disk is current.
         """
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
         saved = await asyncio.wait_for(self._save(), SAVE_TIMEOUT)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
         return saved

@@ -116,11 +116,16 @@ class BoxProcess:
         config: the config file (its folder gets ``box.log``).
         port: the HTTP/WebSocket port; default a free one.
         env: extra environment variables for the box (``APPLIANCE_NO_CARLA``).
+        user: run the box as this uid (and its gid = uid), as systemd runs it
+            as the service user (needs root).
     """
 
-    def __init__(self, config: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, port: int | None = None, env: dict[str, str] | None = None, user: int | None = None
+    ) -> None:
         self.config = config
         self.env = env or {}
+        self.user = user
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = config.parent / "box.log"
@@ -143,6 +148,8 @@ class BoxProcess:
         """Start the box and wait until /healthz says running; returns the http base URL."""
         argv = [sys.executable, "-m", "appliance", "run", "--config", str(self.config)]
         argv += ["--port", str(self.port)]
+        if self.user is not None:
+            argv = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--clear-groups", "--", *argv]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child holds it; closed right after
         try:
             self.proc = subprocess.Popen(

@@ -3,6 +3,7 @@ and hand-written descriptions of two real plugins (eg-amp, the TS9) for tests th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from appliance.controls import Alias, Control, PluginType
@@ -21,8 +22,12 @@ class FakeEngine(Engine):
         self.values: dict[str, dict[str, float]] = {}
         self.bypassed: dict[str, bool] = {}
         self.running = False
+        self.sample_rate = 48000
         self.fail_next_add = False
         self.down = False
+        #: While set and not released, add_plugin waits: a plugin that takes its time to start.
+        self.add_gate: asyncio.Event | None = None
+        self.starting: set[str] = set()
 
     async def start(self) -> None:
         self.running = True
@@ -39,9 +44,15 @@ class FakeEngine(Engine):
         if self.fail_next_add:
             self.fail_next_add = False
             raise PluginLoadFailed(f"{plugin_type.uri} failed to load")
-        self.chains[track_id].insert(position, plugin_id)
         self.values[plugin_id] = dict(values)
         self.bypassed[plugin_id] = bypass
+        if self.add_gate is not None:
+            self.starting.add(plugin_id)
+            try:
+                await self.add_gate.wait()
+            finally:
+                self.starting.discard(plugin_id)
+        self.chains[track_id].insert(position, plugin_id)
 
     def _track_of(self, plugin_id: str) -> str:
         return next(t for t, chain in self.chains.items() if plugin_id in chain)
@@ -64,7 +75,7 @@ class FakeEngine(Engine):
         self.bypassed[plugin_id] = bypass
 
     def info(self) -> EngineInfo:
-        return EngineInfo("fake", self.running, 48000, 128)
+        return EngineInfo("fake", self.running and not self.down, self.sample_rate, 128)
 
     def chain(self, track_id: str) -> list[str]:
         return list(self.chains[track_id])

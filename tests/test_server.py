@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,10 +19,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from appliance.app import health_report
 from appliance.board import Board
 from appliance.config import RateLimit, ServerConfig
-from appliance.control import Controller
-from appliance.engine import TrackPorts
+from appliance.control import ENGINE_EVENT_SENTENCES, Controller
+from appliance.engine import EngineEvent, TrackPorts
 from appliance.errors import ERROR_CODES
 from appliance.net import ControlServer
 from tests.fakes import FakeCatalog, FakeEngine
@@ -47,8 +49,15 @@ async def make_box(**server: Any) -> Box:
     )
     await engine.start()
     controller = Controller(Board([TRACK, "track_002"]), FakeCatalog(), engine)
+    engine.on_event = controller.engine_event  # as the composition root wires it
     config = ServerConfig(host="127.0.0.1", port=0, **server)
-    net = ControlServer(config, controller, lambda: (engine.running, engine.info().as_dict()), token="sekrit")
+    started = time.monotonic()
+    net = ControlServer(
+        config,
+        controller,
+        lambda: health_report(engine, controller.board, time.monotonic() - started),
+        token="sekrit",
+    )
     await net.start()
     return Box(net, controller, engine)
 
@@ -457,7 +466,8 @@ async def test_slow_client_is_dropped_not_waited_for() -> None:
 
 
 async def test_healthz_and_static(box: Box) -> None:
-    """/healthz reports engine state as JSON; / serves the page; other paths 404."""
+    """/healthz reports the engine's own figures and the board as JSON, 503 once the engine is down;
+    / serves the page; other paths 404."""
     base = f"http://127.0.0.1:{box.server.port}"
 
     def get(path: str) -> tuple[int, bytes]:
@@ -467,11 +477,75 @@ async def test_healthz_and_static(box: Box) -> None:
         except urllib.error.HTTPError as error:
             return error.code, error.read()
 
+    async with connect(box.url) as phone:
+        await add_gain(phone)
+    box.engine.sample_rate = 44100
     status, body = await asyncio.to_thread(get, "/healthz")
     report = json.loads(body)
-    assert status == 200 and report["running"] is True and report["sample_rate"] == 48000
+    assert status == 200 and report["running"] is True
+    assert (report["engine"], report["sample_rate"], report["board_plugins"], report["clients"]) == ("fake", 44100, 1, 0)
     status, body = await asyncio.to_thread(get, "/")
     assert status == 200 and b"<html" in body
     assert (await asyncio.to_thread(get, "/../pyproject.toml"))[0] == 404
-    box.engine.running = False
-    assert (await asyncio.to_thread(get, "/healthz"))[0] == 503
+    box.engine.down = True
+    status, body = await asyncio.to_thread(get, "/healthz")
+    assert status == 503 and json.loads(body)["running"] is False
+
+
+async def test_a_footswitch_never_waits_for_a_plugin_start(box: Box) -> None:
+    """While a plugin takes its time to start, a bypass and a knob on the board that plays are
+    echoed at once; a knob turned on the starting plugin is kept, and it joins with that value."""
+    async with connect(box.url) as phone:
+        first = (await add_gain(phone, "a1"))["data"]["plugin_id"]
+        box.engine.add_gate = asyncio.Event()
+        await request(phone, "PLUGIN_ADD", {"track_id": TRACK, "name": "Gain", "plugin_path": "", "plugin_id": ""}, "slow")
+        async with asyncio.timeout(RECV_TIMEOUT):
+            while not box.engine.starting:
+                await asyncio.sleep(0.001)
+        starting = next(iter(box.engine.starting))
+        await request(phone, "PLUGIN_BYPASS", {"track_id": TRACK, "plugin_id": first, "bypass": True}, "fs")
+        echo = await recv(phone)
+        assert (echo["type"], echo["reply_to"]) == ("PLUGIN_BYPASS", "fs")
+        assert box.engine.bypassed[first] is True
+        knob = {"track_id": TRACK, "plugin_id": starting, "parameter_id": "gain", "parameter_value": -9}
+        await request(phone, "PLUGIN_PARAMETER", knob, "knob")
+        echo = await recv(phone)
+        assert (echo["type"], echo["reply_to"], echo["data"]["parameter_value"]) == ("PLUGIN_PARAMETER", "knob", -9.0)
+        assert box.engine.values[starting] == {"gain": -9.0}
+        assert box.engine.chain(TRACK) == [first]  # the add is still going
+        box.engine.add_gate.set()
+        added = await recv_type(phone, "PLUGIN_ADD")
+        assert added["reply_to"] == "slow" and added["data"]["plugin_id"] == starting
+        assert added["data"]["parameters"] == {"gain": -9.0}
+        assert box.engine.chain(TRACK) == [first, starting]
+
+
+async def test_engine_parameter_changes_reach_every_client_and_the_board(box: Box) -> None:
+    """A value the engine changed itself (a plugin's own automation, a preset inside the host)
+    is committed to the board and broadcast as PLUGIN_PARAMETER, in the client's units."""
+    async with connect(box.url) as phone:
+        plugin = (await add_gain(phone))["data"]["plugin_id"]
+        box.engine.on_event(EngineEvent("parameter", plugin, values={"gain": -4.5}))
+        event = await recv_type(phone, "PLUGIN_PARAMETER")
+        assert event["data"] == {"track_id": TRACK, "plugin_id": plugin, "parameter_id": "gain", "parameter_value": -4.5}
+        assert event["origin"] == {"source": "engine"}
+        assert box.controller.board.plugin(TRACK, plugin).values == {"gain": -4.5}
+        box.engine.on_event(EngineEvent("parameter", plugin, values={"gain": -4.5}))  # no change: no event
+        await phone.send('{"id": "sync", "type": "PING"}')
+        assert (await recv(phone))["type"] == "PONG"
+
+
+@pytest.mark.parametrize(
+    ("kind", "sentence"),
+    [(kind, sentence) for kind, sentence in ENGINE_EVENT_SENTENCES.items()],
+)
+async def test_engine_events_tell_clients_without_internals(box: Box, kind: str, sentence: str) -> None:
+    """Every engine event kind reaches clients as ENGINE_EVENT with the box's own sentence; the
+    engine's message (process output, paths, library errors) stays in the log."""
+    internals = "jalv exited with signal SIGSEGV: /usr/lib/lv2/secret.lv2 | LD_LIBRARY_PATH=/opt/x"
+    async with connect(box.url) as phone:
+        plugin = (await add_gain(phone))["data"]["plugin_id"]
+        box.engine.on_event(EngineEvent(kind, plugin, internals))
+        event = await recv_type(phone, "ENGINE_EVENT")
+        assert event["data"] == {"kind": kind, "plugin_id": plugin, "message": sentence}
+        assert "secret" not in json.dumps(event)

@@ -1,13 +1,18 @@
 """Persistence: atomic saves, the last good board kept, corrupt files survived."""
 
-import asyncio
+from __future__ import annotations
+
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,49 +43,126 @@ def test_corrupt_file_falls_back_to_last_good(tmp_path: Path, caplog: pytest.Log
     assert "unreadable" in caplog.text
 
 
-def test_unwritable_folder_raises_and_keeps_old(tmp_path: Path) -> None:
-    """A failed save raises StoreError and leaves the saved board as it was."""
+def test_failed_save_raises_and_keeps_the_board(tmp_path: Path) -> None:
+    """A save that cannot write its temporary file raises StoreError; the saved board is untouched."""
     store = BoardStore(tmp_path)
     store.save({"n": 1})
-    blocker = tmp_path / "data"
-    blocker.write_text("a file, not a folder")
-    with pytest.raises(StoreError):
-        BoardStore(blocker).save({"n": 2})
+    (tmp_path / f".board.json.{os.getpid()}.tmp").mkdir()  # the temporary file cannot be made
+    with pytest.raises(StoreError, match="cannot save the board"):
+        store.save({"n": 2})
     assert store.load() == {"n": 1}
+    assert (tmp_path / "board.json.bak").exists() is False  # nothing was rotated either
 
 
-async def test_debounced_saver_coalesces_and_flushes(tmp_path: Path) -> None:
-    """Many changes make one save after the delay; flush writes what is pending."""
-    store = BoardStore(tmp_path)
+class FakeTimer:
+    """The saver's clock, moved by hand: ``advance`` runs what has come due, in order."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pending: list[FakeHandle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> FakeHandle:
+        handle = FakeHandle(when, callback)
+        self.pending.append(handle)
+        return handle
+
+    def advance(self, to: float) -> None:
+        self.now = to
+        for handle in sorted(self.pending, key=lambda h: h.when):
+            if not handle.cancelled and handle.when <= to:
+                handle.cancelled = True
+                handle.callback()
+        self.pending = [h for h in self.pending if not h.cancelled]
+
+
+@dataclass
+class FakeHandle:
+    when: float
+    callback: Callable[[], object]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class CountingStore(BoardStore):
+    """A real store that also notes the fake time of each save."""
+
+    def __init__(self, folder: Path, timer: FakeTimer) -> None:
+        super().__init__(folder)
+        self.timer = timer
+        self.saved_at: list[float] = []
+
+    def save(self, data: dict[str, Any]) -> None:
+        super().save(data)
+        self.saved_at.append(self.timer.now)
+
+
+async def test_a_burst_of_changes_is_one_save_after_the_quiet_delay(tmp_path: Path) -> None:
+    """50 changes within 0.1 s make exactly one save, 0.5 s after the last, with the last value."""
+    timer = FakeTimer()
+    store = CountingStore(tmp_path, timer)
     state = {"n": 0}
-    saver = DebouncedSaver(store, lambda: dict(state), delay=60.0)
+    saver = DebouncedSaver(store, lambda: dict(state), delay=0.5, max_wait=2.0, timer=timer)
     for i in range(50):
+        timer.advance(i * 0.002)
         state["n"] = i
         saver.changed()
-    assert store.load() is None
-    await saver.flush()
-    assert store.load() == {"n": 49}
+    timer.advance(0.5)
+    await saver.settled()
+    assert store.saved_at == [] and store.load() is None
+    timer.advance(0.098 + 0.5)
+    await saver.settled()
+    assert store.saved_at == [pytest.approx(0.598)] and store.load() == {"n": 49}
+
+
+async def test_a_held_slider_cannot_postpone_the_save_past_the_maximum_wait(tmp_path: Path) -> None:
+    """A change every 0.1 s for 10 s (never 0.5 s of quiet): a save at least every 2 s all the same."""
+    timer = FakeTimer()
+    store = CountingStore(tmp_path, timer)
+    state = {"n": 0}
+    saver = DebouncedSaver(store, lambda: dict(state), delay=0.5, max_wait=2.0, timer=timer)
+    for i in range(100):
+        timer.advance(i * 0.1)
+        await saver.settled()
+        state["n"] = i
+        saver.changed()
+    timer.advance(10.0)
+    await saver.settled()
+    times = [0.0, *store.saved_at]
+    assert len(store.saved_at) >= 4
+    assert max(b - a for a, b in itertools.pairwise(times)) <= 2.0 + 1e-9
+    assert store.load() is not None and store.load()["n"] >= 80  # type: ignore[index]
+
+
+async def test_flush_writes_what_is_pending_at_once(tmp_path: Path) -> None:
+    """flush (shutdown) saves a pending change without waiting for the delay."""
+    timer = FakeTimer()
+    store = CountingStore(tmp_path, timer)
+    saver = DebouncedSaver(store, lambda: {"n": 7}, delay=60.0, timer=timer)
+    saver.changed()
+    assert await saver.flush() is True
+    assert store.load() == {"n": 7} and store.saved_at == [0.0]
 
 
 async def test_failed_save_is_retried_not_forgotten(tmp_path: Path) -> None:
     """A save that fails (folder blocked by a file) is retried and lands once the folder is usable."""
+    timer = FakeTimer()
     blocked = tmp_path / "data"
     blocked.write_text("not a folder yet")
-    store = BoardStore(blocked)
-    saver = DebouncedSaver(store, lambda: {"n": 1}, delay=0.01)
+    store = CountingStore(blocked, timer)
+    saver = DebouncedSaver(store, lambda: {"n": 1}, delay=0.1, timer=timer)
     saver.changed()
-    for _ in range(500):
-        await asyncio.sleep(0.01)
-        if saver.failures:
-            break
-    assert saver.failures >= 1 and store.load() is None
+    timer.advance(0.1)
+    await saver.settled()
+    assert saver.failures == 1 and store.saved_at == []
     blocked.unlink()
-    for _ in range(500):
-        await asyncio.sleep(0.01)
-        if saver.failures == 0:
-            break
-    assert store.load() == {"n": 1}
-    assert await saver.flush() is True
+    timer.advance(0.1 + 0.2)  # the retry comes after delay * 2**failures
+    await saver.settled()
+    assert saver.failures == 0 and store.load() == {"n": 1}
 
 
 WRITER = textwrap.dedent(
