@@ -1,6 +1,6 @@
 """Control-plane benchmark: the box's WebSocket server beside a bare websockets server.
 
-Run ``python -m hil.bench_control [--engine fake|jalv] [--seconds N]``. Each
+Run ``python -m hil.bench_control [--engine fake|jalv|carla] [--seconds N]``. Each
 server under test runs alone in a subprocess of this module (``--serve box``
 or ``--serve bare``); the clients run in this process, pinned to another CPU
 when there is one, so client work does not inflate the server's figures. Both
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import inspect
 import itertools
 import json
 import logging
@@ -158,37 +157,32 @@ async def _serve_bare() -> tuple[Any, dict[str, Any]]:
     }
 
 
-def _jalv_engine(tracks: Sequence[Any]) -> tuple[Any, str]:
-    """A JalvEngine on a private JACK dummy server, whichever constructor it has now.
+def _real_engine(kind: str, tracks: Sequence[Any]) -> tuple[Any, str]:
+    """A real engine on a private JACK dummy server (48 kHz, 128 frames, realtime if allowed).
 
     Raises:
-        NotReady: the adapter is missing, does not import, or takes neither form.
+        NotReady: the engine cannot run here (Carla not installed, say).
     """
-    if not (ROOT / "appliance" / "engine" / "jalv.py").exists():
-        raise NotReady("appliance/engine/jalv.py does not exist yet")
-    try:
-        from appliance.engine import jalv
-    except Exception as exc:
-        raise NotReady(f"appliance/engine/jalv.py does not import: {exc!r}") from exc
-    from appliance.config import DummyServer, JackConfig
+    from appliance.config import CarlaConfig, DummyServer, JackConfig
+    from appliance.engine.jackserver import DummySettings
 
-    engine_class = getattr(jalv, "JalvEngine", None)
-    if engine_class is None:
-        raise NotReady("appliance/engine/jalv.py has no JalvEngine")
-    signature = inspect.signature(engine_class)
-    parameters = list(signature.parameters.values())
-    if len(parameters) > 1 and "JackConfig" in str(parameters[1].annotation):
-        jack = JackConfig(server=None, dummy=DummyServer(rate=48000, period=128, realtime=False))
-        return engine_class(tracks, jack), "JalvEngine(tracks, JackConfig(dummy: 48000 Hz, 128 frames))"
-    if "dummy_server" in signature.parameters:
-        from appliance.engine.jackserver import DummySettings
+    if kind == "jalv":
+        from appliance.engine.jalv import JalvEngine
 
-        settings = DummySettings(sample_rate=48000, period=128, realtime=False)
-        return engine_class(tracks, dummy_server=settings), (
-            "JalvEngine(tracks, dummy_server=DummySettings(48000, 128)) (this JalvEngine takes "
-            "server_name/dummy_server=, not a JackConfig)"
+        return JalvEngine(tracks, dummy_server=DummySettings(48000, 128, realtime=True)), (
+            "JalvEngine on a private dummy JACK server (48000 Hz, 128 frames, realtime if allowed)"
         )
-    raise NotReady(f"JalvEngine{signature} takes neither a JackConfig nor dummy_server=")
+    from appliance.engine import carla
+
+    if (why := carla.unavailable(None)) is not None:
+        raise NotReady(why)
+    from appliance.engine.carla.engine import CarlaEngine
+
+    jack = JackConfig(dummy=DummyServer(48000, 128, realtime=True))
+    return CarlaEngine(tracks, CarlaConfig(), jack), (
+        "CarlaEngine (its host process, JACK multiple clients) on a private dummy JACK server "
+        "(48000 Hz, 128 frames, realtime if allowed)"
+    )
 
 
 async def _serve_box(engine_kind: str) -> tuple[Any, dict[str, Any]]:
@@ -212,8 +206,9 @@ async def _serve_box(engine_kind: str) -> tuple[Any, dict[str, Any]]:
         catalog = await asyncio.to_thread(Catalog.load, ROOT / "config" / "plugins.yaml", False)
         if catalog.lookup("gain") is None:
             raise NotReady("the catalog has no 'gain' plugin (eg-amp not installed, or no liblilv)")
-        engine, engine_note = _jalv_engine([TrackPorts(TRACK, ("system:capture_1",), ("system:playback_1",))])
-        engine_note += " (jackd and jalv inherit the server process's CPU)"
+        tracks = [TrackPorts(TRACK, ("system:capture_1",), ("system:playback_1",))]
+        engine, engine_note = _real_engine(engine_kind, tracks)
+        engine_note += " (jackd and the plugin hosts inherit the server process's CPU)"
     try:
         await engine.start()
     except Exception as exc:
@@ -769,7 +764,9 @@ async def bench_main(args: argparse.Namespace) -> int:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hil.bench_control", description=__doc__.split("\n")[0])
-    parser.add_argument("--engine", choices=("fake", "jalv"), default="fake", help="the box's engine")
+    parser.add_argument(
+        "--engine", choices=("fake", "jalv", "carla"), default="fake", help="the box's engine"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="paced run length (unpaced: half)")
     parser.add_argument("--rate", type=float, default=TARGET_RATE, help="paced run target, changes/s")
     parser.add_argument("--samples", type=int, default=3000, help="round trips per latency figure")

@@ -31,7 +31,8 @@ gain. For each configuration:
    dragging a different control at 60 Hz (``PLUGIN_PARAMETER``, about 1,200
    changes/s in all, each broadcast to all 20): DSP load (mean, max), xruns,
    changes delivered, echo latency, and the CPU of the box process, of its
-   plugin processes (jalv or Carla bridges) and of jackd (from ``/proc``).
+   plugin processes (jalv, the Carla host process, Carla bridges) and of jackd
+   (from ``/proc``).
 
 A measurement, not a test: it prints the table and exits 0 whatever the
 figures. Traffic goes to 127.0.0.1 only; every phase is bounded in time and
@@ -150,7 +151,7 @@ def write_config(folder: Path, variant: Variant, port: int) -> Path:
             "server": server_prefix() + secrets.token_hex(3),
             "dummy": {"rate": SAMPLE_RATE, "period": PERIOD, "realtime": True},
         },
-        "carla": {"driver": "jack", "bridges": variant.bridges},
+        "carla": {"bridges": variant.bridges},
     }
     data["demo"] = []
     path = folder / "box.yaml"
@@ -313,12 +314,19 @@ def realtime_threads(pid: int) -> tuple[int, int]:
     return realtime, total
 
 
+#: The Carla host process's command line says this (its comm is just "python").
+CARLA_HOST_MODULE = b"appliance.engine.carla.host"
+
+
 def process_class(pid: int, comm: str, box_pid: int) -> str:
-    """Which CPU row a process counts in: box, plugins, jackd or other."""
+    """Which CPU row a process counts in: box, plugins, jackd or other (blocking: /proc)."""
     if pid == box_pid:
         return "box"
     if comm == "jalv" or comm.startswith("carla-bridge"):
         return "plugins"
+    with contextlib.suppress(OSError):
+        if CARLA_HOST_MODULE in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return "plugins"
     if comm.startswith("jackd"):
         return "jackd"
     return "other"
@@ -1031,7 +1039,7 @@ def _rows(columns: list[Column], args: argparse.Namespace) -> list[list[str]]:
     sweep_row("own echo p50 (ms)", lambda s: _number(s.echo_p50_ms, 2))
     sweep_row("own echo p99 (ms)", lambda s: _number(s.echo_p99_ms, 2))
     sweep_row("CPU box process (% of a core)", lambda s: _number(s.cpu.get("box"), 1))
-    sweep_row("CPU plugin processes (jalv / bridges)", lambda s: _number(s.cpu.get("plugins"), 1))
+    sweep_row("CPU plugin processes (jalv / Carla host)", lambda s: _number(s.cpu.get("plugins"), 1))
     sweep_row("CPU jackd", lambda s: _number(s.cpu.get("jackd"), 1))
     sweep_row("CPU total box+plugins+jackd", lambda s: _number(
         sum(s.cpu.get(k, 0.0) for k in ("box", "plugins", "jackd")) if s.cpu else None, 1
@@ -1043,12 +1051,9 @@ def _rows(columns: list[Column], args: argparse.Namespace) -> list[list[str]]:
 
 def _header(args: argparse.Namespace, columns: list[Column]) -> str:
     slider_names = ", ".join(f"{s.plugin}.{s.parameter_id}" for s in args.controls)
-    try:
-        from appliance.engine.carla import PLUGIN_PREROLL
+    from appliance.engine.carla.engine import PLUGIN_PREROLL
 
-        preroll = f"{PLUGIN_PREROLL * 1000:.0f} ms"
-    except ImportError:
-        preroll = "its pre-roll"
+    preroll = f"{PLUGIN_PREROLL * 1000:.0f} ms"
     return "\n".join(
         [
             "hil.bench_engines — the same board under each engine (same run, one after the other)",
@@ -1059,7 +1064,7 @@ def _header(args: argparse.Namespace, columns: list[Column]) -> str:
             "(JackServer tries -R -P 70, falls back to --no-realtime)",
             f"  board on {TRACK}: {' -> '.join(BOARD)} (reverb wet_dry 0.3, room_size 0.5; none bypassed)",
             "  box: python -m appliance run --config <tmp yaml> (config/virtual.yaml + engine.kind, "
-            "jack.dummy, carla {driver: jack, bridges}, demo: []); shipped rate limit",
+            "jack.dummy, carla {bridges}, demo: []); shipped rate limit",
             f"  adds: p50 over {args.adds} add+remove rounds per type on an otherwise empty track; "
             f"Carla's add_plugin includes its {preroll} unconnected pre-roll (PLUGIN_PREROLL)",
             "  box start: process start -> /healthz 200 with running and the engine's plugin count "
@@ -1069,8 +1074,8 @@ def _header(args: argparse.Namespace, columns: list[Column]) -> str:
             f"{SLIDER_RATE:g} Hz (triangle over its range every {SWEEP_PERIOD:g} s, ticks staggered); "
             f"every change is broadcast to all {CLIENTS}; /healthz sampled every {SAMPLE_INTERVAL:g} s",
             f"  controls: {slider_names}",
-            "  CPU: /proc utime+stime over the sweep, % of one core; the box process includes Carla's "
-            "in-process DSP; plugin processes = jalv (jalv) or carla-bridge-native (bridges); "
+            "  CPU: /proc utime+stime over the sweep, % of one core; plugin processes = jalv (jalv), "
+            "the Carla host process and carla-bridge-native (bridges); "
             "the clients are pinned to the first CPU during the sweep, the box and its children are not",
             f"  columns: {', '.join(c.variant.label for c in columns)}",
         ]
@@ -1106,13 +1111,13 @@ def unavailable(variant: Variant) -> str | None:
         if shutil.which("jalv") is None or shutil.which("jackd") is None:
             return "jalv or jackd is not installed"
         return None
-    from appliance.engine import carla
+    from appliance.engine.carla import install
 
-    reason = carla.unavailable(None)
+    reason = install.unavailable(None)
     if reason is None and variant.bridges:
-        paths = carla.find_carla(None)
-        if not (paths.lib_dir / carla.BRIDGE_BINARY).is_file():
-            reason = f"no {carla.BRIDGE_BINARY} in {paths.lib_dir}"
+        paths = install.find_carla(None)
+        if not (paths.lib_dir / install.BRIDGE_BINARY).is_file():
+            reason = f"no {install.BRIDGE_BINARY} in {paths.lib_dir}"
     return reason
 
 

@@ -9,6 +9,7 @@ where Carla is absent); finding Carla is tested in ``test_carla_install.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -237,6 +238,31 @@ async def test_a_host_that_keeps_crashing_stays_down_and_the_track_plays_dry(
         assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
     finally:
         await engine.stop()
+
+
+def _network_sockets(pid: int) -> list[str]:
+    """The TCP/UDP sockets (IPv4 and IPv6) that process ``pid`` holds, as /proc/net lines."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            if line.split()[9] in inodes:
+                found.append(f"{table}: {line.strip()}")
+    return found
+
+
+async def test_the_host_opens_no_network_port(carla: CarlaEngine) -> None:
+    """Carla's OSC control (no authentication, every interface) is off: the host process holds
+    no TCP or UDP socket, so the box's token and origin checks are the only way in."""
+    await carla.add_plugin(TRACK, "amp", AMP, 0, {"gain": -6.0})
+    pid = carla.host_pid
+    assert pid is not None
+    assert _network_sockets(pid) == []
 
 
 async def test_two_engines_run_side_by_side(jack_server: JackServer) -> None:

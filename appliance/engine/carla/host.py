@@ -147,6 +147,11 @@ class CarlaHost:
             host.set_engine_option(b.ENGINE_OPTION_PATH_RESOURCES, 0, str(self.paths.resources))
         host.set_engine_option(b.ENGINE_OPTION_PREFER_PLUGIN_BRIDGES, int(self.bridges), "")
         host.set_engine_option(b.ENGINE_OPTION_PREFER_UI_BRIDGES, 0, "")
+        # Carla's own OSC control listens on every interface with no authentication:
+        # off, so that the box's token and origin checks are the only way in.
+        host.set_engine_option(b.ENGINE_OPTION_OSC_ENABLED, 0, "")
+        host.set_engine_option(b.ENGINE_OPTION_OSC_PORT_TCP, -1, "")
+        host.set_engine_option(b.ENGINE_OPTION_OSC_PORT_UDP, -1, "")
         if self.bridges and not (self.paths.lib_dir / BRIDGE_BINARY).is_file():
             raise EngineError(f"bridges are on but there is no {BRIDGE_BINARY} in {self.paths.lib_dir}")
         if not host.engine_init("JACK", self.client_name):
