@@ -30,7 +30,7 @@ from websockets.http11 import Response
 from . import protocol
 from .config import RateLimit, ServerConfig
 from .control import STRUCTURAL, Controller, Event
-from .errors import ApplianceError, RateLimited, Unauthorized
+from .errors import ApplianceError, EngineError, RateLimited, Unauthorized
 
 log = logging.getLogger("appliance.net")
 
@@ -140,6 +140,7 @@ class ControlServer:
         self.server: Server | None = None
         self.static: dict[str, Response] = {}
         self._structural: set[asyncio.Task[None]] = set()
+        self._stopping = False
         name = socket.gethostname().lower()
         self.hostnames = {name, f"{name}.local"}
         controller.publishers.append(self.broadcast)
@@ -163,7 +164,8 @@ class ControlServer:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
-        """Stop taking connections, let structural requests under way finish, close clients."""
+        """Refuse new structural requests, let those under way finish, then close every client."""
+        self._stopping = True
         if self._structural:
             await asyncio.wait(self._structural, timeout=SERVER_CLOSE_TIMEOUT)
         if self.server is not None:
@@ -310,6 +312,9 @@ class ControlServer:
             session.send(protocol.encode("AUTH", {"ok": True}, request.id))
             return
         if request.type in STRUCTURAL:
+            if self._stopping:
+                self._send_error(session, EngineError("the box is stopping"), request.id)
+                return
             task = asyncio.get_running_loop().create_task(self._carry_out(session, request))
             self._structural.add(task)
             task.add_done_callback(self._structural.discard)

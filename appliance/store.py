@@ -136,6 +136,7 @@ class DebouncedSaver:
         self._timer_source = timer
         self._dirty = False
         self._first_unsaved: float | None = None
+        self._retry_at: float | None = None
         self._handle: Cancellable | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[bool]] = set()
@@ -146,7 +147,10 @@ class DebouncedSaver:
         if self._first_unsaved is None:
             self._first_unsaved = now
         self._dirty = True
-        self._schedule(min(now + self.delay, self._first_unsaved + self.max_wait))
+        due = min(now + self.delay, self._first_unsaved + self.max_wait)
+        if self._retry_at is not None:
+            due = max(due, self._retry_at)  # a failing card is not hammered by every change
+        self._schedule(due)
 
     async def settled(self) -> None:
         """Wait for the saves under way (tests and shutdown)."""
@@ -180,9 +184,11 @@ class DebouncedSaver:
                 self.failures += 1
                 retry = min(RETRY_MAX, self.delay * 2**self.failures)
                 log.error("board not saved (%s); retrying in %.1f s", exc, retry)
-                self._schedule(self._timer().time() + retry)
+                self._retry_at = self._timer().time() + retry
+                self._schedule(self._retry_at)
                 return False
             self.failures = 0
+            self._retry_at = None
             return True
 
     async def flush(self) -> bool:

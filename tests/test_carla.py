@@ -24,7 +24,7 @@ import pytest_asyncio
 from appliance.catalog import Catalog
 from appliance.config import CarlaConfig, JackConfig
 from appliance.controls import Control, PluginType
-from appliance.engine import EngineEvent, TrackPorts
+from appliance.engine import EngineEvent, SavedPlugin, TrackPorts
 from appliance.engine.carla.engine import CarlaEngine
 from appliance.engine.jackserver import JackServer
 from appliance.engine.respawn import RespawnSettings
@@ -196,6 +196,48 @@ async def test_a_native_crash_is_a_gap_not_an_outage(
     assert carla.chain(TRACK) == ["amp", "drive"]
     assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
     assert (await carla.values("drive"))["BYPASS"] == 0.0
+
+
+async def test_a_crash_while_a_board_loads_keeps_the_board(
+    carla: CarlaEngine, rig: Rig, events: list[EngineEvent]
+) -> None:
+    """The host dies while a saved board is loading: no plugin is given up; all come back."""
+    carla.preroll = 1.0
+    loading = asyncio.ensure_future(
+        carla.load_board(
+            [
+                SavedPlugin(TRACK, "a", AMP, {"gain": -3.0}),
+                SavedPlugin(TRACK, "b", AMP, {"gain": -3.0}),
+                SavedPlugin(TRACK, "c", TS9, {"fslider2_": 1.0}, bypass=True),
+            ]
+        )
+    )
+    async with asyncio.timeout(EVENT_TIMEOUT):
+        while not carla.info().details.get("starting"):
+            await asyncio.sleep(0.001)
+    carla.kill_host(signal.SIGKILL)
+    assert await loading == {}
+    assert carla.chain(TRACK) == ["a", "b", "c"]
+    await _wait_for(events, "engine-restored")
+    assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+
+
+async def test_a_crash_during_a_plugins_preroll_brings_it_back(
+    carla: CarlaEngine, rig: Rig, events: list[EngineEvent]
+) -> None:
+    """The host dies while a new plugin pre-rolls: the add still lands, and the plugin comes back."""
+    await carla.add_plugin(TRACK, "a", AMP, 0, {"gain": -3.0})
+    carla.preroll = 2.0
+    adding = asyncio.ensure_future(carla.add_plugin(TRACK, "b", AMP, 1, {"gain": -3.0}))
+    async with asyncio.timeout(EVENT_TIMEOUT):
+        while carla.info().details.get("starting") != 1 or "b" not in carla._hosted_by:
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.3)  # well inside the pre-roll
+    carla.kill_host(signal.SIGKILL)
+    await adding
+    assert carla.chain(TRACK) == ["a", "b"]
+    await _wait_for(events, "engine-restored")
+    assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
 
 
 async def test_a_hung_host_is_killed_and_replaced(

@@ -7,7 +7,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import jack
 import pytest
@@ -235,3 +235,29 @@ async def test_wiring_leaves_other_connections_to_the_track_alone(jack_server: J
         assert gain_db(recorded[:, 0], reference) == pytest.approx(0.0, abs=0.1)
     finally:
         await wiring.close()
+
+
+class FailingActivateClient(jack.Client):  # type: ignore[misc]
+    """A real JACK client whose activate() fails, as on a server that refuses it."""
+
+    closed: ClassVar[list[str]] = []
+
+    def activate(self) -> None:
+        raise jack.JackError("activate refused")
+
+    def close(self, ignore_errors: bool = True) -> None:
+        if not getattr(self, "was_closed", False):  # JACK-Client's __del__ closes again
+            self.was_closed = True
+            type(self).closed.append(self.name)
+        super().close(ignore_errors)
+
+
+async def test_wiring_closes_its_client_when_activate_fails(jack_server: JackServer) -> None:
+    """A wiring client that cannot be activated is closed again, not left registered on the server."""
+    wiring = JackWiring(
+        "wire-refused", jack_server.name, lambda name, up: None, lambda why: None, client_factory=FailingActivateClient
+    )
+    with pytest.raises(EngineError, match="activate refused"):
+        await wiring.open()
+    assert FailingActivateClient.closed == ["wire-refused"]
+    assert not wiring.is_open

@@ -165,6 +165,37 @@ async def test_failed_save_is_retried_not_forgotten(tmp_path: Path) -> None:
     assert saver.failures == 0 and store.load() == {"n": 1}
 
 
+async def test_changes_do_not_hammer_a_failing_card(tmp_path: Path) -> None:
+    """While saves fail, a change every 0.15 s (longer than the 0.1 s quiet delay) does not make
+    a write attempt each: the attempts keep their growing backoff. None of the changes is lost."""
+    timer = FakeTimer()
+    blocked = tmp_path / "data"
+    blocked.write_text("not a folder yet")
+    attempts: list[float] = []
+
+    class Counting(BoardStore):
+        def save(self, data: dict[str, Any]) -> None:
+            attempts.append(timer.now)
+            super().save(data)
+
+    state = {"n": 0}
+    saver = DebouncedSaver(Counting(blocked), lambda: dict(state), delay=0.1, max_wait=2.0, timer=timer)
+    for i in range(1, 21):  # 3 s of changes, every 0.15 s; the card fails all along
+        timer.advance(i * 0.15)
+        await saver.settled()
+        state["n"] = i
+        saver.changed()
+    timer.advance(3.05)
+    await saver.settled()
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert len(attempts) <= 5, f"{len(attempts)} write attempts in 3 s on a failing card: {attempts}"
+    assert gaps == sorted(gaps), f"the backoff did not grow: {attempts}"
+    blocked.unlink()
+    timer.advance(60.0)
+    await saver.settled()
+    assert Counting(blocked).load() == {"n": 20}
+
+
 WRITER = textwrap.dedent(
     """
     import sys

@@ -2,7 +2,9 @@
 
 Adapters: :class:`appliance.engine.jalv.JalvEngine` (each plugin a ``jalv``
 process on JACK, Debian packages only) and
-:class:`appliance.engine.carla.CarlaEngine` (Carla in-process). Only
+:class:`appliance.engine.carla.engine.CarlaEngine` (every plugin in one Carla
+host process); both chain their plugins with JACK connections
+(:mod:`appliance.engine.jackengine`). Only
 :mod:`appliance.app` chooses one. Every method is called from the asyncio
 loop's thread; adapters do their blocking work elsewhere.
 
@@ -79,7 +81,8 @@ class EngineEvent:
     """Something that happened inside the engine, for the loop to act on.
 
     kinds: ``plugin-died`` (message says why), ``plugin-restored``,
-    ``parameter`` (symbol/value changed inside the engine), ``engine-died``.
+    ``parameter`` (symbol/value changed inside the engine), ``engine-died``,
+    ``engine-restored`` (message says how long the tracks played dry).
     """
 
     kind: str

@@ -94,6 +94,7 @@ class Slot:
         hosted_bypass: True when its host bypasses it (an enable control,
             dry/wet); False when bypass routes the chain around it.
         retired: removed or failed; nothing may bring it back.
+        lost: its host went away since this slot last started.
     """
 
     id: str
@@ -107,6 +108,7 @@ class Slot:
     state: State = "loading"
     hosted_bypass: bool = False
     retired: bool = False
+    lost: bool = False  # its host went away since it last started
 
     @property
     def ports(self) -> tuple[str, ...]:
@@ -152,6 +154,8 @@ class JackChainEngine(Engine):
         super().__init__(tracks, on_event)
         self.server_name = server_name
         self.preroll = preroll
+        #: How long one plugin start may take (None: the hosting engine bounds its own steps).
+        self.start_timeout: float | None = PLUGIN_START_TIMEOUT
         self._dummy_settings = dummy_server
         self._server: JackServer | None = None
         prefix = client_prefix if client_prefix is not None else f"{self.name}-{secrets.token_hex(2)}"
@@ -185,7 +189,8 @@ class JackChainEngine(Engine):
 
         Sets ``slot.client_name``, ``slot.inputs``, ``slot.outputs`` and
         ``slot.hosted_bypass``. On any failure, cancellation included, what
-        was started is stopped again before the exception propagates.
+        was started is stopped again before the exception propagates (a host
+        that has ended meanwhile took its plugins with it).
 
         Raises:
             PluginLoadFailed: the plugin could not be started.
@@ -211,6 +216,14 @@ class JackChainEngine(Engine):
     def _changer(self) -> Changer | None:
         """Who makes the connections: None for the wiring client itself (see :class:`Changer`)."""
         return None
+
+    def _host_lost(self, exc: BaseException) -> bool:
+        """True when a start failed only because the plugins' host went away, and the
+        engine brings every plugin back once it has a host again (the slot joins down)."""
+        return False
+
+    def _joined_down(self, slot: Slot) -> None:
+        """A slot joined its chain down (its host went away as it started); bring it back."""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -324,10 +337,15 @@ class JackChainEngine(Engine):
         except BaseException:
             await self._abandon(slot)
             raise
+        if slot.state == "down":  # its host went away during the pre-roll
+            self._joined_down(slot)
         log.debug("added %s (%s) to %s", plugin_id, plugin_type.uri, track_id)
 
     async def load_board(self, plugins: Sequence[SavedPlugin]) -> dict[str, ApplianceError]:
         """Start every plugin at once, settle them together, then wire them in with one rewire.
+
+        A plugin whose host went away while it started (a crash) is kept: it
+        joins its chain down, and the engine brings it back with the host.
 
         Returns:
             plugin id → why it could not be loaded (the others play).
@@ -344,7 +362,10 @@ class JackChainEngine(Engine):
         results = await asyncio.gather(*(self._bring_up(slot) for slot in slots), return_exceptions=True)
         started: list[Slot] = []
         for slot, result in zip(slots, results, strict=True):
-            if isinstance(result, ApplianceError):
+            if isinstance(result, ApplianceError) and self._host_lost(result) and not slot.retired:
+                slot.state = "down"
+                started.append(slot)
+            elif isinstance(result, ApplianceError):
                 failed[slot.id] = result
                 await self._abandon(slot)
             elif isinstance(result, BaseException):
@@ -353,22 +374,35 @@ class JackChainEngine(Engine):
                 raise result
             else:
                 started.append(slot)
-        if started and self.preroll:
+        if any(slot.state == "up" for slot in started) and self.preroll:
             await asyncio.sleep(self.preroll)
+        joined: list[Slot] = []
         async with self._lock:
             for slot in started:
-                self._join(slot, len(self._chains[slot.track_id]))
+                try:
+                    self._join(slot, len(self._chains[slot.track_id]))
+                except ApplianceError as exc:
+                    failed[slot.id] = exc
+                    await self._abandon(slot)
+                else:
+                    joined.append(slot)
 
             def unjoin_all() -> None:
-                for slot in started:
+                for slot in joined:
                     self._unjoin(slot)
 
             try:
                 await self._rewire_or_undo(unjoin_all)
-            except ApplianceError as exc:
-                for slot in started:
-                    failed[slot.id] = exc
+            except BaseException as exc:
+                for slot in joined:
                     await self._abandon(slot)
+                if not isinstance(exc, ApplianceError):
+                    raise
+                failed.update((slot.id, exc) for slot in joined)
+                return failed
+        for slot in joined:
+            if slot.state == "down":
+                self._joined_down(slot)
         return failed
 
     async def remove_plugin(self, plugin_id: str) -> None:
@@ -382,7 +416,7 @@ class JackChainEngine(Engine):
             slot = self._plugin(plugin_id)
             without = [s for s in self._chains[slot.track_id] if s is not slot]
             await self._change_chain(slot.track_id, without, retired=[slot])
-            del self._plugins[plugin_id]
+            self._plugins.pop(plugin_id, None)  # stop() may have cleared them meanwhile
             slot.retired = True
             self._stale_ports.update(slot.ports)
         await self._release_quietly(slot)
@@ -430,8 +464,9 @@ class JackChainEngine(Engine):
         """True bypass: inside the host where it can, else the chain routes around the plugin.
 
         A rerouting bypass rewires even when the plugin is already in that
-        state, so that a repeated request also repairs the graph. A plugin
-        that is starting or down is bypassed as it (re)joins.
+        state, so that a repeated request also repairs the graph; it does not
+        wait for a structural change under way. A plugin that is starting or
+        down is bypassed as it (re)joins.
 
         Raises:
             UnknownPlugin: no such plugin.
@@ -444,16 +479,17 @@ class JackChainEngine(Engine):
         if slot.hosted_bypass:
             self._send_bypass(slot, bypass)
             return
-        if slot.id not in self._plugins:
+        if slot.id not in self._plugins or slot.retired:
             return  # pre-rolling: it joins the chain with its bypass
-        async with self._lock:
-            if slot.retired:
-                return
-
-            def restore() -> None:
-                slot.bypass = before
-
-            await self._rewire_or_undo(restore)
+        # Without the structural lock, so that a footswitch never waits for an add's
+        # rewire: a plan is the whole graph wanted now, and the wiring applies plans
+        # in order, so this one is right whatever a structural change does meanwhile.
+        try:
+            await self._rewire()
+        except BaseException:
+            slot.bypass = before
+            self._request_rewire()
+            raise
 
     # -- the engine port: reads ------------------------------------------------------
 
@@ -516,13 +552,16 @@ class JackChainEngine(Engine):
     async def _bring_up(self, slot: Slot) -> None:
         """Instantiate a slot, then hand it what changed while it started. No lock."""
         sent_values, sent_bypass = dict(slot.values), slot.bypass
+        slot.lost = False
         try:
-            await asyncio.wait_for(self._instantiate(slot), PLUGIN_START_TIMEOUT)
+            await asyncio.wait_for(self._instantiate(slot), self.start_timeout)
         except TimeoutError:
-            why = f"did not start within {PLUGIN_START_TIMEOUT} s"
+            why = f"did not start within {self.start_timeout} s"
             raise PluginLoadFailed(f"{slot.type.uri}: {why}") from None
         if slot.retired:
             raise EngineError(f"the {self.name} engine stopped while the plugin started")
+        if slot.lost:
+            raise EngineError(f"the plugin's host went away as {slot.id} started")
         slot.state = "up"
         missed = {s: v for s, v in slot.values.items() if sent_values.get(s) != v}
         if missed:
@@ -531,7 +570,7 @@ class JackChainEngine(Engine):
             self._send_bypass(slot, slot.bypass)
 
     def _join(self, slot: Slot, position: int) -> None:
-        """Put a started slot into its chain (lock held)."""
+        """Put a started slot into its chain (lock held); a down one passes dry there."""
         if slot.retired:
             raise EngineError(f"the {self.name} engine stopped while the plugin started")
         self._require_running()
@@ -564,19 +603,27 @@ class JackChainEngine(Engine):
             log.warning("stopping plugin %s: %s", slot.id, exc)
 
     def _set_down(self, slots: Iterable[Slot]) -> None:
-        """Their host died: route every track around them (dry) until they are back."""
+        """Their host died: route every track around them (dry) until they are back.
+
+        Slots still starting go down too: they join their chain down.
+        """
         for slot in slots:
+            slot.lost = True
             if slot.state == "up":
                 slot.state = "down"
         self._request_rewire()
 
     async def _set_up(self, slot: Slot) -> None:
-        """A slot's host runs it again: wire it back in."""
+        """A slot's host runs it again: wire it back in (retried in the background if JACK fails)."""
         slot.state = "up"
         async with self._lock:
             if slot.retired or not self._running:
                 return
-            await self._rewire()
+            try:
+                await self._rewire()
+            except EngineError as exc:
+                log.error("rewiring %s back in failed: %s; retrying", slot.id, exc)
+                self._request_rewire()
 
     def _slot(self, plugin_id: str) -> Slot:
         """A slot in a chain or starting, by plugin id; UnknownPlugin otherwise."""

@@ -101,6 +101,8 @@ class JalvEngine(JackChainEngine):
         def still_starting() -> None:
             if not proc.is_running:
                 raise PluginLoadFailed(f"{slot.type.uri}: {proc.exit_reason()}")
+            if slot.retired:
+                raise EngineError(f"{slot.id} was removed while it started")
 
         try:
             await self._wait_ports(
@@ -176,12 +178,12 @@ class JalvEngine(JackChainEngine):
                 return
             try:
                 await self._bring_up(slot)
-            except PluginLoadFailed as exc:
-                log.warning("respawn of %s failed: %s", slot.id, exc)
+            except EngineError as exc:  # PluginLoadFailed included
+                if slot.retired or not self._running:  # removed or stopping meanwhile
+                    await self._release_quietly(slot)
+                    return
+                log.warning("respawn of %s failed: %s", slot.id, exc)  # it stopped what it started
                 continue
-            except EngineError:  # removed or stopping meanwhile
-                await self._release_quietly(slot)
-                return
             await self._set_up(slot)
             log.info("plugin %s restored", slot.id)
             self._emit_event("plugin-restored", slot, "respawned with its values")

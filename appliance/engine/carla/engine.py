@@ -33,7 +33,7 @@ from typing import Any
 
 from ...config import CarlaConfig, JackConfig
 from ...controls import Control, Kind
-from ...errors import EngineError, UnknownPlugin
+from ...errors import EngineError, PluginLoadFailed, UnknownPlugin
 from .. import PLUGIN_START_TIMEOUT, EngineEvent, EngineInfo, EventSink, TrackPorts
 from ..jackengine import JackChainEngine, Slot, safe_name
 from ..jackserver import DummySettings
@@ -52,6 +52,8 @@ CARLA_CALL_TIMEOUT = 5.0
 HOST_HANG_TIMEOUT = 5.0
 #: How often the heartbeat is checked.
 HANG_CHECK_INTERVAL = 1.0
+#: How long a new plugin's JACK ports may take to show, once Carla has added it.
+PORTS_TIMEOUT = 5.0
 #: Carla keeps plugin names (its JACK client names here) this short.
 CARLA_NAME_MAX = 57
 
@@ -110,6 +112,11 @@ class CarlaEngine(JackChainEngine):
         self._host_load = 0.0
         self._restarts = 0
         self._last_gap: float | None = None
+        self._down_since: float | None = None  # loop time the host went away, until all is back
+        self._reconciling = asyncio.Lock()
+        # The host takes requests one at a time (process.py): each step of a start
+        # has its own timeout from when the host begins it, not one around the queue.
+        self.start_timeout = None
 
     # -- diagnostics -----------------------------------------------------------------
 
@@ -161,10 +168,6 @@ class CarlaEngine(JackChainEngine):
         """Carla resets the plugin's controls to their defaults; the changes come back as events."""
         await self._ask("reset", plugin_id)
 
-    async def sync(self) -> None:
-        """Wait until the host has applied every message sent so far."""
-        await self._require_host().request("ping", CARLA_CALL_TIMEOUT)
-
     def info(self) -> EngineInfo:
         """As :meth:`JackChainEngine.info`; not running while the host is down."""
         info = super().info()
@@ -212,12 +215,20 @@ class CarlaEngine(JackChainEngine):
             def still_starting() -> None:
                 if not host.is_running:
                     raise EngineError("the Carla host ended while the plugin started")
+                if slot.retired:
+                    raise EngineError(f"{slot.id} was removed while it started")
 
-            inputs, outputs = await self._wait_ports(
-                str(reply["client"]),
-                lambda ins, outs: len(ins) >= wanted_in and len(outs) >= wanted_out,
-                still_starting,
-            )
+            try:
+                inputs, outputs = await asyncio.wait_for(
+                    self._wait_ports(
+                        str(reply["client"]),
+                        lambda ins, outs: len(ins) >= wanted_in and len(outs) >= wanted_out,
+                        still_starting,
+                    ),
+                    PORTS_TIMEOUT,
+                )
+            except TimeoutError:
+                raise PluginLoadFailed(f"{slot.type.uri}: its JACK ports did not appear") from None
         except BaseException:
             await self._release(slot)
             raise
@@ -243,6 +254,16 @@ class CarlaEngine(JackChainEngine):
         host = self._hosted_by.get(slot.id)
         if host is not None:
             host.send("bypass", plugin=slot.id, bypass=bypass)
+
+    def _host_lost(self, exc: BaseException) -> bool:
+        """A start that failed because the host died (a crash, a kill): the slot is kept."""
+        host = self._host
+        return type(exc) is EngineError and self._started and (host is None or not host.is_running)
+
+    def _joined_down(self, slot: Slot) -> None:
+        if self._host is not None and self._host.is_running:
+            self._background(self._reconcile())
+        # else: the restart under way reconciles every chain once it has a host
 
     def _changer(self) -> Changer | None:
         """The host makes the connections while it runs (see ``CarlaHost._wire``)."""
@@ -319,15 +340,17 @@ class CarlaEngine(JackChainEngine):
 
     def _host_ended(self, generation: int, why: str) -> None:
         """The host process ended on its own (a crash, a kill). Loop thread."""
-        if generation != self._generation or not self._running:
+        if generation != self._generation or not self._started:
             return
         self._host = None
+        if self._down_since is None:
+            self._down_since = asyncio.get_running_loop().time()
         self._emit(EngineEvent("engine-died", None, why))
-        self._set_down([slot for chain in self._chains.values() for slot in chain])
-        self._background(self._restart(asyncio.get_running_loop().time()))
+        self._set_down([*(s for chain in self._chains.values() for s in chain), *self._loading.values()])
+        self._background(self._restart())
 
-    async def _restart(self, died_at: float) -> None:
-        """Start a new host and reload every plugin with its values; report the gap."""
+    async def _restart(self) -> None:
+        """Start a new host, then bring every plugin back with its values (:meth:`_reconcile`)."""
         assert self._policy is not None
         delays = self._policy.died()
         if not delays:
@@ -337,32 +360,67 @@ class CarlaEngine(JackChainEngine):
             return
         for delay in delays:
             await asyncio.sleep(delay)
-            if not self._running:
+            if not self._started:
                 return
             try:
                 await self._spawn_host()
             except EngineError as exc:
                 log.error("restarting the Carla host failed: %s", exc)
                 continue
-            await self._reload(died_at)
+            if not self._started:  # stop() came meanwhile: this host is nobody's
+                await self._stop_host()
+                return
+            await self._reconcile()
             return
         self._emit(EngineEvent("engine-died", None, "not restarted: the Carla host did not start"))
 
-    async def _reload(self, died_at: float) -> None:
-        slots = [slot for chain in self._chains.values() for slot in chain if not slot.retired]
-        results = await asyncio.gather(*(self._bring_up(s) for s in slots), return_exceptions=True)
-        for slot, result in zip(slots, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("plugin %s did not come back: %s", slot.id, result)
-                slot.state = "down"
-                self._emit(EngineEvent("plugin-died", slot.id, f"not restarted: {result}"))
-        if self.preroll:
-            await asyncio.sleep(self.preroll)
-        async with self._lock:
-            if not self._running:
-                return
-            await self._rewire()
-        gap = asyncio.get_running_loop().time() - died_at
+    async def _reconcile(self) -> None:
+        """Bring every plugin that is down back up on the current host; report once all are.
+
+        One at a time (a lock); a plugin that joins down meanwhile is taken in
+        the next round. A plugin that cannot come back stays down (dry there)
+        and is reported, not retried without end.
+        """
+        async with self._reconciling:
+            tried: set[str] = set()
+            while True:
+                host = self._host
+                if host is None or not host.is_running or not self._started:
+                    return  # the host died again: the next restart reconciles
+                down = [
+                    slot
+                    for chain in self._chains.values()
+                    for slot in chain
+                    if slot.state == "down" and not slot.retired and slot.id not in tried
+                ]
+                if not down:
+                    break
+                tried.update(slot.id for slot in down)
+                results = await asyncio.gather(*(self._bring_up(s) for s in down), return_exceptions=True)
+                if host is not self._host or not host.is_running:
+                    return
+                for slot, result in zip(down, results, strict=True):
+                    if isinstance(result, BaseException) and not slot.retired:
+                        slot.state = "down"
+                        log.error("plugin %s did not come back: %s", slot.id, result)
+                        self._emit(EngineEvent("plugin-died", slot.id, f"not restarted: {result}"))
+                if self.preroll:
+                    await asyncio.sleep(self.preroll)
+                async with self._lock:
+                    if not self._started:
+                        return
+                    try:
+                        await self._rewire()
+                    except EngineError as exc:
+                        log.error("rewiring after the restart failed: %s; retrying", exc)
+                        self._request_rewire()
+            self._report_restored()
+
+    def _report_restored(self) -> None:
+        if self._down_since is None:
+            return
+        gap = asyncio.get_running_loop().time() - self._down_since
+        self._down_since = None
         self._restarts += 1
         self._last_gap = gap
         log.warning("carla host restarted: every track was dry for %.0f ms", gap * 1000)
@@ -374,6 +432,8 @@ class CarlaEngine(JackChainEngine):
         while True:
             await asyncio.sleep(HANG_CHECK_INTERVAL)
             host = self._host
-            if host is not None and host.is_running and loop.time() - host.last_heard > self.hang_timeout:
+            if host is None or not host.is_running or host.busy:
+                continue  # a request in flight has its own timeout
+            if loop.time() - host.last_heard > self.hang_timeout:
                 log.error("the Carla host sent nothing for %.1f s; killing it", self.hang_timeout)
                 host.kill()

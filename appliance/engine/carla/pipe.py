@@ -19,7 +19,7 @@ Host → box (no id)::
     {"event": "plugin-died", "plugin": "plugin_3", "message": "..."}
     {"event": "stopped", "message": "..."}              Carla's engine stopped; the host exits
 
-Requests: ``add``, ``remove``, ``controls``, ``values``, ``reset``, ``ping``.
+Requests: ``add``, ``remove``, ``wire``, ``controls``, ``values``, ``reset``, ``ping``.
 Messages: ``set``, ``bypass``, ``quit``.
 """
 

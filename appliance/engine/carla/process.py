@@ -1,8 +1,10 @@
 """The box's handle on one Carla host process (:mod:`.host`): start, talk, notice its end.
 
-Loop thread only. Requests (``add``, ``remove``...) are awaited with a
-timeout; performance messages (``set``, ``bypass``) are written and never
-waited for, so a knob's echo never waits for the host. The host answers in the
+Loop thread only. Requests (``add``, ``remove``...) go to the host one at a
+time, each awaited with a timeout that starts when the host gets it (the host
+works through them in turn on one thread); performance messages (``set``,
+``bypass``) are written at once and never waited for, so a knob's echo never
+waits for the host (the host applies them as soon as it is between calls). The host answers in the
 order it was written to, and the box treats a host that stops answering, stops
 reading, or stops sending its heartbeat as wedged: it is killed, and its end
 reported like a crash (:class:`~.engine.CarlaEngine` restarts it).
@@ -80,6 +82,8 @@ class CarlaHostProcess:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._ended = False
+        self._killed = False
+        self._requests = asyncio.Lock()
 
     @property
     def pid(self) -> int | None:
@@ -87,7 +91,14 @@ class CarlaHostProcess:
 
     @property
     def is_running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None and not self._ended
+        """True until the process has ended or has been told to die."""
+        proc = self._proc
+        return proc is not None and proc.returncode is None and not (self._ended or self._killed)
+
+    @property
+    def busy(self) -> bool:
+        """A request is with the host now (it answers that, not its heartbeat, meanwhile)."""
+        return self._requests.locked()
 
     async def start(self) -> dict[str, Any]:
         """Run the host and wait until Carla's engine is up.
@@ -156,19 +167,20 @@ class CarlaHostProcess:
             EngineError: the host has ended, or did not answer within
                 ``timeout``; then it is wedged and is killed.
         """
-        writer = self._require_writer()
-        request_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        writer.write(pipe.encode({"op": op, "id": request_id, **fields}))
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            log.error("the Carla host did not answer %s within %s s; killing it", op, timeout)
-            self.kill()
-            raise EngineError(f"the Carla host did not answer within {timeout} s") from None
-        finally:
-            self._pending.pop(request_id, None)
+        async with self._requests:
+            writer = self._require_writer()
+            request_id = next(self._ids)
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = future
+            writer.write(pipe.encode({"op": op, "id": request_id, **fields}))
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                log.error("the Carla host did not answer %s within %s s; killing it", op, timeout)
+                self.kill()
+                raise EngineError(f"the Carla host did not answer within {timeout} s") from None
+            finally:
+                self._pending.pop(request_id, None)
 
     def send(self, op: str, **fields: Any) -> None:
         """Write a performance message; never waits. A host that stops reading is killed."""
@@ -182,8 +194,9 @@ class CarlaHostProcess:
             self.kill()
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        """Send ``sig`` to the host (tests play crashes with it)."""
+        """Send ``sig`` to the host (tests play crashes with it); SIGKILL counts it gone at once."""
         if self._proc is not None and self._proc.returncode is None:
+            self._killed = self._killed or sig == signal.SIGKILL
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(sig)
 
@@ -207,7 +220,7 @@ class CarlaHostProcess:
     # -- reading ---------------------------------------------------------------------
 
     def _require_writer(self) -> asyncio.StreamWriter:
-        if self._writer is None or self._ended or self._proc is None or self._proc.returncode is not None:
+        if self._writer is None or not self.is_running:
             raise EngineError("the Carla host is not running")
         return self._writer
 
