@@ -106,6 +106,7 @@ class CarlaEngine(JackChainEngine):
         self._paths: CarlaPaths | None = None
         self._host: CarlaHostProcess | None = None
         self._hosted_by: dict[str, CarlaHostProcess] = {}
+        self._unsent: dict[str, dict[str, float]] = {}
         self._generation = 0
         self._names = itertools.count(1)
         self._policy: RespawnPolicy | None = None
@@ -200,7 +201,8 @@ class CarlaEngine(JackChainEngine):
             }
         self._hosted_by[slot.id] = host  # from now on a release removes it (the pipe keeps order)
         try:
-            reply = await host.request(
+            reply = await self._request(
+                host,
                 "add",
                 PLUGIN_START_TIMEOUT,
                 plugin=slot.id,
@@ -243,16 +245,26 @@ class CarlaEngine(JackChainEngine):
         if host is None or host is not self._host or not host.is_running:
             return  # its host has ended: so has the plugin
         with contextlib.suppress(UnknownPlugin):
-            await host.request("remove", CARLA_CALL_TIMEOUT, plugin=slot.id)
+            await self._request(host, "remove", CARLA_CALL_TIMEOUT, plugin=slot.id)
 
     def _send_values(self, slot: Slot, values: Mapping[str, float]) -> None:
+        """Coalesce: a slider storm becomes one message per plugin per loop turn, newest values."""
+        unsent = self._unsent.setdefault(slot.id, {})
+        if not unsent:
+            asyncio.get_running_loop().call_soon(self._flush_values, slot)
+        unsent.update(values)
+
+    def _flush_values(self, slot: Slot) -> None:
+        """Send what the slot's values waited for (the call_soon of :meth:`_send_values`, or earlier)."""
+        values = self._unsent.pop(slot.id, None)
         host = self._hosted_by.get(slot.id)
-        if host is not None:
-            host.send("set", plugin=slot.id, values=dict(values))
+        if values and host is not None:
+            host.send("set", plugin=slot.id, values=values)
 
     def _send_bypass(self, slot: Slot, bypass: bool) -> None:
         host = self._hosted_by.get(slot.id)
         if host is not None:
+            self._flush_values(slot)  # values sent before the bypass land before it
             host.send("bypass", plugin=slot.id, bypass=bypass)
 
     def _host_lost(self, exc: BaseException) -> bool:
@@ -272,7 +284,8 @@ class CarlaEngine(JackChainEngine):
             return None  # no Carla process: the box's own wiring client is safe
 
         async def change(connect: list[Connection], disconnect: list[Connection]) -> list[str]:
-            failures = await host.request("wire", CARLA_CALL_TIMEOUT, connect=connect, disconnect=disconnect)
+            wire = {"connect": connect, "disconnect": disconnect}
+            failures = await self._request(host, "wire", CARLA_CALL_TIMEOUT, **wire)
             return [str(failure) for failure in failures]
 
         return change
@@ -301,7 +314,15 @@ class CarlaEngine(JackChainEngine):
         host = self._hosted_by.get(slot.id)
         if host is None:
             raise EngineError(f"plugin {plugin_id} is not running")
-        return await host.request(op, CARLA_CALL_TIMEOUT, plugin=slot.id)
+        return await self._request(host, op, CARLA_CALL_TIMEOUT, plugin=slot.id)
+
+    async def _request(self, host: CarlaHostProcess, op: str, timeout: float, **fields: Any) -> Any:
+        """A request to the host, behind every value still waiting for its loop turn."""
+        for plugin_id in list(self._unsent):
+            slot = self._plugins.get(plugin_id) or self._loading.get(plugin_id)
+            if slot is not None:
+                self._flush_values(slot)
+        return await host.request(op, timeout, **fields)
 
     async def _spawn_host(self) -> None:
         assert self._paths is not None
