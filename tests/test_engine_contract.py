@@ -337,6 +337,26 @@ async def test_info_reports_the_server(engine: Engine, rig: Rig) -> None:
     await engine.stop()  # twice is fine
 
 
+async def test_a_stalled_jack_graph_makes_the_engine_unhealthy(engine: Engine, jack_server: JackServer) -> None:
+    """A JACK server that runs no cycle (here: stopped with SIGSTOP) is reported: not running, graph
+    stalled (so /healthz says 503 and the watchdog is not petted); it recovers when JACK does."""
+    assert engine.info().running
+    pid = jack_server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            while engine.info().running:
+                await asyncio.sleep(0.1)
+        assert engine.info().details.get("graph") == "stalled"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    async with asyncio.timeout(EVENT_TIMEOUT):
+        while not engine.info().running:
+            await asyncio.sleep(0.1)
+    assert "graph" not in engine.info().details
+
+
 async def test_endpoints_appearing_later_get_wired(
     engine_factory: EngineFactory, jack_server: JackServer
 ) -> None:

@@ -101,6 +101,11 @@ class JackServer:
         """True while the server process is alive."""
         return self._proc is not None and self._proc.returncode is None
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._proc.pid if self.is_running and self._proc is not None else None
+
     async def start(self) -> None:
         """Start the server and wait until clients can connect.
 
