@@ -21,7 +21,9 @@ from .board import Board
 from .catalog import Catalog
 from .config import Config
 from .control import Controller
+from .controls import PluginType
 from .engine import Engine, EngineEvent, SavedPlugin, TrackPorts
+from .engine.faders import FADER_URI
 from .errors import ApplianceError, ConfigError, EngineError
 from .files import write_atomic
 from .net import ControlServer
@@ -34,8 +36,12 @@ log = logging.getLogger("appliance.app")
 STOP_STEP_TIMEOUT = 20.0
 
 
-def make_engine(config: Config, on_event: Any) -> Engine:
-    """Choose the engine adapter as ``engine.kind`` says, and log which and why."""
+def make_engine(config: Config, on_event: Any, fader: PluginType | None = None) -> Engine:
+    """Choose the engine adapter as ``engine.kind`` says, and log which and why.
+
+    ``fader`` is the plugin the engine fades board switches with
+    (:mod:`appliance.engine.faders`); without it a switch cuts.
+    """
     tracks = [TrackPorts(t.id, t.inputs, t.outputs) for t in config.tracks]
     kind = config.engine.kind
     if kind in ("auto", "carla"):
@@ -44,7 +50,9 @@ def make_engine(config: Config, on_event: Any) -> Engine:
             from .engine.carla.engine import CarlaEngine
 
             log.info("engine: Carla (%s)", "configured" if kind == "carla" else "found by auto")
-            return CarlaEngine(tracks, config.engine.carla, config.engine.jack, on_event=on_event)
+            return CarlaEngine(
+                tracks, config.engine.carla, config.engine.jack, on_event=on_event, fader=fader
+            )
         if kind == "carla":
             raise EngineError(f"engine.kind is carla but Carla cannot be used: {reason}")
         log.info("engine: jalv (Carla not used: %s)", reason)
@@ -56,7 +64,7 @@ def make_engine(config: Config, on_event: Any) -> Engine:
     jack = config.engine.jack
     dummy = jack.dummy
     settings = DummySettings(dummy.rate, dummy.period, dummy.realtime) if dummy else None
-    return JalvEngine(tracks, jack.server, on_event=on_event, dummy_server=settings)
+    return JalvEngine(tracks, jack.server, on_event=on_event, dummy_server=settings, fader=fader)
 
 
 def carla_unavailable(config: Config) -> str | None:
@@ -169,7 +177,10 @@ class Box:
                 aside = await asyncio.to_thread(store.set_aside, "unusable")
                 log.error("saved board is not usable (%s); moved it to %s and started empty", exc, aside)
                 board = Board(t.id for t in config.tracks)
-        self.engine = make_engine(config, self._on_engine_event)
+        fader = self.catalog.lookup(FADER_URI)
+        if fader is None:
+            log.warning("%s (x42-plugins) is missing: board switches will cut, not fade", FADER_URI)
+        self.engine = make_engine(config, self._on_engine_event, fader)
         await self.engine.start()
         self.saver = DebouncedSaver(store, board.to_dict, config.save_delay)
         self.controller = Controller(

@@ -94,6 +94,8 @@ class EngineError(ApplianceError):
     code = "ENGINE_UNAVAILABLE"
     retryable = True
     public = "the audio engine is not available right now; the box logged why"
+    #: The plugin it is about, where the engine knows (a board switch names the one that failed).
+    plugin_id: str | None = None
 
 
 class PluginLoadFailed(EngineError):

@@ -28,6 +28,9 @@ class FakeEngine(Engine):
         #: While set and not released, add_plugin waits: a plugin that takes its time to start.
         self.add_gate: asyncio.Event | None = None
         self.starting: set[str] = set()
+        #: A board switch fails on the plugin with this id.
+        self.fail_on_switch: str | None = None
+        self.switches: list[float] = []
 
     async def start(self) -> None:
         self.running = True
@@ -73,6 +76,23 @@ class FakeEngine(Engine):
     async def set_bypass(self, plugin_id: str, bypass: bool) -> None:
         self._check()
         self.bypassed[plugin_id] = bypass
+
+    async def switch_board(self, plugins, spillover, commit):  # type: ignore[no-untyped-def]
+        self._check()
+        self.switches.append(spillover)
+        for plugin in plugins:
+            if plugin.plugin_id == self.fail_on_switch:
+                error = PluginLoadFailed(f"{plugin.type.uri} failed to load")
+                error.plugin_id = plugin.plugin_id
+                raise error
+        if self.add_gate is not None:
+            await self.add_gate.wait()
+        self.chains = {t: [] for t in self.tracks}
+        for plugin in plugins:
+            self.chains[plugin.track_id].append(plugin.plugin_id)
+            self.values[plugin.plugin_id] = dict(plugin.values)
+            self.bypassed[plugin.plugin_id] = plugin.bypass
+        commit()
 
     def info(self) -> EngineInfo:
         return EngineInfo("fake", self.running and not self.down, self.sample_rate, 128)

@@ -106,8 +106,10 @@ def window_gains(recorded: np.ndarray, reference: np.ndarray, window: int = 480)
     """
     count = min(len(recorded), len(reference)) // window
     return np.array(
-        [gain_db(recorded[i * window : (i + 1) * window], reference[i * window : (i + 1) * window])
-         for i in range(count)]
+        [
+            gain_db(recorded[i * window : (i + 1) * window], reference[i * window : (i + 1) * window])
+            for i in range(count)
+        ]
     )
 
 
@@ -252,6 +254,11 @@ class Rig:
             outcome = exc
         reference, recorded = await take
         return reference, recorded, outcome
+
+    def position(self) -> int:
+        """Frames into the take under way (0 when none): when, in the recording, something happened."""
+        current = self._take
+        return _frames_since(self._frame_time(), current.start) if current is not None else 0
 
     def stall(self, seconds: float) -> None:
         """Make the player's next process cycle take ``seconds``: an xrun for the whole server."""

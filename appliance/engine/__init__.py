@@ -187,6 +187,23 @@ class Engine(abc.ABC):
                 failed[plugin.plugin_id] = exc
         return failed
 
+    @abc.abstractmethod
+    async def switch_board(
+        self, plugins: Sequence[SavedPlugin], spillover: float, commit: Callable[[], None]
+    ) -> None:
+        """Replace every track's chain with a saved board's, without a gap.
+
+        The new plugins start while the old board plays on; once all have,
+        the signal moves over and ``commit`` runs (in the same loop step, so
+        the caller's board changes with the sound). With ``spillover`` above
+        0 the old board's tails ring on for that many seconds.
+
+        Raises:
+            PluginLoadFailed: a plugin could not start (its ``plugin_id``
+                says which); nothing changed and the old board plays on.
+            EngineError: the engine is not running; nothing changed.
+        """
+
     def chain(self, track_id: str) -> list[str]:
         """Plugin ids of a track in order, as the engine holds them."""
         raise NotImplementedError

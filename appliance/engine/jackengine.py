@@ -57,6 +57,7 @@ from . import (
     find_plugin,
 )
 from .chain import Stage
+from .faders import FADE_STEPS, FADE_TIME, FADER_CONTROL, fader_type, fader_values, ramp
 from .jackserver import DummySettings, JackServer, unique_server_name
 from .wiring import JACK_CALL_TIMEOUT, Changer, JackWiring, WiringPlan, plan_wiring
 
@@ -121,6 +122,35 @@ class Slot:
         return Stage(self.inputs, self.outputs, in_path=self.state == "up" and not rerouted)
 
 
+@dataclass(eq=False)
+class Faders:
+    """The two faders around one track's chain (:mod:`appliance.engine.faders`)."""
+
+    head: Slot
+    tail: Slot
+
+
+@dataclass(eq=False)
+class Generation:
+    """One board's chains with their faders: the one playing, or an old one ringing out."""
+
+    chains: Mapping[str, list[Slot]]
+    faders: Mapping[str, Faders]
+
+    def stages(self) -> dict[str, list[Stage[str]]]:
+        """Each track's walk for the wiring: head fader, plugins, tail fader."""
+        stages: dict[str, list[Stage[str]]] = {}
+        for track_id, chain in self.chains.items():
+            faders = self.faders.get(track_id)
+            walk = [faders.head, *chain, faders.tail] if faders else list(chain)
+            stages[track_id] = [s.stage for s in walk]
+        return stages
+
+    def slots(self) -> list[Slot]:
+        plugins = [s for chain in self.chains.values() for s in chain]
+        return plugins + [s for f in self.faders.values() for s in (f.head, f.tail)]
+
+
 class JackChainEngine(Engine):
     """Chains of JACK-client plugins, wired by one :class:`JackWiring`.
 
@@ -138,6 +168,8 @@ class JackChainEngine(Engine):
         graph_fault: test hook run before every graph change (see
             :class:`JackWiring`).
         jack_timeout: how long one blocking JACK call may take.
+        fader: the cross-fader plugin (:mod:`appliance.engine.faders`);
+            without it a board switch cuts from one chain to the other.
     """
 
     def __init__(
@@ -150,6 +182,7 @@ class JackChainEngine(Engine):
         preroll: float = 0.0,
         graph_fault: Callable[[], None] | None = None,
         jack_timeout: float = JACK_CALL_TIMEOUT,
+        fader: PluginType | None = None,
     ) -> None:
         super().__init__(tracks, on_event)
         self.server_name = server_name
@@ -167,6 +200,9 @@ class JackChainEngine(Engine):
         self._chains: dict[str, list[Slot]] = {track_id: [] for track_id in self.tracks}
         self._plugins: dict[str, Slot] = {}  # in a chain
         self._loading: dict[str, Slot] = {}  # starting, not in a chain yet
+        self._fader = fader_type(fader) if fader is not None else None
+        self._faders: dict[str, Faders] = {}  # around each track's chain
+        self._fading: list[Generation] = []  # old boards' chains, ringing out after a switch
         self._stale_ports: set[str] = set()  # of retired or dead clients JACK has not dropped yet
         self._running = False
         self._started = False
@@ -256,6 +292,7 @@ class JackChainEngine(Engine):
             await self.stop()
             raise
         self._running = True
+        self._faders = await self._start_faders(opened=True)
         log.info("%s engine up on jack server %s", self.name, self.server_name or "(default)")
         async with self._lock:
             await self._rewire()
@@ -280,11 +317,15 @@ class JackChainEngine(Engine):
             locked = False
             log.warning("stopping while a structural change is still running")
         try:
-            slots = [*self._plugins.values(), *self._loading.values()]
+            slots = [*self._plugins.values(), *self._loading.values(), *self._fader_slots()]
+            for generation in self._fading:
+                slots.extend(generation.slots())
             for slot in slots:
                 slot.retired = True
             await asyncio.gather(*(self._release_quietly(s) for s in slots))
             self._plugins.clear()
+            self._faders.clear()
+            self._fading.clear()
             self._stale_ports.clear()
             for chain in self._chains.values():
                 chain.clear()
@@ -444,6 +485,172 @@ class JackChainEngine(Engine):
             current[:] = before
 
         await self._rewire_or_undo(restore, retired)
+
+    # -- the engine port: switching boards -----------------------------------------
+
+    async def switch_board(
+        self, plugins: Sequence[SavedPlugin], spillover: float, commit: Callable[[], None]
+    ) -> None:
+        """Build the new board beside the playing one, then move the signal over.
+
+        Every new plugin starts and settles while the old board plays (its
+        values and bypass keep working). Only then, in one rewire, do both
+        boards hang on the tracks, and ``commit`` runs; the new chains fade
+        in while the old ones fade out: their input only, when ``spillover``
+        (seconds) is above 0, so that their tails ring on until they are torn
+        down, else their output too.
+
+        Raises:
+            PluginLoadFailed: a plugin could not start (``details.plugin_id``
+                names it); nothing changed, the old board plays on.
+            EngineError: the engine is not running or the rewire failed;
+                nothing changed.
+        """
+        self._require_running()
+        slots: list[Slot] = []
+        faders: dict[str, Faders] = {}
+        old: Generation | None = None
+        try:
+            for saved in plugins:
+                slots.append(
+                    self._new_slot(saved.track_id, saved.plugin_id, saved.type, saved.values, saved.bypass)
+                )
+            faders = await self._start_faders(opened=False) if self._faders else {}
+            results = await asyncio.gather(*(self._bring_up(s) for s in slots), return_exceptions=True)
+            for slot, result in zip(slots, results, strict=True):
+                if isinstance(result, EngineError):
+                    result.plugin_id = slot.id
+                if isinstance(result, BaseException):
+                    raise result
+            if self.preroll:
+                await asyncio.sleep(self.preroll)
+            async with self._lock:
+                self._require_running()
+                new = Generation({t: [s for s in slots if s.track_id == t] for t in self.tracks}, faders)
+                old = self._swap(new)
+                try:
+                    await self._rewire(() if old.faders else old.slots())
+                except BaseException:
+                    self._unswap(old, new)
+                    old = None
+                    self._request_rewire()
+                    raise
+                commit()
+        finally:
+            if old is None:
+                for slot in [*slots, *(s for f in faders.values() for s in (f.head, f.tail))]:
+                    await self._abandon(slot)
+        if not old.faders:  # no faders: the rewire cut the old board off
+            await asyncio.gather(*(self._release_quietly(s) for s in old.slots()))
+            return
+        closing = [f.head if spillover > 0 else f.tail for f in old.faders.values()]
+        await self._fade([f.head for f in faders.values()], closing)
+        if spillover > 0:
+            self._background(self._ring_out(old, spillover))
+        else:
+            await self._tear_down(old)
+        log.info("switched to a board of %d plugin(s)", len(slots))
+
+    def _swap(self, new: Generation) -> Generation:
+        """Make ``new`` the playing board (lock held); returns the old one, still wired.
+
+        The old board's plugins leave the engine's plugins, retired (nothing
+        restarts them); with faders it rings out until :meth:`_tear_down`.
+        """
+        old = Generation({t: list(c) for t, c in self._chains.items()}, dict(self._faders))
+        for slot in old.slots():
+            self._plugins.pop(slot.id, None)
+            slot.retired = True
+        for track_id, chain in self._chains.items():
+            chain[:] = new.chains.get(track_id, [])
+            for slot in chain:
+                self._loading.pop(slot.id, None)
+                self._plugins[slot.id] = slot
+        self._faders = dict(new.faders)
+        if old.faders:
+            self._fading.append(old)
+        return old
+
+    def _unswap(self, old: Generation, new: Generation) -> None:
+        """Undo :meth:`_swap` (lock held): the new board's plugins are starting again."""
+        for slot in (s for chain in new.chains.values() for s in chain):
+            self._plugins.pop(slot.id, None)
+            self._loading[slot.id] = slot
+        for track_id, chain in self._chains.items():
+            chain[:] = old.chains.get(track_id, [])
+            for slot in chain:
+                self._plugins[slot.id] = slot
+        for slot in old.slots():
+            slot.retired = False
+        self._faders = dict(old.faders)
+        if old in self._fading:
+            self._fading.remove(old)
+
+    async def _start_faders(self, opened: bool) -> dict[str, Faders]:
+        """A head and a tail fader for every track; none (and a log line) if they cannot start."""
+        if self._fader is None:
+            return {}
+        fader = self._fader
+        made = {
+            track_id: Faders(
+                Slot(f"fader.{track_id}.in.{secrets.token_hex(2)}", track_id, fader, fader_values(opened)),
+                Slot(f"fader.{track_id}.out.{secrets.token_hex(2)}", track_id, fader, fader_values(True)),
+            )
+            for track_id in self.tracks
+        }
+        slots = [s for f in made.values() for s in (f.head, f.tail)]
+        results = await asyncio.gather(*(self._bring_up(s) for s in slots), return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is None:
+            return made
+        for slot in slots:
+            slot.retired = True
+            await self._release_quietly(slot)
+        if not isinstance(failed, ApplianceError):
+            raise failed
+        if not opened:
+            raise failed
+        log.error("the faders did not start (%s); board switches will cut without a fade", failed)
+        self._fader = None
+        return {}
+
+    def _fader_slots(self) -> list[Slot]:
+        return [s for f in self._faders.values() for s in (f.head, f.tail)]
+
+    def _hosted_slots(self) -> list[Slot]:
+        """Every slot of the playing board, faders included: what a host restart brings back."""
+        return [*(s for chain in self._chains.values() for s in chain), *self._fader_slots()]
+
+    async def _fade(self, opening: Iterable[Slot], closing: Iterable[Slot]) -> None:
+        """Open some faders while closing others, in :data:`FADE_STEPS` steps over :data:`FADE_TIME`."""
+        opening, closing = list(opening), list(closing)
+        for up, down in zip(ramp(True), ramp(False), strict=True):
+            for slot, value in [*((s, up) for s in opening), *((s, down) for s in closing)]:
+                slot.values[FADER_CONTROL] = value
+                if slot.state == "up":
+                    self._send_values(slot, {FADER_CONTROL: value})
+            await asyncio.sleep(FADE_TIME / FADE_STEPS)
+
+    async def _ring_out(self, old: Generation, seconds: float) -> None:
+        """Let an old board's tails ring with no input, then fade it out and tear it down."""
+        await asyncio.sleep(seconds)
+        await self._fade((), (f.tail for f in old.faders.values()))
+        await self._tear_down(old)
+
+    async def _tear_down(self, old: Generation) -> None:
+        """Unwire an old board and stop its plugins."""
+        async with self._lock:
+            if old in self._fading:
+                self._fading.remove(old)
+            slots = old.slots()
+            self._stale_ports.update(p for s in slots for p in s.ports)
+            if self._running:
+                try:
+                    await self._rewire(slots)
+                except EngineError as exc:
+                    log.error("unwiring the old board failed: %s; retrying", exc)
+                    self._request_rewire()
+        await asyncio.gather(*(self._release_quietly(s) for s in slots))
 
     # -- the engine port: values and bypass (never wait for a structural change) -----
 
@@ -638,6 +845,9 @@ class JackChainEngine(Engine):
             raise EngineError(f"the {self.name} engine is not running")
 
     def _emit(self, event: EngineEvent) -> None:
+        if event.plugin_id is not None and event.plugin_id.startswith("fader."):
+            log.warning("fader %s: %s %s", event.plugin_id, event.kind, event.message)
+            return  # the box's own faders are not on any board: nobody to tell
         try:
             self.on_event(event)
         except Exception:
@@ -724,8 +934,8 @@ class JackChainEngine(Engine):
         owned = set(self._stale_ports)
         for slot in retired:
             owned.update(slot.ports)
-        stages = {track_id: [s.stage for s in chain] for track_id, chain in self._chains.items()}
-        return plan_wiring(self.tracks.values(), stages, owned)
+        current = Generation(self._chains, self._faders)
+        return plan_wiring(self.tracks.values(), current.stages(), owned, [g.stages() for g in self._fading])
 
     async def _rewire(self, retired: Iterable[Slot] = ()) -> None:
         """Bring the graph to the chains (lock held)."""

@@ -18,6 +18,7 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 
+from ..controls import PluginType
 from ..errors import EngineError, PluginLoadFailed
 from . import EngineEvent, EventSink, TrackPorts
 from .jackengine import CLIENT_NAME_MAX, JackChainEngine, Slot, safe_name
@@ -37,7 +38,7 @@ class JalvEngine(JackChainEngine):
 
     Args:
         tracks, server_name, on_event, dummy_server, client_prefix, preroll,
-            graph_fault, jack_timeout: see :class:`JackChainEngine`.
+            graph_fault, jack_timeout, fader: see :class:`JackChainEngine`.
         jalv: the jalv executable.
         respawn: when to bring a crashed plugin back.
     """
@@ -56,6 +57,7 @@ class JalvEngine(JackChainEngine):
         preroll: float = 0.0,
         graph_fault: Callable[[], None] | None = None,
         jack_timeout: float = JACK_CALL_TIMEOUT,
+        fader: PluginType | None = None,
     ) -> None:
         super().__init__(
             tracks,
@@ -66,6 +68,7 @@ class JalvEngine(JackChainEngine):
             preroll=preroll,
             graph_fault=graph_fault,
             jack_timeout=jack_timeout,
+            fader=fader,
         )
         self._jalv = jalv
         self._respawn = respawn

@@ -76,6 +76,7 @@ def plan_wiring(
     tracks: Iterable[TrackPorts],
     stages: Mapping[str, list[Stage[str]]],
     owned: Iterable[str] = (),
+    ringing: Iterable[Mapping[str, list[Stage[str]]]] = (),
 ) -> WiringPlan:
     """The connections every track's chain wants, and the ports that are ours.
 
@@ -83,16 +84,20 @@ def plan_wiring(
         tracks: the tracks and their endpoints.
         stages: track id → its chain as stages (bypassed or down: not in the path).
         owned: other plugin ports still ours (retired plugins, dead clients).
+        ringing: old boards' chains still on the tracks after a switch
+            (:mod:`appliance.engine.faders`): their outputs sum with the new one.
     """
     desired: set[Connection] = set()
     plugin_ports: set[str] = set(owned)
     endpoints: set[str] = set()
+    boards = [stages, *ringing]
     for track in tracks:
         endpoints.update(track.inputs, track.outputs)
-        chain = stages.get(track.id, [])
-        for stage in chain:
-            plugin_ports.update(stage.inputs, stage.outputs)
-        desired |= chain_connections(track.inputs, chain, track.outputs)
+        for board in boards:
+            chain = board.get(track.id, [])
+            for stage in chain:
+                plugin_ports.update(stage.inputs, stage.outputs)
+            desired |= chain_connections(track.inputs, chain, track.outputs)
     return WiringPlan(frozenset(desired), frozenset(plugin_ports), frozenset(endpoints))
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ...config import CarlaConfig, JackConfig
-from ...controls import Control, Kind
+from ...controls import Control, Kind, PluginType
 from ...errors import EngineError, PluginLoadFailed, UnknownPlugin
 from .. import PLUGIN_START_TIMEOUT, EngineEvent, EngineInfo, EventSink, TrackPorts
 from ..jackengine import JackChainEngine, Slot, safe_name
@@ -87,6 +87,7 @@ class CarlaEngine(JackChainEngine):
         preroll: float = PLUGIN_PREROLL,
         graph_fault: Callable[[], None] | None = None,
         jack_timeout: float = JACK_CALL_TIMEOUT,
+        fader: PluginType | None = None,
     ) -> None:
         dummy = jack.dummy
         settings = DummySettings(dummy.rate, dummy.period, dummy.realtime) if dummy else None
@@ -99,6 +100,7 @@ class CarlaEngine(JackChainEngine):
             preroll=preroll,
             graph_fault=graph_fault,
             jack_timeout=jack_timeout,
+            fader=fader,
         )
         self.carla = carla
         self.hang_timeout = hang_timeout
@@ -367,7 +369,7 @@ class CarlaEngine(JackChainEngine):
         if self._down_since is None:
             self._down_since = asyncio.get_running_loop().time()
         self._emit(EngineEvent("engine-died", None, why))
-        self._set_down([*(s for chain in self._chains.values() for s in chain), *self._loading.values()])
+        self._set_down([*self._hosted_slots(), *self._loading.values()])
         self._background(self._restart())
 
     async def _restart(self) -> None:
@@ -410,8 +412,7 @@ class CarlaEngine(JackChainEngine):
                     return  # the host died again: the next restart reconciles
                 down = [
                     slot
-                    for chain in self._chains.values()
-                    for slot in chain
+                    for slot in self._hosted_slots()
                     if slot.state == "down" and not slot.retired and slot.id not in tried
                 ]
                 if not down:

@@ -1,0 +1,211 @@
+"""Board switches on the virtual rig, under every engine: no gap, no click, tails ringing on.
+
+What a player would notice if these broke: a dropout or a click when the
+footswitch changes the sound between or within songs, the old delay's
+repeats cut dead when they should ring on (or ringing on when spillover is
+off), or silence when the new board cannot be built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from appliance import lilv
+from appliance.catalog import Catalog
+from appliance.controls import PluginType
+from appliance.engine import Engine, EngineEvent, SavedPlugin, TrackPorts
+from appliance.engine.faders import FADER_URI
+from appliance.engine.jackserver import JackServer
+from appliance.errors import PluginLoadFailed
+from tests.engines import ENGINE_ADAPTERS, EngineFactory
+from tests.rig import Rig, rms_db, sine, window_gains
+
+pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(90)]
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACK = "guitar"
+AMP = "http://lv2plug.in/plugins/eg-amp"
+DELAY = "urn:ardour:a-delay"
+BAD = "http://example.org/plugins/no-such-plugin"
+RATE = 48000
+PERIOD = 128
+#: 2 s of 1 kHz at −12 dBFS, the switch 0.8 s in.
+TONE = sine(1000.0, 2 * RATE, RATE, -12.0)
+#: Tone bursts (30 ms every 400 ms): the gaps between them hear only a delay's repeats.
+BURST_EVERY = RATE * 4 // 10
+BURST = RATE * 3 // 100
+DELAY_MS = 150.0
+#: A burst's RMS level through the new board's −3 dB amp (a −12 dBFS sine is −15 dB RMS).
+NOTE_DB = -18.0
+
+
+def bursts(count: int = 8) -> np.ndarray:
+    signal = np.zeros(count * BURST_EVERY, dtype=np.float32)
+    tone = sine(1000.0, BURST, RATE, -12.0)
+    for i in range(count):
+        signal[i * BURST_EVERY : i * BURST_EVERY + BURST] = tone
+    return signal
+
+
+@pytest.fixture(scope="session")
+def plugin_type() -> Callable[[str], PluginType]:
+    catalog = Catalog.load(ROOT / "config" / "plugins.yaml", scan=False)
+    fader = Catalog.build([], lilv.scan_plugins(uris={FADER_URI})).lookup(FADER_URI)
+
+    def find(uri: str) -> PluginType:
+        found = fader if uri == FADER_URI else catalog.lookup(uri)
+        assert found is not None, f"{uri} is not installed (scripts/setup installs it)"
+        return found
+
+    return find
+
+
+@pytest.fixture(params=sorted(ENGINE_ADAPTERS))
+def engine_factory(request: pytest.FixtureRequest, jack_server: JackServer) -> EngineFactory:
+    return ENGINE_ADAPTERS[str(request.param)](jack_server.name)
+
+
+@pytest_asyncio.fixture
+async def engine(
+    engine_factory: EngineFactory, rig: Rig, plugin_type: Callable[[str], PluginType]
+) -> AsyncIterator[Engine]:
+    """A started engine with faders, its one track from the rig's player to its recorder."""
+    events: list[EngineEvent] = []
+    engine = engine_factory(
+        [TrackPorts(TRACK, rig.play_ports, rig.rec_ports)], events.append, fader=plugin_type(FADER_URI)
+    )
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+def amp(plugin_type: Callable[[str], PluginType], plugin_id: str, gain: float) -> SavedPlugin:
+    return SavedPlugin(TRACK, plugin_id, plugin_type(AMP), {"gain": gain})
+
+
+def delay(plugin_type: Callable[[str], PluginType], plugin_id: str) -> SavedPlugin:
+    values = {"time": DELAY_MS, "feedback": 70.0, "drywet": 50.0, "lpf": 20000.0, "sync": 0.0}
+    return SavedPlugin(TRACK, plugin_id, plugin_type(DELAY), values)
+
+
+async def switch(engine: Engine, plugins: list[SavedPlugin], spillover: float) -> list[str]:
+    """Switch boards; what the engine's chain was when ``commit`` ran."""
+    seen: list[str] = []
+    await engine.switch_board(plugins, spillover, lambda: seen.extend(engine.chain(TRACK)))
+    return seen
+
+
+def longest_silence(recorded: np.ndarray, floor: float = 1e-4) -> int:
+    """The longest run of samples quieter than ``floor``."""
+    quiet = np.abs(recorded) < floor
+    longest = run = 0
+    for value in quiet:
+        run = run + 1 if value else 0
+        longest = max(longest, run)
+    return longest
+
+
+def largest_step(x: np.ndarray) -> float:
+    return float(np.max(np.abs(np.diff(x.astype(np.float64)))))
+
+
+async def test_switch_moves_the_sound_without_a_gap_or_a_click(
+    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType]
+) -> None:
+    """From a 0 dB board to a −6 dB board while playing: never silent, never a step
+    larger than the tone's own, and every 10 ms window between the two levels."""
+    await engine.load_board([amp(plugin_type, "a1", 0.0)])
+    reference, recorded, outcome = await rig.record_during(
+        TONE, lambda: switch(engine, [amp(plugin_type, "b1", -6.0)], 0.0), lead_frames=int(0.8 * RATE)
+    )
+    assert outcome == ["b1"], outcome
+    out = recorded[:, 0]
+    gains = window_gains(out, reference)
+    assert gains[2] == pytest.approx(0.0, abs=0.1), "the old board did not play before the switch"
+    assert gains[-2] == pytest.approx(-6.0, abs=0.1), "the new board did not play after the switch"
+    assert np.all((gains[1:-1] > -6.1) & (gains[1:-1] < 0.1)), f"a window left the two levels: {gains}"
+    assert longest_silence(out[PERIOD:-PERIOD]) <= 2, "a gap in the sound"
+    own = largest_step(reference)
+    assert largest_step(out) <= own * 1.05, (
+        f"a click: step {largest_step(out):.4f} against the tone's {own:.4f}"
+    )
+    assert engine.chain(TRACK) == ["b1"]
+
+
+async def test_spillover_lets_the_old_delay_ring_on(
+    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType]
+) -> None:
+    """With spillover the delay's repeats go on after the switch to a clean board,
+    while the new board plays the new notes at once."""
+    await engine.load_board([delay(plugin_type, "d1")])
+    echoes_after, notes_after = await _switch_during_bursts(engine, rig, plugin_type, spillover=3.0)
+    assert min(echoes_after[:2]) > -60.0, f"the repeats stopped at the switch: {echoes_after}"
+    assert notes_after == pytest.approx([NOTE_DB] * len(notes_after), abs=0.5), (
+        f"the new board is not heard: {notes_after}"
+    )
+
+
+async def test_without_spillover_the_old_repeats_stop(
+    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType]
+) -> None:
+    await engine.load_board([delay(plugin_type, "d1")])
+    echoes_after, notes_after = await _switch_during_bursts(engine, rig, plugin_type, spillover=0.0)
+    assert max(echoes_after) < -90.0, f"the old repeats rang on: {echoes_after}"
+    assert notes_after == pytest.approx([NOTE_DB] * len(notes_after), abs=0.5), (
+        f"the new board is not heard: {notes_after}"
+    )
+
+
+async def _switch_during_bursts(
+    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType], spillover: float
+) -> tuple[list[float], list[float]]:
+    """Switch from the delay to a clean board between two bursts. For every burst that
+    starts once the switch is done: the level (dBFS) of its first repeat slot and of the note."""
+    signal = bursts()
+    switched: list[int] = []
+
+    async def act() -> None:
+        await engine.switch_board(
+            [amp(plugin_type, "b1", -3.0)], spillover, lambda: switched.append(rig.position())
+        )
+
+    _, recorded, outcome = await rig.record_during(signal, act, lead_frames=3 * BURST_EVERY + BURST)
+    assert outcome is None, outcome
+    out = recorded[:, 0]
+    echo = int(DELAY_MS * RATE / 1000)
+    before = [rms_db(out[i * BURST_EVERY + echo : i * BURST_EVERY + echo + BURST]) for i in (1, 2)]
+    assert min(before) > -40.0, f"the delay board did not repeat before the switch: {before}"
+    done = switched[0] + RATE // 20  # the fade is over 50 ms after the commit
+    after = [i for i in range(len(signal) // BURST_EVERY) if i * BURST_EVERY >= done]
+    assert len(after) >= 2, f"the switch took too long for the test (done at frame {done})"
+    echoes = [rms_db(out[i * BURST_EVERY + echo : i * BURST_EVERY + echo + BURST]) for i in after]
+    # The new board alone plays each note: its level, without the old board's repeats in it.
+    notes = [rms_db(out[i * BURST_EVERY + 48 : i * BURST_EVERY + BURST - 48]) for i in after]
+    return echoes, notes
+
+
+async def test_a_switch_that_cannot_be_built_leaves_the_old_board_playing(
+    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType]
+) -> None:
+    """A missing plugin on the new board: an error naming it, and the old sound unchanged throughout."""
+    await engine.load_board([amp(plugin_type, "a1", -3.0)])
+    broken = plugin_type(AMP).__class__(
+        key="nothing", uri=BAD, name="Nothing", controls=(), audio_inputs=("in",), audio_outputs=("out",)
+    )
+    new = [amp(plugin_type, "b1", -6.0), SavedPlugin(TRACK, "b2", broken, {})]
+    reference, recorded, outcome = await rig.record_during(TONE, lambda: switch(engine, new, 3.0))
+    assert isinstance(outcome, PluginLoadFailed), outcome
+    assert outcome.plugin_id == "b2"
+    gains = window_gains(recorded[:, 0], reference)
+    assert np.all(np.abs(gains - -3.0) <= 0.1), f"the old board's sound changed: {gains}"
+    assert engine.chain(TRACK) == ["a1"]
+    await asyncio.sleep(0)
+    await engine.set_parameters("a1", {"gain": 0.0})  # the old board still answers
