@@ -26,7 +26,9 @@ from .engine import Engine, EngineEvent, SavedPlugin, TrackPorts
 from .engine.faders import FADER_URI
 from .errors import ApplianceError, ConfigError, EngineError
 from .files import write_atomic
+from .library import Library
 from .net import ControlServer
+from .pedalboards import PedalboardStore
 from .store import BoardStore, DebouncedSaver
 from .watchdog import SystemdNotifier, watchdog_loop
 
@@ -151,10 +153,25 @@ class Box:
         self.saver: DebouncedSaver | None = None
         self.controller: Controller | None = None
         self.catalog: Catalog | None = None
+        self.library: Library | None = None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         board = self.controller.board if self.controller is not None else None
         return health_report(self.engine, board, time.monotonic() - self.started)
+
+    def _saved_board(self) -> dict[str, Any]:
+        """What ``board.json`` holds: the board, and which pedalboard and snapshot it is."""
+        assert self.controller is not None
+        data = self.controller.board.to_dict()
+        if self.library is not None:
+            data["library"] = self.library.saved_state()
+        return data
+
+    def _board_changed(self) -> None:
+        if self.saver is not None:
+            self.saver.changed()
+        if self.library is not None:
+            self.library.board_changed()
 
     def _on_engine_event(self, event: EngineEvent) -> None:
         if self.controller is not None:
@@ -182,11 +199,15 @@ class Box:
             log.warning("%s (x42-plugins) is missing: board switches will cut, not fade", FADER_URI)
         self.engine = make_engine(config, self._on_engine_event, fader)
         await self.engine.start()
-        self.saver = DebouncedSaver(store, board.to_dict, config.save_delay)
+        self.saver = DebouncedSaver(store, self._saved_board, config.save_delay)
         self.controller = Controller(
-            board, self.catalog, self.engine, self.saver.changed, lambda: self.health()[1]
+            board, self.catalog, self.engine, self._board_changed, lambda: self.health()[1]
+        )
+        self.library = Library(
+            self.controller, PedalboardStore(config.data_dir), config.spillover, self.saver.changed
         )
         await self._load_engine(board, saved is None)
+        await self.library.start(saved.get("library") if saved else None)
         self.server = ControlServer(config.server, self.controller, self.health, token)
         await self.server.start()
         self.notifier.notify("READY=1", f"STATUS=serving on port {self.server.port}")

@@ -101,6 +101,8 @@ class Config:
     catalog: Path
     demo: tuple[DemoPlugin, ...] = ()
     save_delay: float = 0.5
+    #: Seconds an old pedalboard's delay and reverb tails ring on after a switch.
+    spillover: float = 3.0
 
 
 class _Reader:
@@ -262,9 +264,12 @@ def parse(data: object, path: Path) -> Config:
     save_delay = top.get("save_delay", float, 0.5)
     if save_delay < 0:
         raise ConfigError("save_delay", "must not be negative")
+    spillover = top.get("spillover", float, 3.0)
+    if not 0 <= spillover <= 30:
+        raise ConfigError("spillover", "must be between 0 and 30 seconds")
     top.done()
     assert data_dir is not None and catalog is not None
-    return Config(path, server, engine, tuple(tracks), data_dir, catalog, tuple(demo), save_delay)
+    return Config(path, server, engine, tuple(tracks), data_dir, catalog, tuple(demo), save_delay, spillover)
 
 
 def _resolve(base: Path, value: str | None) -> Path | None:

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .board import Board, ParameterPlan, PluginInstance, conform_values
 from .controls import PluginType
-from .engine import Engine, EngineEvent
-from .errors import InvalidMessage, UnknownPlugin
+from .engine import Engine, EngineEvent, SavedPlugin
+from .errors import EngineError, InvalidMessage, PluginLoadFailed, UnknownPlugin
+from .pedalboards import Recall
 from .protocol import Request, batch_values
 
 log = logging.getLogger("appliance.control")
@@ -38,6 +39,8 @@ Event = tuple[str, dict[str, Any]]
 
 #: Requests that change the chains: run one at a time, never in a performance request's way.
 STRUCTURAL = frozenset({"PLUGIN_ADD", "PLUGIN_REMOVE", "PLUGIN_MOVE"})
+
+Handler = Callable[[Request], Awaitable["Outcome"]]
 
 #: What clients are told of engine events (docs/protocol.md, ENGINE_EVENT).
 ENGINE_EVENT_SENTENCES = {
@@ -94,9 +97,13 @@ class Controller:
         self.on_change = on_change
         self.health = health
         self.publishers: list[Publisher] = []
+        #: Request types that run beside a client's message stream (see :meth:`register`).
+        self.structural: set[str] = set(STRUCTURAL)
+        #: What a client that just connected is told after the board (see :meth:`replay`).
+        self.greeters: list[Callable[[], list[Event]]] = []
         self._structure = asyncio.Lock()
         self._performance = asyncio.Lock()
-        self._handlers: dict[str, Callable[[Request], Any]] = {
+        self._handlers: dict[str, Handler] = {
             "PLUGIN_ADD": self._add,
             "PLUGIN_REMOVE": self._remove,
             "PLUGIN_MOVE": self._move,
@@ -111,6 +118,16 @@ class Controller:
             "PING": self._ping,
         }
 
+    def register(self, kind: str, handler: Handler, structural: bool = False) -> None:
+        """Handle another request type (pedalboards, setlists: :mod:`appliance.library`).
+
+        ``structural`` requests may take long (a board switch): the server runs
+        them beside the client's other messages.
+        """
+        self._handlers[kind] = handler
+        if structural:
+            self.structural.add(kind)
+
     async def execute(self, request: Request) -> Outcome:
         """Carry out one request.
 
@@ -120,7 +137,7 @@ class Controller:
         handler = self._handlers.get(request.type)
         if handler is None:
             raise InvalidMessage(f"{request.type} is not handled here")
-        outcome: Outcome = await handler(request)
+        outcome = await handler(request)
         if outcome.broadcast:
             self.publish(outcome.broadcast, request.id, request.origin())
         return outcome
@@ -205,6 +222,84 @@ class Controller:
         return Outcome(
             broadcast=[("PLUGIN_MOVE", {"track_id": track_id, "plugin_id": plugin_id, "position": position})]
         )
+
+    async def switch_board(self, data: Mapping[str, Any], spillover: float) -> list[Event]:
+        """Replace the whole board with a saved one, without a gap; the events that say so.
+
+        The saved board's plugins get fresh ids (the old board's still play
+        while the new one starts). Until the engine moves the signal over,
+        knobs and bypass act on the old board; the board changes with the
+        sound, in one loop step.
+
+        Raises:
+            PluginLoadFailed: a plugin is not installed or did not start; the
+                sentence names it. Nothing changed; the old board plays on.
+            EngineError: the engine is not running; nothing changed.
+        """
+        async with self._structure:
+            incoming = Board(self.board.tracks)
+            problems = incoming.restore(data, self.catalog)
+            missing = [saved for track in incoming.tracks.values() for _index, saved in track.dormant]
+            if missing:
+                raise _naming(
+                    f"{missing[0].get('name') or missing[0].get('plugin')} is not installed on this box"
+                )
+            for problem in problems:
+                log.warning("pedalboard: %s", problem)
+            for _track, instance in incoming.instances():
+                instance.id = f"plugin_{self.board.next_number}"
+                self.board.next_number += 1
+            saved_plugins = [
+                SavedPlugin(t.id, p.id, p.type, p.engine_values(), p.bypass) for t, p in incoming.instances()
+            ]
+            before = self._removals()
+
+            def commit() -> None:
+                for track_id, track in incoming.tracks.items():
+                    self.board.tracks[track_id].chain = track.chain
+                    self.board.tracks[track_id].dormant = []
+
+            try:
+                await self.engine.switch_board(saved_plugins, spillover, commit)
+            except EngineError as exc:
+                if exc.plugin_id is None:
+                    raise
+                name = next((p.name for _t, p in incoming.instances() if p.id == exc.plugin_id), "a plugin")
+                log.error("board switch: %s (%s) could not start: %s", name, exc.plugin_id, exc)
+                raise _naming(f"{name} could not start") from exc
+        self.on_change()
+        return before + self.replay_board()
+
+    async def recall(self, changes: Sequence[Recall]) -> list[Event]:
+        """Set many plugins' values and bypass as one step (a snapshot); the events that say so.
+
+        Every value reaches the engine in the same loop turn, then every
+        bypass; no other knob or footswitch lands in between.
+        """
+        events: list[Event] = []
+        async with self._performance:
+            for change in changes:
+                await self.engine.set_parameters(change.plugin_id, change.engine)
+                self.board.commit(ParameterPlan(change.track_id, change.plugin_id, change.values, {}))
+                events += self._parameter_events(
+                    ParameterPlan(change.track_id, change.plugin_id, change.values, {})
+                )
+            for change in changes:
+                instance = self.board.plugin(change.track_id, change.plugin_id)
+                if instance.bypass != change.bypass:
+                    await self.engine.set_bypass(change.plugin_id, change.bypass)
+                    self.board.set_bypass(change.track_id, change.plugin_id, change.bypass)
+                    events.append(
+                        ("PLUGIN_BYPASS", self._ids(change.track_id, instance) | {"bypass": change.bypass})
+                    )
+        self.on_change()
+        return events
+
+    def _removals(self) -> list[Event]:
+        return [
+            ("PLUGIN_REMOVE", {"track_id": track.id, "plugin_id": instance.id})
+            for track, instance in self.board.instances()
+        ]
 
     # -- performance: never behind a structural change ------------------
 
@@ -314,11 +409,18 @@ class Controller:
         return {"tracks": tracks, "engine": self.engine.info().as_dict()}
 
     def replay(self) -> list[Event]:
-        """The board as ordinary events, for a client that just connected.
+        """What a client that just connected is told: the board, then the greeters' events.
 
-        protocol.md "Late joiners see the board": per track in chain order,
-        PLUGIN_ADD with current values, then PLUGIN_BYPASS for bypassed ones.
+        protocol.md "Late joiners see the board".
         """
+        events = self.replay_board()
+        for greeter in self.greeters:
+            events += greeter()
+        return events
+
+    def replay_board(self) -> list[Event]:
+        """The board as ordinary events: per track in chain order, PLUGIN_ADD with
+        current values, then PLUGIN_BYPASS for bypassed ones."""
         events: list[Event] = []
         for track in self.board.tracks.values():
             for index, instance in enumerate(track.chain):
@@ -371,3 +473,10 @@ class Controller:
             self.publish(
                 [("ENGINE_EVENT", {"kind": event.kind, "plugin_id": event.plugin_id, "message": sentence})]
             )
+
+
+def _naming(sentence: str) -> PluginLoadFailed:
+    """A failed board switch, told to the client with the plugin's name (never the engine's text)."""
+    failed = PluginLoadFailed(f"{sentence}; the old board plays on")
+    failed.public = str(failed)
+    return failed

@@ -104,12 +104,28 @@ class PluginLoadFailed(EngineError):
     public = "the plugin could not be loaded; the box logged why"
 
 
+class UnknownPedalboard(ProtocolError, KeyError):
+    code = "UNKNOWN_PEDALBOARD"
+
+
+class UnknownSnapshot(ProtocolError, KeyError):
+    code = "UNKNOWN_SNAPSHOT"
+
+
+class NameTaken(ProtocolError):
+    code = "NAME_TAKEN"
+
+
 class HardwareError(ApplianceError):
     """GPIO, mixer or sound card trouble."""
 
 
 class StoreError(ApplianceError, OSError):
-    """The board file could not be read or written."""
+    """A file of the box (the board, a pedalboard) could not be read or written."""
+
+    code = "STORE_FAILED"
+    retryable = True
+    public = "the box could not save to its card; the box logged why"
 
 
 #: Every code a client may see in ``ERROR.data.code`` (docs/protocol.md#errors).
@@ -125,6 +141,10 @@ ERROR_CODES: frozenset[str] = frozenset(
         "PLUGIN_LOAD_FAILED",
         "ENGINE_UNAVAILABLE",
         "RATE_LIMITED",
+        "UNKNOWN_PEDALBOARD",
+        "UNKNOWN_SNAPSHOT",
+        "NAME_TAKEN",
+        "STORE_FAILED",
         "UNAUTHORIZED",
         "INTERNAL",
     }

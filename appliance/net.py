@@ -29,7 +29,7 @@ from websockets.http11 import Response
 
 from . import protocol
 from .config import RateLimit, ServerConfig
-from .control import STRUCTURAL, Controller, Event
+from .control import Controller, Event
 from .errors import ApplianceError, EngineError, RateLimited, Unauthorized
 
 log = logging.getLogger("appliance.net")
@@ -311,7 +311,7 @@ class ControlServer:
                 return
             session.send(protocol.encode("AUTH", {"ok": True}, request.id))
             return
-        if request.type in STRUCTURAL:
+        if request.type in self.controller.structural:
             if self._stopping:
                 self._send_error(session, EngineError("the box is stopping"), request.id)
                 return

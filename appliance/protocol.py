@@ -29,7 +29,30 @@ EXAMPLE_REQUESTS = frozenset(
     }
 )
 #: The box's own additive requests (docs/protocol.md "Extensions").
-EXTENSION_REQUESTS = frozenset({"AUTH", "BOARD_GET", "CATALOG_GET", "PLUGIN_MOVE", "HEALTH_GET"})
+EXTENSION_REQUESTS = frozenset(
+    {
+        "AUTH",
+        "BOARD_GET",
+        "CATALOG_GET",
+        "PLUGIN_MOVE",
+        "HEALTH_GET",
+        "PEDALBOARD_LIST",
+        "PEDALBOARD_SAVE",
+        "PEDALBOARD_LOAD",
+        "PEDALBOARD_RENAME",
+        "PEDALBOARD_COPY",
+        "PEDALBOARD_DELETE",
+        "SNAPSHOT_SAVE",
+        "SNAPSHOT_RECALL",
+        "SNAPSHOT_RENAME",
+        "SNAPSHOT_DELETE",
+        "SETLIST_GET",
+        "SETLIST_SET",
+        "SETLIST_NEXT",
+        "SETLIST_PREVIOUS",
+        "SETLIST_GO",
+    }
+)
 REQUESTS = EXAMPLE_REQUESTS | EXTENSION_REQUESTS
 
 #: Required data fields and their JSON types, per request type.
@@ -43,6 +66,16 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "PLUGIN_PARAMETER_BATCH": {"track_id": str, "plugin_id": str, "parameters": list},
     "PLUGIN_MOVE": {"track_id": str, "plugin_id": str, "position": int},
     "AUTH": {"token": str},
+    "PEDALBOARD_LOAD": {"name": str},
+    "PEDALBOARD_RENAME": {"name": str, "new_name": str},
+    "PEDALBOARD_COPY": {"name": str, "new_name": str},
+    "PEDALBOARD_DELETE": {"name": str},
+    "SNAPSHOT_SAVE": {"name": str},
+    "SNAPSHOT_RECALL": {"name": str},
+    "SNAPSHOT_RENAME": {"name": str, "new_name": str},
+    "SNAPSHOT_DELETE": {"name": str},
+    "SETLIST_SET": {"entries": list},
+    "SETLIST_GO": {"position": int},
 }
 _STRING_FIELDS = ("id", "user_id", "session_id")
 

@@ -100,13 +100,15 @@ class Phone:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self._sent = 0
+        self.state: dict[str, Any] = {}
 
     async def _receive(self) -> dict[str, Any]:
         message: dict[str, Any] = json.loads(await self.ws.recv())
         return message
 
     async def replay(self) -> list[dict[str, Any]]:
-        """The board replayed on connect: every message before the answer to a PING, ids dropped."""
+        """The board replayed on connect: every plugin message before the answer to a PING,
+        ids dropped (the pedalboard state that follows them is kept in :attr:`state`)."""
         self._sent += 1
         mark = f"sync_{self._sent}"
         await self.ws.send(json.dumps({"id": mark, "type": "PING"}))
@@ -114,7 +116,10 @@ class Phone:
         async with asyncio.timeout(REPLY_TIMEOUT):
             while (message := await self._receive()).get("reply_to") != mark:
                 message.pop("id", None)
-                replayed.append(message)
+                if message["type"] == "PEDALBOARD_STATE":
+                    self.state = message["data"]
+                else:
+                    replayed.append(message)
         return replayed
 
     async def request(self, kind: str, **data: Any) -> dict[str, Any]:

@@ -209,3 +209,35 @@ async def test_a_switch_that_cannot_be_built_leaves_the_old_board_playing(
     assert engine.chain(TRACK) == ["a1"]
     await asyncio.sleep(0)
     await engine.set_parameters("a1", {"gain": 0.0})  # the old board still answers
+
+
+async def test_snapshot_values_are_heard_within_two_periods_without_a_gap(
+    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType]
+) -> None:
+    """Values sent in one step (a snapshot recall) change the sound a period or two after
+    they are sent (the median of ten recalls; the frame clock of the recording, not the
+    wall clock), and the sound never drops out."""
+    await engine.load_board([amp(plugin_type, "a1", 0.0), amp(plugin_type, "a2", 0.0)])
+    delays: list[int] = []
+    gains = [-6.0, 0.0] * 5
+    for gain in gains:
+        sent: list[int] = []
+
+        async def recall(gain: float = gain, sent: list[int] = sent) -> None:
+            await engine.set_parameters("a1", {"gain": gain})
+            await engine.set_parameters("a2", {"gain": gain})
+            sent.append(rig.position())
+
+        reference, recorded, outcome = await rig.record_during(
+            TONE[: RATE // 2], recall, lead_frames=RATE // 5
+        )
+        assert outcome is None, outcome
+        out = recorded[:, 0].astype(np.float64)
+        assert longest_silence(out[PERIOD:-PERIOD]) <= 2, "a gap in the sound"
+        expected = 10 ** (2 * gain / 20)
+        ratio = np.abs(out) / np.maximum(np.abs(reference), 1e-9)
+        changed = np.flatnonzero((np.abs(reference) > 0.1) & (np.abs(ratio - expected) < 0.01))
+        heard = int(changed[changed >= sent[0] - 2 * PERIOD][0])
+        delays.append(heard - sent[0])
+    delays.sort()
+    assert delays[len(delays) // 2] <= 2 * PERIOD, f"frames from sending to hearing: {delays}"

@@ -1,0 +1,380 @@
+"""Pedalboards, their snapshots, and the setlist: what they are and how they are kept.
+
+A **pedalboard** is a named board (every track's chain with its values and
+bypass, in :meth:`Board.to_dict` form) with up to :data:`MAX_SNAPSHOTS`
+**snapshots**: named sets of values and bypass states for its plugins, kept
+per chain position so that they do not depend on plugin ids (a loaded
+pedalboard's plugins get fresh ids, see :mod:`appliance.library`). The
+**setlist** is an ordered list of pedalboards, each optionally with a
+snapshot, and the position the player is at.
+
+On disk, under the data folder::
+
+    pedalboards/<name>.json      one per pedalboard (the name percent-encoded)
+    pedalboards/<name>.json.bak  its last good copy
+    setlist.json                 the setlist (and .bak)
+
+Every write is atomic and keeps the last good copy (:func:`write_atomic`), as
+``board.json`` does. :class:`PedalboardStore` blocks: call it from a worker.
+The rest is pure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import unicodedata
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .board import Board, conform_values
+from .errors import InvalidMessage, InvalidValue, NameTaken, StoreError, UnknownPedalboard, UnknownSnapshot
+from .files import stale_temporaries, write_atomic
+
+log = logging.getLogger("appliance.pedalboards")
+
+PEDALBOARD_FORMAT = 1
+SETLIST_FORMAT = 1
+MAX_SNAPSHOTS = 8
+MAX_SETLIST = 200
+NAME_MAX = 64
+
+
+def check_name(value: object, field_name: str = "data.name") -> str:
+    """A pedalboard or snapshot name: 1–64 printable characters, trimmed.
+
+    Raises:
+        InvalidMessage: not a string.
+        InvalidValue: empty, too long, or with control characters.
+    """
+    if not isinstance(value, str):
+        raise InvalidMessage(f"{field_name} must be a string", {"field": field_name})
+    name = value.strip()
+    if not name or len(name) > NAME_MAX:
+        raise InvalidValue(f"a name has 1 to {NAME_MAX} characters", {"field": field_name})
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise InvalidValue("a name cannot hold control characters", {"field": field_name})
+    return name
+
+
+@dataclass
+class Snapshot:
+    """Values and bypass per track and chain position: ``{"plugin", "values", "bypass"}`` each."""
+
+    name: str
+    tracks: dict[str, list[dict[str, Any]]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "tracks": self.tracks}
+
+
+@dataclass
+class Pedalboard:
+    """A named board with its snapshots.
+
+    Attributes:
+        board: the chains in :meth:`Board.to_dict` form.
+        spillover: whether this board's delay and reverb tails ring on when
+            the player switches away from it.
+    """
+
+    name: str
+    board: dict[str, Any]
+    snapshots: list[Snapshot] = field(default_factory=list)
+    spillover: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PEDALBOARD_FORMAT,
+            "name": self.name,
+            "spillover": self.spillover,
+            "board": self.board,
+            "snapshots": [s.to_dict() for s in self.snapshots],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Pedalboard:
+        """Raises ValueError when the data is not a pedalboard this box can read."""
+        if data.get("format") != PEDALBOARD_FORMAT:
+            raise ValueError(f"unknown pedalboard format {data.get('format')!r}")
+        board = data.get("board")
+        if not isinstance(board, dict):
+            raise ValueError("no board in the pedalboard")
+        snapshots = [
+            Snapshot(str(s["name"]), {str(t): list(c) for t, c in dict(s["tracks"]).items()})
+            for s in list(data.get("snapshots", []))
+        ]
+        return cls(str(data["name"]), board, snapshots, bool(data.get("spillover", True)))
+
+    def snapshot(self, name: str) -> Snapshot:
+        for snapshot in self.snapshots:
+            if snapshot.name == name:
+                return snapshot
+        raise UnknownSnapshot(f"{self.name!r} has no snapshot {name!r}", {"snapshot": name})
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "spillover": self.spillover, "snapshots": [s.name for s in self.snapshots]}
+
+
+@dataclass
+class SetlistEntry:
+    pedalboard: str
+    snapshot: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pedalboard": self.pedalboard, "snapshot": self.snapshot}
+
+
+@dataclass
+class Setlist:
+    """The songs of the night in order, and where the player is (None: not started)."""
+
+    entries: list[SetlistEntry] = field(default_factory=list)
+    position: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": SETLIST_FORMAT,
+            "entries": [e.to_dict() for e in self.entries],
+            "position": self.position,
+        }
+
+    @classmethod
+    def parse(cls, entries: object, position: object = None) -> Setlist:
+        """A setlist from a client's or the file's data.
+
+        Raises:
+            InvalidMessage, InvalidValue: naming the entry that is wrong.
+        """
+        if not isinstance(entries, list):
+            raise InvalidMessage("entries must be an array", {"field": "data.entries"})
+        if len(entries) > MAX_SETLIST:
+            raise InvalidValue(f"a setlist holds at most {MAX_SETLIST} entries", {"field": "data.entries"})
+        parsed: list[SetlistEntry] = []
+        for index, entry in enumerate(entries):
+            where = f"data.entries[{index}]"
+            if not isinstance(entry, dict):
+                raise InvalidMessage(f"{where} must be {{pedalboard, snapshot}}", {"field": where})
+            snapshot = entry.get("snapshot")
+            parsed.append(
+                SetlistEntry(
+                    check_name(entry.get("pedalboard"), f"{where}.pedalboard"),
+                    None if snapshot is None else check_name(snapshot, f"{where}.snapshot"),
+                )
+            )
+        if position is not None and (
+            isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < len(parsed)
+        ):
+            raise InvalidValue("position must be an entry's index", {"field": "data.position"})
+        return cls(parsed, position)
+
+    def step(self, delta: int) -> int:
+        """The position ``delta`` entries on, held at both ends.
+
+        Raises:
+            InvalidValue: the setlist is empty.
+        """
+        if not self.entries:
+            raise InvalidValue("the setlist is empty", {"field": "setlist"})
+        if self.position is None:
+            return 0 if delta > 0 else len(self.entries) - 1
+        return max(0, min(self.position + delta, len(self.entries) - 1))
+
+
+# -- relating pedalboards to the board --------------------------------------------
+
+
+def layout(board: Mapping[str, Any]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """A board's sound without its ids: per track, each plugin's kind, name, values and bypass."""
+    tracks = []
+    for track in board.get("tracks", []):
+        chain = [
+            (p.get("plugin"), p.get("name"), sorted(dict(p.get("values", {})).items()), bool(p.get("bypass")))
+            for p in track.get("chain", [])
+        ]
+        tracks.append((str(track.get("id")), chain))
+    return sorted(tracks)
+
+
+def take_snapshot(board: Board, name: str) -> Snapshot:
+    """The board's values and bypass now, per track and chain position."""
+    return Snapshot(
+        name,
+        {
+            track.id: [
+                {"plugin": p.type.key, "values": dict(p.values), "bypass": p.bypass} for p in track.chain
+            ]
+            for track in board.tracks.values()
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Recall:
+    """One plugin's part of a snapshot recall: canonical values, and the bypass."""
+
+    track_id: str
+    plugin_id: str
+    values: dict[str, float]
+    engine: dict[str, float]
+    bypass: bool
+
+
+def plan_recall(board: Board, snapshot: Snapshot) -> tuple[list[Recall], list[str]]:
+    """What recalling ``snapshot`` changes on ``board``, checked in full first.
+
+    A position whose plugin is of another kind than when the snapshot was
+    taken (the chain was edited since) is left alone and reported.
+
+    Returns:
+        (the changes, one sentence per position left alone)
+    """
+    changes: list[Recall] = []
+    skipped: list[str] = []
+    for track_id, saved_chain in snapshot.tracks.items():
+        track = board.tracks.get(track_id)
+        if track is None:
+            skipped.append(f"track {track_id} is not configured")
+            continue
+        for index, saved in enumerate(saved_chain):
+            if index >= len(track.chain) or track.chain[index].type.key != saved.get("plugin"):
+                skipped.append(f"{track_id} position {index} holds another plugin now")
+                continue
+            instance = track.chain[index]
+            ids = {parameter.id for parameter in instance.type.parameters}
+            known = {k: v for k, v in dict(saved.get("values", {})).items() if k in ids}
+            values, engine = conform_values(instance.type, known)
+            changes.append(Recall(track_id, instance.id, values, engine, bool(saved.get("bypass", False))))
+    return changes, skipped
+
+
+# -- on disk --------------------------------------------------------------------------
+
+
+class PedalboardStore:
+    """Pedalboard files and the setlist under the data folder. Blocking: call off the loop."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.folder = data_dir / "pedalboards"
+        self.setlist_path = data_dir / "setlist.json"
+
+    def path(self, name: str) -> Path:
+        return self.folder / (urllib.parse.quote(name, safe=" -_()[]'") + ".json")
+
+    def names(self) -> list[str]:
+        """Every saved pedalboard's name, sorted case-insensitively."""
+        if not self.folder.is_dir():
+            return []
+        names = [
+            urllib.parse.unquote(entry.name[: -len(".json")])
+            for entry in self.folder.iterdir()
+            if entry.name.endswith(".json") and not entry.name.startswith(".")
+        ]
+        return sorted(names, key=lambda n: (n.casefold(), n))
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def read(self, name: str) -> Pedalboard:
+        """The pedalboard, or its last good copy when the file is damaged.
+
+        Raises:
+            UnknownPedalboard: there is no such pedalboard (or neither copy reads).
+        """
+        path = self.path(name)
+        for stale in stale_temporaries(path):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        for candidate in (path, path.with_name(path.name + ".bak")):
+            try:
+                pedalboard = Pedalboard.from_dict(json.loads(candidate.read_text(encoding="utf-8")))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.error("pedalboard file %s is unreadable (%s)", candidate, exc)
+                continue
+            if candidate is not path:
+                log.warning("pedalboard %r: loaded its last good copy %s", name, candidate.name)
+            pedalboard.name = name
+            return pedalboard
+        raise UnknownPedalboard(f"no pedalboard {name!r}", {"pedalboard": name})
+
+    def write(self, pedalboard: Pedalboard) -> None:
+        """Save atomically, keeping the last good copy.
+
+        Raises:
+            StoreError: the card is full or read-only.
+        """
+        path = self.path(pedalboard.name)
+        self._write(path, pedalboard.to_dict())
+
+    def create(self, pedalboard: Pedalboard) -> None:
+        """Save a pedalboard under a name nobody uses yet.
+
+        Raises:
+            NameTaken, StoreError.
+        """
+        if self.exists(pedalboard.name):
+            raise NameTaken(f"a pedalboard is already called {pedalboard.name!r}", {"name": pedalboard.name})
+        self.write(pedalboard)
+
+    def delete(self, name: str) -> None:
+        """Remove a pedalboard and its last good copy.
+
+        Raises:
+            UnknownPedalboard, StoreError.
+        """
+        path = self.path(name)
+        if not path.exists():
+            raise UnknownPedalboard(f"no pedalboard {name!r}", {"pedalboard": name})
+        try:
+            os.unlink(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path.with_name(path.name + ".bak"))
+        except OSError as exc:
+            raise StoreError(f"cannot delete {path}: {exc.strerror}") from exc
+
+    def rename(self, name: str, new_name: str) -> Pedalboard:
+        """Write the pedalboard under its new name first, then remove the old one (nothing lost
+        if the power goes in between: both exist).
+
+        Raises:
+            UnknownPedalboard, NameTaken, StoreError.
+        """
+        pedalboard = self.read(name)
+        if new_name != name and self.exists(new_name):
+            raise NameTaken(f"a pedalboard is already called {new_name!r}", {"name": new_name})
+        pedalboard.name = new_name
+        self.write(pedalboard)
+        if self.path(new_name) != self.path(name):
+            self.delete(name)
+        return pedalboard
+
+    def read_setlist(self) -> Setlist:
+        """The saved setlist; an empty one if there is none or it cannot be read (logged)."""
+        for candidate in (self.setlist_path, self.setlist_path.with_name(self.setlist_path.name + ".bak")):
+            try:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+                return Setlist.parse(data.get("entries"), data.get("position"))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, AttributeError, InvalidMessage) as exc:
+                log.error("setlist file %s is unreadable (%s)", candidate, exc)
+        return Setlist()
+
+    def write_setlist(self, setlist: Setlist) -> None:
+        """Raises StoreError."""
+        self._write(self.setlist_path, setlist.to_dict())
+
+    @staticmethod
+    def _write(path: Path, data: dict[str, Any]) -> None:
+        text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False)
+        try:
+            write_atomic(path, text, backup=path.with_name(path.name + ".bak"))
+        except OSError as exc:
+            raise StoreError(f"cannot save {path}: {exc.strerror}") from exc
