@@ -34,7 +34,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from appliance.engine.carla import HIDE_CARLA_ENV
 from appliance.engine.jackserver import JackServer
 from tests.boxproc import BoxProcess, virtual_config
-from tests.rig import Rig, gain_db, latency_frames, noise, sine
+from tests.rig import SPOILED_RETAKES, Rig, gain_db, latency_frames, noise, sine
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(120)]
 
@@ -132,6 +132,20 @@ class Phone:
                 pass
         assert message["type"] == kind, f"{kind} {data} was refused: {message}"
         return message
+
+    async def ask(self, kind: str, answer: str = "PEDALBOARD_STATE", **data: Any) -> dict[str, Any]:
+        """Send one request; the message of type ``answer`` among those answering it."""
+        self._sent += 1
+        mark = f"msg_{self._sent}"
+        await self.ws.send(json.dumps({"id": mark, "type": kind, "data": data}))
+        async with asyncio.timeout(REPLY_TIMEOUT):
+            while True:
+                message = await self._receive()
+                if message.get("reply_to") != mark:
+                    continue
+                assert message["type"] != "ERROR", f"{kind} {data} was refused: {message}"
+                if message["type"] == answer:
+                    return message
 
     async def add(self, plugin: str, track_id: str = TRACK, **values: float) -> str:
         """Add ``plugin`` by catalog key, set ``values``; its plugin_id."""
@@ -361,7 +375,9 @@ async def test_board_is_portable_between_engines(jack_server: JackServer, tmp_pa
         await rig.close()
 
 
-async def test_auto_runs_jalv_where_carla_is_hidden(jack_server: JackServer, rig: Rig, tmp_path: Path) -> None:
+async def test_auto_runs_jalv_where_carla_is_hidden(
+    jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
     """engine: auto with APPLIANCE_NO_CARLA=1 plays through jalv and logs why Carla was not used."""
     config = _config(tmp_path, jack_server, "auto", _one_track(rig))
     async with _box(config, env={HIDE_CARLA_ENV: "1"}) as box, _phone(box) as phone:
@@ -376,3 +392,87 @@ def _get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=REPLY_TIMEOUT) as response:
         data: dict[str, Any] = json.loads(response.read())
         return data
+
+
+#: 8 s of 1 kHz at −12 dBFS: long enough to step through a whole setlist while recording.
+SONG = sine(1000.0, 8 * 48000, 48000, -12.0)
+
+
+async def _save_three_pedalboards(phone: Phone) -> None:
+    """one: gain (snapshots a −9, b −3); two: gain −3, gain −2 (a: the second bypassed, b: both);
+    three: gain (a −1, b −4)."""
+    first = await phone.add("gain", gain=-6.0)
+    await phone.ask("PEDALBOARD_SAVE", name="one")
+    await phone.set(first, "gain", -9.0)
+    await phone.ask("SNAPSHOT_SAVE", name="a")
+    await phone.set(first, "gain", -3.0)
+    await phone.ask("SNAPSHOT_SAVE", name="b")
+    second = await phone.add("gain", gain=-2.0)
+    await phone.ask("PEDALBOARD_SAVE", name="two")
+    await phone.bypass(second, True)
+    await phone.ask("SNAPSHOT_SAVE", name="a")
+    await phone.bypass(second, False)
+    await phone.ask("SNAPSHOT_SAVE", name="b")
+    await phone.request("PLUGIN_REMOVE", plugin_id=second)
+    await phone.set(first, "gain", 0.0)
+    await phone.ask("PEDALBOARD_SAVE", name="three")
+    await phone.set(first, "gain", -1.0)
+    await phone.ask("SNAPSHOT_SAVE", name="a")
+    await phone.set(first, "gain", -4.0)
+    await phone.ask("SNAPSHOT_SAVE", name="b")
+
+
+async def test_a_setlist_of_three_pedalboards_plays_through_without_a_gap(
+    engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """Three pedalboards with two snapshots each, in a setlist, stepped through over the
+    protocol while the rig records: never a gap, and each step sounds as it was saved.
+
+    A run during which the virtual server itself dropped cycles (xruns: every client
+    misses them) is run again, up to :data:`SPOILED_RETAKES` times.
+    """
+    config = _config(tmp_path, jack_server, engine_kind, _one_track(rig))
+    steps = [("one", "a", -9.0), ("one", "b", -3.0), ("two", "a", -3.0), ("two", "b", -5.0)]
+    steps += [("three", "a", -1.0), ("three", "b", -4.0)]
+    entries = [{"pedalboard": board, "snapshot": snapshot} for board, snapshot, _db in steps]
+    async with _box(config) as box, _phone(box) as phone:
+        await phone.replay()
+        await _save_three_pedalboards(phone)
+        for _run in range(SPOILED_RETAKES + 1):
+            await phone.ask("SETLIST_SET", entries=entries)  # from the top
+            marks: list[tuple[int, int]] = []
+
+            async def step_through(marks: list[tuple[int, int]] = marks) -> None:
+                for _ in steps:
+                    start = rig.position()
+                    state = await phone.ask("SETLIST_NEXT")
+                    marks.append((start, rig.position()))
+                    assert state["data"]["modified"] is False
+                    await asyncio.sleep(0.3)
+
+            reference, recorded, outcome = await rig.record_during(SONG, step_through, lead_frames=24000)
+            assert outcome is None, outcome
+            if not rig.last_take_xruns:
+                break
+    out = recorded[:, 0]
+    gap, where = _longest_gap(out[480:-480])
+    assert gap <= 2, (
+        f"a gap of {gap} samples at frame {where + 480} (steps at {marks};"
+        f" {rig.last_take_xruns} xruns of the virtual server)"
+    )
+    ends = [start for start, _done in marks[1:]] + [len(out) - 4800]
+    for (board, snapshot, db), (_start, done), end in zip(steps, marks, ends, strict=True):
+        window = slice(done + 4800, end)  # 0.1 s after the step was answered, to the next step
+        level = gain_db(out[window], reference[window])
+        assert level == pytest.approx(db, abs=0.2), f"{board}/{snapshot} read {level:.2f} dB, saved {db}"
+
+
+def _longest_gap(out: np.ndarray, floor: float = 1e-4) -> tuple[int, int]:
+    """The longest run of samples quieter than ``floor``, and where it starts."""
+    quiet = np.concatenate([[0], (np.abs(out) < floor).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(quiet))
+    starts, stops = edges[::2], edges[1::2]
+    if not starts.size:
+        return 0, 0
+    longest = int(np.argmax(stops - starts))
+    return int(stops[longest] - starts[longest]), int(starts[longest])

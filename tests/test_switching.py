@@ -24,7 +24,7 @@ from appliance.engine.faders import FADER_URI
 from appliance.engine.jackserver import JackServer
 from appliance.errors import PluginLoadFailed
 from tests.engines import ENGINE_ADAPTERS, EngineFactory
-from tests.rig import Rig, rms_db, sine, window_gains
+from tests.rig import SPOILED_RETAKES, Rig, rms_db, sine, window_gains
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(90)]
 
@@ -132,7 +132,8 @@ async def test_switch_moves_the_sound_without_a_gap_or_a_click(
     assert gains[2] == pytest.approx(0.0, abs=0.1), "the old board did not play before the switch"
     assert gains[-2] == pytest.approx(-6.0, abs=0.1), "the new board did not play after the switch"
     assert np.all((gains[1:-1] > -6.1) & (gains[1:-1] < 0.1)), f"a window left the two levels: {gains}"
-    assert longest_silence(out[PERIOD:-PERIOD]) <= 2, "a gap in the sound"
+    gap = longest_silence(out[PERIOD:-PERIOD])
+    assert gap <= 2, f"a gap of {gap} samples ({rig.last_take_xruns} xruns of the virtual server)"
     own = largest_step(reference)
     assert largest_step(out) <= own * 1.05, (
         f"a click: step {largest_step(out):.4f} against the tone's {own:.4f}"
@@ -228,12 +229,17 @@ async def test_snapshot_values_are_heard_within_two_periods_without_a_gap(
             await engine.set_parameters("a2", {"gain": gain})
             sent.append(rig.position())
 
-        reference, recorded, outcome = await rig.record_during(
-            TONE[: RATE // 2], recall, lead_frames=RATE // 5
-        )
+        for _take in range(SPOILED_RETAKES + 1):  # a take the virtual server spoiled is taken again
+            sent.clear()
+            reference, recorded, outcome = await rig.record_during(
+                TONE[: RATE // 2], recall, lead_frames=RATE // 5
+            )
+            if not rig.last_take_xruns:
+                break
         assert outcome is None, outcome
         out = recorded[:, 0].astype(np.float64)
-        assert longest_silence(out[PERIOD:-PERIOD]) <= 2, "a gap in the sound"
+        gap = longest_silence(out[PERIOD:-PERIOD])
+        assert gap <= 2, f"a gap of {gap} samples ({rig.last_take_xruns} xruns of the virtual server)"
         expected = 10 ** (2 * gain / 20)
         ratio = np.abs(out) / np.maximum(np.abs(reference), 1e-9)
         changed = np.flatnonzero((np.abs(reference) > 0.1) & (np.abs(ratio - expected) < 0.01))
