@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 
 from . import lilv
-from .controls import Alias, Control, PluginType
+from .controls import Alias, Control, FactoryPreset, PluginType
 from .errors import ConfigError, InvalidMessage, PluginNotAllowed
 
 logger = logging.getLogger("appliance.catalog")
@@ -265,6 +265,7 @@ class EntrySpec:
             enable_symbol=enable_symbol,
             enable_inverted=inverted,
             latency=plugin.latency,
+            presets=_presets(plugin, enable_symbol),
         )
 
 
@@ -405,7 +406,20 @@ def _scanned_type(plugin: lilv.ScannedPlugin) -> PluginType:
         audio_outputs=plugin.audio_outputs,
         enable_symbol=plugin.enable_symbol,
         latency=plugin.latency,
+        presets=_presets(plugin, plugin.enable_symbol),
     )
+
+
+def _presets(plugin: lilv.ScannedPlugin, enable_symbol: str | None) -> tuple[FactoryPreset, ...]:
+    """The plugin's factory presets, each limited to its adjustable controls (not meters, not
+    the enable port that bypass drives); a preset left with nothing to set is dropped."""
+    adjustable = {c.symbol for c in plugin.controls} - {enable_symbol}
+    presets = []
+    for preset in plugin.presets:
+        values = tuple((symbol, value) for symbol, value in preset.values if symbol in adjustable)
+        if values:
+            presets.append(FactoryPreset(preset.uri, preset.label, values))
+    return tuple(presets)
 
 
 def _stem(plugin_path: str) -> str:

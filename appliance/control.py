@@ -110,6 +110,8 @@ class Controller:
             "PLUGIN_PARAMETER": self._parameter,
             "PLUGIN_PARAMETER_BATCH": self._batch,
             "PLUGIN_PRESET": self._preset,
+            "PRESET_LOAD": self._factory_preset,
+            "PRESET_LIST": self._preset_list,
             "PLUGIN_BYPASS": self._bypass,
             "PLUGIN_PARAMETERS_GET": self._parameters_get,
             "BOARD_GET": self._board_get,
@@ -347,6 +349,27 @@ class Controller:
         ]
         # Clients that only follow PLUGIN_PARAMETER (the React example) converge too.
         return Outcome(broadcast=events + self._parameter_events(plan))
+
+    async def _factory_preset(self, request: Request) -> Outcome:
+        """One of the plugin's factory presets: its values, as one change (a PLUGIN_PRESET)."""
+        data = request.data
+        instance = self.board.plugin(data["track_id"], data["plugin_id"])
+        preset = instance.type.preset(data["preset"])
+        values = {}
+        for symbol, value in preset.values:
+            parameter = instance.type.canonical(symbol)
+            values[parameter.id] = parameter.from_engine(value)
+        plan = self.board.plan_parameters(data["track_id"], instance.id, values)
+        await self._apply(plan)
+        events: list[Event] = [
+            ("PLUGIN_PRESET", self._ids(plan.track_id, instance) | {"preset_data": dict(instance.values)})
+        ]
+        return Outcome(broadcast=events + self._parameter_events(plan))
+
+    async def _preset_list(self, request: Request) -> Outcome:
+        plugin_type = self.catalog.resolve(request.data["plugin"], None)
+        presets = [{"uri": p.uri, "label": p.label} for p in plugin_type.presets]
+        return Outcome(reply=[("PRESETS", {"plugin": plugin_type.key, "presets": presets})])
 
     @staticmethod
     def _parameter_events(plan: ParameterPlan) -> list[Event]:

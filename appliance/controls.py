@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import InvalidValue, UnknownParameter
+from .errors import InvalidValue, UnknownParameter, UnknownPreset
 
 Kind = Literal["float", "integer", "toggle", "enum"]
 
@@ -133,6 +133,15 @@ def _tidy(value: float) -> float:
 
 
 @dataclass(frozen=True)
+class FactoryPreset:
+    """A preset the plugin ships with: its URI, label, and symbol → value in the plugin's units."""
+
+    uri: str
+    label: str
+    values: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
 class PluginType:
     """An addable plugin: where it comes from and what its controls are.
 
@@ -143,6 +152,8 @@ class PluginType:
         enable_symbol: the plugin's own enable/bypass control, if it has one
             (``lv2:enabled`` designation, or a Guitarix-style ``BYPASS``).
         enable_inverted: True when that control means "bypass" (1 = bypassed).
+        presets: the factory presets it ships with (their values limited to
+            its adjustable controls).
     """
 
     key: str
@@ -155,6 +166,7 @@ class PluginType:
     enable_symbol: str | None = None
     enable_inverted: bool = False
     latency: bool = False
+    presets: tuple[FactoryPreset, ...] = field(default=(), compare=False)
     parameters: tuple[Parameter, ...] = field(init=False, repr=False, compare=False)
     _lookup: dict[str, Parameter] = field(init=False, repr=False, compare=False)
 
@@ -242,4 +254,16 @@ class PluginType:
             "audio_outputs": len(self.audio_outputs),
             "bypass": "enable-port" if self.enable_symbol else "pass-through",
             "parameters": [p.describe() for p in self.parameters],
+            "presets": [{"uri": p.uri, "label": p.label} for p in self.presets],
         }
+
+    def preset(self, name: str) -> FactoryPreset:
+        """A factory preset by URI or label.
+
+        Raises:
+            UnknownParameter: no such preset (``details.preset``).
+        """
+        for preset in self.presets:
+            if name in (preset.uri, preset.label):
+                return preset
+        raise UnknownPreset(f"plugin {self.key} has no preset {name!r}", {"preset": name})

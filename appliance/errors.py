@@ -104,6 +104,10 @@ class PluginLoadFailed(EngineError):
     public = "the plugin could not be loaded; the box logged why"
 
 
+class UnknownPreset(ProtocolError, KeyError):
+    code = "UNKNOWN_PRESET"
+
+
 class UnknownPedalboard(ProtocolError, KeyError):
     code = "UNKNOWN_PEDALBOARD"
 
@@ -141,6 +145,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "PLUGIN_LOAD_FAILED",
         "ENGINE_UNAVAILABLE",
         "RATE_LIMITED",
+        "UNKNOWN_PRESET",
         "UNKNOWN_PEDALBOARD",
         "UNKNOWN_SNAPSHOT",
         "NAME_TAKEN",

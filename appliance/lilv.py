@@ -1,7 +1,9 @@
 """A small ctypes binding to liblilv: scan the installed LV2 plugins.
 
 Only what the catalog needs: per plugin its URI, name, audio ports, control
-input ports (range, default, unit, kind, scale points) and a few flags. The
+input ports (range, default, unit, kind, scale points), its factory presets
+(LV2 presets: ``pset:Preset`` resources with ``lv2:port`` values) and a few
+flags. The
 whole scan is one blocking call, :func:`scan_plugins`; the loop runs it through
 ``asyncio.to_thread``. Each scan makes and frees its own ``LilvWorld``, so it is
 safe from any one thread at a time per call (lilv itself is not thread-safe,
@@ -14,8 +16,10 @@ folders, their bundles or the bundles' Turtle files change.
 Memory ownership follows ``lilv.h`` (0.24): nodes returned by
 ``lilv_plugin_get_name``, ``lilv_port_get_name``, ``lilv_port_get``,
 ``lilv_world_get`` and ``lilv_port_get_range`` are ours to ``lilv_node_free``;
-``lilv_port_get_scale_points`` is ours to ``lilv_scale_points_free``; the URI,
-symbol and scale-point nodes are owned by lilv and never freed here.
+``lilv_port_get_scale_points`` is ours to ``lilv_scale_points_free``, and
+``lilv_plugin_get_related`` and ``lilv_world_find_nodes`` are ours to
+``lilv_nodes_free``; the URI, symbol and scale-point nodes are owned by lilv
+and never freed here.
 
 Specs followed: LV2 core (lv2:toggled, lv2:integer, lv2:enumeration,
 lv2:designation lv2:enabled / lv2:latency, lv2:reportsLatency), LV2 units
@@ -44,7 +48,7 @@ logger = logging.getLogger("appliance.lilv")
 Kind = Literal["float", "integer", "toggle", "enum"]
 
 #: Bumped whenever the cached JSON layout changes.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 _LV2 = "http://lv2plug.in/ns/lv2core#"
 _ATOM = "http://lv2plug.in/ns/ext/atom#"
@@ -53,6 +57,8 @@ _EVENT_PORT = "http://lv2plug.in/ns/ext/event#EventPort"
 _UNITS = "http://lv2plug.in/ns/extensions/units#"
 _PPROPS = "http://lv2plug.in/ns/ext/port-props#"
 _LILV_OPTION_LV2_PATH = "http://drobilla.net/ns/lilv#lv2-path"
+_PSET = "http://lv2plug.in/ns/ext/presets#"
+_RDFS_LABEL = "http://www.w3.org/2000/01/rdf-schema#label"
 
 #: Display strings for the common LV2 unit URIs (LV2 units spec).
 UNIT_SYMBOLS: dict[str, str] = {
@@ -112,6 +118,19 @@ class ScannedControl:
 
 
 @dataclass(frozen=True)
+class ScannedPreset:
+    """A factory preset shipped in the plugin's bundle (``pset:Preset``).
+
+    ``values`` are (control symbol, value in the plugin's units), as the
+    preset's ``lv2:port`` entries give them.
+    """
+
+    uri: str
+    label: str
+    values: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
 class ScannedPlugin:
     """One installed LV2 plugin, as far as the box cares.
 
@@ -128,6 +147,7 @@ class ScannedPlugin:
         cv_ports: CV port symbols (the box cannot wire these).
         latency: the plugin reports its latency (lv2:reportsLatency or a
             port designated lv2:latency).
+        presets: its factory presets, sorted by label.
     """
 
     uri: str
@@ -141,6 +161,7 @@ class ScannedPlugin:
     midi_input: bool = False
     cv_ports: tuple[str, ...] = ()
     latency: bool = False
+    presets: tuple[ScannedPreset, ...] = ()
 
     @property
     def is_audio_effect(self) -> bool:
@@ -190,6 +211,10 @@ class ScannedPlugin:
             midi_input=bool(data["midi_input"]),
             cv_ports=tuple(data["cv_ports"]),
             latency=bool(data["latency"]),
+            presets=tuple(
+                ScannedPreset(p["uri"], p["label"], tuple((str(k), float(v)) for k, v in p["values"]))
+                for p in data["presets"]
+            ),
         )
 
 
@@ -295,6 +320,14 @@ def _load_library() -> ctypes.CDLL:
         "lilv_scale_points_get": (p, [p, p]),
         "lilv_scale_point_get_label": (p, [p]),
         "lilv_scale_point_get_value": (p, [p]),
+        "lilv_plugin_get_related": (p, [p, p]),
+        "lilv_world_load_resource": (ctypes.c_int, [p, p]),
+        "lilv_world_find_nodes": (p, [p, p, p, p]),
+        "lilv_nodes_free": (None, [p]),
+        "lilv_nodes_begin": (p, [p]),
+        "lilv_nodes_is_end": (ctypes.c_bool, [p, p]),
+        "lilv_nodes_next": (p, [p, p]),
+        "lilv_nodes_get": (p, [p, p]),
     }
     for function, (restype, argtypes) in signatures.items():
         fn = getattr(lib, function)
@@ -353,6 +386,11 @@ class _Scanner:
         "unit": _UNITS + "unit",
         "unit_symbol": _UNITS + "symbol",
         "midi_event": _MIDI_EVENT,
+        "preset": _PSET + "Preset",
+        "preset_value": _PSET + "value",
+        "port": _LV2 + "port",
+        "symbol": _LV2 + "symbol",
+        "label": _RDFS_LABEL,
     }
 
     def __init__(self, lib: ctypes.CDLL, folders: Sequence[str]) -> None:
@@ -441,7 +479,52 @@ class _Scanner:
             midi_input=midi,
             cv_ports=tuple(cv),
             latency=bool(lib.lilv_plugin_has_latency(plugin)),
+            presets=self._presets(plugin),
         )
+
+    def _presets(self, plugin: int) -> tuple[ScannedPreset, ...]:
+        """The plugin's factory presets: each preset's resource loaded, its port values read."""
+        lib, n = self.lib, self.nodes
+        presets: list[ScannedPreset] = []
+        related = lib.lilv_plugin_get_related(plugin, n["preset"])
+        if not related:
+            return ()
+        try:
+            for preset in self._each(related):
+                lib.lilv_world_load_resource(self.world, preset)
+                uri = _text(lib, preset)
+                label = self._owned_text(lib.lilv_world_get(self.world, preset, n["label"], None))
+                values: list[tuple[str, float]] = []
+                ports = lib.lilv_world_find_nodes(self.world, preset, n["port"], None)
+                try:
+                    for port in self._each(ports):
+                        symbol = self._owned_text(lib.lilv_world_get(self.world, port, n["symbol"], None))
+                        value = lib.lilv_world_get(self.world, port, n["preset_value"], None)
+                        try:
+                            number = value and (lib.lilv_node_is_float(value) or lib.lilv_node_is_int(value))
+                            if symbol and number:
+                                values.append((symbol, float(lib.lilv_node_as_float(value))))
+                        finally:
+                            if value:
+                                lib.lilv_node_free(value)
+                finally:
+                    if ports:
+                        lib.lilv_nodes_free(ports)
+                if values:
+                    presets.append(ScannedPreset(uri, label or uri.rsplit("#", 1)[-1], tuple(sorted(values))))
+        finally:
+            lib.lilv_nodes_free(related)
+        return tuple(sorted(presets, key=lambda p: (p.label.casefold(), p.uri)))
+
+    def _each(self, nodes: int | None) -> Iterator[int]:
+        """The nodes of a LilvNodes collection (borrowed from it)."""
+        if not nodes:
+            return
+        lib = self.lib
+        it = lib.lilv_nodes_begin(nodes)
+        while not lib.lilv_nodes_is_end(nodes, it):
+            yield lib.lilv_nodes_get(nodes, it)
+            it = lib.lilv_nodes_next(nodes, it)
 
     def _control(self, plugin: int, port: int, index: int, symbol: str) -> ScannedControl:
         lib, n = self.lib, self.nodes

@@ -51,6 +51,8 @@ EXTENSION_REQUESTS = frozenset(
         "SETLIST_NEXT",
         "SETLIST_PREVIOUS",
         "SETLIST_GO",
+        "PRESET_LIST",
+        "PRESET_LOAD",
     }
 )
 REQUESTS = EXAMPLE_REQUESTS | EXTENSION_REQUESTS
@@ -76,6 +78,8 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "SNAPSHOT_DELETE": {"name": str},
     "SETLIST_SET": {"entries": list},
     "SETLIST_GO": {"position": int},
+    "PRESET_LIST": {"plugin": str},
+    "PRESET_LOAD": {"track_id": str, "plugin_id": str, "preset": str},
 }
 _STRING_FIELDS = ("id", "user_id", "session_id")
 

@@ -345,3 +345,20 @@ async def test_knobs_and_bypass_act_on_the_playing_board_during_a_load(stack: St
     stack.engine.add_gate.set()
     await load
     assert stack.chain() == [("gain", {"gain": -6.0}, False)]
+
+
+async def test_factory_presets_are_listed_per_plugin_and_load_onto_a_plugin(stack: Stack) -> None:
+    """The compressor's own LV2 presets (from its bundle) are in the catalog and load as one change."""
+    described = next(p for p in stack.controller.catalog.describe() if p["key"] == "compressor")
+    labels = [p["label"] for p in described["presets"]]
+    assert "VocalLeveller" in labels, labels
+    listed = await stack.ask("PRESET_LIST", plugin="compressor")
+    assert [p["label"] for p in listed[0][1]["presets"]] == labels
+    compressor = await stack.add("compressor")
+    events = await stack.ask("PRESET_LOAD", track_id=TRACK, plugin_id=compressor, preset="VocalLeveller")
+    assert events[0][0] == "PLUGIN_PRESET"
+    preset = stack.board.plugin(TRACK, compressor).type.preset("VocalLeveller")
+    assert stack.engine.values[compressor]["att"] == dict(preset.values)["att"] == 50.0
+    assert "gr" not in stack.engine.values[compressor], "a meter was written to"
+    error = await stack.refused("PRESET_LOAD", track_id=TRACK, plugin_id=compressor, preset="nope")
+    assert error.code == "UNKNOWN_PRESET"
