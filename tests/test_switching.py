@@ -20,7 +20,7 @@ from appliance import lilv
 from appliance.catalog import Catalog
 from appliance.controls import PluginType
 from appliance.engine import Engine, EngineEvent, SavedPlugin, TrackPorts
-from appliance.engine.faders import FADER_URI
+from appliance.engine.faders import FADE_STEPS, FADER_URI
 from appliance.engine.jackserver import JackServer
 from appliance.errors import PluginLoadFailed
 from tests.engines import ENGINE_ADAPTERS, EngineFactory
@@ -134,10 +134,10 @@ async def test_switch_moves_the_sound_without_a_gap_or_a_click(
     assert np.all((gains[1:-1] > -6.1) & (gains[1:-1] < 0.1)), f"a window left the two levels: {gains}"
     gap = longest_silence(out[PERIOD:-PERIOD])
     assert gap <= 2, f"a gap of {gap} samples ({rig.last_take_xruns} xruns of the virtual server)"
-    own = largest_step(reference)
-    assert largest_step(out) <= own * 1.05, (
-        f"a click: step {largest_step(out):.4f} against the tone's {own:.4f}"
-    )
+    # The two chains' faders are moved by different processes, which may take a step a
+    # period apart: the sum may then pass the louder board by one fade step for a period.
+    own = largest_step(reference) * (1 + 1 / FADE_STEPS)
+    assert largest_step(out) <= own, f"a click: step {largest_step(out):.4f}, the tone's own {own:.4f}"
     assert engine.chain(TRACK) == ["b1"]
 
 
