@@ -119,8 +119,10 @@ async def _sample_load(engine: Engine, peaks: list[float], stop: asyncio.Event) 
 
 async def _switches(
     engine: Engine, rig: Rig, boards: list[list[SavedPlugin]], rounds: int
-) -> tuple[list[int], list[int], list[float], int]:
-    """(frames request → switched, longest silence per switch, DSP load samples, xruns)."""
+) -> tuple[list[int], list[int], list[float], int, int]:
+    """(frames request → switched, longest silence per switch, DSP load samples, xruns,
+    of which while the new plugins started)."""
+    starting = 0
     times: list[int] = []
     silences: list[int] = []
     load: list[float] = []
@@ -136,8 +138,16 @@ async def _switches(
             marks: list[int] = []
 
             async def switch(plugins: list[SavedPlugin] = plugins, marks: list[int] = marks) -> None:
+                nonlocal starting
                 marks.append(rig.position())
-                await engine.switch_board(plugins, SPILLOVER, lambda: marks.append(rig.position()))
+                before = engine.info().xruns
+
+                def commit() -> None:
+                    nonlocal starting
+                    marks.append(rig.position())
+                    starting += engine.info().xruns - before
+
+                await engine.switch_board(plugins, SPILLOVER, commit)
 
             _reference, recorded, _ = await rig.record_during(np.tile(TONE, 3), switch, lead_frames=RATE // 4)
             if len(marks) == 2:
@@ -146,7 +156,7 @@ async def _switches(
     finally:
         stop.set()
         await sampler
-    return times, silences, load, engine.info().xruns - xruns
+    return times, silences, load, engine.info().xruns - xruns, starting
 
 
 async def _idle(engine: Engine, seconds: float) -> tuple[list[float], int]:
@@ -190,7 +200,7 @@ async def measure(kind: str, rounds: int, catalog: Catalog, fader: PluginType) -
         await engine.switch_board(boards[1], 0.0, lambda: None)
         await asyncio.sleep(SPILLOVER)
         idle_load, idle_xruns = await _idle(engine, rounds * 1.5)
-        times, silences, load, xruns = await _switches(engine, rig, boards, rounds)
+        times, silences, load, xruns, starting = await _switches(engine, rig, boards, rounds)
     finally:
         await engine.stop()
         await rig.close()
@@ -203,6 +213,7 @@ async def measure(kind: str, rounds: int, catalog: Catalog, fader: PluginType) -
         mean = statistics.fmean(samples) if samples else 0.0
         peak = max(samples, default=0.0)
         print(f"  DSP load, {name:<13} mean {mean:5.1f} %   peak {peak:5.1f} %   xruns {count}")
+    print(f"  xruns while the new plugins started (before the switch point): {starting}")
 
 
 async def main(argv: list[str] | None = None) -> int:
