@@ -204,7 +204,11 @@ class Box:
             board, self.catalog, self.engine, self._board_changed, lambda: self.health()[1]
         )
         self.library = Library(
-            self.controller, PedalboardStore(config.data_dir), config.spillover, self.saver.changed
+            self.controller,
+            PedalboardStore(config.data_dir),
+            config.spillover,
+            self.saver.changed,
+            config.switch_ceiling,
         )
         await self._load_engine(board, saved is None)
         await self.library.start(saved.get("library") if saved else None)

@@ -103,6 +103,9 @@ class Config:
     save_delay: float = 0.5
     #: Seconds an old pedalboard's delay and reverb tails ring on after a switch.
     spillover: float = 3.0
+    #: DSP load (%) that two boards ringing together must stay under; above it a
+    #: switch cuts the old board's tails after the crossfade.
+    switch_ceiling: float = 80.0
 
 
 class _Reader:
@@ -267,9 +270,14 @@ def parse(data: object, path: Path) -> Config:
     spillover = top.get("spillover", float, 3.0)
     if not 0 <= spillover <= 30:
         raise ConfigError("spillover", "must be between 0 and 30 seconds")
+    ceiling = top.get("switch_ceiling", float, 80.0)
+    if not 0 < ceiling <= 100:
+        raise ConfigError("switch_ceiling", "must be a DSP load between 0 and 100 (%)")
     top.done()
     assert data_dir is not None and catalog is not None
-    return Config(path, server, engine, tuple(tracks), data_dir, catalog, tuple(demo), save_delay, spillover)
+    return Config(
+        path, server, engine, tuple(tracks), data_dir, catalog, tuple(demo), save_delay, spillover, ceiling
+    )
 
 
 def _resolve(base: Path, value: str | None) -> Path | None:

@@ -49,6 +49,9 @@ class Library:
         store: the files.
         spillover: seconds an old board's tails ring on after a switch (for
             pedalboards that allow it).
+        ceiling: the DSP load (%) two boards may reach together: when the
+            playing board's load doubled would pass it, the old board's tails
+            are cut after the 20 ms crossfade instead of ringing on.
         on_change: called when what the box saves in ``board.json`` changed.
     """
 
@@ -58,10 +61,12 @@ class Library:
         store: PedalboardStore,
         spillover: float,
         on_change: Callable[[], None] = lambda: None,
+        ceiling: float = 80.0,
     ) -> None:
         self.controller = controller
         self.store = store
         self.spillover = spillover
+        self.ceiling = ceiling
         self.on_change = on_change
         self.current: Pedalboard | None = None
         self.snapshot: str | None = None
@@ -217,10 +222,14 @@ class Library:
             pedalboard = await asyncio.to_thread(self.store.read, name)
         if snapshot is not None:
             pedalboard.snapshot(snapshot)  # raises before anything changes
-        leaving = self.current.spillover if self.current else True
+        spillover = self.spillover if (self.current.spillover if self.current else True) else 0.0
+        load = self.controller.engine.info().dsp_load
+        if spillover and 2 * load > self.ceiling:
+            log.warning("DSP load %.0f %%: two boards would pass %.0f %%; no spillover", load, self.ceiling)
+            spillover = 0.0
         self._switching = True
         try:
-            events = await self.controller.switch_board(pedalboard.board, self.spillover if leaving else 0.0)
+            events = await self.controller.switch_board(pedalboard.board, spillover)
         finally:
             self._switching = False
         self.current, self.snapshot = pedalboard, None

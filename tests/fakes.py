@@ -31,6 +31,7 @@ class FakeEngine(Engine):
         #: A board switch fails on the plugin with this id.
         self.fail_on_switch: str | None = None
         self.switches: list[float] = []
+        self.dsp_load = 0.0
 
     async def start(self) -> None:
         self.running = True
@@ -95,7 +96,7 @@ class FakeEngine(Engine):
         commit()
 
     def info(self) -> EngineInfo:
-        return EngineInfo("fake", self.running and not self.down, self.sample_rate, 128)
+        return EngineInfo("fake", self.running and not self.down, self.sample_rate, 128, self.dsp_load)
 
     def chain(self, track_id: str) -> list[str]:
         return list(self.chains[track_id])

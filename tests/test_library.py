@@ -209,7 +209,10 @@ async def test_a_pedalboard_that_cannot_start_leaves_the_old_one_and_the_files(s
     stack.engine.fail_on_switch = f"plugin_{stack.board.next_number}"
     error = await stack.refused("PEDALBOARD_LOAD", name="crunch")
     assert error.code == "PLUGIN_LOAD_FAILED"
-    assert "overdrive could not start" in error.public_message() and "old board plays on" in error.public_message()
+    assert (
+        "overdrive could not start" in error.public_message()
+        and "old board plays on" in error.public_message()
+    )
     assert stack.chain() == before
     assert stack.state()["pedalboard"] == "clean"
     assert {p.name: p.read_bytes() for p in stack.store.folder.iterdir()} == files
@@ -362,3 +365,15 @@ async def test_factory_presets_are_listed_per_plugin_and_load_onto_a_plugin(stac
     assert "gr" not in stack.engine.values[compressor], "a meter was written to"
     error = await stack.refused("PRESET_LOAD", track_id=TRACK, plugin_id=compressor, preset="nope")
     assert error.code == "UNKNOWN_PRESET"
+
+
+async def test_a_busy_box_cuts_the_old_tails_instead_of_running_two_boards(stack: Stack) -> None:
+    """Above the ceiling (two boards' load), the switch has no spillover: the old board goes
+    after the crossfade."""
+    await stack.add("gain")
+    await stack.ask("PEDALBOARD_SAVE", name="clean")
+    stack.engine.dsp_load = 30.0
+    await stack.ask("PEDALBOARD_LOAD", name="clean")
+    stack.engine.dsp_load = 45.0
+    await stack.ask("PEDALBOARD_LOAD", name="clean")
+    assert stack.engine.switches[-2:] == [SPILLOVER, 0.0]
