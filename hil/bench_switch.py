@@ -41,7 +41,7 @@ from appliance.engine import Engine, SavedPlugin, TrackPorts
 from appliance.engine.faders import FADER_URI
 from appliance.engine.jackserver import DummySettings, JackServer
 from hil.bench_engines import BOARD, BOARD_VALUES
-from tests.rig import Rig, sine
+from tests.rig import Rig, longest_gap, sine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,12 +78,6 @@ def _board(catalog: Catalog, prefix: str, gain: float) -> list[SavedPlugin]:
         }
         plugins.append(SavedPlugin(TRACK, f"{prefix}{index}", plugin_type, engine_values))
     return plugins
-
-
-def _longest_silence(out: np.ndarray) -> int:
-    quiet = np.concatenate([[0], (np.abs(out) < 1e-4).astype(np.int8), [0]])
-    edges = np.flatnonzero(np.diff(quiet))
-    return int((edges[1::2] - edges[::2]).max()) if edges.size else 0
 
 
 async def _snapshots(engine: Engine, rig: Rig, amp: PluginType, rounds: int) -> list[int]:
@@ -152,7 +146,7 @@ async def _switches(
             _reference, recorded, _ = await rig.record_during(np.tile(TONE, 3), switch, lead_frames=RATE // 4)
             if len(marks) == 2:
                 times.append(marks[1] - marks[0])
-            silences.append(_longest_silence(recorded[PERIOD:-PERIOD, 0]))
+            silences.append(longest_gap(recorded[PERIOD:-PERIOD, 0])[0])
     finally:
         stop.set()
         await sampler

@@ -113,6 +113,20 @@ def window_gains(recorded: np.ndarray, reference: np.ndarray, window: int = 480)
     )
 
 
+def longest_gap(recorded: np.ndarray, floor: float = 1e-4) -> tuple[int, int]:
+    """The longest run of samples quieter than ``floor``, and where it starts.
+
+    A tone crosses zero for a sample or two; a dropout is a run much longer.
+    """
+    quiet = np.concatenate([[0], (np.abs(recorded) < floor).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(quiet))
+    starts, stops = edges[::2], edges[1::2]
+    if not starts.size:
+        return 0, 0
+    longest = int(np.argmax(stops - starts))
+    return int(stops[longest] - starts[longest]), int(starts[longest])
+
+
 def difference_db(a: np.ndarray, b: np.ndarray) -> float:
     """Level of ``a - b`` relative to ``b`` in dB (how different two takes are)."""
     return rms_db(a - b) - rms_db(b)

@@ -34,7 +34,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from appliance.engine.carla import HIDE_CARLA_ENV
 from appliance.engine.jackserver import JackServer
 from tests.boxproc import BoxProcess, virtual_config
-from tests.rig import SPOILED_RETAKES, Rig, gain_db, latency_frames, noise, sine
+from tests.rig import SPOILED_RETAKES, Rig, gain_db, latency_frames, longest_gap, noise, sine
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(120)]
 
@@ -455,7 +455,7 @@ async def test_a_setlist_of_three_pedalboards_plays_through_without_a_gap(
             if not rig.last_take_xruns:
                 break
     out = recorded[:, 0]
-    gap, where = _longest_gap(out[480:-480])
+    gap, where = longest_gap(out[480:-480])
     assert gap <= 2, (
         f"a gap of {gap} samples at frame {where + 480} (steps at {marks};"
         f" {rig.last_take_xruns} xruns of the virtual server)"
@@ -465,14 +465,3 @@ async def test_a_setlist_of_three_pedalboards_plays_through_without_a_gap(
         window = slice(done + 4800, end)  # 0.1 s after the step was answered, to the next step
         level = gain_db(out[window], reference[window])
         assert level == pytest.approx(db, abs=0.2), f"{board}/{snapshot} read {level:.2f} dB, saved {db}"
-
-
-def _longest_gap(out: np.ndarray, floor: float = 1e-4) -> tuple[int, int]:
-    """The longest run of samples quieter than ``floor``, and where it starts."""
-    quiet = np.concatenate([[0], (np.abs(out) < floor).astype(np.int8), [0]])
-    edges = np.flatnonzero(np.diff(quiet))
-    starts, stops = edges[::2], edges[1::2]
-    if not starts.size:
-        return 0, 0
-    longest = int(np.argmax(stops - starts))
-    return int(stops[longest] - starts[longest]), int(starts[longest])

@@ -4,6 +4,11 @@ What a player would notice if these broke: a dropout or a click when the
 footswitch changes the sound between or within songs, the old delay's
 repeats cut dead when they should ring on (or ringing on when spillover is
 off), or silence when the new board cannot be built.
+
+A take during which the virtual server itself dropped cycles (xruns: every
+client misses them, the box's plugins included) is taken again, up to
+:data:`tests.rig.SPOILED_RETAKES` times; a failure says how many xruns its
+take had. What xruns switching causes is measured in ``hil/bench_switch``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from appliance.engine.faders import FADE_STEPS, FADER_URI
 from appliance.engine.jackserver import JackServer
 from appliance.errors import PluginLoadFailed
 from tests.engines import ENGINE_ADAPTERS, EngineFactory
-from tests.rig import SPOILED_RETAKES, Rig, rms_db, sine, window_gains
+from tests.rig import SPOILED_RETAKES, Rig, longest_gap, rms_db, sine, window_gains
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(90)]
 
@@ -103,16 +108,6 @@ async def switch(engine: Engine, plugins: list[SavedPlugin], spillover: float) -
     return seen
 
 
-def longest_silence(recorded: np.ndarray, floor: float = 1e-4) -> int:
-    """The longest run of samples quieter than ``floor``."""
-    quiet = np.abs(recorded) < floor
-    longest = run = 0
-    for value in quiet:
-        run = run + 1 if value else 0
-        longest = max(longest, run)
-    return longest
-
-
 def largest_step(x: np.ndarray) -> float:
     return float(np.max(np.abs(np.diff(x.astype(np.float64)))))
 
@@ -122,23 +117,29 @@ async def test_switch_moves_the_sound_without_a_gap_or_a_click(
 ) -> None:
     """From a 0 dB board to a −6 dB board while playing: never silent, never a step
     larger than the tone's own, and every 10 ms window between the two levels."""
-    await engine.load_board([amp(plugin_type, "a1", 0.0)])
-    reference, recorded, outcome = await rig.record_during(
-        TONE, lambda: switch(engine, [amp(plugin_type, "b1", -6.0)], 0.0), lead_frames=int(0.8 * RATE)
-    )
-    assert outcome == ["b1"], outcome
+    for take in range(SPOILED_RETAKES + 1):  # a take the virtual server spoiled is taken again
+        await engine.switch_board([amp(plugin_type, f"a{take}", 0.0)], 0.0, lambda: None)
+        new = f"b{take}"
+        reference, recorded, outcome = await rig.record_during(
+            TONE,
+            lambda new=new: switch(engine, [amp(plugin_type, new, -6.0)], 0.0),
+            lead_frames=int(0.8 * RATE),
+        )
+        if not rig.last_take_xruns:
+            break
+    assert outcome == [new], outcome
     out = recorded[:, 0]
     gains = window_gains(out, reference)
     assert gains[2] == pytest.approx(0.0, abs=0.1), "the old board did not play before the switch"
     assert gains[-2] == pytest.approx(-6.0, abs=0.1), "the new board did not play after the switch"
     assert np.all((gains[1:-1] > -6.1) & (gains[1:-1] < 0.1)), f"a window left the two levels: {gains}"
-    gap = longest_silence(out[PERIOD:-PERIOD])
+    gap = longest_gap(out[PERIOD:-PERIOD])[0]
     assert gap <= 2, f"a gap of {gap} samples ({rig.last_take_xruns} xruns of the virtual server)"
     # The two chains' faders are moved by different processes, which may take a step a
     # period apart: the sum may then pass the louder board by one fade step for a period.
     own = largest_step(reference) * (1 + 1 / FADE_STEPS)
     assert largest_step(out) <= own, f"a click: step {largest_step(out):.4f}, the tone's own {own:.4f}"
-    assert engine.chain(TRACK) == ["b1"]
+    assert engine.chain(TRACK) == [new]
 
 
 async def test_spillover_lets_the_old_delay_ring_on(
@@ -146,7 +147,6 @@ async def test_spillover_lets_the_old_delay_ring_on(
 ) -> None:
     """With spillover the delay's repeats go on after the switch to a clean board,
     while the new board plays the new notes at once."""
-    await engine.load_board([delay(plugin_type, "d1")])
     echoes_after, notes_after = await _switch_during_bursts(engine, rig, plugin_type, spillover=3.0)
     assert min(echoes_after[:2]) > -60.0, f"the repeats stopped at the switch: {echoes_after}"
     assert notes_after == pytest.approx([NOTE_DB] * len(notes_after), abs=0.5), (
@@ -157,7 +157,6 @@ async def test_spillover_lets_the_old_delay_ring_on(
 async def test_without_spillover_the_old_repeats_stop(
     engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType]
 ) -> None:
-    await engine.load_board([delay(plugin_type, "d1")])
     echoes_after, notes_after = await _switch_during_bursts(engine, rig, plugin_type, spillover=0.0)
     assert max(echoes_after) < -90.0, f"the old repeats rang on: {echoes_after}"
     assert notes_after == pytest.approx([NOTE_DB] * len(notes_after), abs=0.5), (
@@ -171,14 +170,18 @@ async def _switch_during_bursts(
     """Switch from the delay to a clean board between two bursts. For every burst that
     starts once the switch is done: the level (dBFS) of its first repeat slot and of the note."""
     signal = bursts()
-    switched: list[int] = []
+    for take in range(SPOILED_RETAKES + 1):  # a take the virtual server spoiled is taken again
+        await engine.switch_board([delay(plugin_type, f"d{take}")], 0.0, lambda: None)
+        switched: list[int] = []
 
-    async def act() -> None:
-        await engine.switch_board(
-            [amp(plugin_type, "b1", -3.0)], spillover, lambda: switched.append(rig.position())
-        )
+        async def act(take: int = take, switched: list[int] = switched) -> None:
+            await engine.switch_board(
+                [amp(plugin_type, f"b{take}", -3.0)], spillover, lambda: switched.append(rig.position())
+            )
 
-    _, recorded, outcome = await rig.record_during(signal, act, lead_frames=3 * BURST_EVERY + BURST)
+        _, recorded, outcome = await rig.record_during(signal, act, lead_frames=3 * BURST_EVERY + BURST)
+        if not rig.last_take_xruns:
+            break
     assert outcome is None, outcome
     out = recorded[:, 0]
     echo = int(DELAY_MS * RATE / 1000)
@@ -202,7 +205,10 @@ async def test_a_switch_that_cannot_be_built_leaves_the_old_board_playing(
         key="nothing", uri=BAD, name="Nothing", controls=(), audio_inputs=("in",), audio_outputs=("out",)
     )
     new = [amp(plugin_type, "b1", -6.0), SavedPlugin(TRACK, "b2", broken, {})]
-    reference, recorded, outcome = await rig.record_during(TONE, lambda: switch(engine, new, 3.0))
+    for _take in range(SPOILED_RETAKES + 1):  # a take the virtual server spoiled is taken again
+        reference, recorded, outcome = await rig.record_during(TONE, lambda: switch(engine, new, 3.0))
+        if not rig.last_take_xruns:
+            break
     assert isinstance(outcome, PluginLoadFailed), outcome
     assert outcome.plugin_id == "b2"
     gains = window_gains(recorded[:, 0], reference)
@@ -238,7 +244,7 @@ async def test_snapshot_values_are_heard_within_two_periods_without_a_gap(
                 break
         assert outcome is None, outcome
         out = recorded[:, 0].astype(np.float64)
-        gap = longest_silence(out[PERIOD:-PERIOD])
+        gap = longest_gap(out[PERIOD:-PERIOD])[0]
         assert gap <= 2, f"a gap of {gap} samples ({rig.last_take_xruns} xruns of the virtual server)"
         expected = 10 ** (2 * gain / 20)
         ratio = np.abs(out) / np.maximum(np.abs(reference), 1e-9)
