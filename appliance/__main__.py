@@ -1,4 +1,5 @@
-"""``python -m appliance run|token --config PATH``: start the box, or make its pairing token.
+"""``python -m appliance run|token|gpio-test --config PATH``: start the box, make its pairing
+token, or print what the encoders and footswitches wired to it do.
 
 Exit codes: 0 stopped cleanly; 1 the box failed (engine, files); 2 bad
 configuration (config file, plugin catalog, token file), found before
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -34,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     token_parser.add_argument("--config", type=Path, default=default_config_path(), help="YAML config file")
     token_parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING…")
+    gpio_parser = commands.add_parser(
+        "gpio-test", help="print every turn and press of the GPIO map's hardware"
+    )
+    gpio_parser.add_argument("--config", type=Path, default=default_config_path(), help="YAML config file")
+    gpio_parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING…")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -49,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bad_config(args.config, exc)
     if args.command == "token":
         return _token(args.config, config)
+    if args.command == "gpio-test":
+        return _gpio_test(args.config, config)
     try:
         server = config.server
         if args.host is not None:
@@ -89,6 +98,26 @@ def _token(path: Path, config: config_module.Config) -> int:
     except ConfigError as exc:
         return _bad_config(path, exc)
     print(f"appliance: pairing token in {config.server.token_file}")
+    return 0
+
+
+def _gpio_test(path: Path, config: config_module.Config) -> int:
+    """``appliance gpio-test``: the GPIO map's devices on the real pins, every event printed."""
+    from . import gpio, gpiomap
+
+    if config.gpio is None:
+        print(f"appliance: {path} names no GPIO map (gpio:)")
+        return 2
+    try:
+        gpio_map = gpiomap.load(config.gpio)
+    except ConfigError as exc:
+        return _bad_config(path, exc)
+    factory = gpio.pin_factory()
+    if factory is None:
+        print("appliance: no GPIO on this machine")
+        return 1
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(gpio.watch(gpio_map, factory))
     return 0
 
 

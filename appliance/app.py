@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from . import gpio, gpiomap
 from .board import Board
 from .catalog import Catalog
 from .config import Config
@@ -154,6 +155,7 @@ class Box:
         self.controller: Controller | None = None
         self.catalog: Catalog | None = None
         self.library: Library | None = None
+        self.hardware: gpio.Hardware | None = None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         board = self.controller.board if self.controller is not None else None
@@ -212,9 +214,28 @@ class Box:
         )
         await self._load_engine(board, saved is None)
         await self.library.start(saved.get("library") if saved else None)
+        await self._start_gpio(board)
         self.server = ControlServer(config.server, self.controller, self.health, token)
         await self.server.start()
         self.notifier.notify("READY=1", f"STATUS=serving on port {self.server.port}")
+
+    async def _start_gpio(self, board: Board) -> None:
+        """The encoders and footswitches of the GPIO map, on the Pi's pins (lgpio).
+
+        A bad map stops the start (ConfigError, exit 2); a machine without GPIO
+        runs without them, said once in the log.
+        """
+        if self.config.gpio is None:
+            return
+        gpio_map = await asyncio.to_thread(gpiomap.load, self.config.gpio)
+        for waiting in gpiomap.check_controls(gpio_map, board):
+            log.info("gpio: %s; the mapping waits for it", waiting)
+        factory = await asyncio.to_thread(gpio.pin_factory)
+        if factory is None:
+            return
+        assert self.controller is not None
+        self.hardware = gpio.Hardware(gpio_map, self.controller, factory)
+        await self.hardware.start()
 
     async def _load_engine(self, board: Board, fresh: bool) -> None:
         """Put the restored board (or, on a fresh box, the demo board) into the engine."""
@@ -246,6 +267,7 @@ class Box:
         """Stop serving, save the board, stop the engine: each step even if one before failed."""
         self.notifier.notify("STOPPING=1")
         steps: list[tuple[str, Callable[[], Awaitable[object]] | None]] = [
+            ("gpio", self.hardware.stop if self.hardware else None),
             ("server", self.server.stop if self.server else None),
             ("save", self.saver.flush if self.saver else None),
             ("engine", self.engine.stop if self.engine else None),

@@ -106,6 +106,8 @@ class Config:
     #: DSP load (%) that two boards ringing together must stay under; above it a
     #: switch cuts the old board's tails after the crossfade.
     switch_ceiling: float = 80.0
+    #: The GPIO map (encoders, footswitches), or None for a box without any.
+    gpio: Path | None = None
 
 
 class _Reader:
@@ -273,10 +275,21 @@ def parse(data: object, path: Path) -> Config:
     ceiling = top.get("switch_ceiling", float, 80.0)
     if not 0 < ceiling <= 100:
         raise ConfigError("switch_ceiling", "must be a DSP load between 0 and 100 (%)")
+    gpio = _resolve(base, top.get("gpio", str, None))
     top.done()
     assert data_dir is not None and catalog is not None
     return Config(
-        path, server, engine, tuple(tracks), data_dir, catalog, tuple(demo), save_delay, spillover, ceiling
+        path,
+        server,
+        engine,
+        tuple(tracks),
+        data_dir,
+        catalog,
+        tuple(demo),
+        save_delay,
+        spillover,
+        switch_ceiling=ceiling,
+        gpio=gpio,
     )
 
 
