@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from . import config as config_module
+from . import logs
 from .app import default_config_path, read_token, run
 from .errors import ApplianceError, ConfigError
 
@@ -43,13 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     gpio_parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING…")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
-    # websockets logs every connection and HTTP request at INFO; the box logs its own.
-    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logs.configure(args.log_level)
     try:
         config = config_module.load(args.config)
     except ConfigError as exc:

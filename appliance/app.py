@@ -28,6 +28,7 @@ from .engine.faders import FADER_URI
 from .errors import ApplianceError, ConfigError, EngineError
 from .files import write_atomic
 from .library import Library
+from .logs import fields
 from .net import ControlServer
 from .pedalboards import PedalboardStore
 from .store import BoardStore, DebouncedSaver
@@ -52,15 +53,16 @@ def make_engine(config: Config, on_event: Any, fader: PluginType | None = None) 
         if reason is None:
             from .engine.carla.engine import CarlaEngine
 
-            log.info("engine: Carla (%s)", "configured" if kind == "carla" else "found by auto")
+            why = "configured" if kind == "carla" else "found by auto"
+            log.info("engine: Carla (%s)", why, extra=fields(engine="carla"))
             return CarlaEngine(
                 tracks, config.engine.carla, config.engine.jack, on_event=on_event, fader=fader
             )
         if kind == "carla":
             raise EngineError(f"engine.kind is carla but Carla cannot be used: {reason}")
-        log.info("engine: jalv (Carla not used: %s)", reason)
+        log.info("engine: jalv (Carla not used: %s)", reason, extra=fields(engine="jalv"))
     else:
-        log.info("engine: jalv (configured)")
+        log.info("engine: jalv (configured)", extra=fields(engine="jalv"))
     from .engine.jackserver import DummySettings
     from .engine.jalv import JalvEngine
 
@@ -140,6 +142,18 @@ def health_report(engine: Engine | None, board: Board | None, uptime: float) -> 
     if board is not None:
         report["board_plugins"] = sum(1 for _ in board.instances())
     return bool(report.get("running")), report
+
+
+def status_line(report: dict[str, Any], clients: int, pedalboard: str | None, modified: bool) -> str:
+    """``carla 48000 Hz/128, DSP 9 %, 0 xruns, 4 plugins, 2 clients, pedalboard Verse*``."""
+    playing = pedalboard if pedalboard is not None else "(unsaved)"
+    engine = report.get("engine", "no engine")
+    return (
+        f"{engine} {report.get('sample_rate', 0)} Hz/{report.get('buffer_size', 0)}, "
+        f"DSP {report.get('dsp_load', 0.0):.0f} %, {report.get('xruns', 0)} xruns, "
+        f"{report.get('board_plugins', 0)} plugins, {clients} clients, "
+        f"pedalboard {playing}{'*' if modified else ''}"
+    )
 
 
 class Box:
@@ -281,8 +295,11 @@ class Box:
                 log.exception("stopping: the %s step failed", name)
 
     def status(self) -> tuple[bool, str]:
+        """Whether the box is healthy, and systemd's one-line STATUS (``systemctl status appliance``)."""
         healthy, report = self.health()
-        return healthy, f"{report.get('board_plugins', 0)} plugins, {report.get('xruns', 0)} xruns"
+        clients = len(self.server.sessions) if self.server is not None else 0
+        state = self.library.state() if self.library is not None else {}
+        return healthy, status_line(report, clients, state.get("pedalboard"), bool(state.get("modified")))
 
 
 async def run(config: Config) -> None:

@@ -30,6 +30,7 @@ from .board import Board, ParameterPlan, PluginInstance, conform_values
 from .controls import PluginType
 from .engine import Engine, EngineEvent, SavedPlugin
 from .errors import EngineError, InvalidMessage, PluginLoadFailed, UnknownPlugin
+from .logs import fields
 from .pedalboards import Recall
 from .protocol import Request, batch_values
 
@@ -194,7 +195,14 @@ class Controller:
                 raise
             self.board.finish_insert(track_id, instance, index)
         self.on_change()
-        log.debug("added %s (%s) to %s at %d", instance.id, plugin_type.key, track_id, index)
+        log.debug(
+            "added %s (%s) to %s at %d",
+            instance.id,
+            plugin_type.key,
+            track_id,
+            index,
+            extra=fields(plugin_id=instance.id, track_id=track_id),
+        )
         events = [("PLUGIN_ADD", self._added(track_id, instance, index))]
         if instance.bypass:
             events.append(("PLUGIN_BYPASS", self._ids(track_id, instance) | {"bypass": True}))
@@ -267,7 +275,13 @@ class Controller:
                 if exc.plugin_id is None:
                     raise
                 name = next((p.name for _t, p in incoming.instances() if p.id == exc.plugin_id), "a plugin")
-                log.error("board switch: %s (%s) could not start: %s", name, exc.plugin_id, exc)
+                log.error(
+                    "board switch: %s (%s) could not start: %s",
+                    name,
+                    exc.plugin_id,
+                    exc,
+                    extra=fields(plugin_id=exc.plugin_id, engine=self.engine.name),
+                )
                 raise _naming(f"{name} could not start") from exc
         self.on_change()
         return before + self.replay_board()
@@ -487,10 +501,11 @@ class Controller:
                     self.on_change()
                     self.publish(self._parameter_events(plan), None, {"source": "engine"})
         elif event.kind in ENGINE_EVENT_SENTENCES:
+            where = fields(plugin_id=event.plugin_id, engine=self.engine.name)
             if event.kind in ("plugin-restored", "engine-restored"):
-                log.warning("engine: %s %s %s", event.kind, event.plugin_id or "", event.message)
+                log.warning("engine: %s %s %s", event.kind, event.plugin_id or "", event.message, extra=where)
             else:
-                log.error("engine: %s %s %s", event.kind, event.plugin_id or "", event.message)
+                log.error("engine: %s %s %s", event.kind, event.plugin_id or "", event.message, extra=where)
             # The engine's own message (process output, library errors) stays in the log.
             sentence = ENGINE_EVENT_SENTENCES[event.kind]
             self.publish(

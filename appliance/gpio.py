@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gpiozero import Button, Device, RotaryEncoder  # type: ignore[import-untyped]
+from gpiozero import Button, Device, RotaryEncoder
 
 from .control import Controller
 from .controls import Parameter
@@ -315,7 +315,7 @@ def _describe(action: Action) -> dict[str, Any]:
 def pin_factory() -> Any:
     """gpiozero's lgpio pin factory, or None (logged once) on a machine without GPIO."""
     try:
-        from gpiozero.pins.lgpio import LGPIOFactory  # type: ignore[import-untyped]
+        from gpiozero.pins.lgpio import LGPIOFactory
 
         return LGPIOFactory()
     except Exception as exc:  # no lgpio module, no /dev/gpiochip*: not a Pi

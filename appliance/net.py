@@ -31,6 +31,7 @@ from . import protocol
 from .config import RateLimit, ServerConfig
 from .control import Controller, Event
 from .errors import ApplianceError, EngineError, RateLimited, Unauthorized
+from .logs import fields
 
 log = logging.getLogger("appliance.net")
 
@@ -245,7 +246,12 @@ class ControlServer:
                 return
         session = ClientSession(connection, self.config, authorized)
         self.sessions.add(session)
-        log.info("client %s connected (%d now)", session.name, len(self.sessions))
+        log.info(
+            "client %s connected (%d now)",
+            session.name,
+            len(self.sessions),
+            extra=fields(client=session.name),
+        )
         try:
             if not authorized:
                 if not await self._await_auth(session):
@@ -259,7 +265,12 @@ class ControlServer:
             pass
         finally:
             self.sessions.discard(session)
-            log.info("client %s disconnected (%d now)", session.name, len(self.sessions))
+            log.info(
+                "client %s disconnected (%d now)",
+                session.name,
+                len(self.sessions),
+                extra=fields(client=session.name),
+            )
 
     async def _refuse(self, connection: ServerConnection, reply_to: str | None) -> None:
         error = Unauthorized("a valid token is required (?token=, Authorization: Bearer, or AUTH)")
@@ -337,7 +348,7 @@ class ControlServer:
 
     def _send_error(self, session: ClientSession, exc: ApplianceError, request_id: str | None) -> None:
         if exc.public is not None:
-            log.warning("request from %s failed: %s", session.name, exc)
+            log.warning("request from %s failed: %s", session.name, exc, extra=fields(client=session.name))
         session.send(protocol.encode("ERROR", protocol.error_data(exc), request_id))
 
     def broadcast(self, events: list[Event], reply_to: str | None, origin: dict[str, str] | None) -> None:

@@ -1,16 +1,26 @@
-"""systemd notification over a real NOTIFY_SOCKET datagram socket."""
+"""systemd: notification over a real NOTIFY_SOCKET datagram socket, the STATUS line, the journal's fields."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from appliance import logs
+from appliance.app import status_line
+from appliance.board import Board
+from appliance.catalog import Catalog
+from appliance.control import Controller
+from appliance.engine import EngineEvent, TrackPorts
 from appliance.watchdog import SystemdNotifier, watchdog_loop
+from tests.fakes import FakeEngine
 
 
 @pytest.fixture
@@ -30,9 +40,10 @@ def received(sock: socket.socket) -> list[str]:
     return messages
 
 
-def test_notify_reaches_the_socket(notify_socket: socket.socket) -> None:
-    """READY=1 with a STATUS arrives as one datagram on NOTIFY_SOCKET."""
-    notifier = SystemdNotifier({"NOTIFY_SOCKET": notify_socket.getsockname()})
+def test_notify_reaches_the_socket(notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    """READY=1 with a STATUS arrives as one datagram on NOTIFY_SOCKET (through sd_notify)."""
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.getsockname())
+    notifier = SystemdNotifier()
     assert notifier.notify("READY=1", "STATUS=serving")
     assert received(notify_socket) == ["READY=1\nSTATUS=serving"]
 
@@ -42,9 +53,13 @@ def test_without_notify_socket_nothing_is_sent() -> None:
     assert SystemdNotifier({}).notify("READY=1") is False
 
 
-async def test_watchdog_pets_only_while_healthy(notify_socket: socket.socket) -> None:
+async def test_watchdog_pets_only_while_healthy(
+    notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """WATCHDOG=1 is sent while healthy; when unhealthy it stops and the status says why."""
-    notifier = SystemdNotifier({"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "20000"})
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.getsockname())
+    monkeypatch.setenv("WATCHDOG_USEC", "20000")
+    notifier = SystemdNotifier()
     assert notifier.watchdog_interval == 0.02
     state = {"ok": True}
     task = asyncio.create_task(
@@ -72,3 +87,40 @@ async def test_watchdog_pets_only_while_healthy(notify_socket: socket.socket) ->
         await task
     assert any(m == "STATUS=unhealthy: engine down" for m in messages)
     assert not any("WATCHDOG=1" in m for m in after), "no petting while unhealthy"
+
+
+def test_the_status_line_says_what_the_box_is_doing() -> None:
+    """`systemctl status appliance` shows engine, rate/buffer, DSP, xruns, clients, pedalboard."""
+    report = {"engine": "carla", "sample_rate": 48000, "buffer_size": 128, "dsp_load": 9.4, "xruns": 2}
+    line = status_line(report | {"board_plugins": 4}, 3, "Verse", True)
+    assert line == "carla 48000 Hz/128, DSP 9 %, 2 xruns, 4 plugins, 3 clients, pedalboard Verse*"
+    assert status_line({}, 0, None, False).endswith("pedalboard (unsaved)")
+
+
+def test_journal_records_carry_the_fields_to_search_by() -> None:
+    """Under systemd each record goes to the journal with its priority and the box's fields,
+    so that `journalctl -u appliance PLUGIN_ID=plugin_3` finds what happened to a plugin."""
+    sent: list[tuple[str, dict[str, object]]] = []
+    handler = logs.handler(True, lambda text, /, **fields: sent.append((text, fields)))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        controller = Controller(Board(["t"]), Catalog({}, []), FakeEngine([TrackPorts("t", ("a",), ("b",))]))
+        controller.engine_event(EngineEvent("plugin-died", "plugin_3", "jalv exited with signal 11"))
+    finally:
+        root.removeHandler(handler)
+    message, fields = next((m, f) for m, f in sent if "plugin-died" in m)
+    assert fields["PLUGIN_ID"] == "plugin_3" and fields["ENGINE"] == "fake"
+    assert fields["PRIORITY"] == "3" and fields["SYSLOG_IDENTIFIER"] == "appliance"
+    assert "signal 11" in message
+
+
+def test_the_journal_is_used_only_when_stdout_is_the_journal_stream(tmp_path: Path) -> None:
+    """JOURNAL_STREAM counts only when it names stdout itself; a redirected box logs lines."""
+    with open(tmp_path / "out", "w") as out:
+        status = os.fstat(out.fileno())
+        assert logs.under_systemd({"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}, out.fileno())
+        assert not logs.under_systemd({"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino + 1}"}, out.fileno())
+        assert not logs.under_systemd({}, out.fileno())
+    handler = logs.handler(False)
+    assert isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ..controls import PluginType
 from ..errors import EngineError, PluginLoadFailed
+from ..logs import fields
 from . import EngineEvent, EventSink, TrackPorts
 from .jackengine import CLIENT_NAME_MAX, JackChainEngine, Slot, safe_name
 from .jackserver import DummySettings
@@ -161,7 +162,7 @@ class JalvEngine(JackChainEngine):
             return
         del self._procs[slot.id]
         why = proc.exit_reason()
-        log.warning("plugin %s died: %s", slot.id, why)
+        log.warning("plugin %s died: %s", slot.id, why, extra=fields(plugin_id=slot.id, engine=self.name))
         self._emit_event("plugin-died", slot, why)
         self._set_down([slot])
         policy = self._policies.get(slot.id)
@@ -188,7 +189,7 @@ class JalvEngine(JackChainEngine):
                 log.warning("respawn of %s failed: %s", slot.id, exc)  # it stopped what it started
                 continue
             await self._set_up(slot)
-            log.info("plugin %s restored", slot.id)
+            log.info("plugin %s restored", slot.id, extra=fields(plugin_id=slot.id, engine=self.name))
             self._emit_event("plugin-restored", slot, "respawned with its values")
             return
         self._give_up(slot, "respawn failed")
@@ -202,7 +203,12 @@ class JalvEngine(JackChainEngine):
         log.warning("client %s lingers in JACK; respawning as %s", old, slot.client_name)
 
     def _give_up(self, slot: Slot, why: str) -> None:
-        log.error("plugin %s stays down (%s); its track passes dry there", slot.id, why)
+        log.error(
+            "plugin %s stays down (%s); its track passes dry there",
+            slot.id,
+            why,
+            extra=fields(plugin_id=slot.id, engine=self.name),
+        )
         self._emit_event("plugin-died", slot, f"not restarted: {why}")
 
     def _emit_event(self, kind: str, slot: Slot, message: str) -> None:
