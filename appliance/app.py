@@ -29,6 +29,7 @@ from .errors import ApplianceError, ConfigError, EngineError
 from .files import write_atomic
 from .library import Library
 from .logs import fields
+from .mixer import Mixer, MixerService
 from .net import ControlServer
 from .pedalboards import PedalboardStore
 from .store import BoardStore, DebouncedSaver
@@ -170,6 +171,7 @@ class Box:
         self.catalog: Catalog | None = None
         self.library: Library | None = None
         self.hardware: gpio.Hardware | None = None
+        self.mixer: MixerService | None = None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         board = self.controller.board if self.controller is not None else None
@@ -181,6 +183,8 @@ class Box:
         data = self.controller.board.to_dict()
         if self.library is not None:
             data["library"] = self.library.saved_state()
+        if self.mixer is not None:
+            data["mixer"] = self.mixer.saved_state()
         return data
 
     def _board_changed(self) -> None:
@@ -228,10 +232,20 @@ class Box:
         )
         await self._load_engine(board, saved is None)
         await self.library.start(saved.get("library") if saved else None)
+        await self._start_mixer(saved.get("mixer") if saved else None)
         await self._start_gpio(board)
         self.server = ControlServer(config.server, self.controller, self.health, token)
         await self.server.start()
         self.notifier.notify("READY=1", f"STATUS=serving on port {self.server.port}")
+
+    async def _start_mixer(self, saved: dict[str, Any] | None) -> None:
+        """The HAT's mixer on the protocol, its saved levels put back; absent without a card."""
+        assert self.controller is not None and self.saver is not None
+        found = None
+        if self.config.mixer is not None:
+            found = await asyncio.to_thread(Mixer.open, self.config.mixer)
+        self.mixer = MixerService(self.controller, found, self.saver.changed)
+        await self.mixer.start(saved)
 
     async def _start_gpio(self, board: Board) -> None:
         """The encoders and footswitches of the GPIO map, on the Pi's pins (lgpio).
@@ -242,7 +256,8 @@ class Box:
         if self.config.gpio is None:
             return
         gpio_map = await asyncio.to_thread(gpiomap.load, self.config.gpio)
-        for waiting in gpiomap.check_controls(gpio_map, board):
+        mixer = self.config.mixer.controls if self.config.mixer is not None else {}
+        for waiting in gpiomap.check_controls(gpio_map, board, mixer):
             log.info("gpio: %s; the mapping waits for it", waiting)
         factory = await asyncio.to_thread(gpio.pin_factory)
         if factory is None:

@@ -90,6 +90,14 @@ class DemoPlugin:
 
 
 @dataclass(frozen=True)
+class MixerConfig:
+    """The HAT's mixer: an ALSA control device, and the box's name for each control shown."""
+
+    device: str
+    controls: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the composition root needs, checked."""
 
@@ -108,6 +116,8 @@ class Config:
     switch_ceiling: float = 80.0
     #: The GPIO map (encoders, footswitches), or None for a box without any.
     gpio: Path | None = None
+    #: The HAT's mixer, or None.
+    mixer: MixerConfig | None = None
 
 
 class _Reader:
@@ -276,6 +286,18 @@ def parse(data: object, path: Path) -> Config:
     if not 0 < ceiling <= 100:
         raise ConfigError("switch_ceiling", "must be a DSP load between 0 and 100 (%)")
     gpio = _resolve(base, top.get("gpio", str, None))
+    mixer = None
+    if top.get("mixer", dict, None) is not None:
+        m = _Reader(top.data["mixer"], "mixer")
+        device = m.get("device", str, None)
+        if not device:
+            raise ConfigError(m.key("device"), "name the ALSA control device, e.g. hw:CARD=sndrpihifiberry")
+        controls = m.get("controls", dict, {})
+        for name, control in controls.items():
+            if not isinstance(name, str) or not isinstance(control, str) or not control:
+                raise ConfigError(m.key(f"controls.{name}"), "must name an ALSA mixer control, e.g. Digital")
+        m.done()
+        mixer = MixerConfig(device, dict(controls))
     top.done()
     assert data_dir is not None and catalog is not None
     return Config(
@@ -290,6 +312,7 @@ def parse(data: object, path: Path) -> Config:
         spillover,
         switch_ceiling=ceiling,
         gpio=gpio,
+        mixer=mixer,
     )
 
 

@@ -123,6 +123,8 @@ class NameTaken(ProtocolError):
 class HardwareError(ApplianceError):
     """GPIO, mixer or sound card trouble."""
 
+    code = "HARDWARE_UNAVAILABLE"
+
 
 class StoreError(ApplianceError, OSError):
     """A file of the box (the board, a pedalboard) could not be read or written."""
@@ -150,6 +152,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "UNKNOWN_SNAPSHOT",
         "NAME_TAKEN",
         "STORE_FAILED",
+        "HARDWARE_UNAVAILABLE",
         "UNAUTHORIZED",
         "INTERNAL",
     }

@@ -152,6 +152,9 @@ class Hardware:
         encoders = []
         for encoder in self.map.encoders:
             control = encoder.controls[self.focus[encoder.name]]
+            if control.target is None:
+                encoders.append({"name": encoder.name, "mixer": control.parameter, "present": True})
+                continue
             found = control.target.resolve(self.controller.board)
             encoders.append(
                 {
@@ -210,6 +213,9 @@ class Hardware:
         self._queue.put_nowait(lambda: self._turn(encoder, control, detents))
 
     async def _turn(self, encoder: Encoder, control: EncoderControl, detents: float) -> None:
+        if control.target is None:
+            await self._turn_mixer(encoder, control.parameter, detents)
+            return
         found = control.target.resolve(self.controller.board)
         if found is None:
             log.debug("%s: %s is not on the board; the turn waits for nothing", encoder.name, control.target)
@@ -245,6 +251,19 @@ class Hardware:
             self._held.discard(footswitch.name)
         else:
             self._release(footswitch)
+
+    async def _turn_mixer(self, encoder: Encoder, channel: str, detents: float) -> None:
+        """A mixer control moves 100/steps percent a detent, from the level the box reports."""
+        try:
+            outcome = await self.controller.execute(Request("MIXER_GET", {}))
+        except ApplianceError as exc:
+            log.warning("gpio %s: no mixer (%s)", encoder.name, exc)
+            return
+        levels = {c["id"]: c["value"] for c in outcome.reply[0][1]["controls"]}
+        if channel not in levels:
+            return
+        value = max(0.0, min(100.0, levels[channel] + detents * 100.0 / encoder.steps))
+        await self._execute("MIXER_SET", {"control": channel, "value": value}, encoder.name)
 
     def _pushed(self, encoder: Encoder) -> None:
         self.focus[encoder.name] = (self.focus[encoder.name] + 1) % len(encoder.controls)

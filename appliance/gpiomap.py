@@ -62,8 +62,14 @@ class Target:
 
 @dataclass(frozen=True)
 class EncoderControl:
-    target: Target
+    """A plugin's parameter, or (``target`` None) the HAT mixer's control named ``parameter``."""
+
+    target: Target | None
     parameter: str
+
+    @property
+    def mixer(self) -> bool:
+        return self.target is None
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,10 @@ def parse(document: object) -> GpioMap:
         for number, raw_control in enumerate(_list(entry.get("controls"), f"{where}.controls")):
             at = f"{where}.controls[{number}]"
             control = _mapping(raw_control, at)
+            if "mixer" in control:
+                _known(control, {"mixer"}, at)
+                controls.append(EncoderControl(None, _text(control["mixer"], f"{at}.mixer")))
+                continue
             _known(control, {"plugin", "track", "position", "parameter"}, at)
             parameter = _text(control.get("parameter"), f"{at}.parameter")
             controls.append(EncoderControl(_target(control, at), parameter))
@@ -169,18 +179,28 @@ def parse(document: object) -> GpioMap:
     return GpioMap(tuple(encoders), tuple(footswitches), hold_time, bounce_time)
 
 
-def check_controls(gpio_map: GpioMap, board: Board) -> list[str]:
-    """Check every mapped control against the plugins on the board now.
+def check_controls(gpio_map: GpioMap, board: Board, mixer: Iterable[str] = ()) -> list[str]:
+    """Check every mapped control against the plugins on the board now, and the mixer's controls.
 
     Returns:
         One sentence per mapping whose plugin is not on the board (kept: it waits for it).
 
     Raises:
-        ConfigError: a mapped plugin is on the board but has no such control.
+        ConfigError: a mapped plugin is on the board but has no such control, or a
+            mapped mixer control is not one of the configured ``mixer.controls``.
     """
     waiting = []
+    mixer_controls = set(mixer)
     for index, encoder in enumerate(gpio_map.encoders):
         for number, control in enumerate(encoder.controls):
+            if control.target is None:
+                if control.parameter not in mixer_controls:
+                    known = ", ".join(sorted(mixer_controls)) or "none configured"
+                    raise ConfigError(
+                        f"gpio.encoders[{index}].controls[{number}].mixer",
+                        f"no mixer control {control.parameter!r} (mixer.controls: {known})",
+                    )
+                continue
             found = control.target.resolve(board)
             if found is None:
                 waiting.append(f"{encoder.name}: {control.target.describe()} is not on the board yet")

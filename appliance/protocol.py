@@ -51,6 +51,8 @@ EXTENSION_REQUESTS = frozenset(
         "SETLIST_NEXT",
         "SETLIST_PREVIOUS",
         "SETLIST_GO",
+        "MIXER_GET",
+        "MIXER_SET",
         "PRESET_LIST",
         "PRESET_LOAD",
     }
