@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import config as config_module
 from . import logs
-from .app import default_config_path, read_token, run
+from .app import default_config_path, pin_factory, read_token, run
 from .errors import ApplianceError, ConfigError
 
 
@@ -107,7 +107,7 @@ def _gpio_test(path: Path, config: config_module.Config) -> int:
         gpio_map = gpiomap.load(config.gpio)
     except ConfigError as exc:
         return _bad_config(path, exc)
-    factory = gpio.pin_factory()
+    factory = pin_factory()
     if factory is None:
         print("appliance: no GPIO on this machine")
         return 1

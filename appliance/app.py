@@ -73,6 +73,18 @@ def make_engine(config: Config, on_event: Any, fader: PluginType | None = None) 
     return JalvEngine(tracks, jack.server, on_event=on_event, dummy_server=settings, fader=fader)
 
 
+def pin_factory() -> Any:
+    """gpiozero's lgpio pin factory (the only one that works on a Pi 5), or None, said once
+    in the log, on a machine without GPIO. The only place a pin factory is chosen."""
+    try:
+        from gpiozero.pins.lgpio import LGPIOFactory
+
+        return LGPIOFactory()
+    except Exception as exc:  # no lgpio module, no /dev/gpiochip*: not a Pi
+        log.info("no GPIO on this machine (%s): knobs and footswitches are off, the rest runs", exc)
+        return None
+
+
 def carla_unavailable(config: Config) -> str | None:
     """Why Carla cannot be used here, or None when it can."""
     from .engine import carla
@@ -259,7 +271,7 @@ class Box:
         mixer = self.config.mixer.controls if self.config.mixer is not None else {}
         for waiting in gpiomap.check_controls(gpio_map, board, mixer):
             log.info("gpio: %s; the mapping waits for it", waiting)
-        factory = await asyncio.to_thread(gpio.pin_factory)
+        factory = await asyncio.to_thread(pin_factory)
         if factory is None:
             return
         assert self.controller is not None

@@ -331,17 +331,6 @@ def _describe(action: Action) -> dict[str, Any]:
     return described
 
 
-def pin_factory() -> Any:
-    """gpiozero's lgpio pin factory, or None (logged once) on a machine without GPIO."""
-    try:
-        from gpiozero.pins.lgpio import LGPIOFactory
-
-        return LGPIOFactory()
-    except Exception as exc:  # no lgpio module, no /dev/gpiochip*: not a Pi
-        log.info("no GPIO on this machine (%s): knobs and footswitches are off, the rest runs", exc)
-        return None
-
-
 async def watch(gpio_map: GpioMap, factory: Any, say: Callable[[str], object] = print) -> None:
     """``appliance gpio-test``: say every turn, press, hold and release, until cancelled.
 

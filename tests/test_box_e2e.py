@@ -100,7 +100,7 @@ class Phone:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self._sent = 0
-        self.state: dict[str, Any] = {}
+        self.states: dict[str, dict[str, Any]] = {}
 
     async def _receive(self) -> dict[str, Any]:
         message: dict[str, Any] = json.loads(await self.ws.recv())
@@ -108,7 +108,8 @@ class Phone:
 
     async def replay(self) -> list[dict[str, Any]]:
         """The board replayed on connect: every plugin message before the answer to a PING,
-        ids dropped (the pedalboard state that follows them is kept in :attr:`state`)."""
+        ids dropped (the states that follow them, pedalboards and mixer, are kept in
+        :attr:`states` by type)."""
         self._sent += 1
         mark = f"sync_{self._sent}"
         await self.ws.send(json.dumps({"id": mark, "type": "PING"}))
@@ -116,10 +117,10 @@ class Phone:
         async with asyncio.timeout(REPLY_TIMEOUT):
             while (message := await self._receive()).get("reply_to") != mark:
                 message.pop("id", None)
-                if message["type"] == "PEDALBOARD_STATE":
-                    self.state = message["data"]
-                else:
+                if message["type"].startswith("PLUGIN_"):
                     replayed.append(message)
+                else:
+                    self.states[message["type"]] = message["data"]
         return replayed
 
     async def request(self, kind: str, **data: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from gpiozero.pins.mock import MockFactory
 from websockets.asyncio.client import connect
 
 from appliance import gpio, gpiomap
+from appliance.app import pin_factory
 from appliance.board import Board
 from appliance.catalog import Catalog
 from appliance.config import ServerConfig
@@ -372,8 +373,8 @@ async def test_a_mapped_control_the_plugin_lacks_stops_the_start(stack: Stack) -
 
 
 def test_without_gpio_the_box_runs_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="appliance.gpio"):
-        assert gpio.pin_factory() is None
+    with caplog.at_level(logging.INFO, logger="appliance.app"):
+        assert pin_factory() is None
     assert [r.getMessage() for r in caplog.records if "no GPIO" in r.getMessage()]
 
 
