@@ -6,7 +6,7 @@ Each plugin is a :class:`Slot`: hosted by a ``jalv`` process
 a list of slots; :class:`JackChainEngine` keeps the chains, turns them into
 connections (:mod:`appliance.engine.wiring`) and leaves hosting to its
 subclass through four hooks: :meth:`~JackChainEngine._instantiate`,
-:meth:`~JackChainEngine._release`, :meth:`~JackChainEngine._send_values` and
+:meth:`~JackChainEngine._release`, :meth:`~JackChainEngine._deliver_values` and
 :meth:`~JackChainEngine._send_bypass`.
 
 A slot's life::
@@ -130,6 +130,11 @@ class Faders:
     tail: Slot
 
 
+def fader_slots(faders: Mapping[str, Faders]) -> list[Slot]:
+    """Every fader of every track, heads and tails."""
+    return [s for f in faders.values() for s in (f.head, f.tail)]
+
+
 @dataclass(eq=False)
 class Generation:
     """One board's chains with their faders: the one playing, or an old one ringing out."""
@@ -148,7 +153,7 @@ class Generation:
 
     def slots(self) -> list[Slot]:
         plugins = [s for chain in self.chains.values() for s in chain]
-        return plugins + [s for f in self.faders.values() for s in (f.head, f.tail)]
+        return plugins + fader_slots(self.faders)
 
 
 class JackChainEngine(Engine):
@@ -200,6 +205,7 @@ class JackChainEngine(Engine):
         self._chains: dict[str, list[Slot]] = {track_id: [] for track_id in self.tracks}
         self._plugins: dict[str, Slot] = {}  # in a chain
         self._loading: dict[str, Slot] = {}  # starting, not in a chain yet
+        self._unsent: dict[str, dict[str, float]] = {}  # values waiting for the loop turn's delivery
         self._fader = fader_type(fader) if fader is not None else None
         self._faders: dict[str, Faders] = {}  # around each track's chain
         self._fading: list[Generation] = []  # old boards' chains, ringing out after a switch
@@ -238,8 +244,21 @@ class JackChainEngine(Engine):
         """Stop the plugin's instance (the slot is retired and out of every chain)."""
 
     @abc.abstractmethod
+    def _deliver_values(self, slot: Slot, values: Mapping[str, float]) -> None:
+        """Hand values to the running plugin's host without waiting (one message)."""
+
     def _send_values(self, slot: Slot, values: Mapping[str, float]) -> None:
-        """Hand values to the running plugin without waiting."""
+        """Coalesce: a slider storm becomes one delivery per plugin per loop turn, newest values."""
+        unsent = self._unsent.setdefault(slot.id, {})
+        if not unsent:
+            asyncio.get_running_loop().call_soon(self._flush_values, slot)
+        unsent.update(values)
+
+    def _flush_values(self, slot: Slot) -> None:
+        """Deliver what the slot's values waited for (the call_soon of :meth:`_send_values`, or earlier)."""
+        values = self._unsent.pop(slot.id, None)
+        if values:
+            self._deliver_values(slot, values)
 
     def _send_bypass(self, slot: Slot, bypass: bool) -> None:
         """Bypass inside the host without waiting (only when ``hosted_bypass``)."""
@@ -317,7 +336,7 @@ class JackChainEngine(Engine):
             locked = False
             log.warning("stopping while a structural change is still running")
         try:
-            slots = [*self._plugins.values(), *self._loading.values(), *self._fader_slots()]
+            slots = [*self._plugins.values(), *self._loading.values(), *fader_slots(self._faders)]
             for generation in self._fading:
                 slots.extend(generation.slots())
             for slot in slots:
@@ -501,8 +520,8 @@ class JackChainEngine(Engine):
         down, else their output too.
 
         Raises:
-            PluginLoadFailed: a plugin could not start (``details.plugin_id``
-                names it); nothing changed, the old board plays on.
+            PluginLoadFailed: a plugin could not start (its ``plugin_id``
+                says which); nothing changed, the old board plays on.
             EngineError: the engine is not running or the rewire failed;
                 nothing changed.
         """
@@ -538,7 +557,7 @@ class JackChainEngine(Engine):
                 commit()
         finally:
             if old is None:
-                for slot in [*slots, *(s for f in faders.values() for s in (f.head, f.tail))]:
+                for slot in [*slots, *fader_slots(faders)]:
                     await self._abandon(slot)
         if not old.faders:  # no faders: the rewire cut the old board off
             await asyncio.gather(*(self._release_quietly(s) for s in old.slots()))
@@ -598,7 +617,7 @@ class JackChainEngine(Engine):
             )
             for track_id in self.tracks
         }
-        slots = [s for f in made.values() for s in (f.head, f.tail)]
+        slots = fader_slots(made)
         results = await asyncio.gather(*(self._bring_up(s) for s in slots), return_exceptions=True)
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is None:
@@ -606,20 +625,15 @@ class JackChainEngine(Engine):
         for slot in slots:
             slot.retired = True
             await self._release_quietly(slot)
-        if not isinstance(failed, ApplianceError):
-            raise failed
-        if not opened:
-            raise failed
+        if not opened or not isinstance(failed, ApplianceError):
+            raise failed  # a switch's faders: the switch fails; anything else is not ours to hide
         log.error("the faders did not start (%s); board switches will cut without a fade", failed)
         self._fader = None
         return {}
 
-    def _fader_slots(self) -> list[Slot]:
-        return [s for f in self._faders.values() for s in (f.head, f.tail)]
-
     def _hosted_slots(self) -> list[Slot]:
         """Every slot of the playing board, faders included: what a host restart brings back."""
-        return [*(s for chain in self._chains.values() for s in chain), *self._fader_slots()]
+        return [*(s for chain in self._chains.values() for s in chain), *fader_slots(self._faders)]
 
     async def _fade(self, opening: Iterable[Slot], closing: Iterable[Slot]) -> None:
         """Open some faders while closing others, in :data:`FADE_STEPS` steps over :data:`FADE_TIME`."""

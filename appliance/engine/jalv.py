@@ -74,7 +74,6 @@ class JalvEngine(JackChainEngine):
         self._jalv = jalv
         self._respawn = respawn
         self._procs: dict[str, JalvProcess] = {}
-        self._unsent: dict[str, dict[str, float]] = {}
         self._policies: dict[str, RespawnPolicy] = {}
         self._client_names: set[str] = set()
 
@@ -128,15 +127,8 @@ class JalvEngine(JackChainEngine):
             await proc.terminate()
         self._client_names.discard(slot.client_name)
 
-    def _send_values(self, slot: Slot, values: Mapping[str, float]) -> None:
-        """Coalesce: a slider storm becomes one stdin write per loop turn, newest values."""
-        unsent = self._unsent.setdefault(slot.id, {})
-        if not unsent:
-            asyncio.get_running_loop().call_soon(self._flush, slot)
-        unsent.update(values)
-
-    def _flush(self, slot: Slot) -> None:
-        values = self._unsent.pop(slot.id, {})
+    def _deliver_values(self, slot: Slot, values: Mapping[str, float]) -> None:
+        """One stdin write."""
         proc = self._procs.get(slot.id)
         if proc is not None and slot.state == "up":
             proc.write(values)

@@ -108,7 +108,6 @@ class CarlaEngine(JackChainEngine):
         self._paths: CarlaPaths | None = None
         self._host: CarlaHostProcess | None = None
         self._hosted_by: dict[str, CarlaHostProcess] = {}
-        self._unsent: dict[str, dict[str, float]] = {}
         self._generation = 0
         self._names = itertools.count(1)
         self._policy: RespawnPolicy | None = None
@@ -249,18 +248,10 @@ class CarlaEngine(JackChainEngine):
         with contextlib.suppress(UnknownPlugin):
             await self._request(host, "remove", CARLA_CALL_TIMEOUT, plugin=slot.id)
 
-    def _send_values(self, slot: Slot, values: Mapping[str, float]) -> None:
-        """Coalesce: a slider storm becomes one message per plugin per loop turn, newest values."""
-        unsent = self._unsent.setdefault(slot.id, {})
-        if not unsent:
-            asyncio.get_running_loop().call_soon(self._flush_values, slot)
-        unsent.update(values)
-
-    def _flush_values(self, slot: Slot) -> None:
-        """Send what the slot's values waited for (the call_soon of :meth:`_send_values`, or earlier)."""
-        values = self._unsent.pop(slot.id, None)
+    def _deliver_values(self, slot: Slot, values: Mapping[str, float]) -> None:
+        """One message to the host."""
         host = self._hosted_by.get(slot.id)
-        if values and host is not None:
+        if host is not None:
             host.send("set", plugin=slot.id, values=values)
 
     def _send_bypass(self, slot: Slot, bypass: bool) -> None:
