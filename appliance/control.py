@@ -295,19 +295,17 @@ class Controller:
         events: list[Event] = []
         async with self._performance:
             for change in changes:
-                await self.engine.set_parameters(change.plugin_id, change.engine)
-                self.board.commit(ParameterPlan(change.track_id, change.plugin_id, change.values, {}))
-                events += self._parameter_events(
-                    ParameterPlan(change.track_id, change.plugin_id, change.values, {})
-                )
+                await self.engine.set_parameters(change.plan.plugin_id, change.plan.engine)
+                self.board.commit(change.plan)
+                events += self._parameter_events(change.plan)
             for change in changes:
-                instance = self.board.plugin(change.track_id, change.plugin_id)
+                track_id, plugin_id = change.plan.track_id, change.plan.plugin_id
+                instance = self.board.plugin(track_id, plugin_id)
                 if instance.bypass != change.bypass:
-                    await self.engine.set_bypass(change.plugin_id, change.bypass)
-                    self.board.set_bypass(change.track_id, change.plugin_id, change.bypass)
-                    events.append(
-                        ("PLUGIN_BYPASS", self._ids(change.track_id, instance) | {"bypass": change.bypass})
-                    )
+                    await self.engine.set_bypass(plugin_id, change.bypass)
+                    self.board.set_bypass(track_id, plugin_id, change.bypass)
+                    bypassed = self._ids(track_id, instance) | {"bypass": change.bypass}
+                    events.append(("PLUGIN_BYPASS", bypassed))
         self.on_change()
         return events
 

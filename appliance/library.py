@@ -16,6 +16,7 @@ request). Runs on the loop's thread; file work runs in a worker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ from .pedalboards import (
     Pedalboard,
     PedalboardStore,
     Setlist,
+    Snapshot,
     check_name,
     layout,
     plan_recall,
@@ -209,10 +211,12 @@ class Library:
     async def _load(self, request: Request) -> Outcome:
         name = check_name(request.data.get("name"))
         snapshot = request.data.get("snapshot")
-        return await self.load(name, None if snapshot is None else check_name(snapshot, "data.snapshot"))
+        return self._changed(
+            await self.load(name, None if snapshot is None else check_name(snapshot, "data.snapshot"))
+        )
 
-    async def load(self, name: str, snapshot: str | None = None) -> Outcome:
-        """Switch to a pedalboard (and one of its snapshots) while playing.
+    async def load(self, name: str, snapshot: str | None = None) -> list[Event]:
+        """Switch to a pedalboard (and one of its snapshots) while playing; the events of it.
 
         Raises:
             UnknownPedalboard, UnknownSnapshot: nothing changed.
@@ -234,14 +238,21 @@ class Library:
             self._switching = False
         self.current, self.snapshot = pedalboard, None
         if snapshot is not None:
-            changes, skipped = plan_recall(self.controller.board, pedalboard.snapshot(snapshot))
-            for problem in skipped:
-                log.warning("snapshot %r: %s", snapshot, problem)
-            events += await self.controller.recall(changes)
-            self.snapshot = snapshot
-        self._matched()
+            events += await self._recall(pedalboard, snapshot)
+        else:
+            self._matched()
         log.info("pedalboard %r loaded%s", name, f" with snapshot {snapshot!r}" if snapshot else "")
-        return self._changed(events)
+        return events
+
+    async def _recall(self, pedalboard: Pedalboard, name: str) -> list[Event]:
+        """Recall a snapshot of the pedalboard playing; the events of it."""
+        changes, skipped = plan_recall(self.controller.board, pedalboard.snapshot(name))
+        for problem in skipped:
+            log.warning("snapshot %r: %s", name, problem)
+        events = await self.controller.recall(changes)
+        self.snapshot = name
+        self._matched()
+        return events
 
     async def _rename(self, request: Request) -> Outcome:
         name = check_name(request.data.get("name"))
@@ -309,24 +320,15 @@ class Library:
         snapshots = [snapshot if s.name == name else s for s in current.snapshots]
         if len(others) == len(current.snapshots):
             snapshots.append(snapshot)
-        updated = Pedalboard(current.name, current.board, snapshots, current.spillover)
-        async with self._files:
-            await asyncio.to_thread(self.store.write, updated)
-        self.current, self.snapshot = updated, name
+        await self._keep_snapshots(current, snapshots)
+        self.snapshot = name
         self._matched()
         return self._changed()
 
     async def _snapshot_recall(self, request: Request) -> Outcome:
         """Every value and bypass of the snapshot in one step; no plugin is loaded or removed."""
         current = self._require_current()
-        name = check_name(request.data.get("name"))
-        changes, skipped = plan_recall(self.controller.board, current.snapshot(name))
-        for problem in skipped:
-            log.warning("snapshot %r: %s", name, problem)
-        events = await self.controller.recall(changes)
-        self.snapshot = name
-        self._matched()
-        return self._changed(events)
+        return self._changed(await self._recall(current, check_name(request.data.get("name"))))
 
     async def _snapshot_rename(self, request: Request) -> Outcome:
         current = self._require_current()
@@ -335,15 +337,8 @@ class Library:
         current.snapshot(name)
         if new_name != name and any(s.name == new_name for s in current.snapshots):
             raise NameTaken(f"{current.name!r} already has a snapshot {new_name!r}", {"name": new_name})
-        updated = Pedalboard(
-            current.name,
-            current.board,
-            [s if s.name != name else type(s)(new_name, s.tracks) for s in current.snapshots],
-            current.spillover,
-        )
-        async with self._files:
-            await asyncio.to_thread(self.store.write, updated)
-        self.current = updated
+        renamed = [s if s.name != name else dataclasses.replace(s, name=new_name) for s in current.snapshots]
+        await self._keep_snapshots(current, renamed)
         if self.snapshot == name:
             self.snapshot = new_name
         return self._changed()
@@ -352,15 +347,17 @@ class Library:
         current = self._require_current()
         name = check_name(request.data.get("name"))
         current.snapshot(name)
-        updated = Pedalboard(
-            current.name, current.board, [s for s in current.snapshots if s.name != name], current.spillover
-        )
-        async with self._files:
-            await asyncio.to_thread(self.store.write, updated)
-        self.current = updated
+        await self._keep_snapshots(current, [s for s in current.snapshots if s.name != name])
         if self.snapshot == name:
             self.snapshot = None
         return self._changed()
+
+    async def _keep_snapshots(self, current: Pedalboard, snapshots: list[Snapshot]) -> None:
+        """Write the current pedalboard with these snapshots; it is the current one from now on."""
+        updated = dataclasses.replace(current, snapshots=snapshots)
+        async with self._files:
+            await asyncio.to_thread(self.store.write, updated)
+        self.current = updated
 
     # -- the setlist ------------------------------------------------------------------
 
@@ -403,18 +400,12 @@ class Library:
         """
         entry = self.setlist.entries[position]
         current = self.current
-        if current is not None and current.name == entry.pedalboard and not self.modified:
-            events: list[Event] = []
-            if entry.snapshot is not None:
-                changes, _skipped = plan_recall(self.controller.board, current.snapshot(entry.snapshot))
-                events = await self.controller.recall(changes)
-                self.snapshot = entry.snapshot
-                self._matched()
-            outcome = self._changed(events)
-        else:
-            outcome = await self.load(entry.pedalboard, entry.snapshot)
+        events: list[Event] = []
+        if current is None or current.name != entry.pedalboard or self.modified:
+            events = await self.load(entry.pedalboard, entry.snapshot)
+        elif entry.snapshot is not None:
+            events = await self._recall(current, entry.snapshot)
         self.setlist.position = position
         async with self._files:
             await asyncio.to_thread(self.store.write_setlist, self.setlist)
-        outcome.broadcast[-1] = ("PEDALBOARD_STATE", self.state())
-        return outcome
+        return self._changed(events)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .board import Board, conform_values
+from .board import Board, ParameterPlan
 from .errors import InvalidMessage, InvalidValue, NameTaken, StoreError, UnknownPedalboard, UnknownSnapshot
 from .files import stale_temporaries, write_atomic
 
@@ -216,12 +216,9 @@ def take_snapshot(board: Board, name: str) -> Snapshot:
 
 @dataclass(frozen=True)
 class Recall:
-    """One plugin's part of a snapshot recall: canonical values, and the bypass."""
+    """One plugin's part of a snapshot recall: its checked values, and the bypass."""
 
-    track_id: str
-    plugin_id: str
-    values: dict[str, float]
-    engine: dict[str, float]
+    plan: ParameterPlan
     bypass: bool
 
 
@@ -248,8 +245,8 @@ def plan_recall(board: Board, snapshot: Snapshot) -> tuple[list[Recall], list[st
             instance = track.chain[index]
             ids = {parameter.id for parameter in instance.type.parameters}
             known = {k: v for k, v in dict(saved.get("values", {})).items() if k in ids}
-            values, engine = conform_values(instance.type, known)
-            changes.append(Recall(track_id, instance.id, values, engine, bool(saved.get("bypass", False))))
+            plan = board.plan_parameters(track_id, instance.id, known)
+            changes.append(Recall(plan, bool(saved.get("bypass", False))))
     return changes, skipped
 
 
