@@ -183,20 +183,32 @@ class Hardware:
         if encoder.push is not None:
             push = Button(encoder.push, pin_factory=self.factory)
             self._devices.append(push)
-            push.when_pressed = lambda: self._hand_over(
-                self._edge, f"{encoder.name}.push", self.clock(), True
-            )
-            push.when_released = lambda: self._hand_over(
-                self._edge, f"{encoder.name}.push", self.clock(), False
-            )
+            self._on_edges(push, f"{encoder.name}.push", lambda: self._pushed(encoder), None)
 
     def _open_footswitch(self, footswitch: Footswitch) -> None:
         button = Button(footswitch.pin, hold_time=self.map.hold_time, pin_factory=self.factory)
         self._devices.append(button)
-        button.when_pressed = lambda: self._hand_over(self._edge, footswitch.name, self.clock(), True)
-        button.when_released = lambda: self._hand_over(self._edge, footswitch.name, self.clock(), False)
-        if footswitch.hold is not None:
-            button.when_held = lambda: self._hand_over(self._hold, footswitch)
+        if footswitch.hold is None:
+            self._on_edges(button, footswitch.name, lambda: self._act(footswitch.press), None)
+            return
+        self._on_edges(
+            button,
+            footswitch.name,
+            lambda: self._held.discard(footswitch.name),
+            lambda: self._release(footswitch),
+        )
+        button.when_held = lambda: self._hand_over(self._hold, footswitch)
+
+    def _on_edges(
+        self,
+        button: Button,
+        switch: str,
+        pressed: Callable[[], object] | None,
+        released: Callable[[], object] | None,
+    ) -> None:
+        """What a switch's press and release do, on the loop, bounce filtered (:meth:`_edge`)."""
+        button.when_pressed = lambda: self._hand_over(self._edge, switch, self.clock(), pressed)
+        button.when_released = lambda: self._hand_over(self._edge, switch, self.clock(), released)
 
     def _hand_over(self, callback: Callable[..., object], *args: object) -> None:
         loop = self._loop
@@ -232,25 +244,14 @@ class Hardware:
         }
         await self._execute("PLUGIN_PARAMETER", data, encoder.name)
 
-    def _edge(self, switch: str, at: float, pressed: bool) -> None:
-        """A switch's contact closed or opened: acted on unless it is bounce."""
+    def _edge(self, switch: str, at: float, then: Callable[[], object] | None) -> None:
+        """A switch's contact closed or opened: ``then`` runs unless the edge is bounce."""
         last = self._last_edge.get(switch)
         if last is not None and at - last < self.map.bounce_time:
             return
         self._last_edge[switch] = at
-        for encoder in self.map.encoders:
-            if switch == f"{encoder.name}.push":
-                if pressed:
-                    self._pushed(encoder)
-                return
-        footswitch = next(f for f in self.map.footswitches if f.name == switch)
-        if footswitch.hold is None:
-            if pressed:
-                self._act(footswitch.press)
-        elif pressed:
-            self._held.discard(footswitch.name)
-        else:
-            self._release(footswitch)
+        if then is not None:
+            then()
 
     async def _turn_mixer(self, encoder: Encoder, channel: str, detents: float) -> None:
         """A mixer control moves 100/steps percent a detent, from the level the box reports."""
