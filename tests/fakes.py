@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
+from appliance.board import Board
+from appliance.catalog import Catalog
+from appliance.control import Controller, Event
 from appliance.controls import Alias, Control, PluginType
-from appliance.engine import Engine, EngineInfo
+from appliance.engine import Engine, EngineInfo, TrackPorts
 from appliance.errors import EngineError, PluginLoadFailed, PluginNotAllowed
+from appliance.library import Library
+from appliance.pedalboards import PedalboardStore
+from appliance.protocol import Request
 
 
 class FakeEngine(Engine):
@@ -169,3 +177,55 @@ class FakeCatalog:
 
     def installed(self) -> list[dict[str, object]]:
         return []
+
+
+class ControlStack:
+    """The box's control stack without a server: board, controller and library on a data folder.
+
+    Requests go to :meth:`Controller.execute` as any frontend's do; every
+    published event is kept in :attr:`events`, every change counted in :attr:`saves`.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        data_dir: Path,
+        track: str,
+        engine: Engine | None = None,
+        spillover: float = 0.0,
+    ) -> None:
+        self.track = track
+        self.engine = engine or FakeEngine([TrackPorts(track, ("in",), ("out",))])
+        self.board = Board([track])
+        self.controller = Controller(self.board, catalog, self.engine, self._changed)
+        self.store = PedalboardStore(data_dir)
+        self.library = Library(self.controller, self.store, spillover)
+        self.events: list[Event] = []
+        self.controller.publishers.append(lambda events, reply_to, origin: self.events.extend(events))
+        self.saves = 0
+
+    def _changed(self) -> None:
+        self.saves += 1
+        self.library.board_changed()
+
+    async def ask(self, kind: str, **data: Any) -> list[Event]:
+        """Carry out a request; what it replied and broadcast."""
+        outcome = await self.controller.execute(Request(kind, data))
+        return outcome.reply + outcome.broadcast
+
+    async def add(self, name: str, **values: float) -> str:
+        """Add a plugin by catalog key at the end of the track, set ``values``; its id."""
+        events = await self.ask("PLUGIN_ADD", track_id=self.track, name=name)
+        plugin_id = str(events[0][1]["plugin_id"])
+        for parameter, value in values.items():
+            await self.set(plugin_id, parameter, value)
+        return plugin_id
+
+    async def set(self, plugin_id: str, parameter: str, value: float) -> None:
+        await self.ask(
+            "PLUGIN_PARAMETER",
+            track_id=self.track,
+            plugin_id=plugin_id,
+            parameter_id=parameter,
+            parameter_value=value,
+        )

@@ -24,6 +24,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import jack
 import numpy as np
@@ -40,6 +41,8 @@ RIG_OPEN_TIMEOUT = 10.0
 SPOILED_RETAKES = 3
 
 _WRAP = 1 << 32
+
+T = TypeVar("T")
 
 
 def _frames_since(now: int, start: int) -> int:
@@ -268,6 +271,20 @@ class Rig:
             outcome = exc
         reference, recorded = await take
         return reference, recorded, outcome
+
+    async def unspoiled(self, take: Callable[[], Awaitable[T]]) -> T:
+        """Run ``take`` (something that records once) again while the server spoils it.
+
+        A recording during which the virtual server had an xrun (every client,
+        the box's included, missed a cycle) measures the server, not the box:
+        it is taken again, up to :data:`SPOILED_RETAKES` times. Returns the
+        last result either way; :attr:`last_take_xruns` says whether it was spoiled.
+        """
+        for _ in range(SPOILED_RETAKES):
+            result = await take()
+            if not self.last_take_xruns:
+                return result
+        return await take()
 
     def position(self) -> int:
         """Frames into the take under way (0 when none): when, in the recording, something happened."""

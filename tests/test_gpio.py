@@ -24,19 +24,14 @@ from websockets.asyncio.client import connect
 
 from appliance import gpio, gpiomap
 from appliance.app import pin_factory
-from appliance.board import Board
 from appliance.catalog import Catalog
 from appliance.config import ServerConfig
-from appliance.control import Controller, Event
 from appliance.engine import Engine, TrackPorts
 from appliance.engine.jackserver import JackServer
 from appliance.errors import ConfigError
-from appliance.library import Library
 from appliance.net import ControlServer
-from appliance.pedalboards import PedalboardStore
-from appliance.protocol import Request
 from tests.engines import ENGINE_ADAPTERS
-from tests.fakes import FakeEngine
+from tests.fakes import ControlStack
 from tests.rig import Rig, sine
 
 pytestmark = pytest.mark.timeout(60)
@@ -98,37 +93,16 @@ class Clock:
         return self.now
 
 
-class Stack:
-    """Board, controller, library on the in-memory engine, and the hardware on mock pins."""
+class Stack(ControlStack):
+    """The control stack on the in-memory engine, and the hardware on mock pins."""
 
     def __init__(
         self, catalog: Catalog, factory: MockFactory, data: Path, engine: Engine | None = None
     ) -> None:
-        self.engine = engine or FakeEngine([TrackPorts(TRACK, ("in",), ("out",))])
-        self.controller = Controller(Board([TRACK]), catalog, self.engine)
-        self.library = Library(self.controller, PedalboardStore(data), 0.0)
+        super().__init__(catalog, data, TRACK, engine)
         self.clock = Clock()
         self.hardware = gpio.Hardware(gpiomap.parse(MAP), self.controller, factory, self.clock)
         self.factory = factory
-        self.events: list[Event] = []
-        self.controller.publishers.append(lambda events, reply_to, origin: self.events.extend(events))
-
-    async def ask(self, kind: str, **data: Any) -> list[Event]:
-        outcome = await self.controller.execute(Request(kind, data))
-        return outcome.reply + outcome.broadcast
-
-    async def add(self, name: str, **values: float) -> str:
-        events = await self.ask("PLUGIN_ADD", track_id=TRACK, name=name)
-        plugin_id = str(events[0][1]["plugin_id"])
-        for parameter, value in values.items():
-            await self.ask(
-                "PLUGIN_PARAMETER",
-                track_id=TRACK,
-                plugin_id=plugin_id,
-                parameter_id=parameter,
-                parameter_value=value,
-            )
-        return plugin_id
 
     def value(self, position: int, parameter: str) -> float:
         return self.controller.board.tracks[TRACK].chain[position].values[parameter]

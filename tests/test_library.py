@@ -15,15 +15,10 @@ from typing import Any
 
 import pytest
 
-from appliance.board import Board
 from appliance.catalog import Catalog
-from appliance.control import Controller, Event
-from appliance.engine import TrackPorts
 from appliance.errors import ApplianceError
-from appliance.library import Library
-from appliance.pedalboards import MAX_SNAPSHOTS, PedalboardStore
-from appliance.protocol import Request
-from tests.fakes import FakeEngine
+from appliance.pedalboards import MAX_SNAPSHOTS
+from tests.fakes import ControlStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -37,53 +32,21 @@ def catalog() -> Catalog:
     return Catalog.load(ROOT / "config" / "plugins.yaml", scan=False)
 
 
-class Stack:
-    """Controller + library + files on a fake engine; every published event is kept."""
+class Stack(ControlStack):
+    """The control stack on a fake engine, with a few readings of its own."""
 
     def __init__(self, catalog: Catalog, data_dir: Path) -> None:
-        self.engine = FakeEngine([TrackPorts(TRACK, ("in",), ("out",))])
-        self.board = Board([TRACK])
-        self.controller = Controller(self.board, catalog, self.engine, self._changed)
-        self.store = PedalboardStore(data_dir)
-        self.library = Library(self.controller, self.store, SPILLOVER)
-        self.events: list[Event] = []
-        self.controller.publishers.append(lambda events, reply_to, origin: self.events.extend(events))
-        self.saves = 0
-
-    def _changed(self) -> None:
-        self.saves += 1
-        self.library.board_changed()
+        super().__init__(catalog, data_dir, TRACK, spillover=SPILLOVER)
 
     async def start(self, saved: dict[str, Any] | None = None) -> Stack:
         await self.engine.start()
         await self.library.start(saved)
         return self
 
-    async def ask(self, kind: str, **data: Any) -> list[Event]:
-        """Carry out a request; what it replied and broadcast."""
-        outcome = await self.controller.execute(Request(kind, data))
-        return outcome.reply + outcome.broadcast
-
     async def refused(self, kind: str, **data: Any) -> ApplianceError:
         with pytest.raises(ApplianceError) as caught:
             await self.ask(kind, **data)
         return caught.value
-
-    async def add(self, name: str, **values: float) -> str:
-        events = await self.ask("PLUGIN_ADD", track_id=TRACK, name=name)
-        plugin_id = str(events[0][1]["plugin_id"])
-        for parameter, value in values.items():
-            await self.set(plugin_id, parameter, value)
-        return plugin_id
-
-    async def set(self, plugin_id: str, parameter: str, value: float) -> None:
-        await self.ask(
-            "PLUGIN_PARAMETER",
-            track_id=TRACK,
-            plugin_id=plugin_id,
-            parameter_id=parameter,
-            parameter_value=value,
-        )
 
     def chain(self) -> list[tuple[str, dict[str, float], bool]]:
         return [(p.type.key, dict(p.values), p.bypass) for p in self.board.tracks[TRACK].chain]

@@ -7,15 +7,17 @@ off), or silence when the new board cannot be built.
 
 A take during which the virtual server itself dropped cycles (xruns: every
 client misses them, the box's plugins included) is taken again, up to
-:data:`tests.rig.SPOILED_RETAKES` times; a failure says how many xruns its
+:data:`tests.rig.SPOILED_RETAKES` times (:meth:`tests.rig.Rig.unspoiled`); a failure says how many xruns its
 take had. What xruns switching causes is measured in ``hil/bench_switch``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +31,7 @@ from appliance.engine.faders import FADE_STEPS, FADER_URI
 from appliance.engine.jackserver import JackServer
 from appliance.errors import PluginLoadFailed
 from tests.engines import ENGINE_ADAPTERS, EngineFactory
-from tests.rig import SPOILED_RETAKES, Rig, longest_gap, rms_db, sine, window_gains
+from tests.rig import Rig, longest_gap, rms_db, sine, window_gains
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(90)]
 
@@ -117,16 +119,16 @@ async def test_switch_moves_the_sound_without_a_gap_or_a_click(
 ) -> None:
     """From a 0 dB board to a −6 dB board while playing: never silent, never a step
     larger than the tone's own, and every 10 ms window between the two levels."""
-    for take in range(SPOILED_RETAKES + 1):  # a take the virtual server spoiled is taken again
-        await engine.switch_board([amp(plugin_type, f"a{take}", 0.0)], 0.0, lambda: None)
-        new = f"b{take}"
-        reference, recorded, outcome = await rig.record_during(
-            TONE,
-            lambda new=new: switch(engine, [amp(plugin_type, new, -6.0)], 0.0),
-            lead_frames=int(0.8 * RATE),
-        )
-        if not rig.last_take_xruns:
-            break
+    takes = itertools.count()
+
+    async def take() -> tuple[str, np.ndarray, np.ndarray, object]:
+        n = next(takes)  # fresh plugin ids for each take
+        await engine.switch_board([amp(plugin_type, f"a{n}", 0.0)], 0.0, lambda: None)
+        new = [amp(plugin_type, f"b{n}", -6.0)]
+        played = await rig.record_during(TONE, lambda: switch(engine, new, 0.0), lead_frames=int(0.8 * RATE))
+        return (f"b{n}", *played)
+
+    new, reference, recorded, outcome = await rig.unspoiled(take)
     assert outcome == [new], outcome
     out = recorded[:, 0]
     gains = window_gains(out, reference)
@@ -170,18 +172,21 @@ async def _switch_during_bursts(
     """Switch from the delay to a clean board between two bursts. For every burst that
     starts once the switch is done: the level (dBFS) of its first repeat slot and of the note."""
     signal = bursts()
-    for take in range(SPOILED_RETAKES + 1):  # a take the virtual server spoiled is taken again
-        await engine.switch_board([delay(plugin_type, f"d{take}")], 0.0, lambda: None)
-        switched: list[int] = []
+    takes = itertools.count()
 
-        async def act(take: int = take, switched: list[int] = switched) -> None:
-            await engine.switch_board(
-                [amp(plugin_type, f"b{take}", -3.0)], spillover, lambda: switched.append(rig.position())
-            )
+    async def take() -> tuple[list[int], np.ndarray, object]:
+        n = next(takes)  # fresh plugin ids for each take
+        await engine.switch_board([delay(plugin_type, f"d{n}")], 0.0, lambda: None)
+        switched: list[int] = []
+        new = [amp(plugin_type, f"b{n}", -3.0)]
+
+        async def act() -> None:
+            await engine.switch_board(new, spillover, lambda: switched.append(rig.position()))
 
         _, recorded, outcome = await rig.record_during(signal, act, lead_frames=3 * BURST_EVERY + BURST)
-        if not rig.last_take_xruns:
-            break
+        return switched, recorded, outcome
+
+    switched, recorded, outcome = await rig.unspoiled(take)
     assert outcome is None, outcome
     out = recorded[:, 0]
     echo = int(DELAY_MS * RATE / 1000)
@@ -205,10 +210,9 @@ async def test_a_switch_that_cannot_be_built_leaves_the_old_board_playing(
         key="nothing", uri=BAD, name="Nothing", controls=(), audio_inputs=("in",), audio_outputs=("out",)
     )
     new = [amp(plugin_type, "b1", -6.0), SavedPlugin(TRACK, "b2", broken, {})]
-    for _take in range(SPOILED_RETAKES + 1):  # a take the virtual server spoiled is taken again
-        reference, recorded, outcome = await rig.record_during(TONE, lambda: switch(engine, new, 3.0))
-        if not rig.last_take_xruns:
-            break
+    reference, recorded, outcome = await rig.unspoiled(
+        lambda: rig.record_during(TONE, lambda: switch(engine, new, 3.0))
+    )
     assert isinstance(outcome, PluginLoadFailed), outcome
     assert outcome.plugin_id == "b2"
     gains = window_gains(recorded[:, 0], reference)
@@ -235,13 +239,11 @@ async def test_snapshot_values_are_heard_within_two_periods_without_a_gap(
             await engine.set_parameters("a2", {"gain": gain})
             sent.append(rig.position())
 
-        for _take in range(SPOILED_RETAKES + 1):  # a take the virtual server spoiled is taken again
+        async def take(sent: list[int] = sent, recall: Callable[[], Any] = recall) -> Any:
             sent.clear()
-            reference, recorded, outcome = await rig.record_during(
-                TONE[: RATE // 2], recall, lead_frames=RATE // 5
-            )
-            if not rig.last_take_xruns:
-                break
+            return await rig.record_during(TONE[: RATE // 2], recall, lead_frames=RATE // 5)
+
+        reference, recorded, outcome = await rig.unspoiled(take)
         assert outcome is None, outcome
         out = recorded[:, 0].astype(np.float64)
         gap = longest_gap(out[PERIOD:-PERIOD])[0]
