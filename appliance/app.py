@@ -23,8 +23,9 @@ from .catalog import Catalog
 from .config import Config
 from .control import Controller
 from .controls import PluginType
-from .engine import Engine, EngineEvent, SavedPlugin, TrackPorts
+from .engine import NO_OWN_PLUGINS, Engine, EngineEvent, OwnPlugins, SavedPlugin, TrackPorts
 from .engine.faders import FADER_URI
+from .engine.meters import METER_URI, TUNER_URI
 from .errors import ApplianceError, ConfigError, EngineError
 from .files import write_atomic
 from .library import Library
@@ -32,6 +33,7 @@ from .logs import fields
 from .mixer import Mixer, MixerService
 from .net import ControlServer
 from .pedalboards import PedalboardStore
+from .readings import MeterFeed, Tuner
 from .store import BoardStore, DebouncedSaver
 from .watchdog import SystemdNotifier, watchdog_loop
 
@@ -41,11 +43,10 @@ log = logging.getLogger("appliance.app")
 STOP_STEP_TIMEOUT = 20.0
 
 
-def make_engine(config: Config, on_event: Any, fader: PluginType | None = None) -> Engine:
+def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS) -> Engine:
     """Choose the engine adapter as ``engine.kind`` says, and log which and why.
 
-    ``fader`` is the plugin the engine fades board switches with
-    (:mod:`appliance.engine.faders`); without it a switch cuts.
+    ``own``: the plugins the engine hosts for the box (faders, meters, tuner).
     """
     tracks = [TrackPorts(t.id, t.inputs, t.outputs) for t in config.tracks]
     kind = config.engine.kind
@@ -56,9 +57,7 @@ def make_engine(config: Config, on_event: Any, fader: PluginType | None = None) 
 
             why = "configured" if kind == "carla" else "found by auto"
             log.info("engine: Carla (%s)", why, extra=fields(engine="carla"))
-            return CarlaEngine(
-                tracks, config.engine.carla, config.engine.jack, on_event=on_event, fader=fader
-            )
+            return CarlaEngine(tracks, config.engine.carla, config.engine.jack, on_event=on_event, own=own)
         if kind == "carla":
             raise EngineError(f"engine.kind is carla but Carla cannot be used: {reason}")
         log.info("engine: jalv (Carla not used: %s)", reason, extra=fields(engine="jalv"))
@@ -70,7 +69,25 @@ def make_engine(config: Config, on_event: Any, fader: PluginType | None = None) 
     jack = config.engine.jack
     dummy = jack.dummy
     settings = DummySettings(dummy.rate, dummy.period, dummy.realtime) if dummy else None
-    return JalvEngine(tracks, jack.server, on_event=on_event, dummy_server=settings, fader=fader)
+    return JalvEngine(tracks, jack.server, on_event=on_event, dummy_server=settings, own=own)
+
+
+#: The box's own plugins (all in ``x42-plugins``): what each one missing costs.
+OWN_PLUGINS = {
+    "fader": (FADER_URI, "board switches will cut, not fade"),
+    "meter": (METER_URI, "the phones show no level meters"),
+    "tuner": (TUNER_URI, "there is no tuner"),
+}
+
+
+def own_plugins(catalog: Catalog) -> OwnPlugins:
+    """The plugins the engine hosts for the box, from the scan; each missing one logged once."""
+    found: dict[str, PluginType | None] = {}
+    for role, (uri, cost) in OWN_PLUGINS.items():
+        found[role] = catalog.lookup(uri)
+        if found[role] is None:
+            log.warning("%s (x42-plugins) is missing: %s", uri, cost)
+    return OwnPlugins(**found)
 
 
 def pin_factory() -> Any:
@@ -184,6 +201,7 @@ class Box:
         self.library: Library | None = None
         self.hardware: gpio.Hardware | None = None
         self.mixer: MixerService | None = None
+        self.meters: asyncio.Task[None] | None = None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         board = self.controller.board if self.controller is not None else None
@@ -226,10 +244,7 @@ class Box:
                 aside = await asyncio.to_thread(store.set_aside, "unusable")
                 log.error("saved board is not usable (%s); moved it to %s and started empty", exc, aside)
                 board = Board(t.id for t in config.tracks)
-        fader = self.catalog.lookup(FADER_URI)
-        if fader is None:
-            log.warning("%s (x42-plugins) is missing: board switches will cut, not fade", FADER_URI)
-        self.engine = make_engine(config, self._on_engine_event, fader)
+        self.engine = make_engine(config, self._on_engine_event, own_plugins(self.catalog))
         await self.engine.start()
         self.saver = DebouncedSaver(store, self._saved_board, config.save_delay)
         self.controller = Controller(
@@ -245,9 +260,12 @@ class Box:
         await self._load_engine(board, saved is None)
         await self.library.start(saved.get("library") if saved else None)
         await self._start_mixer(saved.get("mixer") if saved else None)
+        Tuner(self.controller)
         await self._start_gpio(board)
         self.server = ControlServer(config.server, self.controller, self.health, token)
         await self.server.start()
+        feed = MeterFeed(self.engine, self.server.metering, self.server.send_meters)
+        self.meters = asyncio.create_task(feed.run())
         self.notifier.notify("READY=1", f"STATUS=serving on port {self.server.port}")
 
     async def _start_mixer(self, saved: dict[str, Any] | None) -> None:
@@ -307,6 +325,9 @@ class Box:
     async def stop(self) -> None:
         """Stop serving, save the board, stop the engine: each step even if one before failed."""
         self.notifier.notify("STOPPING=1")
+        if self.meters is not None:
+            self.meters.cancel()
+            await asyncio.gather(self.meters, return_exceptions=True)
         steps: list[tuple[str, Callable[[], Awaitable[object]] | None]] = [
             ("gpio", self.hardware.stop if self.hardware else None),
             ("server", self.server.stop if self.server else None),

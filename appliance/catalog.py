@@ -265,6 +265,7 @@ class EntrySpec:
             enable_symbol=enable_symbol,
             enable_inverted=inverted,
             latency=plugin.latency,
+            monitors=plugin.monitors,
             presets=_presets(plugin, enable_symbol),
         )
 
@@ -406,6 +407,7 @@ def _scanned_type(plugin: lilv.ScannedPlugin) -> PluginType:
         audio_outputs=plugin.audio_outputs,
         enable_symbol=plugin.enable_symbol,
         latency=plugin.latency,
+        monitors=plugin.monitors,
         presets=_presets(plugin, plugin.enable_symbol),
     )
 

@@ -152,6 +152,7 @@ class PluginType:
         enable_symbol: the plugin's own enable/bypass control, if it has one
             (``lv2:enabled`` designation, or a Guitarix-style ``BYPASS``).
         enable_inverted: True when that control means "bypass" (1 = bypassed).
+        monitors: its output controls (meters, a tuner's readings), by symbol.
         presets: the factory presets it ships with (their values limited to
             its adjustable controls).
     """
@@ -166,6 +167,7 @@ class PluginType:
     enable_symbol: str | None = None
     enable_inverted: bool = False
     latency: bool = False
+    monitors: tuple[str, ...] = ()
     presets: tuple[FactoryPreset, ...] = field(default=(), compare=False)
     parameters: tuple[Parameter, ...] = field(init=False, repr=False, compare=False)
     _lookup: dict[str, Parameter] = field(init=False, repr=False, compare=False)

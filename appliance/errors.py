@@ -121,7 +121,7 @@ class NameTaken(ProtocolError):
 
 
 class HardwareError(ApplianceError):
-    """GPIO, mixer or sound card trouble."""
+    """GPIO, mixer or sound card trouble, or a part of the box that is not installed (the tuner)."""
 
     code = "HARDWARE_UNAVAILABLE"
 

@@ -293,6 +293,13 @@ class Hardware:
             self._queue.put_nowait(
                 lambda: self._execute("SNAPSHOT_RECALL", {"name": action.name}, "footswitch")
             )
+        elif action.kind == "tuner":  # silent at once; the tuner's start does not hold up bypasses
+            on = not self.controller.engine.is_tuning
+            task = asyncio.get_running_loop().create_task(
+                self._execute("TUNER_SET", {"on": on}, "footswitch")
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         else:
             self._queue.put_nowait(lambda: self._toggle_bypass(action))
 

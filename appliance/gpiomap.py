@@ -29,6 +29,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "snapshot": ("name",),
     "setlist_next": (),
     "setlist_previous": (),
+    "tuner": (),  # on, or off again
 }
 DEFAULT_HOLD = 0.5
 DEFAULT_BOUNCE = 0.008

@@ -30,8 +30,9 @@ from websockets.http11 import Response
 from . import protocol
 from .config import RateLimit, ServerConfig
 from .control import Controller, Event
-from .errors import ApplianceError, EngineError, RateLimited, Unauthorized
+from .errors import ApplianceError, EngineError, InvalidValue, RateLimited, Unauthorized
 from .logs import fields
+from .readings import METER_RATE
 
 log = logging.getLogger("appliance.net")
 
@@ -85,6 +86,7 @@ class ClientSession:
         self.dropped = False
         self.closing: asyncio.Task[None] | None = None
         self.limit = config.send_buffer
+        self.meters = False  # sent METERS (METERS_SUBSCRIBE)
         address = connection.remote_address
         self.name = f"{address[0]}:{address[1]}" if address else "?"
 
@@ -322,6 +324,9 @@ class ControlServer:
                 return
             session.send(protocol.encode("AUTH", {"ok": True}, request.id))
             return
+        if request.type == "METERS_SUBSCRIBE":
+            self._subscribe(session, request)
+            return
         if request.type in self.controller.structural:
             if self._stopping:
                 self._send_error(session, EngineError("the box is stopping"), request.id)
@@ -350,6 +355,27 @@ class ControlServer:
         if exc.public is not None:
             log.warning("request from %s failed: %s", session.name, exc, extra=fields(client=session.name))
         session.send(protocol.encode("ERROR", protocol.error_data(exc), request_id))
+
+    def _subscribe(self, session: ClientSession, request: protocol.Request) -> None:
+        on = request.data.get("on", True)
+        if not isinstance(on, bool):
+            self._send_error(
+                session, InvalidValue("on must be true or false", {"field": "data.on"}), request.id
+            )
+            return
+        session.meters = on
+        session.send(protocol.encode("METERS_SUBSCRIBE", {"on": on, "rate": METER_RATE}, request.id))
+
+    def metering(self) -> bool:
+        """True while some client wants ``METERS``."""
+        return any(s.meters and s.authorized and not s.dropped for s in self.sessions)
+
+    def send_meters(self, event: Event) -> None:
+        """One event to the clients that subscribed to ``METERS``, encoded once."""
+        listeners = [s for s in self.sessions if s.meters and s.authorized and not s.dropped]
+        broadcast([s.connection for s in listeners], protocol.encode(*event))
+        for session in listeners:
+            session.check()
 
     def broadcast(self, events: list[Event], reply_to: str | None, origin: dict[str, str] | None) -> None:
         """Send events to every authorized client, each encoded once. Loop thread."""

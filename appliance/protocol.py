@@ -55,6 +55,8 @@ EXTENSION_REQUESTS = frozenset(
         "MIXER_SET",
         "PRESET_LIST",
         "PRESET_LOAD",
+        "METERS_SUBSCRIBE",
+        "TUNER_SET",
     }
 )
 REQUESTS = EXAMPLE_REQUESTS | EXTENSION_REQUESTS

@@ -37,7 +37,7 @@ from appliance import lilv
 from appliance.catalog import Catalog
 from appliance.config import CarlaConfig, JackConfig
 from appliance.controls import PluginType
-from appliance.engine import Engine, SavedPlugin, TrackPorts
+from appliance.engine import Engine, OwnPlugins, SavedPlugin, TrackPorts
 from appliance.engine.faders import FADER_URI
 from appliance.engine.jackserver import DummySettings, JackServer
 from hil.bench_engines import BOARD, BOARD_VALUES
@@ -59,10 +59,10 @@ def _engine(kind: str, server: str, rig: Rig, fader: PluginType) -> Engine:
     if kind == "jalv":
         from appliance.engine.jalv import JalvEngine
 
-        return JalvEngine(tracks, server_name=server, fader=fader)
+        return JalvEngine(tracks, server_name=server, own=OwnPlugins(fader=fader))
     from appliance.engine.carla.engine import CarlaEngine
 
-    return CarlaEngine(tracks, CarlaConfig(), JackConfig(server=server), fader=fader)
+    return CarlaEngine(tracks, CarlaConfig(), JackConfig(server=server), own=OwnPlugins(fader=fader))
 
 
 def _board(catalog: Catalog, prefix: str, gain: float) -> list[SavedPlugin]:

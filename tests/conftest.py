@@ -8,8 +8,13 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from appliance import lilv
+from appliance.catalog import Catalog
+from appliance.engine import OwnPlugins
 from appliance.engine.carla import unavailable as carla_unavailable
+from appliance.engine.faders import FADER_URI
 from appliance.engine.jackserver import DummySettings, JackServer, unique_server_name
+from appliance.engine.meters import METER_URI, TUNER_URI
 from tests.rig import Rig
 
 #: The rate and period of every test server (the box's defaults).
@@ -80,6 +85,17 @@ async def jack_server() -> AsyncIterator[JackServer]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="session")
+def own_plugins() -> OwnPlugins:
+    """The box's own plugins (faders, meters, tuner), read from their LV2 data as the box does."""
+    uris = {"fader": FADER_URI, "meter": METER_URI, "tuner": TUNER_URI}
+    catalog = Catalog.build([], lilv.scan_plugins(uris=set(uris.values())))
+    found = {role: catalog.lookup(uri) for role, uri in uris.items()}
+    missing = [uris[role] for role, plugin in found.items() if plugin is None]
+    assert not missing, f"{missing} not installed (scripts/setup installs x42-plugins)"
+    return OwnPlugins(**found)
 
 
 @pytest_asyncio.fixture

@@ -17,6 +17,7 @@ from appliance.errors import EngineError, PluginLoadFailed, PluginNotAllowed
 from appliance.library import Library
 from appliance.pedalboards import PedalboardStore
 from appliance.protocol import Request
+from appliance.readings import Tuner
 
 
 class FakeEngine(Engine):
@@ -200,6 +201,7 @@ class ControlStack:
         self.controller = Controller(self.board, catalog, self.engine, self._changed)
         self.store = PedalboardStore(data_dir)
         self.library = Library(self.controller, self.store, spillover)
+        self.tuner = Tuner(self.controller)
         self.events: list[Event] = []
         self.controller.publishers.append(lambda events, reply_to, origin: self.events.extend(events))
         self.saves = 0

@@ -34,7 +34,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from appliance.engine.carla import HIDE_CARLA_ENV
 from appliance.engine.jackserver import JackServer
 from tests.boxproc import BoxProcess, virtual_config
-from tests.rig import Rig, gain_db, latency_frames, longest_gap, noise, sine
+from tests.rig import Rig, gain_db, latency_frames, longest_gap, noise, rms_db, sine
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(120)]
 
@@ -467,3 +467,52 @@ async def test_a_setlist_of_three_pedalboards_plays_through_without_a_gap(
         window = slice(done + 4800, end)  # 0.1 s after the step was answered, to the next step
         level = gain_db(out[window], reference[window])
         assert level == pytest.approx(db, abs=0.2), f"{board}/{snapshot} read {level:.2f} dB, saved {db}"
+
+
+async def test_meters_and_the_tuner_over_websocket(
+    engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """A phone that asks for meters reads the track's levels and the compressor's gain
+    reduction while a tone plays, and a phone that did not ask gets none; the tuner one
+    phone turns on is told to every phone, also to one that connects later, and the box
+    is silent until it is off again."""
+    config = _config(tmp_path, jack_server, engine_kind, _one_track(rig))
+    async with _box(config) as box, _phone(box) as metering, _phone(box) as other:
+        await metering.replay()
+        await other.replay()
+        compressor = await metering.add("compressor", threshold=-30.0)
+        subscribed = await metering.ask("METERS_SUBSCRIBE", answer="METERS_SUBSCRIBE", on=True)
+        assert subscribed["data"] == {"on": True, "rate": 15.0}
+
+        async def frames() -> list[dict[str, Any]]:
+            seen: list[dict[str, Any]] = []
+            async with asyncio.timeout(REPLY_TIMEOUT):
+                while len(seen) < 15:
+                    message = await metering._receive()
+                    if message["type"] == "METERS":
+                        seen.append(message["data"])
+            return seen
+
+        _, _, seen = await rig.record_during(sine(1000.0, 3 * 48000, 48000, -12.0), frames, lead_frames=24000)
+        assert isinstance(seen, list), seen
+        last = seen[-1]
+        assert last["tracks"][TRACK]["in"] == pytest.approx(-12.0, abs=1.0), last
+        assert last["tracks"][TRACK]["out"] < last["tracks"][TRACK]["in"], f"no gain reduction: {last}"
+        assert last["monitors"][compressor]["gr"] > 1.0, f"the compressor's reading is missing: {last}"
+        assert last["tuner"] is None and last["xruns"] >= 0
+        await other.replay()
+        assert "METERS" not in other.states, "a phone that never asked was sent meters"
+
+        told = await other.ask("TUNER_SET", answer="TUNER", on=True)
+        assert told["data"] == {"on": True}
+        async with _phone(box) as late:
+            await late.replay()
+            assert late.states["TUNER"] == {"on": True}
+        _, recorded = await rig.play_and_record(PROBE)
+        assert rms_db(recorded[:, 0]) < -90.0, "the box sounded while tuning"
+        await other.ws.send(json.dumps({"id": "bad", "type": "TUNER_SET", "data": {"on": "yes"}}))
+        while (refused := await other._receive()).get("reply_to") != "bad":
+            pass
+        assert refused["type"] == "ERROR" and refused["data"]["code"] == "INVALID_VALUE"
+        await other.ask("TUNER_SET", answer="TUNER", on=False)
+        assert await rig.gain_until(_near(0.0), QUIET_PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)

@@ -26,19 +26,20 @@ from appliance import gpio, gpiomap
 from appliance.app import pin_factory
 from appliance.catalog import Catalog
 from appliance.config import ServerConfig
-from appliance.engine import Engine, TrackPorts
+from appliance.engine import Engine, OwnPlugins, TrackPorts
 from appliance.engine.jackserver import JackServer
 from appliance.errors import ConfigError
 from appliance.net import ControlServer
+from appliance.readings import MeterFeed
 from tests.engines import ENGINE_ADAPTERS
 from tests.fakes import ControlStack
-from tests.rig import Rig, sine
+from tests.rig import Rig, rms_db, sine
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACK = "track_001"
-A, B, PUSH, SWITCH, HOLD_SWITCH, NEXT = 17, 27, 22, 23, 24, 25
+A, B, PUSH, SWITCH, HOLD_SWITCH, NEXT, TUNE = 17, 27, 22, 23, 24, 25, 5
 HOLD = 0.15
 
 
@@ -66,6 +67,7 @@ MAP = {
             "hold": {"action": "snapshot", "name": "solo"},
         },
         {"name": "fs3", "pin": NEXT, "press": {"action": "setlist_next"}},
+        {"name": "fs4", "pin": TUNE, "press": {"action": "tuner"}},
     ],
 }
 
@@ -303,6 +305,67 @@ async def test_a_footswitch_bypass_is_heard(
         await engine.stop()
 
 
+async def test_the_tuner_footswitch_silences_the_box_and_the_phone_reads_the_note(
+    catalog: Catalog,
+    factory: MockFactory,
+    tmp_path: Path,
+    jack_server: JackServer,
+    rig: Rig,
+    own_plugins: OwnPlugins,
+) -> None:
+    """On jalv and the rig, an A string playing: the tuner footswitch silences the box at once,
+    a phone is told the tuner is on and reads A2 in its meters; a second press brings the sound back."""
+    engine = ENGINE_ADAPTERS["jalv"](jack_server.name)(
+        [TrackPorts(TRACK, rig.play_ports, rig.rec_ports)], print, own=own_plugins
+    )
+    await engine.start()
+    stack = Stack(catalog, factory, tmp_path, engine)
+    await stack.hardware.start()
+    server = ControlServer(ServerConfig(host="127.0.0.1", port=0), stack.controller, lambda: (True, {}))
+    await server.start()
+    feed = asyncio.create_task(MeterFeed(engine, server.metering, server.send_meters).run())
+    string = sine(110.0, 3 * 48000, 48000, -12.0)
+    try:
+        async with connect(f"ws://127.0.0.1:{server.port}/ws") as phone:
+            await phone.send(json.dumps({"id": "m", "type": "METERS_SUBSCRIBE", "data": {"on": True}}))
+
+            async def press_and_read() -> tuple[int, list[dict[str, Any]]]:
+                stack.factory.pin(TUNE).drive_low()  # no hold action: acts on the press
+                await asyncio.sleep(0.05)
+                pressed = rig.position()
+                seen: list[dict[str, Any]] = []
+                while not any(m["type"] == "METERS" and m["data"]["tuner"] for m in seen):
+                    seen.append(json.loads(await asyncio.wait_for(phone.recv(), 3)))
+                stack.factory.pin(TUNE).drive_high()
+                return pressed, seen
+
+            _, recorded, outcome = await rig.record_during(string, press_and_read, lead_frames=24000)
+            assert not isinstance(outcome, Exception), outcome
+            pressed, seen = outcome  # type: ignore[misc]
+            assert {"type": "TUNER", "on": True} in [{"type": m["type"], **m["data"]} for m in seen]
+            reading = next(m["data"]["tuner"] for m in seen if m["type"] == "METERS" and m["data"]["tuner"])
+            assert (reading["note"], reading["octave"]) == ("A", 2), reading
+            silent = recorded[pressed:, 0]
+            assert rms_db(silent) < -90.0, f"the box sounded while tuning ({rms_db(silent):.1f} dBFS)"
+            await stack.press(TUNE)
+            assert await told_tuner_off(phone)
+        probe = sine(1000.0, 4800, 48000, -12.0)
+        assert await rig.gain_until(lambda g: abs(g) <= 0.1, probe) == pytest.approx(0.0, abs=0.1)
+    finally:
+        feed.cancel()
+        await server.stop()
+        await stack.hardware.stop()
+        await engine.stop()
+
+
+async def told_tuner_off(phone: Any) -> bool:
+    """Read until the box says the tuner is off."""
+    while True:
+        message = json.loads(await asyncio.wait_for(phone.recv(), 3))
+        if message["type"] == "TUNER" and message["data"] == {"on": False}:
+            return True
+
+
 # -- the map --------------------------------------------------------------------------------
 
 
@@ -323,7 +386,7 @@ def _broken(change: dict[str, Any]) -> str:
 def test_mistakes_in_the_map_name_their_key() -> None:
     assert _broken({"encoders.0.pins": [17, 99]}) == "gpio.encoders[0].pins[1]"
     assert _broken({"footswitches.0.pin": 27}) == "gpio.footswitches[0].pin"  # the encoder's B pin
-    assert _broken({"footswitches.2.press": {"action": "tuner"}}) == "gpio.footswitches[2].press.action"
+    assert _broken({"footswitches.2.press": {"action": "looper"}}) == "gpio.footswitches[2].press.action"
     assert _broken({"encoders.0.controls": []}) == "gpio.encoders[0].controls"
     assert _broken({"encoders.0.controls.0": {"parameter": "gain"}}) == "gpio.encoders[0].controls[0]"
     assert _broken({"hold_time": "long"}) == "gpio.hold_time"

@@ -26,7 +26,7 @@ import pytest_asyncio
 from appliance import lilv
 from appliance.catalog import Catalog
 from appliance.controls import PluginType
-from appliance.engine import Engine, EngineEvent, SavedPlugin, TrackPorts
+from appliance.engine import Engine, EngineEvent, OwnPlugins, SavedPlugin, TrackPorts
 from appliance.engine.faders import FADE_STEPS, FADER_URI
 from appliance.engine.jackserver import JackServer
 from appliance.errors import PluginLoadFailed
@@ -85,7 +85,9 @@ async def engine(
     """A started engine with faders, its one track from the rig's player to its recorder."""
     events: list[EngineEvent] = []
     engine = engine_factory(
-        [TrackPorts(TRACK, rig.play_ports, rig.rec_ports)], events.append, fader=plugin_type(FADER_URI)
+        [TrackPorts(TRACK, rig.play_ports, rig.rec_ports)],
+        events.append,
+        own=OwnPlugins(fader=plugin_type(FADER_URI)),
     )
     await engine.start()
     try:

@@ -19,15 +19,17 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..controls import PluginType
-from ..errors import ApplianceError, UnknownPlugin, UnknownTrack
+from ..errors import ApplianceError, HardwareError, UnknownPlugin, UnknownTrack
 
 __all__ = [
     "ENGINE_START_TIMEOUT",
+    "NO_OWN_PLUGINS",
     "PLUGIN_START_TIMEOUT",
     "Engine",
     "EngineEvent",
     "EngineInfo",
     "EventSink",
+    "OwnPlugins",
     "SavedPlugin",
     "TrackPorts",
     "find_chain",
@@ -92,6 +94,27 @@ class EngineEvent:
 
 
 EventSink = Callable[[EngineEvent], None]
+
+
+@dataclass(frozen=True)
+class OwnPlugins:
+    """The plugins an engine hosts for the box itself, never on a board (None: not installed).
+
+    Attributes:
+        fader: fades board switches (:mod:`appliance.engine.faders`); without
+            it a switch cuts.
+        meter: measures each track's levels (:mod:`appliance.engine.meters`);
+            without it there are no level meters.
+        tuner: the stage tuner; without it the tuner cannot be turned on.
+    """
+
+    fader: PluginType | None = None
+    meter: PluginType | None = None
+    tuner: PluginType | None = None
+
+
+#: An engine that hosts nothing of the box's own (tests, benchmarks).
+NO_OWN_PLUGINS = OwnPlugins()
 
 
 @dataclass(frozen=True)
@@ -207,6 +230,37 @@ class Engine(abc.ABC):
     def chain(self, track_id: str) -> list[str]:
         """Plugin ids of a track in order, as the engine holds them."""
         raise NotImplementedError
+
+    # -- what the box hears: meters and the tuner ---------------------------------
+
+    @property
+    def is_tuning(self) -> bool:
+        """True while the stage tuner is on (the outputs are silent)."""
+        return False
+
+    def request_readings(self) -> None:
+        """Ask the hosts for fresh output-control readings; they arrive later. Never blocks."""
+        return None
+
+    def readings(self) -> dict[str, dict[str, float]]:
+        """The latest output-control readings of the board's plugins, by plugin id and symbol."""
+        return {}
+
+    def levels(self) -> dict[str, dict[str, float]]:
+        """Each track's peak level in dBFS, ``{"in": …, "out": …}``; empty without meters."""
+        return {}
+
+    async def set_tuner(self, on: bool) -> None:
+        """Turn the stage tuner on (the outputs fall silent) or off (they sound again).
+
+        Raises:
+            HardwareError: this engine has no tuner.
+        """
+        raise HardwareError(f"the {self.name} engine has no tuner")
+
+    def tuner(self) -> dict[str, object] | None:
+        """What the tuner hears (note, octave, cents, frequency); None when off or no note."""
+        return None
 
 
 def find_plugin(plugins: Mapping[str, P], plugin_id: str) -> P:

@@ -39,18 +39,20 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..controls import PluginType
-from ..errors import ApplianceError, EngineError, PluginLoadFailed
+from ..errors import ApplianceError, EngineError, HardwareError, PluginLoadFailed
 from . import (
     ENGINE_START_TIMEOUT,
+    NO_OWN_PLUGINS,
     PLUGIN_START_TIMEOUT,
     Engine,
     EngineEvent,
     EngineInfo,
     EventSink,
+    OwnPlugins,
     SavedPlugin,
     TrackPorts,
     find_chain,
@@ -59,7 +61,8 @@ from . import (
 from .chain import Stage
 from .faders import FADE_STEPS, FADE_TIME, FADER_CONTROL, fader_type, fader_values, ramp
 from .jackserver import DummySettings, JackServer, unique_server_name
-from .wiring import JACK_CALL_TIMEOUT, Changer, JackWiring, WiringPlan, plan_wiring
+from .meters import listened, meter_level, tuner_reading
+from .wiring import JACK_CALL_TIMEOUT, Changer, JackWiring, Tap, WiringPlan, plan_wiring
 
 log = logging.getLogger("appliance.engine")
 
@@ -75,6 +78,8 @@ CLIENT_NAME_MAX = 63
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 State = Literal["loading", "up", "down"]
+#: Plugin ids of the box's own plugins (:class:`OwnPlugins`): never on a board.
+OWN_PREFIXES = ("fader.", "meter.", "tuner.")
 
 
 def safe_name(text: str) -> str:
@@ -96,6 +101,7 @@ class Slot:
             dry/wet); False when bypass routes the chain around it.
         retired: removed or failed; nothing may bring it back.
         lost: its host went away since this slot last started.
+        readings: its output controls (meters), as its host last read them.
     """
 
     id: str
@@ -110,6 +116,7 @@ class Slot:
     hosted_bypass: bool = False
     retired: bool = False
     lost: bool = False  # its host went away since it last started
+    readings: dict[str, float] = field(default_factory=dict)
 
     @property
     def ports(self) -> tuple[str, ...]:
@@ -128,6 +135,23 @@ class Faders:
 
     head: Slot
     tail: Slot
+
+
+@dataclass(eq=False)
+class Listener:
+    """A plugin of the box's own that listens beside a track (:mod:`appliance.engine.meters`).
+
+    ``role``: ``in`` or ``out`` (a level meter), or ``tuner``.
+    """
+
+    slot: Slot
+    role: str
+    listens: tuple[str, ...]
+
+    @property
+    def tap(self) -> Tap:
+        inputs = self.slot.inputs if self.slot.state == "up" else ()
+        return Tap(inputs, self.listens[: len(inputs)])
 
 
 def fader_slots(faders: Mapping[str, Faders]) -> list[Slot]:
@@ -173,8 +197,8 @@ class JackChainEngine(Engine):
         graph_fault: test hook run before every graph change (see
             :class:`JackWiring`).
         jack_timeout: how long one blocking JACK call may take.
-        fader: the cross-fader plugin (:mod:`appliance.engine.faders`);
-            without it a board switch cuts from one chain to the other.
+        own: the box's own plugins (faders, meters, tuner); each one
+            missing turns its feature off.
     """
 
     def __init__(
@@ -187,7 +211,7 @@ class JackChainEngine(Engine):
         preroll: float = 0.0,
         graph_fault: Callable[[], None] | None = None,
         jack_timeout: float = JACK_CALL_TIMEOUT,
-        fader: PluginType | None = None,
+        own: OwnPlugins = NO_OWN_PLUGINS,
     ) -> None:
         super().__init__(tracks, on_event)
         self.server_name = server_name
@@ -206,8 +230,11 @@ class JackChainEngine(Engine):
         self._plugins: dict[str, Slot] = {}  # in a chain
         self._loading: dict[str, Slot] = {}  # starting, not in a chain yet
         self._unsent: dict[str, dict[str, float]] = {}  # values waiting for the loop turn's delivery
-        self._fader = fader_type(fader) if fader is not None else None
+        self._fader = fader_type(own.fader) if own.fader is not None else None
         self._faders: dict[str, Faders] = {}  # around each track's chain
+        self._own = own
+        self._listeners: dict[str, Listener] = {}  # meters and the tuner, by slot id
+        self._muted = False  # the tuner is on: the tail faders stay closed
         self._fading: list[Generation] = []  # old boards' chains, ringing out after a switch
         self._stale_ports: set[str] = set()  # of retired or dead clients JACK has not dropped yet
         self._running = False
@@ -268,6 +295,10 @@ class JackChainEngine(Engine):
         """Engine-specific health details."""
         return {}
 
+    def _poll_readings(self, slots: list[Slot]) -> None:
+        """Ask the hosts of these running slots to read their output controls into
+        ``slot.readings`` soon (their answers arrive on the loop). Never waits."""
+
     def _changer(self) -> Changer | None:
         """Who makes the connections: None for the wiring client itself (see :class:`Changer`)."""
         return None
@@ -312,6 +343,7 @@ class JackChainEngine(Engine):
             raise
         self._running = True
         self._faders = await self._start_faders(opened=True)
+        await self._start_meters()
         log.info("%s engine up on jack server %s", self.name, self.server_name or "(default)")
         async with self._lock:
             await self._rewire()
@@ -336,7 +368,7 @@ class JackChainEngine(Engine):
             locked = False
             log.warning("stopping while a structural change is still running")
         try:
-            slots = [*self._plugins.values(), *self._loading.values(), *fader_slots(self._faders)]
+            slots = [*self._plugins.values(), *self._loading.values(), *self._own_slots()]
             for generation in self._fading:
                 slots.extend(generation.slots())
             for slot in slots:
@@ -344,6 +376,8 @@ class JackChainEngine(Engine):
             await asyncio.gather(*(self._release_quietly(s) for s in slots))
             self._plugins.clear()
             self._faders.clear()
+            self._listeners.clear()
+            self._muted = False
             self._fading.clear()
             self._stale_ports.clear()
             for chain in self._chains.values():
@@ -613,27 +647,158 @@ class JackChainEngine(Engine):
         made = {
             track_id: Faders(
                 Slot(f"fader.{track_id}.in.{secrets.token_hex(2)}", track_id, fader, fader_values(opened)),
-                Slot(f"fader.{track_id}.out.{secrets.token_hex(2)}", track_id, fader, fader_values(True)),
+                Slot(
+                    f"fader.{track_id}.out.{secrets.token_hex(2)}",
+                    track_id,
+                    fader,
+                    fader_values(not self._muted),
+                ),
             )
             for track_id in self.tracks
         }
-        slots = fader_slots(made)
-        results = await asyncio.gather(*(self._bring_up(s) for s in slots), return_exceptions=True)
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        failed = await self._bring_up_all(fader_slots(made))
         if failed is None:
             return made
-        for slot in slots:
-            slot.retired = True
-            await self._release_quietly(slot)
         if not opened or not isinstance(failed, ApplianceError):
             raise failed  # a switch's faders: the switch fails; anything else is not ours to hide
         log.error("the faders did not start (%s); board switches will cut without a fade", failed)
         self._fader = None
         return {}
 
+    async def _bring_up_all(self, slots: list[Slot]) -> BaseException | None:
+        """Start the box's own slots together; if one fails, stop them all and return why."""
+        results = await asyncio.gather(*(self._bring_up(s) for s in slots), return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            for slot in slots:
+                slot.retired = True
+                await self._release_quietly(slot)
+        return failed
+
+    # -- meters and the tuner (:mod:`appliance.engine.meters`) -------------------------
+
+    async def _start_meters(self) -> None:
+        """A level meter on each track's input and on its output; none (and a log line) if they fail."""
+        meter = self._own.meter
+        if meter is None:
+            return
+        made = [
+            Listener(
+                Slot(f"meter.{track.id}.{role}.{secrets.token_hex(2)}", track.id, meter, {}),
+                role,
+                listened(ends),
+            )
+            for track in self.tracks.values()
+            for role, ends in (("in", track.inputs), ("out", track.outputs))
+            if ends
+        ]
+        failed = await self._bring_up_all([listener.slot for listener in made])
+        if failed is None:
+            self._listeners.update((listener.slot.id, listener) for listener in made)
+        elif isinstance(failed, ApplianceError):
+            log.error("the level meters did not start (%s); the box shows no levels", failed)
+        else:
+            raise failed
+
+    def request_readings(self) -> None:
+        """Ask every running plugin with output controls, meters and tuner included, for them."""
+        slots = [*self._plugins.values(), *(listener.slot for listener in self._listeners.values())]
+        polled = [s for s in slots if s.state == "up" and s.type.monitors]
+        if polled:
+            self._poll_readings(polled)
+
+    def readings(self) -> dict[str, dict[str, float]]:
+        """The board's plugins' output controls as last read (:meth:`request_readings`)."""
+        return {s.id: dict(s.readings) for s in self._plugins.values() if s.readings}
+
+    def levels(self) -> dict[str, dict[str, float]]:
+        """Each track's peak level in dBFS at its input and output, as the meters last read."""
+        levels: dict[str, dict[str, float]] = {}
+        for listener in self._listeners.values():
+            slot = listener.slot
+            if listener.role in ("in", "out") and slot.readings:
+                levels.setdefault(slot.track_id, {})[listener.role] = meter_level(slot.readings)
+        return levels
+
+    @property
+    def is_tuning(self) -> bool:
+        return self._muted
+
+    def tuner(self) -> dict[str, object] | None:
+        """What the tuner hears; None when it is off or hears no note."""
+        listener = self._tuning()
+        return tuner_reading(listener.slot.readings) if listener is not None else None
+
+    async def set_tuner(self, on: bool) -> None:
+        """The stage tuner: silence at once, then the tuner listens to the first track's input.
+
+        Off: the outputs fade back in at once, then the tuner stops. The
+        silence is the tail faders, closed (a board switch meanwhile keeps it).
+
+        Raises:
+            HardwareError: no tuner is installed.
+            EngineError: the engine is not running (PluginLoadFailed: the
+                tuner did not start; the box sounds again).
+        """
+        self._require_running()
+        tails = [f.tail for f in self._faders.values()]
+        if not on:
+            self._muted = False
+            await self._fade(tails, ())
+            listener = self._tuning()
+            if listener is not None:
+                await self._drop_listener(listener)
+            return
+        tuner = self._own.tuner
+        if tuner is None:
+            raise HardwareError("this box has no tuner: x42-plugins' tuna.lv2 is not installed")
+        if self._muted:
+            return
+        self._muted = True
+        if not tails:
+            log.warning("no faders: the tuner cannot silence the box")
+        await self._fade((), tails)
+        track = next(iter(self.tracks.values()))
+        slot = Slot(f"tuner.{track.id}.{secrets.token_hex(2)}", track.id, tuner, {})
+        failed = await self._bring_up_all([slot])
+        if failed is None and self._muted and self._running:
+            async with self._lock:
+                self._listeners[slot.id] = Listener(slot, "tuner", track.inputs[:1])
+                await self._rewire()
+            return
+        if failed is None:  # turned off (or stopped) while it started
+            slot.retired = True
+            await self._release_quietly(slot)
+            return
+        self._muted = False
+        await self._fade(tails, ())
+        raise failed
+
+    def _tuning(self) -> Listener | None:
+        return next((listener for listener in self._listeners.values() if listener.role == "tuner"), None)
+
+    async def _drop_listener(self, listener: Listener) -> None:
+        """Unwire a meter or the tuner and stop it."""
+        slot = listener.slot
+        async with self._lock:
+            self._listeners.pop(slot.id, None)
+            slot.retired = True
+            self._stale_ports.update(slot.ports)
+            if self._running:
+                try:
+                    await self._rewire([slot])
+                except EngineError as exc:
+                    log.error("unwiring %s failed: %s; retrying", slot.id, exc)
+                    self._request_rewire()
+        await self._release_quietly(slot)
+
     def _hosted_slots(self) -> list[Slot]:
-        """Every slot of the playing board, faders included: what a host restart brings back."""
-        return [*(s for chain in self._chains.values() for s in chain), *fader_slots(self._faders)]
+        """Every slot of the playing board, the box's own included: what a host restart brings back."""
+        return [*(s for chain in self._chains.values() for s in chain), *self._own_slots()]
+
+    def _own_slots(self) -> list[Slot]:
+        """The playing board's faders, the meters and the tuner."""
+        return [*fader_slots(self._faders), *(listener.slot for listener in self._listeners.values())]
 
     async def _fade(self, opening: Iterable[Slot], closing: Iterable[Slot]) -> None:
         """Open some faders while closing others, in :data:`FADE_STEPS` steps over :data:`FADE_TIME`."""
@@ -859,9 +1024,9 @@ class JackChainEngine(Engine):
             raise EngineError(f"the {self.name} engine is not running")
 
     def _emit(self, event: EngineEvent) -> None:
-        if event.plugin_id is not None and event.plugin_id.startswith("fader."):
-            log.warning("fader %s: %s %s", event.plugin_id, event.kind, event.message)
-            return  # the box's own faders are not on any board: nobody to tell
+        if event.plugin_id is not None and event.plugin_id.startswith(OWN_PREFIXES):
+            log.warning("%s: %s %s", event.plugin_id, event.kind, event.message)
+            return  # the box's own plugins are not on any board: nobody to tell
         try:
             self.on_event(event)
         except Exception:
@@ -949,7 +1114,10 @@ class JackChainEngine(Engine):
         for slot in retired:
             owned.update(slot.ports)
         current = Generation(self._chains, self._faders)
-        return plan_wiring(self.tracks.values(), current.stages(), owned, [g.stages() for g in self._fading])
+        taps = [listener.tap for listener in self._listeners.values()]
+        return plan_wiring(
+            self.tracks.values(), current.stages(), owned, [g.stages() for g in self._fading], taps
+        )
 
     async def _rewire(self, retired: Iterable[Slot] = ()) -> None:
         """Bring the graph to the chains (lock held)."""

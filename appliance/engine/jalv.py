@@ -18,10 +18,9 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 
-from ..controls import PluginType
 from ..errors import EngineError, PluginLoadFailed
 from ..logs import fields
-from . import EngineEvent, EventSink, TrackPorts
+from . import NO_OWN_PLUGINS, EngineEvent, EventSink, OwnPlugins, TrackPorts
 from .jackengine import CLIENT_NAME_MAX, JackChainEngine, Slot, safe_name
 from .jackserver import DummySettings
 from .jalvproc import JalvProcess, jalv_argv
@@ -39,7 +38,7 @@ class JalvEngine(JackChainEngine):
 
     Args:
         tracks, server_name, on_event, dummy_server, client_prefix, preroll,
-            graph_fault, jack_timeout, fader: see :class:`JackChainEngine`.
+            graph_fault, jack_timeout, own: see :class:`JackChainEngine`.
         jalv: the jalv executable.
         respawn: when to bring a crashed plugin back.
     """
@@ -58,7 +57,7 @@ class JalvEngine(JackChainEngine):
         preroll: float = 0.0,
         graph_fault: Callable[[], None] | None = None,
         jack_timeout: float = JACK_CALL_TIMEOUT,
-        fader: PluginType | None = None,
+        own: OwnPlugins = NO_OWN_PLUGINS,
     ) -> None:
         super().__init__(
             tracks,
@@ -69,7 +68,7 @@ class JalvEngine(JackChainEngine):
             preroll=preroll,
             graph_fault=graph_fault,
             jack_timeout=jack_timeout,
-            fader=fader,
+            own=own,
         )
         self._jalv = jalv
         self._respawn = respawn
@@ -94,7 +93,11 @@ class JalvEngine(JackChainEngine):
             slot.client_name = self._client_name_for(slot.id)
         start = self._start_values(slot)
         proc = JalvProcess(
-            jalv_argv(self._jalv, slot.client_name, slot.type.uri, start), self.server_name, slot.client_name
+            jalv_argv(self._jalv, slot.client_name, slot.type.uri, start),
+            self.server_name,
+            slot.client_name,
+            on_reading=slot.readings.__setitem__,
+            monitors=slot.type.monitors,
         )
         await proc.start()
         self._procs[slot.id] = proc
@@ -135,6 +138,13 @@ class JalvEngine(JackChainEngine):
 
     def _details(self) -> dict[str, object]:
         return {"restarts": sum(p.recent for p in self._policies.values())}
+
+    def _poll_readings(self, slots: list[Slot]) -> None:
+        """One ``monitors`` command to each."""
+        for slot in slots:
+            proc = self._procs.get(slot.id)
+            if proc is not None:
+                proc.ask_readings()
 
     # -- respawn ---------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ jalv facts this relies on (jalv 1.6, see the design field notes): ``-x -n NAME``
 gives an exact client name, ports are ``NAME:SYMBOL``, ``-c SYM=VAL`` sets
 initial values, ``set SYMBOL VALUE`` on stdin sets a control (no clamping),
 EOF on stdin makes it exit, stdout is block-buffered unless run under
-``stdbuf -oL``, and an unknown URI prints "Failed to find plugin" then crashes.
+``stdbuf -oL``, an unknown URI prints "Failed to find plugin" then crashes,
+and ``monitors`` prints each output control as ``SYMBOL = VALUE`` (``-p``
+prints nothing without a UI).
 
 Loop thread only. Writing never waits: values go into the pipe's transport;
 a jalv that stops reading its stdin (:data:`STDIN_BACKLOG_LIMIT` unsent) is
@@ -17,7 +19,8 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 
 from ..errors import PluginLoadFailed
 from .jackserver import jack_environment
@@ -31,6 +34,8 @@ PLUGIN_STOP_TIMEOUT = 2.0
 STDIN_BACKLOG_LIMIT = 1 << 20
 #: Lines of a jalv's output kept for error messages.
 OUTPUT_LINES = 20
+#: One output control as ``monitors`` prints it.
+READING = re.compile(r"([A-Za-z_][A-Za-z0-9_]*) = (-?[0-9.]+(?:e[-+]?[0-9]+)?)")
 
 
 def number(value: float) -> str:
@@ -54,12 +59,24 @@ class JalvProcess:
         argv: from :func:`jalv_argv`.
         server_name: the JACK server it joins.
         name: for log lines (its JACK client name).
+        on_reading: gets ``(symbol, value)`` of each output control it reports
+            (:meth:`ask_readings`) whose symbol is in ``monitors``.
+        monitors: the plugin's output-control symbols.
     """
 
-    def __init__(self, argv: list[str], server_name: str | None, name: str) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        server_name: str | None,
+        name: str,
+        on_reading: Callable[[str, float], None] | None = None,
+        monitors: Iterable[str] = (),
+    ) -> None:
         self.argv = argv
         self.server_name = server_name
         self.name = name
+        self.on_reading = on_reading
+        self.monitors = frozenset(monitors)
         self.output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
         self.stuck = False
         self._proc: asyncio.subprocess.Process | None = None
@@ -105,10 +122,18 @@ class JalvProcess:
 
     def write(self, values: Mapping[str, float]) -> None:
         """Send ``set`` lines without waiting. A stuck jalv is killed (once)."""
+        if values:
+            self._command("".join(f"set {symbol} {number(value)}\n" for symbol, value in values.items()))
+
+    def ask_readings(self) -> None:
+        """Ask for its output controls without waiting; each arrives through ``on_reading``."""
+        self._command("monitors\n")
+
+    def _command(self, lines: str) -> None:
+        """Write command lines to its stdin. A stuck jalv is killed (once)."""
         proc = self._proc
-        if not values or proc is None or proc.stdin is None or proc.returncode is not None or self.stuck:
+        if proc is None or proc.stdin is None or proc.returncode is not None or self.stuck:
             return
-        lines = "".join(f"set {symbol} {number(value)}\n" for symbol, value in values.items())
         try:
             proc.stdin.write(lines.encode())
         except (BrokenPipeError, ConnectionResetError):
@@ -146,5 +171,10 @@ class JalvProcess:
             text = line.decode(errors="replace").strip()
             while text.startswith(">"):  # jalv's prompt glues onto the next line
                 text = text[1:].lstrip()
+            reading = READING.fullmatch(text)
+            if reading is not None and reading[1] in self.monitors:
+                if self.on_reading is not None:
+                    self.on_reading(reading[1], float(reading[2]))
+                continue
             self.output.append(text)
             log.debug("%s: %s", self.name, text)

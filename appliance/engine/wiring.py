@@ -72,11 +72,24 @@ class WiringPlan:
     endpoints: frozenset[str]
 
 
+@dataclass(frozen=True)
+class Tap:
+    """A plugin that listens beside a chain (a meter, the tuner) and feeds nothing.
+
+    ``listens[i]`` is the track endpoint its ``inputs[i]`` hears: a track
+    input as it comes in, or a track output as it goes out (whatever feeds it).
+    """
+
+    inputs: tuple[str, ...]
+    listens: tuple[str, ...]
+
+
 def plan_wiring(
     tracks: Iterable[TrackPorts],
     stages: Mapping[str, list[Stage[str]]],
     owned: Iterable[str] = (),
     ringing: Iterable[Mapping[str, list[Stage[str]]]] = (),
+    taps: Iterable[Tap] = (),
 ) -> WiringPlan:
     """The connections every track's chain wants, and the ports that are ours.
 
@@ -86,18 +99,30 @@ def plan_wiring(
         owned: other plugin ports still ours (retired plugins, dead clients).
         ringing: old boards' chains still on the tracks after a switch
             (:mod:`appliance.engine.faders`): their outputs sum with the new one.
+        taps: plugins listening to track endpoints (:class:`Tap`).
     """
     desired: set[Connection] = set()
     plugin_ports: set[str] = set(owned)
     endpoints: set[str] = set()
+    sinks: set[str] = set()
     boards = [stages, *ringing]
     for track in tracks:
         endpoints.update(track.inputs, track.outputs)
+        sinks.update(track.outputs)
         for board in boards:
             chain = board.get(track.id, [])
             for stage in chain:
                 plugin_ports.update(stage.inputs, stage.outputs)
             desired |= chain_connections(track.inputs, chain, track.outputs)
+    feeds: dict[str, set[str]] = {}
+    for source, destination in desired:
+        feeds.setdefault(destination, set()).add(source)
+    for tap in taps:
+        plugin_ports.update(tap.inputs)
+        for port, endpoint in zip(tap.inputs, tap.listens, strict=True):
+            # a track output is a sink: the tap hears what feeds it; a track input, itself
+            heard = feeds.get(endpoint, set()) if endpoint in sinks else {endpoint}
+            desired |= {(source, port) for source in heard}
     return WiringPlan(frozenset(desired), frozenset(plugin_ports), frozenset(endpoints))
 
 

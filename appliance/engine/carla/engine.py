@@ -32,9 +32,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ...config import CarlaConfig, JackConfig
-from ...controls import Control, Kind, PluginType
+from ...controls import Control, Kind
 from ...errors import EngineError, PluginLoadFailed, UnknownPlugin
-from .. import PLUGIN_START_TIMEOUT, EngineEvent, EngineInfo, EventSink, TrackPorts
+from .. import (
+    NO_OWN_PLUGINS,
+    PLUGIN_START_TIMEOUT,
+    EngineEvent,
+    EngineInfo,
+    EventSink,
+    OwnPlugins,
+    TrackPorts,
+)
 from ..jackengine import JackChainEngine, Slot, safe_name
 from ..jackserver import DummySettings
 from ..respawn import DEFAULT_RESPAWN, RespawnPolicy, RespawnSettings
@@ -87,7 +95,7 @@ class CarlaEngine(JackChainEngine):
         preroll: float = PLUGIN_PREROLL,
         graph_fault: Callable[[], None] | None = None,
         jack_timeout: float = JACK_CALL_TIMEOUT,
-        fader: PluginType | None = None,
+        own: OwnPlugins = NO_OWN_PLUGINS,
     ) -> None:
         dummy = jack.dummy
         settings = DummySettings(dummy.rate, dummy.period, dummy.realtime) if dummy else None
@@ -100,7 +108,7 @@ class CarlaEngine(JackChainEngine):
             preroll=preroll,
             graph_fault=graph_fault,
             jack_timeout=jack_timeout,
-            fader=fader,
+            own=own,
         )
         self.carla = carla
         self.hang_timeout = hang_timeout
@@ -254,6 +262,21 @@ class CarlaEngine(JackChainEngine):
         if host is not None:
             host.send("set", plugin=slot.id, values=values)
 
+    def _poll_readings(self, slots: list[Slot]) -> None:
+        """One ``readings`` message for all of them."""
+        host = self._host
+        if host is not None and host.is_running:
+            host.send("readings", plugins=[slot.id for slot in slots])
+
+    def _take_readings(self, values: object) -> None:
+        if not isinstance(values, dict):
+            return
+        slots = {slot.id: slot for slot in (*self._plugins.values(), *self._own_slots())}
+        for plugin_id, readings in values.items():
+            slot = slots.get(plugin_id)
+            if slot is not None and isinstance(readings, dict):
+                slot.readings.update((str(k), float(v)) for k, v in readings.items())
+
     def _send_bypass(self, slot: Slot, bypass: bool) -> None:
         host = self._hosted_by.get(slot.id)
         if host is not None:
@@ -347,6 +370,8 @@ class CarlaEngine(JackChainEngine):
         elif event == "parameter" and isinstance(plugin_id, str) and plugin_id in self._plugins:
             values = {str(k): float(v) for k, v in dict(message.get("values", {})).items()}
             self._emit(EngineEvent("parameter", plugin_id, values=values))
+        elif event == "readings":
+            self._take_readings(message.get("values"))
         elif event == "plugin-died" and isinstance(plugin_id, str):
             self._emit(EngineEvent("plugin-died", plugin_id, str(message.get("message", ""))))
         elif event == "stopped":

@@ -68,6 +68,7 @@ class Hosted:
 
     Attributes:
         params: LV2 symbol → Carla parameter index (input controls only).
+        outputs: the same for its output controls (meters, a tuner's readings).
         enable: the enable control's index and its on/off values, if used.
         mode: how it is bypassed: ``enable-port``, ``drywet`` or ``reroute``
             (the box routes around it).
@@ -79,6 +80,7 @@ class Hosted:
     enable: tuple[int, float, float] | None
     mode: str
     symbols: dict[int, str] = field(default_factory=dict)
+    outputs: dict[str, int] = field(default_factory=dict)  # output controls (meters)
 
 
 class HostStopped(Exception):
@@ -125,6 +127,7 @@ class CarlaHost:
             "values": self._values,
             "reset": self._reset,
             "wire": self._wire,
+            "readings": self._readings,
             "ping": lambda message: {},
         }
         self._wiring: Any = None  # a jack.Client that only connects and disconnects
@@ -242,12 +245,14 @@ class CarlaHost:
             raise PluginLoadFailed(f"{uri}: Carla reported success but holds no new plugin")
         info = host.get_plugin_info(carla_id)
         params: dict[str, int] = {}
+        outputs: dict[str, int] = {}
         for index in range(host.get_parameter_count(carla_id)):
-            if host.get_parameter_data(carla_id, index)["type"] != b.PARAMETER_INPUT:
-                continue
+            kind = host.get_parameter_data(carla_id, index)["type"]
             symbol = host.get_parameter_info(carla_id, index)["symbol"]
-            if symbol:
+            if symbol and kind == b.PARAMETER_INPUT:
                 params[symbol] = index
+            elif symbol and kind == b.PARAMETER_OUTPUT:
+                outputs[symbol] = index
         enable = None
         wanted = message.get("enable")
         if isinstance(wanted, dict) and wanted.get("symbol") in params:
@@ -255,7 +260,8 @@ class CarlaHost:
         hints = int(info["hints"])
         can_drywet = bool(hints & b.PLUGIN_CAN_DRYWET) and not hints & b.PLUGIN_IS_BRIDGE
         mode = "enable-port" if enable is not None else "drywet" if can_drywet else "reroute"
-        hosted = Hosted(plugin_id, str(info["name"]), params, enable, mode, {i: s for s, i in params.items()})
+        symbols = {i: s for s, i in params.items()}
+        hosted = Hosted(plugin_id, str(info["name"]), params, enable, mode, symbols, outputs)
         self._plugins[plugin_id] = hosted
         self._order.append(plugin_id)
         try:
@@ -283,6 +289,21 @@ class CarlaHost:
     def _set(self, message: dict[str, Any]) -> None:
         hosted = self._hosted(message.get("plugin"))
         self._write(hosted, self._carla_id(hosted.id), message.get("values") or {})
+
+    def _readings(self, message: dict[str, Any]) -> None:
+        """Send the output controls of the plugins named (a ``readings`` event)."""
+        readings: dict[str, dict[str, float]] = {}
+        for plugin_id in message.get("plugins") or []:
+            hosted = self._plugins.get(plugin_id) if isinstance(plugin_id, str) else None
+            if hosted is None or not hosted.outputs:
+                continue
+            carla_id = self._order.index(hosted.id)
+            readings[hosted.id] = {
+                symbol: float(self._host.get_current_parameter_value(carla_id, index))
+                for symbol, index in hosted.outputs.items()
+            }
+        if readings:
+            self.send({"event": "readings", "values": readings})
 
     def _bypass(self, message: dict[str, Any]) -> None:
         hosted = self._hosted(message.get("plugin"))
@@ -427,8 +448,10 @@ class CarlaHost:
             if action == b.ENGINE_CALLBACK_PARAMETER_VALUE_CHANGED and value1 >= 0:
                 hosted = self._at(carla_id)
                 symbol = hosted.symbols.get(value1) if hosted else None
-                if hosted is not None and symbol is not None and (
-                    hosted.enable is None or value1 != hosted.enable[0]
+                if (
+                    hosted is not None
+                    and symbol is not None
+                    and (hosted.enable is None or value1 != hosted.enable[0])
                 ):
                     changed.setdefault(hosted.id, {})[symbol] = float(valuef)
             elif action == b.ENGINE_CALLBACK_PLUGIN_UNAVAILABLE:
