@@ -390,11 +390,11 @@ class ControlServer:
 
 def _peek_id(message: str | bytes) -> str | None:
     """The id of a message that failed checks, if one can be read, for reply_to."""
-    if isinstance(message, bytes) or len(message) > 65536:
+    if isinstance(message, bytes) or len(message) > 65536 or protocol.too_deep(message):
         return None
     try:
         value = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(value, dict) and isinstance(value.get("id"), str):
         return str(value["id"])

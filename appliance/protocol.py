@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,12 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "PRESET_LOAD": {"track_id": str, "plugin_id": str, "preset": str},
 }
 _STRING_FIELDS = ("id", "user_id", "session_id")
+#: Deepest nesting of arrays and objects a message may have (the deepest real one has 4).
+MAX_DEPTH = 32
+#: Longest integer literal read; longer ones are refused before Python parses them.
+MAX_INT_DIGITS = 400
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
 @dataclass(frozen=True)
@@ -117,18 +124,52 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _finite_int(text: str) -> int:
+    """An integer literal that is a finite number as JSON readers see it (a double)."""
+    if len(text) > MAX_INT_DIGITS:
+        raise _NonFinite(f"an integer of {len(text)} digits")
+    value = int(text)
+    try:
+        float(value)
+    except OverflowError:
+        raise _NonFinite(f"an integer of {len(text)} digits") from None
+    return value
+
+
+def too_deep(text: str) -> bool:
+    """True when arrays and objects nest deeper than :data:`MAX_DEPTH` (strings not counted).
+
+    Only a message with more brackets than that is walked, so ordinary
+    messages cost two ``count`` calls.
+    """
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for char in _STRINGS.sub("", text):
+        depth += _BRACKETS.get(ord(char), 0)
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
 def decode(text: str | bytes) -> Request:
     """Parse and check one text frame.
 
     Raises:
-        InvalidMessage: binary frame, not JSON, not an object, ill-typed field.
-        InvalidValue: NaN or an infinity anywhere in the message.
+        InvalidMessage: binary frame, not JSON, nested deeper than
+            :data:`MAX_DEPTH`, not an object, ill-typed field.
+        InvalidValue: NaN, an infinity, or a number too large for a double
+            (infinite as JSON readers see it) anywhere in the message.
         UnknownType: a type the box does not know.
     """
     if isinstance(text, bytes):
         raise InvalidMessage("binary frames are not part of the protocol; send JSON text")
+    if too_deep(text):
+        raise InvalidMessage(f"message nests deeper than {MAX_DEPTH} levels")
     try:
-        message = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        message = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_finite_int
+        )
     except _NonFinite as exc:
         raise InvalidValue(f"numbers must be finite, got {exc}") from None
     except (ValueError, RecursionError):

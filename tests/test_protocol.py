@@ -62,12 +62,23 @@ def test_ping_without_data() -> None:
         ('{"type": "PING", "data": {"x": Infinity}}', InvalidValue),
         ('{"type": "PING", "data": {"x": -Infinity}}', InvalidValue),
         ('{"type": "PING", "data": {"x": 1e400}}', InvalidValue),
+        ('{"type": "PING", "data": {"x": ' + "9" * 309 + "}}", InvalidValue),  # a double's overflow
+        ('{"type": "PING", "data": {"x": ' + "9" * 5000 + "}}", InvalidValue),  # past Python's int limit
+        ("[" * 33 + "]" * 33, InvalidMessage),
+        ('{"type": "PING", "data": {"x": ' + "[" * 1000 + "]" * 1000 + "}}", InvalidMessage),
     ],
 )
 def test_rejects_bad_messages(text: str, error: type[Exception]) -> None:
     """Each kind of malformed message raises its own error class."""
     with pytest.raises(error):
         protocol.decode(text)
+
+
+def test_nesting_is_counted_outside_strings_only() -> None:
+    """Brackets inside strings are text: a preset name full of them is fine; 32 levels are fine."""
+    assert protocol.decode('{"type": "PING", "data": {"name": "' + "[{" * 100 + '\\"' + '"}}').type == "PING"
+    assert protocol.decode('{"type": "PING", "data": {"x": ' + "[" * 30 + "]" * 30 + "}}").type == "PING"  # 32 levels
+    assert protocol.decode('{"type": "PING", "data": {"x": ' + "9" * 308 + "}}").data["x"] > 0
 
 
 def test_binary_frames_are_refused() -> None:

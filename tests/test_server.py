@@ -278,6 +278,19 @@ BAD_MESSAGES = [
         '"parameters": []}}',
         "INVALID_MESSAGE",
     ),
+    # Found by a fuzz run: deep nesting once escaped the handler (1011), huge integers slipped through.
+    ("[" * 1000 + "]" * 1000, "INVALID_MESSAGE"),
+    ('{"id": "deep", "type": "PING", "data": {"x": ' + "[" * 1000 + "]" * 1000 + "}}", "INVALID_MESSAGE"),
+    (
+        '{"type": "PLUGIN_MOVE", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
+        '"position": ' + "9" * 400 + "}}",
+        "INVALID_VALUE",
+    ),
+    (
+        '{"type": "PLUGIN_MOVE", "data": {"track_id": "track_001", "plugin_id": "plugin_1", '
+        '"position": ' + "9" * 5000 + "}}",
+        "INVALID_VALUE",
+    ),
     (
         '{"type": "PLUGIN_ADD", "data": {"track_id": "track_404", "name": "nothing", "plugin_path": ""}}',
         "UNKNOWN_TRACK",
@@ -354,6 +367,17 @@ async def test_oversized_message_closes_with_1009(box: Box) -> None:
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(a.recv(), RECV_TIMEOUT)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        await b.send('{"type": "PING"}')
+        assert (await recv(b))["type"] == "PONG"
+
+
+async def test_invalid_utf8_closes_with_1007(box: Box) -> None:
+    """A text frame that is not UTF-8 closes that connection with 1007, as documented; others go on."""
+    async with connect(box.url) as a, connect(box.url) as b:
+        await a.send(b'{"type": "PING", "id": "\xff"}', text=True)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(a.recv(), RECV_TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
         await b.send('{"type": "PING"}')
         assert (await recv(b))["type"] == "PONG"
 
