@@ -37,6 +37,8 @@ class ServerConfig:
     rate_limit: RateLimit = RateLimit()
     max_message_bytes: int = 65536
     max_clients: int = 64
+    max_per_address: int = 8
+    handshake_timeout: float = 10.0
     send_buffer: int = 1 << 20
 
 
@@ -211,6 +213,8 @@ def parse(data: object, path: Path) -> Config:
         rate_limit=rate_limit,
         max_message_bytes=_positive(s, "max_message_bytes", int, 65536),
         max_clients=_positive(s, "max_clients", int, 64),
+        max_per_address=_positive(s, "max_per_address", int, 8),
+        handshake_timeout=_positive(s, "handshake_timeout", float, 10.0),
         send_buffer=_positive(s, "send_buffer", int, 1 << 20),
     )
     s.done()

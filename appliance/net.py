@@ -26,6 +26,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response
+from websockets.protocol import State
 
 from . import protocol
 from .config import RateLimit, ServerConfig
@@ -40,6 +41,9 @@ STATIC_DIR = Path(__file__).parent / "ui" / "static"
 #: Close codes (docs/protocol.md "Close codes").
 CLOSE_POLICY = 1008
 CLOSE_TOO_SLOW = 1013
+CLOSE_REPLACED = 4000
+#: Messages refused in a row for the rate limit before the connection is closed (1008).
+RATE_ABUSE_LIMIT = 1000
 #: How long a token-mode client has to send AUTH after connecting.
 AUTH_TIMEOUT = 10.0
 #: How long stopping the server waits for clients' closing handshakes.
@@ -86,6 +90,7 @@ class ClientSession:
         self.dropped = False
         self.closing: asyncio.Task[None] | None = None
         self.limit = config.send_buffer
+        self.refused = 0  # messages refused in a row for the rate limit
         self.meters = False  # sent METERS (METERS_SUBSCRIBE)
         address = connection.remote_address
         self.name = f"{address[0]}:{address[1]}" if address else "?"
@@ -140,9 +145,12 @@ class ControlServer:
         self.health = health
         self.token = token
         self.sessions: set[ClientSession] = set()
+        #: Every WebSocket let through the handshake and not ended, oldest first, with its address.
+        self.admitted: dict[ServerConnection, str] = {}
         self.server: Server | None = None
         self.static: dict[str, Response] = {}
         self._structural: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
         self._stopping = False
         name = socket.gethostname().lower()
         self.hostnames = {name, f"{name}.local"}
@@ -155,6 +163,7 @@ class ControlServer:
             self.config.host,
             self.config.port,
             process_request=self._process_request,
+            open_timeout=self.config.handshake_timeout,
             max_size=self.config.max_message_bytes,
             compression=None,
             server_header="appliance",
@@ -189,9 +198,7 @@ class ControlServer:
             if origin is not None and not self._origin_allowed(origin, connection.local_address):
                 log.warning("refused a handshake from origin %s", origin)
                 return _text(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
-            if len(self.sessions) >= self.config.max_clients:
-                return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
-            return None
+            return self._admit(connection)
         if url.path == "/healthz":
             healthy, report = self.health()
             report["clients"] = len(self.sessions)
@@ -199,6 +206,30 @@ class ControlServer:
             return _response(status, json.dumps(report).encode(), "application/json")
         page = self.static.get(url.path.lstrip("/") or "index.html")
         return page if page is not None else _text(http.HTTPStatus.NOT_FOUND, "not found\n")
+
+    def _admit(self, connection: ServerConnection) -> Response | None:
+        """Let a WebSocket in unless the box is full (503); an address at its own cap has its
+        oldest connection replaced, so that a page reconnecting in a loop locks out nobody else."""
+        for old in [c for c in self.admitted if c.transport is None or c.transport.is_closing()]:
+            del self.admitted[old]
+        address = _address(connection)
+        own = [c for c, a in self.admitted.items() if a == address]
+        if len(own) >= self.config.max_per_address:
+            oldest = own[0]
+            del self.admitted[oldest]
+            log.warning("%s opened a connection past its %d: closing its oldest", address, len(own))
+            if oldest.protocol.state is not State.OPEN:  # still opening: no close frame to send
+                oldest.transport.abort()
+            else:
+                task = asyncio.get_running_loop().create_task(
+                    oldest.close(CLOSE_REPLACED, "replaced by a newer connection from this address")
+                )
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        elif len(self.admitted) >= self.config.max_clients:
+            return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
+        self.admitted[connection] = address
+        return None
 
     def _origin_allowed(self, origin: str, local: Any) -> bool:
         """Is a browser page from ``origin`` allowed to drive the box?
@@ -267,6 +298,7 @@ class ControlServer:
             pass
         finally:
             self.sessions.discard(session)
+            self.admitted.pop(connection, None)
             log.info(
                 "client %s disconnected (%d now)",
                 session.name,
@@ -310,9 +342,17 @@ class ControlServer:
         try:
             wait = session.bucket.take()
             if wait:
+                session.refused += 1
+                if session.refused > RATE_ABUSE_LIMIT:
+                    log.warning("client %s kept sending past its rate limit; closing it", session.name)
+                    await session.connection.close(CLOSE_POLICY, "rate limit exceeded")
+                    return
+                if session.refused > 1:
+                    return  # told once per streak
                 raise RateLimited(
                     "too many messages; slow down", {"retry_after_ms": max(1, round(wait * 1000))}
                 )
+            session.refused = 0
             request = protocol.decode(message)
         except ApplianceError as exc:
             self._send_error(session, exc, None if isinstance(exc, RateLimited) else _peek_id(message))
@@ -386,6 +426,12 @@ class ControlServer:
             session.check()
             if session.dropped:
                 self.sessions.discard(session)
+
+
+def _address(connection: ServerConnection) -> str:
+    """The peer's IP address (its port differs per connection)."""
+    remote = connection.remote_address
+    return str(remote[0]) if remote else "?"
 
 
 def _peek_id(message: str | bytes) -> str | None:

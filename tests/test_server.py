@@ -25,7 +25,7 @@ from appliance.config import RateLimit, ServerConfig
 from appliance.control import ENGINE_EVENT_SENTENCES, Controller
 from appliance.engine import EngineEvent, TrackPorts
 from appliance.errors import ERROR_CODES
-from appliance.net import ControlServer
+from appliance.net import RATE_ABUSE_LIMIT, ControlServer
 from tests.fakes import FakeCatalog, FakeEngine
 
 TRACK = "track_001"
@@ -393,6 +393,58 @@ async def test_rate_limit() -> None:
             assert [k["type"] for k in kinds] == ["PONG", "PONG", "PONG", "ERROR"]
             assert kinds[3]["data"]["code"] == "RATE_LIMITED" and kinds[3]["data"]["retryable"] is True
             assert kinds[3]["data"]["details"]["retry_after_ms"] > 0
+    finally:
+        await made.server.stop()
+
+
+async def test_a_client_that_ignores_the_rate_limit_is_closed() -> None:
+    """RATE_LIMITED is said once per streak; a client that keeps on sending 1000 more is closed (1008)."""
+    made = await make_box(rate_limit=RateLimit(rate=1.0, burst=3))
+    try:
+        async with connect(made.url) as a:
+            for _ in range(3 + 1 + RATE_ABUSE_LIMIT):
+                await a.send('{"type": "PING"}')
+            kinds = [(await recv(a))["type"] for _ in range(4)]
+            assert kinds == ["PONG", "PONG", "PONG", "ERROR"]
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(a.recv(), RECV_TIMEOUT)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    finally:
+        await made.server.stop()
+
+
+async def test_a_page_reconnecting_in_a_loop_locks_out_nobody_else() -> None:
+    """One address opening connections without end (the React example's loop) has its oldest
+    replaced (4000) past its cap of 3; a phone at another address still connects and is served."""
+    made = await make_box(max_clients=6, max_per_address=3)
+    looping = []
+    try:
+        for _ in range(20):
+            looping.append(await connect(made.url, local_addr=("127.0.0.2", 0)))
+        for old in looping[:-3]:
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(old.recv(), RECV_TIMEOUT)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
+        async with connect(made.url, local_addr=("127.0.0.3", 0)) as phone:
+            await phone.send('{"type": "PING"}')
+            assert (await recv_type(phone, "PONG"))["type"] == "PONG"
+        for newest in looping[-3:]:
+            await newest.send('{"type": "PING"}')
+            assert (await recv_type(newest, "PONG"))["type"] == "PONG"
+    finally:
+        for ws in looping:
+            await ws.close()
+        await made.server.stop()
+
+
+async def test_a_silent_connection_is_dropped_after_the_handshake_timeout() -> None:
+    """A TCP connection that never sends its handshake is closed after handshake_timeout."""
+    made = await make_box(handshake_timeout=0.3)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", made.server.port)
+        assert await asyncio.wait_for(reader.read(), RECV_TIMEOUT) == b""
+        writer.close()
     finally:
         await made.server.stop()
 
