@@ -221,7 +221,8 @@ async def _serve_box(engine_kind: str) -> tuple[Any, dict[str, Any]]:
         outcome = await controller.add(TRACK, gain, "Gain")
         plugin_id = str(outcome.broadcast[0][1]["plugin_id"])
         rate_limit = RateLimit(rate=BENCH_RATE, burst=BENCH_BURST)
-        config = ServerConfig(host=HOST, port=0, rate_limit=rate_limit)
+        # every client of the benchmark comes from one address: let them all in
+        config = ServerConfig(host=HOST, port=0, rate_limit=rate_limit, max_per_address=CLIENTS)
 
         def health() -> tuple[bool, dict[str, Any]]:
             info = engine.info()
