@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import logging
 import secrets
 import signal
@@ -49,6 +51,9 @@ def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS)
     ``own``: the plugins the engine hosts for the box (faders, meters, tuner).
     """
     tracks = [TrackPorts(t.id, t.inputs, t.outputs) for t in config.tracks]
+    jack = config.engine.jack
+    if jack.dummy is not None and jack.server is None:
+        jack = dataclasses.replace(jack, server=private_server_name(config.data_dir))
     kind = config.engine.kind
     if kind in ("auto", "carla"):
         reason = carla_unavailable(config)
@@ -57,7 +62,7 @@ def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS)
 
             why = "configured" if kind == "carla" else "found by auto"
             log.info("engine: Carla (%s)", why, extra=fields(engine="carla"))
-            return CarlaEngine(tracks, config.engine.carla, config.engine.jack, on_event=on_event, own=own)
+            return CarlaEngine(tracks, config.engine.carla, jack, on_event=on_event, own=own)
         if kind == "carla":
             raise EngineError(f"engine.kind is carla but Carla cannot be used: {reason}")
         log.info("engine: jalv (Carla not used: %s)", reason, extra=fields(engine="jalv"))
@@ -66,7 +71,6 @@ def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS)
     from .engine.jackserver import DummySettings
     from .engine.jalv import JalvEngine
 
-    jack = config.engine.jack
     dummy = jack.dummy
     settings = DummySettings(dummy.rate, dummy.period, dummy.realtime) if dummy else None
     return JalvEngine(tracks, jack.server, on_event=on_event, dummy_server=settings, own=own)
@@ -88,6 +92,13 @@ def own_plugins(catalog: Catalog) -> OwnPlugins:
         if found[role] is None:
             log.warning("%s (x42-plugins) is missing: %s", uri, cost)
     return OwnPlugins(**found)
+
+
+def private_server_name(data_dir: Path) -> str:
+    """The virtual box's own JACK server: one name per data folder, the same at every start,
+    so that a server a crash left behind is replaced, not added to JACK's eight slots."""
+    digest = hashlib.sha1(str(data_dir.resolve()).encode(), usedforsecurity=False).hexdigest()
+    return f"appliance-{digest[:8]}"
 
 
 def pin_factory() -> Any:

@@ -56,6 +56,7 @@ def virtual_config(
         dummy: False removes ``engine.jack.dummy``, so the box connects to the
             running server ``jack_server`` instead of starting its own.
         overrides: ``engine`` sets ``engine.kind`` (default ``jalv``);
+            ``own_server_name=True`` leaves the server's name to the box;
             ``allowed_origins``, ``auth`` and ``token_file`` go under
             ``server``; anything else (``tracks``, ``demo``, ``data_dir``)
             replaces the top-level key. Tuples are written as lists.
@@ -64,6 +65,8 @@ def virtual_config(
     data["catalog"] = str(ROOT / "config" / "plugins.yaml")
     data["data_dir"] = str(tmp / "data")
     data["engine"]["jack"]["server"] = jack_server or f"box-{os.getpid()}-{secrets.token_hex(3)}"
+    if overrides.pop("own_server_name", False):
+        data["engine"]["jack"]["server"] = None  # the box names its own server, as a user's does
     if not dummy:
         data["engine"]["jack"]["dummy"] = None
     data["engine"]["kind"] = overrides.pop("engine", "jalv")

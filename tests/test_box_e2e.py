@@ -389,6 +389,16 @@ async def test_auto_runs_jalv_where_carla_is_hidden(
     assert f"engine: jalv (Carla not used: Carla is hidden by {HIDE_CARLA_ENV}=1)" in box.log_tail(100_000)
 
 
+def _command_lines() -> list[str]:
+    """Every running process's command line."""
+    lines = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit():
+                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return lines
+
+
 def _get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=REPLY_TIMEOUT) as response:
         data: dict[str, Any] = json.loads(response.read())
@@ -516,3 +526,23 @@ async def test_meters_and_the_tuner_over_websocket(
         assert refused["type"] == "ERROR" and refused["data"]["code"] == "INVALID_VALUE"
         await other.ask("TUNER_SET", answer="TUNER", on=False)
         assert await rig.gain_until(_near(0.0), QUIET_PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+
+
+async def test_a_crashed_virtual_box_leaves_no_jack_server_behind(tmp_path: Path) -> None:
+    """kill -9 of a virtual box: its private JACK server ends by itself (cleanly, so that
+    JACK frees its slot; eight leaked slots and no server starts on the machine), and the
+    box started again on the same data folder runs a server of the same name."""
+    config = virtual_config(tmp_path, own_server_name=True, demo=[])
+    box = BoxProcess(config)
+    await asyncio.to_thread(box.start)
+    first = await asyncio.to_thread(_get_json, box.base + "/healthz")
+    await asyncio.to_thread(box.stop, signal.SIGKILL)
+    assert box.leftovers == [], f"processes outlived the crashed box: {box.leftovers}"
+    server = f"jackd -n {first['server']} "
+    async with asyncio.timeout(5):  # jackd leads a process group of its own: look for it by name
+        while any(server in line for line in _command_lines()):
+            await asyncio.sleep(0.05)
+    async with _box(config) as again:
+        second = await asyncio.to_thread(_get_json, again.base + "/healthz")
+    assert second["running"] and second["server"] == first["server"], (first, second)
+

@@ -185,10 +185,12 @@ async def test_a_jalv_that_stops_reading_is_killed_once() -> None:
         await stuck.terminate()
 
 
-async def test_jalv_that_cannot_run_is_a_load_failure() -> None:
-    """A missing executable is PluginLoadFailed, not an OSError."""
-    with pytest.raises(PluginLoadFailed, match="cannot run jalv"):
-        await JalvProcess(["/nonexistent/jalv"], None, "x").start()
+async def test_jalv_that_cannot_run_says_why() -> None:
+    """A missing executable ends at once, and its exit reason (what the load failure says) names it."""
+    proc = JalvProcess(["/nonexistent/jalv"], None, "x")
+    await proc.start()
+    assert await asyncio.wait_for(proc.wait(), 5) == 127
+    assert "/nonexistent/jalv: No such file or directory" in proc.exit_reason()
 
 
 # -- the wiring ------------------------------------------------------------------------------

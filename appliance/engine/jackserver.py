@@ -21,6 +21,7 @@ import secrets
 from dataclasses import dataclass
 
 from ..errors import EngineError
+from .processes import dies_with_parent
 
 log = logging.getLogger("appliance.engine.jackserver")
 
@@ -34,6 +35,10 @@ PROBE_TIMEOUT = 2.0
 PROBE_INTERVAL = 0.05
 #: Realtime priority asked for with ``-R``.
 REALTIME_PRIORITY = 70
+#: How long a server of the same name may take to go (a crashed box's, still ending).
+NAME_RELEASE_TIMEOUT = 5.0
+#: What jackd says when a server of that name is running, or was killed outright.
+ALREADY_ACTIVE = "server already active"
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ class JackServer:
         failure = "not started"
         for realtime in attempts:
             try:
-                await self._start_once(realtime)
+                await self._start_named(realtime)
             except EngineError as exc:
                 failure = str(exc)
                 log.warning("jack server %s (realtime=%s) failed: %s", self.name, realtime, exc)
@@ -151,6 +156,25 @@ class JackServer:
         """The server's last output lines (for error messages)."""
         return "\n".join(self._output)
 
+    async def _start_named(self, realtime: bool) -> None:
+        """Start; while jackd says a server of this name is active, try again for a while.
+
+        That server may still be ending (the crashed box's: it ends when the
+        box dies), or be dead but registered (a jackd killed outright: the
+        failed start clears it, and the next one works).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + NAME_RELEASE_TIMEOUT
+        while True:
+            try:
+                await self._start_once(realtime)
+                return
+            except EngineError as exc:
+                if ALREADY_ACTIVE not in str(exc) or loop.time() > deadline:
+                    raise
+                await self._reap()
+                await asyncio.sleep(PROBE_INTERVAL * 4)
+
     async def _start_once(self, realtime: bool) -> None:
         scheduling = ["-R", "-P", str(REALTIME_PRIORITY)] if realtime else ["--no-realtime"]
         argv = [
@@ -168,7 +192,7 @@ class JackServer:
         self._output.clear()
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *dies_with_parent(argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from ..errors import PluginLoadFailed
 from .jackserver import jack_environment
-from .processes import describe_exit, end_process
+from .processes import describe_exit, dies_with_parent, end_process
 
 log = logging.getLogger("appliance.engine.jalv")
 
@@ -90,7 +90,7 @@ class JalvProcess:
         """
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                *self.argv,
+                *dies_with_parent(self.argv),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,

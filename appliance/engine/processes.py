@@ -14,6 +14,18 @@ from collections.abc import Callable
 log = logging.getLogger("appliance.engine")
 
 
+def dies_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` run so that it gets SIGTERM when the box dies, even by SIGKILL.
+
+    No JACK server, plugin or Carla host outlives a crashed box: each ends
+    cleanly (a jackd killed outright would keep its slot among JACK's eight
+    until a server of the same name starts again). util-linux's ``setpriv``
+    (always installed on Debian); the signal is tied to the thread that
+    starts the child, here always the loop's.
+    """
+    return ["setpriv", "--pdeathsig", "TERM", "--", *argv]
+
+
 def describe_exit(returncode: int) -> str:
     """How a child process ended: ``exit status 1`` or ``signal SIGKILL``."""
     if returncode < 0:

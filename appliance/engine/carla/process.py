@@ -25,7 +25,7 @@ from typing import Any
 
 from ...errors import EngineError
 from ..jackserver import jack_environment
-from ..processes import describe_exit, end_process
+from ..processes import describe_exit, dies_with_parent, end_process
 from . import pipe
 from .install import CarlaPaths
 
@@ -130,7 +130,7 @@ class CarlaHostProcess:
             argv.append("--bridges")
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *dies_with_parent(argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
