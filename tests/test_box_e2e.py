@@ -546,3 +546,32 @@ async def test_a_crashed_virtual_box_leaves_no_jack_server_behind(tmp_path: Path
         second = await asyncio.to_thread(_get_json, again.base + "/healthz")
     assert second["running"] and second["server"] == first["server"], (first, second)
 
+
+
+async def test_a_crashed_box_leaves_the_guitar_dry_not_silent(jack_server: JackServer, rig: Rig, tmp_path: Path) -> None:
+    """On a JACK server that outlives the box (the Pi's), kill -9 of the box while a −6 dB
+    board plays: the track goes on sounding, dry (0 dB), until the box is back and plays
+    its board again (−6 dB, the dry path gone). The silence between is printed."""
+    config = _config(tmp_path, jack_server, "jalv", _one_track(rig))
+    box = BoxProcess(config)
+    await asyncio.to_thread(box.start)
+    try:
+        async with _phone(box) as phone:
+            await phone.replay()
+            gain = await phone.add("gain", gain=-6.0)
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+        await _saved(tmp_path / "data", lambda board: _saved_chain(board) == [(gain, "gain", {"gain": -6.0}, False)])
+
+        async def crash() -> None:
+            await asyncio.to_thread(box.stop, signal.SIGKILL)
+
+        reference, recorded, _ = await rig.record_during(sine(1000.0, 2 * 48000, 48000, -12.0), crash)
+        out = recorded[:, 0]
+        tail = slice(len(out) - 9600, len(out))
+        assert gain_db(out[tail], reference[tail]) == pytest.approx(0.0, abs=TOLERANCE_DB), "not dry after the crash"
+        gap, start = longest_gap(out)
+        print(f"silence from {(start - rig.last_action_frame) / 48:.1f} ms after the kill, {gap / 48:.1f} ms long")
+    finally:
+        await asyncio.to_thread(box.stop, signal.SIGKILL)
+    async with _box(config):
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)

@@ -59,6 +59,7 @@ from . import (
     find_plugin,
 )
 from .chain import Stage
+from .drypath import DryPathKeeper
 from .faders import FADE_STEPS, FADE_TIME, FADER_CONTROL, fader_type, fader_values, ramp
 from .jackserver import DummySettings, JackServer, unique_server_name
 from .meters import listened, meter_level, tuner_reading
@@ -235,6 +236,7 @@ class JackChainEngine(Engine):
         self._own = own
         self._listeners: dict[str, Listener] = {}  # meters and the tuner, by slot id
         self._muted = False  # the tuner is on: the tail faders stay closed
+        self._dry_path: DryPathKeeper | None = None  # on a server that outlives the box
         self._fading: list[Generation] = []  # old boards' chains, ringing out after a switch
         self._stale_ports: set[str] = set()  # of retired or dead clients JACK has not dropped yet
         self._running = False
@@ -337,6 +339,9 @@ class JackChainEngine(Engine):
                 self._jack_timeout,
             )
             await asyncio.wait_for(self._wiring.open(), ENGINE_START_TIMEOUT)
+            if self._server is None:
+                self._dry_path = DryPathKeeper(self.server_name, self.tracks.values())
+                await self._dry_path.start()
             await self._start_host()
         except BaseException:
             await self.stop()
@@ -374,6 +379,9 @@ class JackChainEngine(Engine):
             for slot in slots:
                 slot.retired = True
             await asyncio.gather(*(self._release_quietly(s) for s in slots))
+            if self._dry_path is not None:  # the chains are gone: the tracks play dry from now on
+                await self._dry_path.release()
+                self._dry_path = None
             self._plugins.clear()
             self._faders.clear()
             self._listeners.clear()

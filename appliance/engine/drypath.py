@@ -1,0 +1,131 @@
+"""The dry path: when the box ends, each track's input is wired straight to its outputs.
+
+On the Pi the JACK server is a service of its own and outlives the box. If
+the box crashes (or is killed, or stops), its plugins end with it and every
+track would fall silent until it is back. This small process, started with
+the engine, waits for the box to end and then connects each track's inputs
+straight to its outputs, so that the player hears the dry guitar meanwhile::
+
+    python -m appliance.engine.drypath --server NAME --pair SRC=DST ...
+
+It ends the moment the box does: its stdin (the box's pipe) closes, or it
+gets SIGTERM (``setpriv --pdeathsig`` when the box dies, systemd when the
+service stops). Its JACK client is opened at start and never activated, so
+it is not in the audio graph and connects at once. The box, back, replaces
+these connections with its chains (the wiring owns every straight track
+input → output connection).
+
+With a private JACK server (the virtual box) there is nothing to keep: the
+server ends with the box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterable, Sequence
+from types import FrameType
+
+import jack  # type: ignore[import-untyped]
+
+from . import TrackPorts
+from .chain import wire_pairs
+from .jackserver import jack_environment
+from .processes import dies_with_parent, end_process
+
+log = logging.getLogger("appliance.engine.drypath")
+
+#: How long the keeper may take to wire the dry path and exit once told.
+KEEPER_STOP_TIMEOUT = 2.0
+
+Pair = tuple[str, str]
+
+
+def dry_pairs(tracks: Iterable[TrackPorts]) -> list[Pair]:
+    """Each track's inputs to its outputs, as its empty chain would wire them."""
+    return [pair for track in tracks for pair in wire_pairs(track.inputs, track.outputs)]
+
+
+def argv(server: str | None, pairs: Sequence[Pair]) -> list[str]:
+    """The keeper's command line."""
+    command = [sys.executable, "-m", "appliance.engine.drypath"]
+    if server is not None:
+        command += ["--server", server]
+    for source, destination in pairs:
+        command += ["--pair", f"{source}={destination}"]
+    return command
+
+
+class DryPathKeeper:
+    """The keeper process, from the box's side. Loop thread only.
+
+    Args:
+        server: the JACK server (None: the default one).
+        tracks: whose inputs and outputs it wires when the box ends.
+    """
+
+    def __init__(self, server: str | None, tracks: Iterable[TrackPorts]) -> None:
+        self.server = server
+        self.pairs = dry_pairs(tracks)
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start it; a keeper that cannot start is logged (the box runs without it)."""
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *dies_with_parent(argv(self.server, self.pairs)),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                env=jack_environment(self.server),
+            )
+        except OSError as exc:
+            log.warning("no dry path on a crash: %s", exc)
+
+    async def release(self) -> None:
+        """The box stops: the keeper wires the dry path now, and ends."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stdin = proc.stdin
+            await end_process(
+                proc, stdin.close if stdin is not None else None, KEEPER_STOP_TIMEOUT, "dry path"
+            )
+
+
+class _Ended(Exception):
+    """The box has ended (SIGTERM)."""
+
+
+def _ended(signum: int, frame: FrameType | None) -> None:
+    raise _Ended
+
+
+def main(args: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="appliance.engine.drypath")
+    parser.add_argument("--server")
+    parser.add_argument("--pair", action="append", default=[], help="SOURCE=DESTINATION port names")
+    options = parser.parse_args(args)
+    pairs = [tuple(p.split("=", 1)) for p in options.pair]
+    signal.signal(signal.SIGTERM, _ended)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the box's terminal is the box's
+    name = f"appliance-drypath-{os.getpid()}"
+    client = jack.Client(name, servername=options.server, no_start_server=True)
+    try:
+        with contextlib.suppress(_Ended):
+            sys.stdin.buffer.read()  # until the box's end of the pipe closes
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for source, destination in pairs:
+            with contextlib.suppress(jack.JackError):  # already connected, or a port is gone
+                client.connect(source, destination)
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
