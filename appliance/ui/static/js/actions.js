@@ -1,0 +1,73 @@
+/**
+ * What the views ask of the box, as protocol requests (docs/protocol.md §5,
+ * §14). Requests that can fail in a way the player must hear about report it
+ * as a toast and resolve to null.
+ */
+
+import { toastError } from "./dialogs.js";
+
+export class Actions {
+  /** @param {import("./connection.js").Connection} conn */
+  constructor(conn) {
+    this.conn = conn;
+  }
+
+  /** A request whose failure is shown to the player; its answer, or null. */
+  async ask(type, data, expect) {
+    try {
+      return await this.conn.request(type, data, expect ? { expect } : {});
+    } catch (error) {
+      toastError(error);
+      return null;
+    }
+  }
+
+  /** One value (fire and forget: the echo updates the page). The request id, or null. */
+  setParameter(plugin, parameterId, value) {
+    return this.conn.send("PLUGIN_PARAMETER", {
+      track_id: plugin.track_id,
+      plugin_id: plugin.plugin_id,
+      parameter_id: parameterId,
+      parameter_value: value,
+    });
+  }
+
+  setBypass(plugin, bypass) {
+    return this.conn.send("PLUGIN_BYPASS", { track_id: plugin.track_id, plugin_id: plugin.plugin_id, bypass });
+  }
+
+  /** Add a catalog plugin (by key) or an installed one (by URI) at the end of a track. */
+  add(trackId, keyOrUri) {
+    return this.ask("PLUGIN_ADD", { track_id: trackId, plugin_path: keyOrUri }, "PLUGIN_ADD");
+  }
+
+  remove(plugin) {
+    return this.ask("PLUGIN_REMOVE", { track_id: plugin.track_id, plugin_id: plugin.plugin_id }, "PLUGIN_REMOVE");
+  }
+
+  move(plugin, position) {
+    return this.ask("PLUGIN_MOVE", { track_id: plugin.track_id, plugin_id: plugin.plugin_id, position }, "PLUGIN_MOVE");
+  }
+
+  loadPreset(plugin, preset) {
+    return this.ask("PRESET_LOAD", { track_id: plugin.track_id, plugin_id: plugin.plugin_id, preset }, "PLUGIN_PRESET");
+  }
+
+  /** A pedalboard, snapshot or setlist request; answered by PEDALBOARD_STATE. */
+  library(type, data) {
+    return this.ask(type, data, "PEDALBOARD_STATE");
+  }
+
+  /** The same, but the caller handles a refusal (the error is thrown). */
+  libraryRaw(type, data) {
+    return this.conn.request(type, data, { expect: "PEDALBOARD_STATE" });
+  }
+
+  listPedalboards() {
+    return this.conn.send("PEDALBOARD_LIST", undefined, { quiet: true });
+  }
+
+  setTuner(on) {
+    return this.conn.send("TUNER_SET", { on }, { quiet: true });
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * The box's health: engine, DSP load, xruns, levels per track, the HAT's
+ * mixer when it has one, and how to pair another phone.
+ */
+
+import { fill, h } from "../dom.js";
+import { Slider } from "../controls.js";
+import { number } from "../format.js";
+import { MeterBar } from "../meters.js";
+import { pairingUrl } from "../pairing.js";
+import { qrSvg } from "../qr.js";
+import { trackName } from "./board.js";
+
+export function healthView({ store, conn, meters }) {
+  let main = null;
+  let facts = null;
+  let bars = new Map();
+  let mixerBox = null;
+  let mixerControls = new Map();
+
+  function render() {
+    facts = h("dl", { class: "facts", id: "health-facts" });
+    bars = new Map();
+    const levels = h("div", { class: "meters" });
+    for (const track of store.tracks) {
+      const inBar = new MeterBar(`${trackName(track.track_id)} input level`);
+      const outBar = new MeterBar(`${trackName(track.track_id)} output level`);
+      bars.set(track.track_id, { in: inBar, out: outBar });
+      levels.append(h("span", {}, `${trackName(track.track_id)} in`), inBar.el, h("span", {}, `${trackName(track.track_id)} out`), outBar.el);
+    }
+    mixerBox = h("div", { class: "controls" });
+    const url = pairingUrl();
+    const qr = h("div", { class: "qr", "aria-label": "QR code of the pairing address", role: "img" });
+    qr.innerHTML = qrSvg(url);
+    fill(
+      main,
+      h("h1", { class: "visually-hidden" }, "Health"),
+      h("section", { class: "card" }, h("h2", {}, "The box"), facts),
+      h("section", { class: "card" }, h("h2", {}, "Levels"), store.tracks.length ? levels : h("p", { class: "muted" }, "No tracks."), h("p", { class: "muted small", id: "levels-note" })),
+      h("section", { class: "card" }, h("h2", {}, "Mixer"), mixerBox),
+      h(
+        "section",
+        { class: "card" },
+        h("h2", {}, "Pair another phone"),
+        h("p", {}, "Scan this code with the other phone's camera, or open this address on it:"),
+        qr,
+        h("p", {}, h("code", { id: "pairing-url" }, url)),
+      ),
+    );
+    showFacts();
+    showLevels();
+    showMixer();
+  }
+
+  function showFacts() {
+    if (!facts) return;
+    const e = store.engine || {};
+    const rows = [
+      ["Connection", conn.state === "live" ? "live" : conn.state],
+      ["Engine", e.engine ? `${e.engine}${e.running === false ? " (stopped)" : ""}` : "–"],
+      ["Sample rate", e.sample_rate ? `${e.sample_rate} Hz` : "–"],
+      ["Buffer", e.buffer_size ? `${e.buffer_size} frames (${number((1000 * e.buffer_size) / (e.sample_rate || 48000), 1)} ms)` : "–"],
+      ["DSP load", typeof e.dsp_load === "number" ? `${number(e.dsp_load, 1)} %` : "–"],
+      ["Xruns", typeof e.xruns === "number" ? String(e.xruns) : "–"],
+      ["Plugins running", e.plugins_running !== undefined ? `${e.plugins_running} of ${e.plugins ?? store.plugins.size}` : String(store.plugins.size)],
+      ["Up", typeof e.uptime === "number" ? uptime(e.uptime) : "–"],
+    ];
+    fill(facts, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  }
+
+  function showLevels() {
+    const data = store.meters;
+    for (const [trackId, pair] of bars) {
+      const levels = data && data.tracks && data.tracks[trackId];
+      pair.in.set(levels ? levels.in : -120);
+      pair.out.set(levels ? levels.out : -120);
+    }
+    const note = main && main.querySelector("#levels-note");
+    if (note) note.textContent = data && data.tracks && Object.keys(data.tracks).length ? "" : "This box does not report levels.";
+  }
+
+  function showMixer() {
+    if (!mixerBox) return;
+    const mixer = store.mixer;
+    if (!mixer.present || !mixer.controls.length) {
+      mixerControls = new Map();
+      fill(mixerBox, h("p", { class: "muted" }, "This box has no mixer to set (no sound card, or none configured)."));
+      return;
+    }
+    if (mixerControls.size !== mixer.controls.length) {
+      mixerControls = new Map();
+      fill(
+        mixerBox,
+        mixer.controls.map((c) => {
+          const slider = new Slider({
+            name: c.id.replace(/_/g, " "),
+            meta: { min: c.minimum ?? 0, max: c.maximum ?? 100, default: c.value, unit: "%", kind: "float" },
+            value: c.value,
+            send: (value) => conn.send("MIXER_SET", { control: c.id, value }),
+            parameterId: c.id,
+          });
+          mixerControls.set(c.id, slider);
+          return slider.el;
+        }),
+      );
+    }
+  }
+
+  function onChange(event) {
+    const { kind, reply_to: replyTo } = event.detail;
+    if (kind === "health") showFacts();
+    else if (kind === "meters") {
+      showLevels();
+      showFacts();
+    } else if (kind === "mixer") {
+      showMixer();
+      for (const c of store.mixer.controls) {
+        const slider = mixerControls.get(c.id);
+        if (slider) slider.update(c.value, replyTo);
+      }
+    } else if (kind === "structure") render();
+  }
+
+  const onState = () => showFacts();
+
+  return {
+    mount(container) {
+      main = container;
+      store.addEventListener("change", onChange);
+      conn.addEventListener("state", onState);
+      meters.setWantHealth(true);
+      render();
+    },
+    unmount() {
+      store.removeEventListener("change", onChange);
+      conn.removeEventListener("state", onState);
+      meters.setWantHealth(false);
+      main = null;
+      facts = null;
+      mixerBox = null;
+      mixerControls = new Map();
+    },
+  };
+}
+
+function uptime(seconds) {
+  const s = Math.floor(seconds);
+  const hours = Math.floor(s / 3600);
+  const minutes = Math.floor((s % 3600) / 60);
+  return hours ? `${hours} h ${minutes} min` : minutes ? `${minutes} min ${s % 60} s` : `${s} s`;
+}

@@ -1,0 +1,178 @@
+/**
+ * One effect's controls, drawn from the catalog's metadata: a big on/off
+ * switch, a visible fine-mode toggle, factory presets, remove (confirmed),
+ * and every control as a slider, switch or choice.
+ */
+
+import { fill, h } from "../dom.js";
+import { chooseAction, confirmAction, toast } from "../dialogs.js";
+import { controlFor } from "../controls.js";
+import { number } from "../format.js";
+import { bypassSwitch, showBypass } from "./board.js";
+
+export function pluginView({ store, actions, router }) {
+  let main = null;
+  let pluginId = null;
+  let fine = false;
+  /** parameter_id → control */
+  let controls = new Map();
+  let bypassButton = null;
+  let grLabel = null;
+  let fineButton = null;
+
+  function render() {
+    if (!main) return;
+    controls = new Map();
+    const plugin = store.plugins.get(pluginId);
+    if (!plugin) {
+      fill(
+        main,
+        h("div", { class: "plugin-head" }, backButton(), h("h1", {}, "Not on the board")),
+        h("p", { class: "muted" }, store.synced ? "This effect is no longer on the board." : "Waiting for the box…"),
+      );
+      return;
+    }
+    const entry = store.describe(plugin);
+    bypassButton = bypassSwitch(plugin, actions, store);
+    fineButton = h("button", {
+      type: "button",
+      "aria-pressed": String(fine),
+      text: "Fine",
+      title: "Fine adjustment: drags and arrow keys move ten times less",
+      onclick: () => {
+        fine = !fine;
+        fineButton.setAttribute("aria-pressed", String(fine));
+        for (const control of controls.values()) if (control.refresh) control.refresh();
+      },
+    });
+    const presets = entry && Array.isArray(entry.presets) ? entry.presets : [];
+    grLabel = h("span", { class: "gr", "aria-live": "off" });
+    const list = h("div", { class: "controls" });
+    const described = new Set();
+    for (const meta of entry ? entry.parameters : []) {
+      if (!(meta.id in plugin.parameters)) continue;
+      described.add(meta.id);
+      list.append(makeControl(plugin, meta.id, meta.name || meta.id, meta));
+    }
+    for (const id of Object.keys(plugin.parameters)) {
+      if (!described.has(id)) list.append(makeControl(plugin, id, id, null));
+    }
+    if (!list.children.length) list.append(h("p", { class: "muted" }, "This effect has no controls."));
+    fill(
+      main,
+      h("div", { class: "plugin-head" }, backButton(), h("h1", {}, plugin.name), grLabel),
+      h(
+        "div",
+        { class: "plugin-bar" },
+        bypassButton,
+        fineButton,
+        presets.length
+          ? h("button", { type: "button", class: "needs-live", text: "Presets", onclick: () => pickPreset(plugin, presets) })
+          : null,
+        h("button", { type: "button", class: "danger needs-live", text: "Remove", onclick: () => remove(plugin) }),
+      ),
+      h("p", { class: "control-hint" }, "Drag a slider sideways (Fine: ten times finer) · double-tap it for its default · tap a value to type one."),
+      list,
+    );
+    updateMeters();
+  }
+
+  function backButton() {
+    return h("button", { type: "button", "aria-label": "Back to the board", text: "◀", onclick: () => router.go("board") });
+  }
+
+  function makeControl(plugin, id, name, meta) {
+    const control = controlFor({
+      name,
+      meta,
+      value: plugin.parameters[id],
+      send: (value) => actions.setParameter(plugin, id, value),
+      isFine: () => fine,
+      parameterId: id,
+    });
+    controls.set(id, control);
+    return control.el;
+  }
+
+  async function pickPreset(plugin, presets) {
+    const choice = await chooseAction({
+      title: `${plugin.name}: factory presets`,
+      actions: presets.map((p) => ({ label: p.label, value: p.uri })),
+    });
+    if (choice) {
+      const done = await actions.loadPreset(plugin, choice);
+      if (done) toast(`Loaded ${presets.find((p) => p.uri === choice).label}`);
+    }
+  }
+
+  async function remove(plugin) {
+    const sure = await confirmAction({
+      title: `Remove ${plugin.name}?`,
+      message: "Its settings go with it (a saved pedalboard keeps its own copy).",
+      ok: "Remove",
+      danger: true,
+    });
+    if (sure && (await actions.remove(plugin))) router.go("board");
+  }
+
+  function updateMeters() {
+    if (!grLabel) return;
+    const monitor = store.meters && store.meters.monitors && store.meters.monitors[pluginId];
+    grLabel.textContent = monitor && typeof monitor.gr === "number" ? `GR ${number(monitor.gr, 1)} dB` : "";
+  }
+
+  function onChange(event) {
+    const detail = event.detail;
+    const plugin = store.plugins.get(pluginId);
+    switch (detail.kind) {
+      case "param":
+        if (detail.plugin_id === pluginId && plugin) {
+          const control = controls.get(detail.parameter_id);
+          if (control) control.update(plugin.parameters[detail.parameter_id], detail.reply_to);
+        }
+        break;
+      case "values":
+        if (detail.plugin_id === pluginId && plugin) {
+          for (const [id, control] of controls) control.update(plugin.parameters[id], detail.reply_to);
+        }
+        break;
+      case "bypass":
+        if (detail.plugin_id === pluginId && plugin && bypassButton) showBypass(bypassButton, plugin);
+        break;
+      case "structure":
+        if (!plugin) {
+          if (detail.removed && detail.plugin_id === pluginId) toast("That effect was removed from the board.");
+          router.go("board");
+        } else if (!controls.size) {
+          render();
+        } else if (detail.plugin_id === undefined) {
+          // A whole new board (a resync): values may have changed; a held control keeps its finger.
+          for (const [id, control] of controls) control.update(plugin.parameters[id]);
+          if (bypassButton) showBypass(bypassButton, plugin);
+        }
+        break;
+      case "catalog":
+        render();
+        break;
+      case "meters":
+        updateMeters();
+        break;
+      default:
+        break;
+    }
+  }
+
+  return {
+    mount(container, args) {
+      main = container;
+      pluginId = args[0] || null;
+      store.addEventListener("change", onChange);
+      render();
+    },
+    unmount() {
+      store.removeEventListener("change", onChange);
+      main = null;
+      controls = new Map();
+    },
+  };
+}
