@@ -1,5 +1,6 @@
-"""``python -m appliance run|token|gpio-test --config PATH``: start the box, make its pairing
-token, or print what the encoders and footswitches wired to it do.
+"""``python -m appliance run|token|pair|gpio-test --config PATH``: start the box, make its
+pairing token, print the address (and QR code) a phone pairs with, or print what the
+encoders and footswitches wired to it do.
 
 Exit codes: 0 stopped cleanly; 1 the box failed (engine, files); 2 bad
 configuration (config file, plugin catalog, token file), found before
@@ -14,8 +15,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
 import sys
+import urllib.parse
 from pathlib import Path
+
+import segno
 
 from . import config as config_module
 from . import logs
@@ -37,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     token_parser.add_argument("--config", type=Path, default=default_config_path(), help="YAML config file")
     token_parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING…")
+    pair_parser = commands.add_parser(
+        "pair", help="print the address a phone opens to pair, and its QR code"
+    )
+    pair_parser.add_argument("--config", type=Path, default=default_config_path(), help="YAML config file")
+    pair_parser.add_argument("--host", help="the box's name on the network (default: <hostname>.local)")
+    pair_parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING…")
     gpio_parser = commands.add_parser(
         "gpio-test", help="print every turn and press of the GPIO map's hardware"
     )
@@ -53,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return _token(args.config, config)
     if args.command == "gpio-test":
         return _gpio_test(args.config, config)
+    if args.command == "pair":
+        return _pair(args.config, config, args.host)
     try:
         server = config.server
         if args.host is not None:
@@ -93,6 +106,20 @@ def _token(path: Path, config: config_module.Config) -> int:
     except ConfigError as exc:
         return _bad_config(path, exc)
     print(f"appliance: pairing token in {config.server.token_file}")
+    return 0
+
+
+def _pair(path: Path, config: config_module.Config, host: str | None) -> int:
+    """``appliance pair``: the pairing address, and a QR code of it a phone's camera opens."""
+    try:
+        token = read_token(config)
+    except ConfigError as exc:
+        return _bad_config(path, exc)
+    name = host or f"{socket.gethostname().lower()}.local"
+    query = f"?token={urllib.parse.quote(token)}" if token else ""
+    url = f"http://{name}:{config.server.port}/{query}"
+    print(f"Open {url} on the phone (same network), or point its camera at this:\n")
+    segno.make(url, error="m").terminal(compact=True)
     return 0
 
 

@@ -72,6 +72,22 @@ def test_token_command_makes_the_token_once(world: Path) -> None:
     assert again.returncode == 0 and token_file.read_text().strip() == token
 
 
+def test_pair_prints_the_address_with_the_token_and_its_qr_code(world: Path) -> None:
+    """`appliance pair` on the box (or the laptop that set it up): the address a phone opens,
+    with the token the box checks, and a QR code of it for the phone's camera."""
+    boot = world / "boot"
+    config = _token_config(world, boot)
+    assert _appliance("token", "--config", str(config)).returncode == 0
+    token = (boot / "appliance-token.txt").read_text().strip()
+    paired = _appliance("pair", "--config", str(config), "--host", "pedalboard.local")
+    assert paired.returncode == 0, paired.stderr
+    url = f"http://pedalboard.local:8000/?token={token}"
+    assert url in paired.stdout.splitlines()[0]
+    code = [line for line in paired.stdout.splitlines()[1:] if line.strip()]
+    assert len(code) > 10 and len({len(line) for line in code}) == 1, "no QR code block printed"
+    assert set("".join(code)) <= set("█▀▄ "), "the QR code is not drawn in block characters"
+
+
 @needs_root
 def test_service_user_without_a_token_gets_one_line_and_exit_2(world: Path) -> None:
     """Without the root step the box, as the service user, cannot make the token: one sentence
