@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .controls import PluginType
-from .errors import InvalidMessage, InvalidValue, UnknownPlugin, UnknownTrack
+from .errors import ChainFull, InvalidMessage, InvalidValue, UnknownPlugin, UnknownTrack
 
 BOARD_FORMAT = 1
+#: Plugins a track's chain may hold (a Pi 4 runs out of DSP well before; a client adding
+#: without end would otherwise start a plugin host per request).
+MAX_CHAIN = 16
 
 
 @dataclass
@@ -138,6 +141,14 @@ class Board:
         index = len(chain) if position is None else max(0, min(position, len(chain)))
         chain.insert(index, instance)
         return index
+
+    def check_room(self, track_id: str) -> None:
+        """Raises ChainFull when the track's chain (plugins starting included) is full."""
+        track = self.track(track_id)
+        if len(track.chain) + len(track.starting) >= MAX_CHAIN:
+            raise ChainFull(
+                f"{track.id} already holds {MAX_CHAIN} plugins", {"track_id": track.id, "limit": MAX_CHAIN}
+            )
 
     def begin_insert(self, track_id: str, instance: PluginInstance) -> None:
         """A plugin is starting on the track: findable, not in the chain yet."""

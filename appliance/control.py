@@ -155,7 +155,7 @@ class Controller:
 
     async def _add(self, request: Request) -> Outcome:
         data = request.data
-        self.board.track(data["track_id"])
+        self.board.check_room(data["track_id"])
         plugin_type = self.catalog.resolve(data.get("name"), data.get("plugin_path"))
         name = (
             data.get("name") if isinstance(data.get("name"), str) and data.get("name") else plugin_type.name
@@ -177,7 +177,7 @@ class Controller:
         values and bypass sent meanwhile are kept, and it joins with them.
         """
         async with self._structure:
-            self.board.track(track_id)
+            self.board.check_room(track_id)
             index = self.board.check_position(track_id, position)
             instance = self.board.new_instance(plugin_type, name)
             if values:

@@ -79,6 +79,10 @@ class PluginNotAllowed(ProtocolError):
     code = "PLUGIN_NOT_ALLOWED"
 
 
+class ChainFull(ProtocolError):
+    code = "CHAIN_FULL"
+
+
 class RateLimited(ProtocolError):
     code = "RATE_LIMITED"
     retryable = True
@@ -144,6 +148,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "UNKNOWN_PARAMETER",
         "INVALID_VALUE",
         "PLUGIN_NOT_ALLOWED",
+        "CHAIN_FULL",
         "PLUGIN_LOAD_FAILED",
         "ENGINE_UNAVAILABLE",
         "RATE_LIMITED",

@@ -199,6 +199,11 @@ def decode(text: str | bytes) -> Request:
     return Request(kind, data, message.get("id"), message.get("user_id"), message.get("session_id"))
 
 
+def required_fields(kind: str) -> tuple[str, ...]:
+    """The data fields a request type must carry (its checks in :func:`decode`)."""
+    return tuple(_FIELDS.get(kind, {}))
+
+
 def batch_values(parameters: list[Any]) -> dict[str, Any]:
     """The ``{parameter_id: value}`` map of a PLUGIN_PARAMETER_BATCH.
 

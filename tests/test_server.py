@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from appliance.app import health_report
-from appliance.board import Board
+from appliance.board import MAX_CHAIN, Board
 from appliance.config import RateLimit, ServerConfig
 from appliance.control import ENGINE_EVENT_SENTENCES, Controller
 from appliance.engine import EngineEvent, TrackPorts
@@ -208,6 +208,18 @@ async def test_parameters_get_only_to_requester(box: Box) -> None:
         assert reply["type"] == "PLUGIN_PARAMETERS_GET" and reply["data"]["parameters"] == {"gain": 0.0}
         await b.send('{"type": "PING", "id": "b"}')
         assert (await recv(b))["type"] == "PONG"  # nothing else was queued for b
+
+
+async def test_a_full_chain_refuses_more_plugins(box: Box) -> None:
+    """A track holds 16 plugins; the 17th add gets CHAIN_FULL and starts nothing."""
+    async with connect(box.url) as a:
+        for n in range(MAX_CHAIN):
+            await add_gain(a, f"add{n}")
+        await request(a, "PLUGIN_ADD", {"track_id": TRACK, "name": "gain", "plugin_path": ""}, "one_more")
+        error = await recv_type(a, "ERROR")
+        assert (error["reply_to"], error["data"]["code"]) == ("one_more", "CHAIN_FULL")
+        assert error["data"]["details"] == {"track_id": TRACK, "limit": MAX_CHAIN}
+        assert len(box.engine.chains[TRACK]) == MAX_CHAIN
 
 
 async def test_remove_and_move(box: Box) -> None:
