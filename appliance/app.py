@@ -194,6 +194,7 @@ def status_line(report: dict[str, Any], clients: int, pedalboard: str | None, mo
         f"DSP {report.get('dsp_load', 0.0):.0f} %, {report.get('xruns', 0)} xruns, "
         f"{report.get('board_plugins', 0)} plugins, {clients} clients, "
         f"pedalboard {playing}{'*' if modified else ''}"
+        f"{'' if report.get('saving', 'ok') == 'ok' else ', NOT SAVING (see the log)'}"
     )
 
 
@@ -215,8 +216,13 @@ class Box:
         self.meters: asyncio.Task[None] | None = None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """The box plays on while it cannot save: that is reported, not called unhealthy."""
         board = self.controller.board if self.controller is not None else None
-        return health_report(self.engine, board, time.monotonic() - self.started)
+        healthy, report = health_report(self.engine, board, time.monotonic() - self.started)
+        if self.saver is not None:
+            failing = self.saver.last_error
+            report["saving"] = "ok" if failing is None else f"failing, retrying: {failing}"
+        return healthy, report
 
     def _saved_board(self) -> dict[str, Any]:
         """What ``board.json`` holds: the board, and which pedalboard and snapshot it is."""

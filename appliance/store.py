@@ -30,7 +30,7 @@ SAVE_TIMEOUT = 10.0
 #: Longest pause between retries of a save that failed.
 RETRY_MAX = 30.0
 #: Longest a change waits to be saved while more changes keep coming.
-SAVE_MAX_WAIT = 2.0
+SAVE_MAX_WAIT = 0.75
 
 
 class BoardStore:
@@ -133,6 +133,8 @@ class DebouncedSaver:
         self.delay = delay
         self.max_wait = max(max_wait, delay)
         self.failures = 0
+        #: Why the last save failed, while saves fail (None once one works again).
+        self.last_error: str | None = None
         self._timer_source = timer
         self._dirty = False
         self._first_unsaved: float | None = None
@@ -182,12 +184,16 @@ class DebouncedSaver:
             except Exception as exc:  # any failure: keep the change, say so, try again
                 self._dirty = True
                 self.failures += 1
+                self.last_error = str(exc)
                 retry = min(RETRY_MAX, self.delay * 2**self.failures)
                 log.error("board not saved (%s); retrying in %.1f s", exc, retry)
                 self._retry_at = self._timer().time() + retry
                 self._schedule(self._retry_at)
                 return False
+            if self.failures:
+                log.warning("board saved again after %d failed attempt(s)", self.failures)
             self.failures = 0
+            self.last_error = None
             self._retry_at = None
             return True
 

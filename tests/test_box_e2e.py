@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -575,3 +576,36 @@ async def test_a_crashed_box_leaves_the_guitar_dry_not_silent(jack_server: JackS
         await asyncio.to_thread(box.stop, signal.SIGKILL)
     async with _box(config):
         assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+
+
+async def test_a_full_disk_keeps_the_box_playing_and_loses_nothing_once_there_is_room(
+    jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """The data partition fills up: a knob change still sounds, /healthz says the box cannot
+    save, and once there is room again the change is saved without anyone asking."""
+    data = tmp_path / "data"
+    data.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(data)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs as the data partition here: {mounted.stderr.decode().strip()}")
+    try:
+        config = _config(tmp_path, jack_server, "jalv", _one_track(rig))
+        async with _box(config) as box, _phone(box) as phone:
+            await phone.replay()
+            gain = await phone.add("gain", gain=-6.0)
+            await _saved(data, lambda board: _saved_chain(board) == [(gain, "gain", {"gain": -6.0}, False)])
+            filler = data / "filler"
+            with contextlib.suppress(OSError), filler.open("wb") as fill:
+                while True:
+                    fill.write(bytes(4096))
+                    fill.flush()
+            await phone.set(gain, "gain", -3.0)
+            assert await rig.gain_until(_near(-3.0), PROBE) == pytest.approx(-3.0, abs=TOLERANCE_DB)
+            async with asyncio.timeout(SAVE_TIMEOUT):
+                while not (await asyncio.to_thread(_get_json, box.base + "/healthz"))["saving"].startswith("failing"):
+                    await asyncio.sleep(0.1)
+            filler.unlink()
+            await _saved(data, lambda board: _saved_chain(board) == [(gain, "gain", {"gain": -3.0}, False)])
+            assert (await asyncio.to_thread(_get_json, box.base + "/healthz"))["saving"] == "ok"
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
