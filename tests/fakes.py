@@ -15,6 +15,7 @@ from appliance.controls import Alias, Control, PluginType
 from appliance.engine import Engine, EngineInfo, TrackPorts
 from appliance.errors import EngineError, PluginLoadFailed, PluginNotAllowed
 from appliance.library import Library
+from appliance.mixer import MixerService
 from appliance.pedalboards import PedalboardStore
 from appliance.protocol import Request
 from appliance.readings import Tuner
@@ -41,6 +42,7 @@ class FakeEngine(Engine):
         self.fail_on_switch: str | None = None
         self.switches: list[float] = []
         self.dsp_load = 0.0
+        self.tuning = False
 
     async def start(self) -> None:
         self.running = True
@@ -106,6 +108,14 @@ class FakeEngine(Engine):
 
     def info(self) -> EngineInfo:
         return EngineInfo("fake", self.running and not self.down, self.sample_rate, 128, self.dsp_load)
+
+    @property
+    def is_tuning(self) -> bool:
+        return self.tuning
+
+    async def set_tuner(self, on: bool) -> None:
+        self._check()
+        self.tuning = on
 
     def chain(self, track_id: str) -> list[str]:
         return list(self.chains[track_id])
@@ -202,6 +212,7 @@ class ControlStack:
         self.store = PedalboardStore(data_dir)
         self.library = Library(self.controller, self.store, spillover)
         self.tuner = Tuner(self.controller)
+        self.mixer = MixerService(self.controller, None)  # as on a machine without a sound card
         self.events: list[Event] = []
         self.controller.publishers.append(lambda events, reply_to, origin: self.events.extend(events))
         self.saves = 0

@@ -1,0 +1,201 @@
+"""The protocol fuzzed against a running virtual box: 100,000 messages, figures.
+
+Run ``python -m hil.bench_fuzz [--messages 100000] [--seed 1]``. The box runs
+as a user runs it (``python -m appliance run``, jalv on its own JACK dummy
+server, default limits). Messages come from :mod:`tests.fuzz` (the protocol's
+field table as hypothesis strategies, byte mutations of valid messages, deep
+nesting, huge numbers, binary frames). Each is also carried out on an
+in-memory box (the same control stack on the in-memory engine): what it
+refuses, the box must refuse with the same code, and what it accepts, the box
+must accept. After each message the box is asked for a structural no-op (a
+``PLUGIN_MOVE`` of no plugin, which waits for any add, remove or load under
+way) and a PING, so that every answer is known before the next message.
+
+Printed: messages and rate, accepted and refused by code, disagreements with
+the in-memory box (target 0), unexpected codes (``INTERNAL`` or undocumented;
+target 0), connections dropped (target 0), the board and pedalboards at the end
+against the in-memory box's (target: equal), and the box's RSS at start, peak
+and end. A measurement: exits 0 whatever the figures. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import random
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hypothesis.errors import NonInteractiveExampleWarning
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from appliance import protocol
+from appliance.errors import ERROR_CODES, ApplianceError
+from appliance.library import SWITCHING
+from tests import fuzz
+from tests.boxproc import BoxProcess, virtual_config
+from tests.fakes import ControlStack
+from tests.test_fuzz import CATALOG, TRACK
+
+ANSWER_TIMEOUT = 30.0
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+#: Requests the box carries out beside a client's stream (their answers may come later).
+STRUCTURAL = {"PLUGIN_ADD", "PLUGIN_REMOVE", "PLUGIN_MOVE", "TUNER_SET"} | set(SWITCHING)
+
+
+def _own_answer(message: str | bytes) -> str | None:
+    """The id a structural request's answer will carry, if it has one to wait for."""
+    try:
+        parsed = json.loads(message)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(parsed, dict) and parsed.get("type") in STRUCTURAL and isinstance(parsed.get("id"), str):
+        return str(parsed["id"])
+    return None
+
+
+async def answers(ws: ClientConnection, message: str | bytes, n: int) -> list[dict[str, Any]]:
+    """Send a message; wait for a structural one's own answer, then for the answer to a
+    structural no-op (every add, remove or load before it is done) and a PING.
+    Everything the box sent meanwhile but the answers to those two."""
+    await ws.send(message)
+    seen: list[dict[str, Any]] = []
+    own = _own_answer(message)
+    async with asyncio.timeout(ANSWER_TIMEOUT):
+        while own is not None:
+            seen.append(answer := json.loads(await ws.recv()))
+            if answer.get("reply_to") == own:
+                break
+        barrier = {"track_id": TRACK, "plugin_id": "barrier", "position": 0}
+        await ws.send(json.dumps({"id": f"b{n}", "type": "PLUGIN_MOVE", "data": barrier}))
+        while (answer := json.loads(await ws.recv())).get("reply_to") != f"b{n}":
+            seen.append(answer)
+        await ws.send(json.dumps({"id": f"s{n}", "type": "PING"}))
+        while (answer := json.loads(await ws.recv())).get("reply_to") != f"s{n}":
+            seen.append(answer)
+    return seen
+
+
+async def expected(reference: ControlStack, message: str | bytes) -> str | None:
+    """The in-memory box's verdict: None (accepted) or the error code."""
+    try:
+        request = protocol.decode(message)
+        if request.type != "METERS_SUBSCRIBE":
+            await reference.controller.execute(request)
+        elif not isinstance(request.data.get("on", True), bool):
+            return "INVALID_VALUE"
+    except ApplianceError as exc:
+        return exc.code
+    return None
+
+
+async def reference_list(reference: ControlStack) -> dict[str, Any]:
+    """What the in-memory box answers PEDALBOARD_LIST with."""
+    outcome = await reference.controller.execute(protocol.Request("PEDALBOARD_LIST", {}))
+    return outcome.reply[0][1]
+
+
+def state_of(board: dict[str, Any], library: dict[str, Any]) -> dict[str, Any]:
+    plugins = [
+        (p["plugin_id"], p["plugin"], p["parameters"], p["bypass"])
+        for t in board["tracks"]
+        for p in t["plugins"]
+    ]
+    return {"plugins": plugins, "pedalboards": library.get("pedalboards"), "setlist": library.get("setlist")}
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hil.bench_fuzz", description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    random.seed(args.seed)
+    warnings.simplefilter("ignore", NonInteractiveExampleWarning)
+    codes: collections.Counter[str] = collections.Counter()
+    disagreements: list[str] = []
+    unexpected: list[str] = []
+    dropped = 0
+    with tempfile.TemporaryDirectory(prefix="bench-fuzz-") as folder:
+        root = Path(folder)
+        box = BoxProcess(virtual_config(root, own_server_name=True, demo=[], data_dir=root / "data"))
+        await asyncio.to_thread(box.start)
+        reference = ControlStack(CATALOG, root / "reference", TRACK)
+        await reference.engine.start()
+        await reference.library.start(None)
+        assert box.proc is not None
+        rss = [rss_kib(box.proc.pid)]
+        started = time.monotonic()
+        try:
+            ws = await connect(box.ws_url, max_size=None)
+            for n in range(args.messages):
+                message = fuzz.messages.example()
+                verdict = await expected(reference, message)
+                try:
+                    seen = await answers(ws, message, n)
+                except ConnectionClosed:
+                    dropped += 1
+                    ws = await connect(box.ws_url, max_size=None)
+                    continue
+                errors = [m["data"]["code"] for m in seen if m["type"] == "ERROR"]
+                got = errors[0] if errors else None
+                codes[got or "accepted"] += 1
+                if any(code not in ERROR_CODES or code == "INTERNAL" for code in errors):
+                    unexpected.append(f"{message!r:.200} -> {errors}")
+                if got != verdict:
+                    disagreements.append(f"{message!r:.200}: box {got}, in-memory {verdict}")
+                if n % 1000 == 0:
+                    rss.append(rss_kib(box.proc.pid))
+            await ws.send(json.dumps({"id": "end", "type": "BOARD_GET"}))
+            while (final := json.loads(await ws.recv())).get("reply_to") != "end":
+                pass
+            await ws.send(json.dumps({"id": "lib", "type": "PEDALBOARD_LIST"}))
+            while (library := json.loads(await ws.recv())).get("reply_to") != "lib":
+                pass
+            await ws.close()
+            rss.append(rss_kib(box.proc.pid))
+        finally:
+            await asyncio.to_thread(box.stop)
+        elapsed = time.monotonic() - started
+        ends = (
+            state_of(final["data"], library["data"]),
+            state_of(reference.controller.board_state(), await reference_list(reference)),
+        )
+        same = ends[0] == ends[1]
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
+    rate = args.messages / elapsed
+    print(f"messages: {args.messages} in {elapsed:.0f} s ({rate:.0f}/s, seed {args.seed})")
+    print("answers: " + ", ".join(f"{code} {count}" for code, count in codes.most_common()))
+    print(f"disagreeing with the in-memory box: {len(disagreements)}  target 0  {verdict(not disagreements)}")
+    for line in disagreements[:10]:
+        print(f"  {line}")
+    print(f"unexpected codes (INTERNAL, unlisted): {len(unexpected)}  target 0  {verdict(not unexpected)}")
+    for line in unexpected[:10]:
+        print(f"  {line}")
+    print(f"connections dropped: {dropped}  target 0  {verdict(not dropped)}")
+    print(f"board and pedalboards at the end equal the in-memory box's: {same}  {verdict(same)}")
+    if not same:
+        print(f"  box:       {ends[0]}\n  in-memory: {ends[1]}")
+    mib = [kib / 1024 for kib in rss]
+    print(f"box RSS: start {mib[0]:.1f} MiB, peak {max(mib):.1f} MiB, end {mib[-1]:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
