@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hmac
 import http
 import json
@@ -48,6 +49,9 @@ RATE_ABUSE_LIMIT = 1000
 AUTH_TIMEOUT = 10.0
 #: How long stopping the server waits for clients' closing handshakes.
 SERVER_CLOSE_TIMEOUT = 5.0
+#: Parameter changes a client is sent per second for the changes other clients (and knobs)
+#: make: a dragged control's latest value, never a backlog of old ones (docs/protocol.md §7).
+PARAMETER_RATE = 30.0
 #: How often, and how long at most, a client that reads slowly is waited for.
 CATCH_UP_POLL = 0.005
 CATCH_UP_TIMEOUT = 10.0
@@ -91,6 +95,9 @@ class ClientSession:
         self.closing: asyncio.Task[None] | None = None
         self.limit = config.send_buffer
         self.refused = 0  # messages refused in a row for the rate limit
+        self.pending: dict[tuple[str, str], str] = {}  # parameter changes waiting (coalesce)
+        self.flushing: asyncio.TimerHandle | None = None
+        self.last_parameter = 0.0  # loop time a parameter change was last sent
         self.meters = False  # sent METERS (METERS_SUBSCRIBE)
         address = connection.remote_address
         self.name = f"{address[0]}:{address[1]}" if address else "?"
@@ -101,10 +108,53 @@ class ClientSession:
         return 0 if transport is None or transport.is_closing() else transport.get_write_buffer_size()
 
     def send(self, text: str) -> None:
-        """Send one message to this client alone. Loop thread."""
+        """Send one message to this client alone (after the parameter changes waiting for it,
+        so that it never sees an older value after a newer event). Loop thread."""
         if not self.dropped:
+            self.flush()
             broadcast((self.connection,), text)
             self.check()
+
+    def coalesce(self, key: tuple[str, str], text: str) -> None:
+        """A parameter change someone else made: sent at once unless one was sent less than
+        1/:data:`PARAMETER_RATE` s ago or this client is behind; then it waits, and a newer
+        change of the same control replaces it (the latest value is always sent)."""
+        if self.dropped:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        interval = 1.0 / PARAMETER_RATE
+        if not self.pending and now - self.last_parameter >= interval and self.backlog() <= self.limit // 2:
+            self.last_parameter = now
+            broadcast((self.connection,), text)
+            self.check()
+            return
+        self.pending.pop(key, None)
+        self.pending[key] = text
+        if self.flushing is None:
+            self.flushing = loop.call_at(max(now, self.last_parameter + interval), self._flush_due)
+
+    def _flush_due(self) -> None:
+        self.flushing = None
+        if self.dropped:
+            self.pending.clear()
+        elif self.backlog() > self.limit // 2:  # behind: keep only the latest values until it catches up
+            self.flushing = asyncio.get_running_loop().call_later(1.0 / PARAMETER_RATE, self._flush_due)
+        else:
+            self.flush()
+            self.check()
+
+    def flush(self) -> None:
+        """Send the parameter changes waiting for this client now."""
+        if self.flushing is not None:
+            self.flushing.cancel()
+            self.flushing = None
+        if self.pending:
+            frames = list(self.pending.values())
+            self.pending.clear()
+            self.last_parameter = asyncio.get_running_loop().time()
+            for text in frames:
+                broadcast((self.connection,), text)
 
     def check(self) -> None:
         """Drop the client if its unsent backlog is over the limit."""
@@ -379,6 +429,7 @@ class ControlServer:
 
     async def _carry_out(self, session: ClientSession, request: protocol.Request) -> None:
         """Execute a checked request; its replies or its error go to the requester."""
+        _requester.set(session)  # this task's own context: what it broadcasts knows who asked
         try:
             outcome = await self.controller.execute(request)
         except ApplianceError as exc:
@@ -418,14 +469,34 @@ class ControlServer:
             session.check()
 
     def broadcast(self, events: list[Event], reply_to: str | None, origin: dict[str, str] | None) -> None:
-        """Send events to every authorized client, each encoded once. Loop thread."""
+        """Send events to every authorized client, each encoded once. Loop thread.
+
+        A parameter change goes to the client that asked for it at once (its
+        echo) and to the others through :meth:`ClientSession.coalesce`.
+        """
         listeners = [s for s in self.sessions if s.authorized and not s.dropped]
+        requester = _requester.get()
         for kind, data in events:
-            broadcast([s.connection for s in listeners], protocol.encode(kind, data, reply_to, origin))
+            text = protocol.encode(kind, data, reply_to, origin)
+            if kind == "PLUGIN_PARAMETER":
+                key = (str(data.get("plugin_id")), str(data.get("parameter_id")))
+                for session in listeners:
+                    if session is requester:
+                        session.send(text)
+                    else:
+                        session.coalesce(key, text)
+                continue
+            for session in listeners:
+                session.flush()
+            broadcast([s.connection for s in listeners], text)
         for session in listeners:
             session.check()
             if session.dropped:
                 self.sessions.discard(session)
+
+
+#: The client whose request is being carried out (per task), for :meth:`ControlServer.broadcast`.
+_requester: contextvars.ContextVar[ClientSession | None] = contextvars.ContextVar("requester", default=None)
 
 
 def _address(connection: ServerConnection) -> str:

@@ -15,9 +15,10 @@ Measured, for each server:
    One request outstanding at a time.
 2. Changes per second with 20 clients: paced at ``--rate`` (5,000/s) in
    10 ms slices for ``--seconds``, then unpaced (pipelined, a bounded number
-   not yet received by the slowest client) for half as long. Every client
-   counts every echo; lost = sent − received, summed over the clients; the
-   last value each client saw is checked against the last one sent.
+   not yet echoed to the sender) for half as long. The sender counts every
+   echo (lost = sent − echoed); the other 19 count the frames they get (the
+   box sends them at most 30 changes a second, each control's latest value;
+   the bare server relays every one) and must end on the last value sent.
 
 A measurement, not a test: it prints PASS/FAIL against the targets and exits 0
 whatever the figures. Traffic goes to 127.0.0.1 only; every phase is bounded in
@@ -378,6 +379,7 @@ class Throughput:
     rate: float
     lost: int
     wrong_last: int
+    observer_rate: float
     refused: int
     cpu_percent: float | None
     cpu_us_per_change: float | None
@@ -451,10 +453,25 @@ async def round_trips(sender: ProbeClient, requests: ParameterRequests, count: i
     return Latency(_percentile(samples, 0.50) / 1000, _percentile(samples, 0.99) / 1000, len(samples))
 
 
-async def drain(clients: Sequence[ProbeClient], expected: int, progress: asyncio.Event) -> None:
-    """Wait until every client has ``expected`` echoes, or nothing arrives for a while."""
+def _last_value(client: ProbeClient) -> object:
+    try:
+        return json.loads(client.last_parameter)["data"]["parameter_value"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def drain(
+    clients: Sequence[ProbeClient], expected: int, progress: asyncio.Event, last: object = None
+) -> None:
+    """Wait until the sender (the first client) has ``expected`` echoes and every other client
+    the last value sent (the box coalesces what others are sent), or nothing arrives for a while."""
     deadline = time.monotonic() + DRAIN_LIMIT
-    while min(c.parameters for c in clients) < expected and time.monotonic() < deadline:
+
+    def done() -> bool:
+        others = clients[1:]
+        return clients[0].parameters >= expected and all(_last_value(c) == last for c in others)
+
+    while not done() and time.monotonic() < deadline:
         progress.clear()
         try:
             await asyncio.wait_for(progress.wait(), DRAIN_QUIET)
@@ -471,21 +488,15 @@ def _tally(
     cpu: float | None,
     client_cpu: float,
 ) -> Throughput:
-    received = [c.parameters for c in clients]
     last_ns = max(c.last_arrival_ns for c in clients)
     elapsed = max(1e-9, (last_ns - start_ns) / 1e9)
-    wrong_last = 0
-    for client in clients:
-        try:
-            value = json.loads(client.last_parameter)["data"]["parameter_value"]
-        except (ValueError, KeyError, TypeError):
-            value = None
-        wrong_last += value != requests.last_value
+    others = [c.parameters for c in clients if c is not sender]
     return Throughput(
         sent=sent,
-        rate=min(received) / elapsed,
-        lost=sum(max(0, sent - r) for r in received),
-        wrong_last=wrong_last,
+        rate=sender.parameters / elapsed,
+        lost=max(0, sent - sender.parameters),
+        wrong_last=sum(_last_value(c) != requests.last_value for c in clients),
+        observer_rate=sum(others) / max(1, len(others)) / elapsed,
         refused=sender.errors,
         cpu_percent=None if cpu is None else 100.0 * cpu / elapsed,
         cpu_us_per_change=None if cpu is None or not sent else 1e6 * cpu / sent,
@@ -520,7 +531,7 @@ async def paced_run(
             sender.send_texts(requests.batch(due - sent))
             sent = due
         await asyncio.sleep(max(0.0, start + slot * SLICE - loop.time()))
-    await drain(clients, sent, progress)
+    await drain(clients, sent, progress, requests.last_value)
     client_cpu = time.process_time() - client_before
     cpu_after = await server.cpu_seconds()
     cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
@@ -544,7 +555,7 @@ async def unpaced_run(
     deadline = time.monotonic() + seconds
     sent = 0
     while time.monotonic() < deadline:
-        room = WINDOW - (sent - min(c.parameters for c in clients))
+        room = WINDOW - (sent - sender.parameters)
         if room >= BURST:
             sender.send_texts(requests.batch(BURST))
             sent += BURST
@@ -555,7 +566,7 @@ async def unpaced_run(
             await asyncio.wait_for(progress.wait(), DRAIN_QUIET)
         except TimeoutError:
             break  # stalled: the tally shows what was lost
-    await drain(clients, sent, progress)
+    await drain(clients, sent, progress, requests.last_value)
     client_cpu = time.process_time() - client_before
     cpu_after = await server.cpu_seconds()
     cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
@@ -579,8 +590,8 @@ async def measure(server: ServerProcess, ready: Ready, args: argparse.Namespace)
         for client in clients:
             client.reset()
         figures.rtt_many = await round_trips(sender, requests, args.samples, args.warmup)
-        await drain(clients, args.samples + args.warmup, progress)
-        behind = sum(args.samples + args.warmup - c.parameters for c in clients)
+        await drain(clients, args.samples + args.warmup, progress, requests.last_value)
+        behind = args.samples + args.warmup - sender.parameters
         if behind:
             figures.problems.append(f"{behind} echoes lost during the 20-client round trips")
         figures.paced = await paced_run(server, sender, clients, requests, progress, args.rate, args.seconds)
@@ -626,9 +637,14 @@ def _rows(box: Figures, bare: Figures) -> list[tuple[str, str, str, str]]:
         add(f"round trip p99, {label} (µs)", x.p99_us if x else None, y.p99_us if y else None)
     runs = ((f"paced {TARGET_RATE:,.0f}/s", box.paced, bare.paced), ("unpaced", box.unpaced, bare.unpaced))
     for label, p, q in runs:
-        add(f"{label}: changes/s to all {CLIENTS} clients", p.rate if p else None, q.rate if q else None)
+        add(f"{label}: changes/s echoed to the sender", p.rate if p else None, q.rate if q else None)
         add(f"{label}: changes sent", p.sent if p else None, q.sent if q else None)
-        add(f"{label}: lost (sum over clients)", p.lost if p else None, q.lost if q else None)
+        add(f"{label}: echoes lost", p.lost if p else None, q.lost if q else None)
+        add(
+            f"{label}: frames/s to each other client",
+            p.observer_rate if p else None,
+            q.observer_rate if q else None,
+        )
         add(
             f"{label}: clients with wrong last value",
             p.wrong_last if p else None,

@@ -7,6 +7,7 @@ rules; the engines are checked by the contract suite and the virtual rig.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -519,36 +520,71 @@ async def test_token_auth_modes() -> None:
         await made.server.stop()
 
 
+async def _slow_pair(made: Box) -> tuple[socket.socket, int]:
+    tiny = socket.create_connection(("127.0.0.1", made.server.port))
+    tiny.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return tiny, made.server.port
+
+
+async def _flood(fast: ClientConnection, kind: str, make: Any, count: int) -> list[dict[str, Any]]:
+    """Send ``count`` requests from ``fast`` while reading its answers; its echoes in order."""
+
+    async def sender() -> None:
+        for i in range(count):
+            await request(fast, kind, make(i), f"p{i}")
+
+    sending = asyncio.create_task(sender())
+    echoes = [await recv_type(fast, kind) for _ in range(count)]
+    await sending
+    return echoes
+
+
 async def test_slow_client_is_dropped_not_waited_for() -> None:
-    """A client that stops reading is dropped when its queue fills; others keep getting every event."""
+    """A client that stops reading is dropped (1013) when events fill its queue; the sender
+    keeps getting every echo at once."""
     made = await make_box(send_buffer=65536, rate_limit=RateLimit(rate=1e6, burst=1_000_000))
     count = 20000
     try:
-        tiny = socket.create_connection(("127.0.0.1", made.server.port))
-        tiny.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        tiny, _ = await _slow_pair(made)
         async with connect(made.url) as fast, connect(made.url, sock=tiny, max_queue=1) as slow:
             plugin = (await add_gain(fast))["data"]["plugin_id"]
             slow.transport.pause_reading()
-
-            async def sender() -> None:
-                for i in range(count):
-                    await request(
-                        fast,
-                        "PLUGIN_PARAMETER",
-                        {
-                            "track_id": TRACK,
-                            "plugin_id": plugin,
-                            "parameter_id": "gain",
-                            "parameter_value": -(i % 80),
-                        },
-                        f"p{i}",
-                    )
-
-            sending = asyncio.create_task(sender())
-            echoes = [await recv_type(fast, "PLUGIN_PARAMETER") for _ in range(count)]
-            await sending
+            echoes = await _flood(
+                fast, "PLUGIN_BYPASS", lambda i: {"track_id": TRACK, "plugin_id": plugin, "bypass": i % 2 == 0}, count
+            )
             assert [e["reply_to"] for e in echoes] == [f"p{i}" for i in range(count)]
             assert len(made.server.sessions) == 1
+    finally:
+        await made.server.stop()
+
+
+async def test_a_slow_client_gets_the_latest_values_not_a_backlog() -> None:
+    """While a client is behind, a control dragged elsewhere does not pile up for it: it stays
+    connected, and once it reads again it gets the control's last value, not 20,000 old ones."""
+    made = await make_box(send_buffer=65536, rate_limit=RateLimit(rate=1e6, burst=1_000_000))
+    count = 20000
+    try:
+        tiny, _ = await _slow_pair(made)
+        async with connect(made.url) as fast, connect(made.url, sock=tiny) as slow:
+            plugin = (await add_gain(fast))["data"]["plugin_id"]
+            await recv_type(slow, "PLUGIN_ADD")
+            slow.transport.pause_reading()
+
+            def change(i: int) -> dict[str, Any]:
+                value = -(i % 80) if i < count - 1 else -12.5
+                return {"track_id": TRACK, "plugin_id": plugin, "parameter_id": "gain", "parameter_value": value}
+
+            echoes = await _flood(fast, "PLUGIN_PARAMETER", change, count)
+            assert [e["reply_to"] for e in echoes] == [f"p{i}" for i in range(count)]
+            assert len(made.server.sessions) == 2, "the slow client was dropped"
+            slow.transport.resume_reading()
+            seen = []
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    seen.append(json.loads(await asyncio.wait_for(slow.recv(), 1.0)))
+            values = [m["data"]["parameter_value"] for m in seen if m["type"] == "PLUGIN_PARAMETER"]
+            assert values[-1] == -12.5, "the last value never reached the slow client"
+            assert len(values) < count // 4, f"{len(values)} changes queued for a client that was behind"
     finally:
         await made.server.stop()
 
