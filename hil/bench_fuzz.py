@@ -58,15 +58,19 @@ def rss_kib(pid: int) -> int:
 STRUCTURAL = {"PLUGIN_ADD", "PLUGIN_REMOVE", "PLUGIN_MOVE", "TUNER_SET"} | set(SWITCHING)
 
 
+#: How long a structural request without an id is given before the no-op (it cannot be told
+#: apart: a load reads its file before it queues for the board, so it may answer after the no-op).
+ANONYMOUS_SETTLE = 0.3
+
+
 def _own_answer(message: str | bytes) -> str | None:
-    """The id a structural request's answer will carry, if it has one to wait for."""
+    """The id a structural request's answer will carry ("" for one without an id; None for
+    anything else: a message that fails its checks is answered at once, in line)."""
     try:
-        parsed = json.loads(message)
-    except (ValueError, RecursionError):
+        request = protocol.decode(message)
+    except ApplianceError:
         return None
-    if isinstance(parsed, dict) and parsed.get("type") in STRUCTURAL and isinstance(parsed.get("id"), str):
-        return str(parsed["id"])
-    return None
+    return (request.id or "") if request.type in STRUCTURAL else None
 
 
 async def answers(ws: ClientConnection, message: str | bytes, n: int) -> list[dict[str, Any]]:
@@ -77,7 +81,9 @@ async def answers(ws: ClientConnection, message: str | bytes, n: int) -> list[di
     seen: list[dict[str, Any]] = []
     own = _own_answer(message)
     async with asyncio.timeout(ANSWER_TIMEOUT):
-        while own is not None:
+        if own == "":
+            await asyncio.sleep(ANONYMOUS_SETTLE)
+        while own:
             seen.append(answer := json.loads(await ws.recv()))
             if answer.get("reply_to") == own:
                 break
