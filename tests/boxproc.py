@@ -70,6 +70,9 @@ def virtual_config(
     if not dummy:
         data["engine"]["jack"]["dummy"] = None
     data["engine"]["kind"] = overrides.pop("engine", "jalv")
+    # Every client of a test (pages, tabs, raw sockets) comes from 127.0.0.1: let them all in
+    # (the per-address cap itself is tested in tests/test_server.py).
+    data["server"]["max_per_address"] = data["server"].get("max_clients", 64)
     for key, value in overrides.items():
         if key in ("allowed_origins", "auth", "token_file"):
             data["server"][key] = value
