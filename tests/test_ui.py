@@ -443,6 +443,8 @@ def touch_drag(
             )
             time.sleep(0.012)
         if hold is not None:
+            # CDP returns before the page has handled the last move: let it handle and draw it
+            page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
             hold()
         cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
     finally:
