@@ -727,9 +727,10 @@ def _header(args: argparse.Namespace, client_cpus: str, box: Ready, bare: Ready)
             f"  round trip: {args.samples} samples after {args.warmup} warm-up, one request outstanding; "
             "send -> echo arriving at the sender (stamped in data_received)",
             f"  rate: paced {args.rate:,.0f}/s in {SLICE * 1000:.0f} ms slices for {args.seconds:g} s; "
-            f"unpaced = pipelined, <= {WINDOW} ahead of the slowest client, for "
-            f"{max(1.0, args.seconds / 2):g} s; one sender, {CLIENTS} clients (sender included) "
-            "count every echo; changes/s = delivered to every client / (last arrival - first send)",
+            f"unpaced = pipelined, <= {WINDOW} not yet echoed, for "
+            f"{max(1.0, args.seconds / 2):g} s; one sender and {CLIENTS - 1} other clients; "
+            "changes/s = echoes to the sender / (last arrival - first send); the others count "
+            "the frames they get (the box: each control's latest, <= 30/s) and their last value",
         ]
     )
 
