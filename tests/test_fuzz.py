@@ -116,6 +116,6 @@ async def fuzz_once(batch: list[str | bytes], folder: Path) -> None:
 def test_fuzzed_messages_never_crash_the_box_nor_change_anything_when_refused(
     batch: list[str | bytes], tmp_path_factory: Any
 ) -> None:
-    """About 2,000 messages in 40 batches: documented codes only, the connection never
+    """About 900 messages in 40 batches: documented codes only, the connection never
     dropped, and the box's state the same as a box that got only the valid messages."""
     asyncio.run(fuzz_once(batch, tmp_path_factory.mktemp("fuzz")))
