@@ -286,22 +286,23 @@ class Hardware:
     def _act(self, action: Action) -> None:
         if action.kind in ("setlist_next", "setlist_previous"):
             kind = "SETLIST_NEXT" if action.kind == "setlist_next" else "SETLIST_PREVIOUS"
-            task = asyncio.get_running_loop().create_task(self._execute(kind, {}, action.kind))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._beside(self._execute(kind, {}, action.kind))
         elif action.kind == "snapshot":
             self._queue.put_nowait(
                 lambda: self._execute("SNAPSHOT_RECALL", {"name": action.name}, "footswitch")
             )
         elif action.kind == "tuner":  # silent at once; the tuner's start does not hold up bypasses
             on = not self.controller.engine.is_tuning
-            task = asyncio.get_running_loop().create_task(
-                self._execute("TUNER_SET", {"on": on}, "footswitch")
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._beside(self._execute("TUNER_SET", {"on": on}, "footswitch"))
         else:
             self._queue.put_nowait(lambda: self._toggle_bypass(action))
+
+    def _beside(self, job: Awaitable[object]) -> None:
+        """Run a long job (a pedalboard load, the tuner's start) as a task of its own, so that a
+        footswitch pressed meanwhile never waits for it."""
+        task = asyncio.ensure_future(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _toggle_bypass(self, action: Action) -> None:
         assert action.target is not None
