@@ -457,13 +457,17 @@ class ControlServer:
         session.meters = on
         session.send(protocol.encode("METERS_SUBSCRIBE", {"on": on, "rate": METER_RATE}, request.id))
 
+    def _listeners(self, meters: bool = False) -> list[ClientSession]:
+        """The clients the box may send to now (only those subscribed to ``METERS``, if asked)."""
+        return [s for s in self.sessions if s.authorized and not s.dropped and (s.meters or not meters)]
+
     def metering(self) -> bool:
         """True while some client wants ``METERS``."""
-        return any(s.meters and s.authorized and not s.dropped for s in self.sessions)
+        return bool(self._listeners(meters=True))
 
     def send_meters(self, event: Event) -> None:
         """One event to the clients that subscribed to ``METERS``, encoded once."""
-        listeners = [s for s in self.sessions if s.meters and s.authorized and not s.dropped]
+        listeners = self._listeners(meters=True)
         broadcast([s.connection for s in listeners], protocol.encode(*event))
         for session in listeners:
             session.check()
@@ -474,7 +478,7 @@ class ControlServer:
         A parameter change goes to the client that asked for it at once (its
         echo) and to the others through :meth:`ClientSession.coalesce`.
         """
-        listeners = [s for s in self.sessions if s.authorized and not s.dropped]
+        listeners = self._listeners()
         requester = _requester.get()
         for kind, data in events:
             text = protocol.encode(kind, data, reply_to, origin)
