@@ -23,11 +23,10 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from appliance import lilv
 from appliance.catalog import Catalog
 from appliance.controls import PluginType
 from appliance.engine import Engine, EngineEvent, OwnPlugins, SavedPlugin, TrackPorts
-from appliance.engine.faders import FADE_STEPS, FADER_URI
+from appliance.engine.faders import FADE_STEPS
 from appliance.engine.jackserver import JackServer
 from appliance.errors import PluginLoadFailed
 from tests.engines import ENGINE_ADAPTERS, EngineFactory
@@ -63,10 +62,9 @@ def bursts(count: int = 8) -> np.ndarray:
 @pytest.fixture(scope="session")
 def plugin_type() -> Callable[[str], PluginType]:
     catalog = Catalog.load(ROOT / "config" / "plugins.yaml", scan=False)
-    fader = Catalog.build([], lilv.scan_plugins(uris={FADER_URI})).lookup(FADER_URI)
 
     def find(uri: str) -> PluginType:
-        found = fader if uri == FADER_URI else catalog.lookup(uri)
+        found = catalog.lookup(uri)
         assert found is not None, f"{uri} is not installed (scripts/setup installs it)"
         return found
 
@@ -79,15 +77,13 @@ def engine_factory(request: pytest.FixtureRequest, jack_server: JackServer) -> E
 
 
 @pytest_asyncio.fixture
-async def engine(
-    engine_factory: EngineFactory, rig: Rig, plugin_type: Callable[[str], PluginType]
-) -> AsyncIterator[Engine]:
+async def engine(engine_factory: EngineFactory, rig: Rig, own_plugins: OwnPlugins) -> AsyncIterator[Engine]:
     """A started engine with faders, its one track from the rig's player to its recorder."""
     events: list[EngineEvent] = []
     engine = engine_factory(
         [TrackPorts(TRACK, rig.play_ports, rig.rec_ports)],
         events.append,
-        own=OwnPlugins(fader=plugin_type(FADER_URI)),
+        own=OwnPlugins(fader=own_plugins.fader),  # faders only: what switching needs
     )
     await engine.start()
     try:
