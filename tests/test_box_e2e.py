@@ -566,12 +566,13 @@ async def test_a_crashed_box_leaves_the_guitar_dry_not_silent(jack_server: JackS
         async def crash() -> None:
             await asyncio.to_thread(box.stop, signal.SIGKILL)
 
-        reference, recorded, _ = await rig.record_during(sine(1000.0, 2 * 48000, 48000, -12.0), crash)
-        out = recorded[:, 0]
-        tail = slice(len(out) - 9600, len(out))
-        assert gain_db(out[tail], reference[tail]) == pytest.approx(0.0, abs=TOLERANCE_DB), "not dry after the crash"
-        gap, start = longest_gap(out)
+        _, recorded, _ = await rig.record_during(sine(1000.0, 2 * 48000, 48000, -12.0), crash)
+        gap, start = longest_gap(recorded[:, 0])
         print(f"silence from {(start - rig.last_action_frame) / 48:.1f} ms after the kill, {gap / 48:.1f} ms long")
+        # How long JACK takes to drop the dead box's own client varies (8 ms to over 1.6 s here):
+        # the claim is that the guitar is heard dry, not how soon.
+        dry = await rig.gain_until(_near(0.0), PROBE)
+        assert dry == pytest.approx(0.0, abs=TOLERANCE_DB), f"not dry after the crash ({dry:.1f} dB)"
     finally:
         await asyncio.to_thread(box.stop, signal.SIGKILL)
     async with _box(config):
