@@ -43,6 +43,8 @@ log = logging.getLogger("appliance.app")
 
 #: How long each shutdown step (server, save, engine) may take.
 STOP_STEP_TIMEOUT = 20.0
+#: How often the box tries to start its engine again on a JACK server that went away.
+ENGINE_RETRY_INTERVAL = 0.5
 
 
 def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS) -> Engine:
@@ -214,6 +216,7 @@ class Box:
         self.hardware: gpio.Hardware | None = None
         self.mixer: MixerService | None = None
         self.meters: asyncio.Task[None] | None = None
+        self.restarting: asyncio.Task[None] | None = None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """The box plays on while it cannot save: that is reported, not called unhealthy."""
@@ -241,8 +244,28 @@ class Box:
             self.library.board_changed()
 
     def _on_engine_event(self, event: EngineEvent) -> None:
-        if self.controller is not None:
-            self.controller.engine_event(event)
+        if self.controller is None:
+            return
+        self.controller.engine_event(event)
+        if event.needs_restart and self.restarting is None:
+            self.restarting = asyncio.create_task(self._restart_engine())
+
+    async def _restart_engine(self) -> None:
+        """The engine lost its JACK server: start it again with the board once the server is back.
+
+        Meanwhile ``/healthz`` says 503 and the watchdog is not petted, so if
+        JACK stays away, systemd restarts the box (``WatchdogSec``).
+        """
+        assert self.controller is not None
+        controller = self.controller
+        lost = time.monotonic()
+        try:
+            while not await controller.restart_engine(lambda: self._load_engine(controller.board, False)):
+                await asyncio.sleep(ENGINE_RETRY_INTERVAL)
+        finally:
+            self.restarting = None
+        back = f"back on the JACK server after {time.monotonic() - lost:.1f} s"
+        controller.engine_event(EngineEvent("engine-restored", None, back))
 
     async def start(self) -> None:
         config = self.config
@@ -342,9 +365,10 @@ class Box:
     async def stop(self) -> None:
         """Stop serving, save the board, stop the engine: each step even if one before failed."""
         self.notifier.notify("STOPPING=1")
-        if self.meters is not None:
-            self.meters.cancel()
-            await asyncio.gather(self.meters, return_exceptions=True)
+        for task in (self.meters, self.restarting):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         steps: list[tuple[str, Callable[[], Awaitable[object]] | None]] = [
             ("gpio", self.hardware.stop if self.hardware else None),
             ("server", self.server.stop if self.server else None),

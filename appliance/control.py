@@ -48,6 +48,7 @@ ENGINE_EVENT_SENTENCES = {
     "plugin-died": "the plugin stopped; the box is restarting it",
     "plugin-restored": "the plugin is running again with its settings",
     "engine-died": "the audio engine stopped; the box logged why and restarts it where it can",
+    "engine-stalled": "the audio server has stopped running: no sound until it moves again",
     "engine-restored": "the audio engine is running again with the board",
 }
 
@@ -207,6 +208,19 @@ class Controller:
         if instance.bypass:
             events.append(("PLUGIN_BYPASS", self._ids(track_id, instance) | {"bypass": True}))
         return Outcome(broadcast=events)
+
+    async def restart_engine(self, load: Callable[[], Awaitable[None]]) -> bool:
+        """Stop and start the engine, then ``load`` the board into it, with no structural
+        change in between; False (engine stopped) while it cannot start yet."""
+        async with self._structure:
+            await self.engine.stop()
+            try:
+                await self.engine.start()
+            except EngineError as exc:
+                log.debug("engine: cannot start yet: %s", exc)
+                return False
+            await load()
+        return True
 
     async def _remove(self, request: Request) -> Outcome:
         track_id, plugin_id = request.data["track_id"], request.data["plugin_id"]

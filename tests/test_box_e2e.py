@@ -21,8 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
+import socket
 import subprocess
+import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -610,3 +614,104 @@ async def test_a_full_disk_keeps_the_box_playing_and_loses_nothing_once_there_is
             assert (await asyncio.to_thread(_get_json, box.base + "/healthz"))["saving"] == "ok"
     finally:
         subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+# -- the JACK server stalls or goes away --------------------------------------------------
+
+
+async def _engine_event(phone: Phone, kind: str, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
+    """The next ``ENGINE_EVENT`` of ``kind`` a phone is sent."""
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await phone._receive()
+            if message["type"] == "ENGINE_EVENT" and message["data"]["kind"] == kind:
+                return message
+
+
+def _health_status(base: str) -> int:
+    try:
+        with urllib.request.urlopen(base + "/healthz", timeout=REPLY_TIMEOUT) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _datagrams(sock: socket.socket) -> list[str]:
+    """What the box sent to its NOTIFY_SOCKET since the last call."""
+    messages = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            messages.append(sock.recv(4096).decode())
+    return messages
+
+
+async def test_a_stalled_jack_server_is_told_to_phones_and_starves_the_watchdog(
+    engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """JACK stops running cycles (SIGSTOP: a hung driver or a client that froze the graph):
+    the phones are told (ENGINE_EVENT engine-stalled), /healthz answers 503 and the box stops
+    petting systemd's watchdog, which would restart it; once JACK runs again the phones are
+    told, the watchdog is petted again and the board sounds as before."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.setblocking(False)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "1000000"}
+    config = _config(tmp_path, jack_server, engine_kind, _one_track(rig))
+    pid = jack_server.pid
+    assert pid is not None
+    try:
+        async with _box(config, env) as box, _phone(box) as phone:
+            await phone.replay()
+            gain = await phone.add("gain", gain=-6.0)
+            assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+            assert any("WATCHDOG=1" in d for d in _datagrams(notify)), "the watchdog was never petted"
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                stopped = time.monotonic()
+                await _engine_event(phone, "engine-stalled")
+                print(f"stall told to the phone {(time.monotonic() - stopped) * 1000:.0f} ms after SIGSTOP")
+                assert await asyncio.to_thread(_health_status, box.base) == 503
+                _datagrams(notify)
+                await asyncio.sleep(2.0)  # four watchdog intervals
+                starved = _datagrams(notify)
+                assert not [d for d in starved if "WATCHDOG=1" in d], f"petted while stalled: {starved}"
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await _engine_event(phone, "engine-restored")
+            assert await asyncio.to_thread(_health_status, box.base) == 200
+            async with asyncio.timeout(REPLY_TIMEOUT):
+                while not any("WATCHDOG=1" in d for d in _datagrams(notify)):
+                    await asyncio.sleep(0.1)
+            assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+            assert _chain(await _replay(box)) == [(gain, "gain", {"gain": -6.0}, False)]
+    finally:
+        notify.close()
+
+
+async def test_a_killed_jack_server_brings_the_box_back_with_its_board_when_it_returns(
+    engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """The JACK server dies (kill -9) under a playing board: the phones are told, /healthz
+    answers 503; when the server is started again (systemd restarts appliance-jack) the box
+    starts its engine on it by itself, tells the phones and plays the same board."""
+    config = _config(tmp_path, jack_server, engine_kind, _one_track(rig))
+    async with _box(config) as box, _phone(box) as phone:
+        await phone.replay()
+        gain = await phone.add("gain", gain=-6.0)
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+        pid = jack_server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await _engine_event(phone, "engine-died")
+        assert await asyncio.to_thread(_health_status, box.base) == 503
+        await jack_server.stop()
+        with contextlib.suppress(Exception):
+            await rig.close()
+        await jack_server.start()
+        started = time.monotonic()
+        await rig.open()
+        await _engine_event(phone, "engine-restored")
+        print(f"the box played again {(time.monotonic() - started) * 1000:.0f} ms after JACK was back")
+        assert await asyncio.to_thread(_health_status, box.base) == 200
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+        assert _chain(await _replay(box)) == [(gain, "gain", {"gain": -6.0}, False)]

@@ -84,13 +84,19 @@ class EngineEvent:
 
     kinds: ``plugin-died`` (message says why), ``plugin-restored``,
     ``parameter`` (symbol/value changed inside the engine), ``engine-died``,
-    ``engine-restored`` (message says how long the tracks played dry).
+    ``engine-stalled`` (the JACK server runs no cycle), ``engine-restored``
+    (message says how long the tracks played dry).
+
+    ``needs_restart`` (with ``engine-died``): the engine cannot come back by
+    itself (its JACK server went away); whoever owns it stops and starts it
+    again, and loads the board, once the server is back.
     """
 
     kind: str
     plugin_id: str | None = None
     message: str = ""
     values: Mapping[str, float] = field(default_factory=dict)
+    needs_restart: bool = False
 
 
 EventSink = Callable[[EngineEvent], None]

@@ -337,6 +337,7 @@ class JackChainEngine(Engine):
                 self._server_gone,
                 self._graph_fault,
                 self._jack_timeout,
+                on_stall=self._graph_stalled,
             )
             await asyncio.wait_for(self._wiring.open(), ENGINE_START_TIMEOUT)
             if self._server is None:
@@ -1099,7 +1100,15 @@ class JackChainEngine(Engine):
             return
         self._running = False
         log.error("jack server %s shut the %s engine down: %s", self.server_name, self.name, reason)
-        self._emit(EngineEvent("engine-died", None, f"JACK server gone: {reason}"))
+        self._emit(EngineEvent("engine-died", None, f"JACK server gone: {reason}", needs_restart=True))
+
+    def _graph_stalled(self, stalled: bool) -> None:
+        if not self._running:
+            return
+        if stalled:
+            self._emit(EngineEvent("engine-stalled", None, "the JACK server runs no cycle"))
+        else:
+            self._emit(EngineEvent("engine-restored", None, "the JACK server runs cycles again"))
 
     async def _rewire_or_undo(self, undo: Callable[[], object], retired: Iterable[Slot] = ()) -> None:
         """Rewire after a change to the chains; if that fails, undo the change (lock held).

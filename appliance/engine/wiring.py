@@ -46,9 +46,10 @@ T = TypeVar("T")
 #: How long one blocking JACK call on the worker thread may take.
 JACK_CALL_TIMEOUT = 5.0
 #: How often the worker refreshes DSP load for :meth:`JackWiring.info`.
-INFO_INTERVAL = 0.5
-#: Refreshes in a row with no new JACK cycle before the graph is called stalled.
-STALLED_AFTER = 3
+INFO_INTERVAL = 0.2
+#: Refreshes in a row that find no new JACK cycle before the graph is called stalled
+#: (0.4 to 0.6 s without a cycle: a running server makes one every few ms).
+STALLED_AFTER = 2
 
 Connection = tuple[str, str]
 #: Makes connections and undoes others; returns what failed. Where a plugin host
@@ -171,6 +172,8 @@ class JackWiring:
         server_name: the JACK server (None: the default server).
         on_port: ``(port name, registered)`` on the loop's thread.
         on_shutdown: ``(reason)`` on the loop's thread, once the server is gone.
+        on_stall: ``(stalled)`` on the loop's thread, when the server stops
+            running cycles and when it runs them again.
         graph_fault: called on the worker before every connect or disconnect
             pass; a test hook that raises to play a failing JACK.
         call_timeout: how long one blocking JACK call may take.
@@ -186,6 +189,7 @@ class JackWiring:
         graph_fault: Callable[[], None] | None = None,
         call_timeout: float = JACK_CALL_TIMEOUT,
         client_factory: Callable[..., Any] = jack.Client,
+        on_stall: Callable[[bool], None] | None = None,
     ) -> None:
         self.client_name = client_name
         self._client_factory = client_factory
@@ -193,6 +197,7 @@ class JackWiring:
         self.call_timeout = call_timeout
         self._on_port = on_port
         self._on_shutdown = on_shutdown
+        self._on_stall = on_stall
         self._graph_fault = graph_fault
         self._client: Any = None  # jack.Client; touched on the worker only
         self._executor: ThreadPoolExecutor | None = None
@@ -340,9 +345,14 @@ class JackWiring:
         self._still = self._still + 1 if cycle == self._last_cycle else 0
         self._last_cycle = cycle
         stalled = self._still >= STALLED_AFTER
-        if stalled and not self._info.stalled:
-            quiet = self._still * INFO_INTERVAL
-            log.error("the JACK server has run no cycle for %.1f s: its graph is stalled", quiet)
+        if stalled != self._info.stalled:
+            if stalled:
+                quiet = self._still * INFO_INTERVAL
+                log.error("the JACK server has run no cycle for %.2f s: its graph is stalled", quiet)
+            else:
+                log.warning("the JACK server runs cycles again")
+            if self._on_stall is not None:
+                self._hop(self._on_stall, stalled)
         self._info = dataclasses.replace(self._info, dsp_load=float(client.cpu_load()), stalled=stalled)
 
     def _client_ports(self, client_name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

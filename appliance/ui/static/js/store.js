@@ -221,7 +221,7 @@ export class Store extends EventTarget {
   _engineEvent(data) {
     if (data.kind === "plugin-died" && data.plugin_id) this.pluginTrouble.set(data.plugin_id, "died");
     if (data.kind === "plugin-restored" && data.plugin_id) this.pluginTrouble.delete(data.plugin_id);
-    if (data.kind === "engine-died") this.engine = { ...(this.engine || {}), running: false };
+    if (data.kind === "engine-died" || data.kind === "engine-stalled") this.engine = { ...(this.engine || {}), running: false };
     if (data.kind === "engine-restored") this.engine = { ...(this.engine || {}), running: true };
     this._emit("plugin-state", { plugin_id: data.plugin_id, kind: data.kind, message: data.message });
     this._emit("health", {});
