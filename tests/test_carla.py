@@ -30,7 +30,7 @@ from appliance.engine.jackserver import JackServer
 from appliance.engine.respawn import RespawnSettings
 from appliance.errors import EngineError
 from tests.fakes import AMP, TS9
-from tests.rig import Rig, sine, window_gains
+from tests.rig import Rig, rms_db, sine, window_gains
 
 pytestmark = [pytest.mark.carla, pytest.mark.timeout(120)]
 
@@ -410,3 +410,58 @@ async def test_carla_values_read_back(carla: CarlaEngine, catalog: Catalog) -> N
     assert values["att"] == pytest.approx(12.5) and values["rat"] == pytest.approx(8.0)
     await carla.set_parameters("comp", {"thr": 1000.0})
     assert (await carla.values("comp"))["thr"] == pytest.approx(comp.parameter("thr").control.maximum)
+
+
+def _bridges(engine: CarlaEngine) -> set[int]:
+    """The pids of the bridge processes the Carla host runs now (its children)."""
+    host = engine.host_pid
+    assert host is not None
+    bridges = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == host and "carla-bridge" in (proc / "cmdline").read_text():
+                bridges.add(int(proc.name))
+    return bridges
+
+
+async def test_a_crashed_bridge_is_reloaded_with_its_values_and_the_chain_plays_on(
+    jack_server: JackServer, rig: Rig
+) -> None:
+    """bridges: true, and one plugin's bridge process crashes (kill -9), again and again:
+    each time the phones are told, the rest of the chain plays on meanwhile (the dead plugin
+    is passed dry, never silent), and the plugin comes back with its values, a value sent
+    while it was down included. One that keeps crashing stays down, dry, and is reported."""
+    events: list[EngineEvent] = []
+    respawn = RespawnSettings(delays=(0.05,), limit=3, window=60.0)
+    engine = _engine(jack_server.name, rig, events, bridges=True, respawn=respawn)
+    await engine.start()
+    try:
+        await engine.add_plugin(TRACK, "first", AMP, 0, {"gain": -6.0})
+        (first,) = _bridges(engine)
+        await engine.add_plugin(TRACK, "second", AMP, 1, {"gain": -3.0})
+        (second,) = _bridges(engine) - {first}
+        assert await rig.gain_until(_near(-9.0), PROBE) == pytest.approx(-9.0, abs=TOLERANCE_DB)
+        host = engine.host_pid
+        for crash, gain in enumerate((-5.0, -4.0, -2.0)):
+            seen = len(events)
+            (first,) = _bridges(engine) - {second}
+            os.kill(first, signal.SIGKILL)
+            died = await _wait_for(events, "plugin-died", after=seen)
+            assert died.plugin_id == "first"
+            if crash < 2:
+                await engine.set_parameters("first", {"gain": gain})
+                # The second amp alone while the first is down: −3 dB, not silence.
+                _, recorded = await rig.play_and_record(PROBE)
+                restored = await _wait_for(events, "plugin-restored", after=seen)
+                assert restored.plugin_id == "first"
+                assert await rig.gain_until(_near(gain - 3.0), PROBE) == pytest.approx(gain - 3.0, abs=TOLERANCE_DB)
+                assert rms_db(recorded) > -40.0, "the chain went silent while the bridge was down"
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            while not [e for e in events[seen:] if e.kind == "plugin-died" and "not restarted" in e.message]:
+                await asyncio.sleep(0.01)
+        assert await rig.gain_until(_near(-3.0), PROBE) == pytest.approx(-3.0, abs=TOLERANCE_DB)
+        assert engine.host_pid == host, "the whole host was restarted for one bridge"
+        assert engine.chain(TRACK) == ["first", "second"]
+    finally:
+        await engine.stop()

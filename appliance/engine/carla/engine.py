@@ -119,6 +119,7 @@ class CarlaEngine(JackChainEngine):
         self._generation = 0
         self._names = itertools.count(1)
         self._policy: RespawnPolicy | None = None
+        self._plugin_policies: dict[str, RespawnPolicy] = {}  # plugins that died in a running host
         self._host_load = 0.0
         self._restarts = 0
         self._last_gap: float | None = None
@@ -373,9 +374,46 @@ class CarlaEngine(JackChainEngine):
         elif event == "readings":
             self._take_readings(message.get("values"))
         elif event == "plugin-died" and isinstance(plugin_id, str):
-            self._emit(EngineEvent("plugin-died", plugin_id, str(message.get("message", ""))))
+            why = str(message.get("message", ""))
+            self._emit(EngineEvent("plugin-died", plugin_id, why))
+            slot = self._plugins.get(plugin_id)
+            if slot is not None and slot.state == "up" and not slot.retired:
+                log.warning("plugin %s died in the Carla host: %s", plugin_id, why)
+                self._set_down([slot])
+                self._background(self._revive(slot))
         elif event == "stopped":
             log.error("carla host: %s", message.get("message"))
+
+    async def _revive(self, slot: Slot) -> None:
+        """One plugin died inside a running host (its bridge crashed): the track passes it
+        dry while it is removed and loaded again with its values; given up after too many."""
+        host = self._host
+        policy = self._plugin_policies.get(slot.id)
+        if policy is None:
+            policy = self._plugin_policies[slot.id] = RespawnPolicy(
+                asyncio.get_running_loop().time, self._respawn
+            )
+        delays = policy.died()
+        if not delays:
+            why = f"died {policy.recent} times within {self._respawn.window:.0f} s"
+            log.error("plugin %s stays down (%s); its track passes dry there", slot.id, why)
+            self._emit(EngineEvent("plugin-died", slot.id, f"not restarted: {why}"))
+            return
+        for delay in delays:
+            await asyncio.sleep(delay)
+            if slot.retired or not self._started or self._host is not host:
+                return  # removed, stopping, or a new host reconciles every plugin
+            await self._release_quietly(slot)
+            try:
+                await self._bring_up(slot)
+            except EngineError as exc:
+                log.warning("reloading %s failed: %s", slot.id, exc)
+                continue
+            await self._set_up(slot)
+            log.info("plugin %s reloaded with its values", slot.id)
+            self._emit(EngineEvent("plugin-restored", slot.id, "reloaded with its values"))
+            return
+        self._emit(EngineEvent("plugin-died", slot.id, "not restarted: reloading failed"))
 
     def _host_ended(self, generation: int, why: str) -> None:
         """The host process ended on its own (a crash, a kill). Loop thread."""

@@ -81,6 +81,7 @@ class Hosted:
     mode: str
     symbols: dict[int, str] = field(default_factory=dict)
     outputs: dict[str, int] = field(default_factory=dict)  # output controls (meters)
+    dead: bool = False  # its bridge process ended: told once, removed by the box
 
 
 class HostStopped(Exception):
@@ -455,15 +456,24 @@ class CarlaHost:
                 ):
                     changed.setdefault(hosted.id, {})[symbol] = float(valuef)
             elif action == b.ENGINE_CALLBACK_PLUGIN_UNAVAILABLE:
-                hosted = self._at(carla_id)
-                if hosted is not None:
-                    self.send({"event": "plugin-died", "plugin": hosted.id, "message": text or "unavailable"})
+                self._died(self._at(carla_id), text or "unavailable")
+            elif action == b.ENGINE_CALLBACK_PARAMETER_VALUE_CHANGED and value1 == b.PARAMETER_ACTIVE:
+                # Carla deactivates a bridged plugin whose process ended (a crash, a kill);
+                # the box never deactivates one itself (set_active(False) mutes).
+                if self.bridges and valuef == 0.0:
+                    self._died(self._at(carla_id), "its bridge process ended")
             elif action == b.ENGINE_CALLBACK_ERROR:
                 log.error("carla: %s", text)
             elif action in (b.ENGINE_CALLBACK_ENGINE_STOPPED, b.ENGINE_CALLBACK_QUIT) and self._open:
                 raise HostStopped(text or "Carla's engine stopped")
         for plugin_id, values in changed.items():
             self.send({"event": "parameter", "plugin": plugin_id, "values": values})
+
+    def _died(self, hosted: Hosted | None, why: str) -> None:
+        """Tell the box once that a plugin stopped working; the box removes and reloads it."""
+        if hosted is not None and not hosted.dead:
+            hosted.dead = True
+            self.send({"event": "plugin-died", "plugin": hosted.id, "message": why})
 
     def _at(self, carla_id: int) -> Hosted | None:
         if 0 <= carla_id < len(self._order):
