@@ -37,7 +37,7 @@ from .net import ControlServer
 from .pedalboards import PedalboardStore
 from .readings import MeterFeed, Tuner
 from .store import BoardStore, DebouncedSaver
-from .watchdog import SystemdNotifier, watchdog_loop
+from .watchdog import LoopLag, SystemdNotifier, watchdog_loop
 
 log = logging.getLogger("appliance.app")
 
@@ -217,6 +217,8 @@ class Box:
         self.mixer: MixerService | None = None
         self.meters: asyncio.Task[None] | None = None
         self.restarting: asyncio.Task[None] | None = None
+        self.lag = LoopLag()
+        self.lagging: asyncio.Task[None] | None = None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """The box plays on while it cannot save: that is reported, not called unhealthy."""
@@ -225,6 +227,7 @@ class Box:
         if self.saver is not None:
             failing = self.saver.last_error
             report["saving"] = "ok" if failing is None else f"failing, retrying: {failing}"
+        report["loop_lag_ms"] = self.lag.report()
         return healthy, report
 
     def _saved_board(self) -> dict[str, Any]:
@@ -269,6 +272,7 @@ class Box:
 
     async def start(self) -> None:
         config = self.config
+        self.lagging = asyncio.create_task(self.lag.run())
         token = await asyncio.to_thread(read_token, config)
         self.catalog = await asyncio.to_thread(
             Catalog.load, config.catalog, cache=config.data_dir / "lv2-scan.json"
@@ -365,7 +369,7 @@ class Box:
     async def stop(self) -> None:
         """Stop serving, save the board, stop the engine: each step even if one before failed."""
         self.notifier.notify("STOPPING=1")
-        for task in (self.meters, self.restarting):
+        for task in (self.meters, self.restarting, self.lagging):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -1,4 +1,4 @@
-"""systemd notification: READY, STATUS, WATCHDOG while healthy, STOPPING.
+"""systemd notification: READY, STATUS, WATCHDOG while healthy, STOPPING; the loop's lag.
 
 Through systemd-python's ``systemd.daemon.notify`` (sd_notify(3), which
 reads ``NOTIFY_SOCKET`` from the process environment); without that
@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Mapping
 
 from systemd.daemon import notify as sd_notify
@@ -20,6 +21,10 @@ log = logging.getLogger("appliance.watchdog")
 
 #: The longest the STATUS line goes without a refresh, seconds.
 STATUS_EVERY = 5.0
+#: How often :class:`LoopLag` wakes, seconds.
+LAG_TICK = 0.05
+#: How many of its wakes it keeps (one minute's).
+LAG_WINDOW = 1200
 
 
 class SystemdNotifier:
@@ -58,3 +63,31 @@ async def watchdog_loop(notifier: SystemdNotifier, healthy: Callable[[], tuple[b
         was_healthy = ok
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.sleep(interval)
+
+
+class LoopLag:
+    """How late the event loop runs what is due: a footswitch handled late is heard late.
+
+    :meth:`run` sleeps :data:`LAG_TICK` at a time and keeps how much later
+    than asked each wake came, over the last minute; :meth:`report` gives
+    p50, p99 and max in ms (``/healthz``'s ``loop_lag_ms``).
+    """
+
+    def __init__(self, tick: float = LAG_TICK, window: int = LAG_WINDOW) -> None:
+        self.tick = tick
+        self.samples: deque[float] = deque(maxlen=window)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time() + self.tick
+            await asyncio.sleep(self.tick)
+            self.samples.append(max(0.0, loop.time() - asked))
+
+    def report(self) -> dict[str, float]:
+        if not self.samples:
+            return {"p50": 0.0, "p99": 0.0, "max": 0.0}
+        ordered = sorted(self.samples)
+        last = len(ordered) - 1
+        at = {"p50": round(0.5 * last), "p99": round(0.99 * last), "max": last}
+        return {name: round(ordered[index] * 1000, 2) for name, index in at.items()}

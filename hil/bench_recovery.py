@@ -1,12 +1,12 @@
 """How long a crashed plugin host takes to sound again, on the recording's own frame clock.
 
-Run ``python -m hil.bench_recovery [--rounds 20] [--engines jalv,carla] [--signal KILL]``.
+Run ``python -m hil.bench_recovery [--rounds 20] [--engines jalv,carla,carla-bridges] [--signal KILL]``.
 
 For each engine, on a private realtime dummy JACK server (48 kHz, 128
 frames) with the virtual rig: a track with two eg-amp plugins (−6 dB and
 0 dB) plays a 1 kHz tone; one second into a 5 s recording the plugin host is
 killed (jalv: the first plugin's process; Carla: the host process that holds
-both). Per 10 ms window of the recording:
+both; Carla with bridges: the first plugin's bridge process). Per 10 ms window of the recording:
 
 * **silent**: windows under −40 dB (JACK waiting for a client that died
   mid-cycle; nothing the box can hurry);
@@ -34,6 +34,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,11 +77,18 @@ def _engine(kind: str, server: str, rig: Rig, events: list[EngineEvent], rounds:
     from appliance.engine.carla.engine import CarlaEngine
 
     jack = JackConfig(server=server)
-    return CarlaEngine(tracks, CarlaConfig(), jack, on_event=events.append, respawn=respawn)
+    carla = CarlaConfig(bridges=kind == "carla-bridges")
+    return CarlaEngine(tracks, carla, jack, on_event=events.append, respawn=respawn)
 
 
-def _kill(engine: Engine, sig: signal.Signals) -> None:
-    pid = engine.plugin_pid("a") if engine.name == "jalv" else engine.host_pid  # type: ignore[attr-defined]
+def _kill(kind: str, engine: Any, sig: signal.Signals, others: set[int]) -> None:
+    """jalv: plugin a's process; carla: the host; carla-bridges: plugin a's bridge."""
+    if kind == "jalv":
+        pid = engine.plugin_pid("a")
+    elif kind == "carla":
+        pid = engine.host_pid
+    else:
+        pid = min(engine.bridge_pids() - others, default=None)
     if pid is not None:
         os.kill(pid, sig)
 
@@ -111,12 +119,15 @@ async def measure(kind: str, rounds: int, sig: signal.Signals, amp: object) -> F
     await engine.start()
     try:
         await engine.add_plugin(TRACK, "a", amp, 0, {"gain": -6.0})  # type: ignore[arg-type]
+        before = engine.bridge_pids() if kind == "carla-bridges" else set()  # type: ignore[attr-defined]
         await engine.add_plugin(TRACK, "b", amp, 1, {"gain": 0.0})  # type: ignore[arg-type]
+        # b's bridge: the one that was not there before b
+        others = engine.bridge_pids() - before if kind == "carla-bridges" else set()  # type: ignore[attr-defined]
         for _ in range(rounds):
             await rig.gain_until(lambda g: abs(g + 6.0) <= 0.1)
 
             async def crash() -> None:
-                _kill(engine, sig)
+                _kill(kind, engine, sig, others)
 
             reference, recorded, _ = await rig.record_during(RECORDING, crash, lead_frames=KILL_AT)
             gains = window_gains(recorded[:, 0], reference, WINDOW)
@@ -150,7 +161,7 @@ def _line(name: str, values: list[float]) -> str:
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hil.bench_recovery", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--engines", default="jalv,carla")
+    parser.add_argument("--engines", default="jalv,carla,carla-bridges")
     parser.add_argument("--signal", default="KILL", help="KILL, SEGV or ABRT")
     args = parser.parse_args(argv)
     sig = signal.Signals[f"SIG{args.signal.upper()}"]
@@ -158,7 +169,7 @@ async def main(argv: list[str] | None = None) -> int:
     amp = catalog.lookup("gain")
     print(f"recovery from SIG{args.signal.upper()} to the plugin host, {args.rounds} rounds per engine")
     for kind in args.engines.split(","):
-        if kind == "carla":
+        if kind.startswith("carla"):
             from appliance.engine import carla
 
             if (why := carla.unavailable(None)) is not None:

@@ -412,19 +412,6 @@ async def test_carla_values_read_back(carla: CarlaEngine, catalog: Catalog) -> N
     assert (await carla.values("comp"))["thr"] == pytest.approx(comp.parameter("thr").control.maximum)
 
 
-def _bridges(engine: CarlaEngine) -> set[int]:
-    """The pids of the bridge processes the Carla host runs now (its children)."""
-    host = engine.host_pid
-    assert host is not None
-    bridges = set()
-    for proc in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == host and "carla-bridge" in (proc / "cmdline").read_text():
-                bridges.add(int(proc.name))
-    return bridges
-
-
 async def test_a_crashed_bridge_is_reloaded_with_its_values_and_the_chain_plays_on(
     jack_server: JackServer, rig: Rig
 ) -> None:
@@ -438,14 +425,14 @@ async def test_a_crashed_bridge_is_reloaded_with_its_values_and_the_chain_plays_
     await engine.start()
     try:
         await engine.add_plugin(TRACK, "first", AMP, 0, {"gain": -6.0})
-        (first,) = _bridges(engine)
+        (first,) = engine.bridge_pids()
         await engine.add_plugin(TRACK, "second", AMP, 1, {"gain": -3.0})
-        (second,) = _bridges(engine) - {first}
+        (second,) = engine.bridge_pids() - {first}
         assert await rig.gain_until(_near(-9.0), PROBE) == pytest.approx(-9.0, abs=TOLERANCE_DB)
         host = engine.host_pid
         for crash, gain in enumerate((-5.0, -4.0, -2.0)):
             seen = len(events)
-            (first,) = _bridges(engine) - {second}
+            (first,) = engine.bridge_pids() - {second}
             os.kill(first, signal.SIGKILL)
             died = await _wait_for(events, "plugin-died", after=seen)
             assert died.plugin_id == "first"

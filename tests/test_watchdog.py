@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from appliance.board import Board
 from appliance.catalog import Catalog
 from appliance.control import Controller
 from appliance.engine import EngineEvent, TrackPorts
-from appliance.watchdog import SystemdNotifier, watchdog_loop
+from appliance.watchdog import LoopLag, SystemdNotifier, watchdog_loop
 from tests.fakes import FakeEngine
 
 
@@ -124,3 +125,19 @@ def test_the_journal_is_used_only_when_stdout_is_the_journal_stream(tmp_path: Pa
         assert not logs.under_systemd({}, out.fileno())
     handler = logs.handler(False)
     assert isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout
+
+
+async def test_loop_lag_shows_a_blocked_loop() -> None:
+    """Something that blocks the control loop (a slow call on its thread) delays every
+    footswitch by as much: /healthz's loop_lag_ms must show it, not average it away."""
+    lag = LoopLag(tick=0.01)
+    task = asyncio.create_task(lag.run())
+    try:
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # the loop is blocked: nothing else runs meanwhile
+        await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+    report = lag.report()
+    assert report["max"] >= 250.0, report
+    assert report["p50"] < report["max"]

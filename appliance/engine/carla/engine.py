@@ -29,6 +29,7 @@ import functools
 import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ...config import CarlaConfig, JackConfig
@@ -47,7 +48,7 @@ from ..jackengine import JackChainEngine, Slot, safe_name
 from ..jackserver import DummySettings
 from ..respawn import DEFAULT_RESPAWN, RespawnPolicy, RespawnSettings
 from ..wiring import JACK_CALL_TIMEOUT, Changer, Connection
-from .install import CarlaPaths, find_carla
+from .install import BRIDGE_BINARY, CarlaPaths, find_carla
 from .process import CarlaHostProcess
 
 log = logging.getLogger("appliance.engine.carla")
@@ -136,6 +137,17 @@ class CarlaEngine(JackChainEngine):
         """The host process's id, or None while there is none (tests play crashes with it)."""
         host = self._host
         return host.pid if host is not None and host.is_running else None
+
+    def bridge_pids(self) -> set[int]:
+        """The host's bridge processes now (tests and ``hil/`` play crashes with them)."""
+        host = self.host_pid
+        found: set[int] = set()
+        for proc in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if parent == host and BRIDGE_BINARY.encode() in (proc / "cmdline").read_bytes():
+                    found.add(int(proc.name))
+        return found
 
     def kill_host(self, sig: Any) -> None:
         """Send a signal to the host process (tests and ``hil/`` play crashes with it)."""
