@@ -50,6 +50,7 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.version import version as WEBSOCKETS_VERSION
 
+from hil.figures import percentile
 from hil.wsprobe import ProbeClient, ProbeError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -428,11 +429,6 @@ class ParameterRequests:
         return [self.next()[0] for _ in range(count)]
 
 
-def _percentile(ordered: Sequence[int], share: float) -> float:
-    """Nearest-rank percentile of sorted values."""
-    return float(ordered[max(0, min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1))])
-
-
 async def round_trips(sender: ProbeClient, requests: ParameterRequests, count: int, warmup: int) -> Latency:
     """Send one request at a time; time each from the write to its echo's arrival at the sender.
 
@@ -450,7 +446,7 @@ async def round_trips(sender: ProbeClient, requests: ParameterRequests, count: i
         if index >= warmup:
             samples.append(arrival - start)
     samples.sort()
-    return Latency(_percentile(samples, 0.50) / 1000, _percentile(samples, 0.99) / 1000, len(samples))
+    return Latency(percentile(samples, 0.50) / 1000, percentile(samples, 0.99) / 1000, len(samples))
 
 
 def _last_value(client: ProbeClient) -> object:

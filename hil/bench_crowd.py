@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
+from hil.figures import spread
 from hil.wsprobe import PARAMETER_MARK, ProbeClient, ProbeError
 from tests.boxproc import BoxProcess, virtual_config
 
@@ -201,14 +201,6 @@ async def _crowd(
     return phase
 
 
-def _quantiles(values: list[float]) -> str:
-    if not values:
-        return "-"
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return f"p50 {statistics.median(ordered):.2f} ms, p99 {p99:.2f} ms, max {ordered[-1]:.2f} ms"
-
-
 def _report(phase: Phase) -> None:
     rss = phase.rss_mib
     print(f"{phase.name}:")
@@ -217,7 +209,7 @@ def _report(phase: Phase) -> None:
     print(f"  loop lag       p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms, max {lag['max']:.2f} ms")
     print(f"  xruns          {phase.xruns}")
     if phase.name == "crowd":
-        print(f"  echo           {_quantiles(phase.echo_ms)}")
+        print(f"  echo           {spread(phase.echo_ms, digits=2)}")
         verdict = "PASS" if not phase.lost else "FAIL"
         print(f"  changes sent   {phase.sent}, echoes lost {phase.lost}  target 0  {verdict}")
         ok = not phase.stale and not phase.dropped

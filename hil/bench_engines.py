@@ -70,6 +70,7 @@ from typing import Any
 import yaml
 
 from hil.bench_control import drain, table
+from hil.figures import percentile
 from hil.wsprobe import ProbeClient, ProbeError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -649,11 +650,6 @@ class Column:
     problems: list[str] = field(default_factory=list)
 
 
-def _percentile(ordered: Sequence[float], share: float) -> float:
-    """Nearest-rank percentile of sorted values."""
-    return float(ordered[max(0, min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1))])
-
-
 def _median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -801,8 +797,8 @@ async def sweep(box: BoxProcess, controls: list[Slider], seconds: float) -> Swee
         figures.errors = sum(c.errors for c in clients)
         latencies = sorted(ns / 1e6 for c in clients for ns in c.latencies_ns)
         if latencies:
-            figures.echo_p50_ms = _percentile(latencies, 0.50)
-            figures.echo_p99_ms = _percentile(latencies, 0.99)
+            figures.echo_p50_ms = percentile(latencies, 0.50)
+            figures.echo_p99_ms = percentile(latencies, 0.99)
         if loads:
             figures.dsp_mean = statistics.fmean(loads)
             figures.dsp_max = max(loads)

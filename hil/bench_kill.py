@@ -16,22 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from hil.figures import spread
 from tests.killloop import PROMISE, rounds
-
-
-def _quantiles(values: list[float]) -> str:
-    if not values:
-        return "-"
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    median, largest = statistics.median(ordered), ordered[-1]
-    return f"p50 {median * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {largest * 1000:.0f} ms"
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -49,8 +40,8 @@ async def main(argv: list[str] | None = None) -> int:
         f"{'PASS' if not broken else 'FAIL'}"
     )
     print("board did not load: 0 (every start came up with its gain; a failed start stops the run)")
-    print(f"oldest change lost per cut: {_quantiles([v.lost_age for _, v in judged])}")
-    print(f"start to healthy box: {_quantiles([r.back_after for r, _ in judged])}")
+    print(f"oldest change lost per cut: {spread([v.lost_age * 1000 for _, v in judged])}")
+    print(f"start to healthy box: {spread([r.back_after * 1000 for r, _ in judged])}")
     return 0
 
 

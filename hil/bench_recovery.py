@@ -30,7 +30,6 @@ import asyncio
 import os
 import secrets
 import signal
-import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from appliance.config import CarlaConfig, JackConfig
 from appliance.engine import Engine, EngineEvent, TrackPorts
 from appliance.engine.jackserver import DummySettings, JackServer
 from appliance.engine.respawn import RespawnSettings
+from hil.figures import spread
 from tests.rig import Rig, sine, window_gains
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,14 +148,7 @@ async def measure(kind: str, rounds: int, sig: signal.Signals, amp: object) -> F
 
 
 def _line(name: str, values: list[float]) -> str:
-    if not values:
-        return f"  {name:<12} (none)"
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return (
-        f"  {name:<12} p50 {statistics.median(ordered):7.0f} ms   p99 {p99:7.0f} ms   "
-        f"max {ordered[-1]:7.0f} ms   (n={len(ordered)})"
-    )
+    return f"  {name:<12} {spread(values)}"
 
 
 async def main(argv: list[str] | None = None) -> int:

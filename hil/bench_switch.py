@@ -41,6 +41,7 @@ from appliance.engine import Engine, OwnPlugins, SavedPlugin, TrackPorts
 from appliance.engine.faders import FADER_URI
 from appliance.engine.jackserver import DummySettings, JackServer
 from hil.bench_engines import BOARD, BOARD_VALUES
+from hil.figures import spread
 from tests.rig import Rig, longest_gap, sine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,14 +166,7 @@ async def _idle(engine: Engine, seconds: float) -> tuple[list[float], int]:
 
 
 def _line(name: str, values: list[float], unit: str, scale: Callable[[float], float] = float) -> str:
-    if not values:
-        return f"  {name:<22} (none)"
-    ordered = sorted(scale(v) for v in values)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return (
-        f"  {name:<22} p50 {statistics.median(ordered):8.1f} {unit}   p99 {p99:8.1f} {unit}   "
-        f"max {ordered[-1]:8.1f} {unit}   (n={len(ordered)})"
-    )
+    return f"  {name:<22} {spread([scale(v) for v in values], unit, digits=1)}"
 
 
 def _ms(frames: float) -> float:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -15,6 +17,7 @@ from appliance.engine.carla import unavailable as carla_unavailable
 from appliance.engine.faders import FADER_URI
 from appliance.engine.jackserver import DummySettings, JackServer, unique_server_name
 from appliance.engine.meters import METER_URI, TUNER_URI
+from tests.notify import listen
 from tests.rig import Rig
 
 #: The rate and period of every test server (the box's defaults).
@@ -107,3 +110,13 @@ async def rig(jack_server: JackServer) -> AsyncIterator[Rig]:
         yield rig
     finally:
         await rig.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    """systemd's end of NOTIFY_SOCKET: its path is ``sock.getsockname()``."""
+    sock = listen(tmp_path / "notify")
+    try:
+        yield sock
+    finally:
+        sock.close()

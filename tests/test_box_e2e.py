@@ -39,6 +39,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from appliance.engine.carla import HIDE_CARLA_ENV
 from appliance.engine.jackserver import JackServer
 from tests.boxproc import BoxProcess, virtual_config
+from tests.notify import received
 from tests.rig import Rig, gain_db, latency_frames, longest_gap, noise, rms_db, sine
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(120)]
@@ -636,56 +637,41 @@ def _health_status(base: str) -> int:
         return exc.code
 
 
-def _datagrams(sock: socket.socket) -> list[str]:
-    """What the box sent to its NOTIFY_SOCKET since the last call."""
-    messages = []
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            messages.append(sock.recv(4096).decode())
-    return messages
-
-
 async def test_a_stalled_jack_server_is_told_to_phones_and_starves_the_watchdog(
-    engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path
+    engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path, notify_socket: socket.socket
 ) -> None:
     """JACK stops running cycles (SIGSTOP: a hung driver or a client that froze the graph):
     the phones are told (ENGINE_EVENT engine-stalled), /healthz answers 503 and the box stops
     petting systemd's watchdog, which would restart it; once JACK runs again the phones are
     told, the watchdog is petted again and the board sounds as before."""
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify"))
-    notify.setblocking(False)
-    env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "1000000"}
+    env = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "1000000"}
     config = _config(tmp_path, jack_server, engine_kind, _one_track(rig))
     pid = jack_server.pid
     assert pid is not None
-    try:
-        async with _box(config, env) as box, _phone(box) as phone:
-            await phone.replay()
-            gain = await phone.add("gain", gain=-6.0)
-            assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
-            assert any("WATCHDOG=1" in d for d in _datagrams(notify)), "the watchdog was never petted"
-            os.kill(pid, signal.SIGSTOP)
-            try:
-                stopped = time.monotonic()
-                await _engine_event(phone, "engine-stalled")
-                print(f"stall told to the phone {(time.monotonic() - stopped) * 1000:.0f} ms after SIGSTOP")
-                assert await asyncio.to_thread(_health_status, box.base) == 503
-                _datagrams(notify)
-                await asyncio.sleep(2.0)  # four watchdog intervals
-                starved = _datagrams(notify)
-                assert not [d for d in starved if "WATCHDOG=1" in d], f"petted while stalled: {starved}"
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            await _engine_event(phone, "engine-restored")
-            assert await asyncio.to_thread(_health_status, box.base) == 200
-            async with asyncio.timeout(REPLY_TIMEOUT):
-                while not any("WATCHDOG=1" in d for d in _datagrams(notify)):
-                    await asyncio.sleep(0.1)
-            assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
-            assert _chain(await _replay(box)) == [(gain, "gain", {"gain": -6.0}, False)]
-    finally:
-        notify.close()
+    async with _box(config, env) as box, _phone(box) as phone:
+        await phone.replay()
+        gain = await phone.add("gain", gain=-6.0)
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+        assert any("WATCHDOG=1" in d for d in received(notify_socket)), "the watchdog was never petted"
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            await _engine_event(phone, "engine-stalled")
+            print(f"stall told to the phone {(time.monotonic() - stopped) * 1000:.0f} ms after SIGSTOP")
+            assert await asyncio.to_thread(_health_status, box.base) == 503
+            received(notify_socket)
+            await asyncio.sleep(2.0)  # four watchdog intervals
+            starved = received(notify_socket)
+            assert not [d for d in starved if "WATCHDOG=1" in d], f"petted while stalled: {starved}"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await _engine_event(phone, "engine-restored")
+        assert await asyncio.to_thread(_health_status, box.base) == 200
+        async with asyncio.timeout(REPLY_TIMEOUT):
+            while not any("WATCHDOG=1" in d for d in received(notify_socket)):
+                await asyncio.sleep(0.1)
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+        assert _chain(await _replay(box)) == [(gain, "gain", {"gain": -6.0}, False)]
 
 
 async def test_a_killed_jack_server_brings_the_box_back_with_its_board_when_it_returns(

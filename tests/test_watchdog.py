@@ -9,7 +9,6 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,23 +21,7 @@ from appliance.control import Controller
 from appliance.engine import EngineEvent, TrackPorts
 from appliance.watchdog import LoopLag, SystemdNotifier, watchdog_loop
 from tests.fakes import FakeEngine
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify"))
-    sock.setblocking(False)
-    yield sock
-    sock.close()
-
-
-def received(sock: socket.socket) -> list[str]:
-    messages = []
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            messages.append(sock.recv(4096).decode())
-    return messages
+from tests.notify import received
 
 
 def test_notify_reaches_the_socket(notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
