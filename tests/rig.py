@@ -29,6 +29,14 @@ from typing import TypeVar
 import jack
 import numpy as np
 
+from hil.rig.analysis import gain_db as gain_db
+from hil.rig.analysis import latency_frames as latency_frames
+from hil.rig.analysis import longest_gap as longest_gap
+from hil.rig.analysis import rms_db as rms_db
+from hil.rig.analysis import window_gains as window_gains
+from hil.rig.signals import noise as noise
+from hil.rig.signals import sine as sine
+
 #: Frames between scheduling a take and its first frame (time for both clients to see it).
 TAKE_LEAD_PERIODS = 8
 #: Extra wall-clock seconds a take may take beyond its own length.
@@ -51,83 +59,9 @@ def _frames_since(now: int, start: int) -> int:
 
 
 # -- signals and measurements -------------------------------------------------------
-
-
-def sine(
-    frequency: float = 1000.0, frames: int = 24000, rate: int = 48000, level_db: float = -12.0
-) -> np.ndarray:
-    """A sine of ``frames`` samples at ``level_db`` dBFS peak, as float32."""
-    t = np.arange(frames, dtype=np.float64) / rate
-    amplitude = 10.0 ** (level_db / 20.0)
-    wave: np.ndarray = np.sin(2.0 * np.pi * frequency * t) * amplitude
-    return wave.astype(np.float32)
-
-
-def noise(frames: int = 24000, level_db: float = -20.0, seed: int = 1) -> np.ndarray:
-    """White noise at ``level_db`` dBFS RMS (broadband: good for latency)."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(frames)
-    x *= 10.0 ** (level_db / 20.0) / np.sqrt(np.mean(x**2))
-    return x.astype(np.float32)
-
-
-def rms_db(x: np.ndarray) -> float:
-    """RMS level in dBFS (−240 for digital silence)."""
-    power = float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0
-    return 10.0 * float(np.log10(power)) if power > 1e-24 else -240.0
-
-
-def gain_db(recorded: np.ndarray, reference: np.ndarray) -> float:
-    """Level of ``recorded`` relative to ``reference`` in dB (RMS over each)."""
-    return rms_db(recorded) - rms_db(reference)
-
-
-def latency_frames(recorded: np.ndarray, reference: np.ndarray, max_lag: int | None = None) -> int:
-    """How many frames ``recorded`` lags ``reference``: the cross-correlation peak.
-
-    Use a broadband signal (noise, a click): a sine's correlation repeats every
-    period. Negative means ``recorded`` leads.
-    """
-    n = len(recorded) + len(reference)
-    size = 1 << (n - 1).bit_length()
-    spectrum = np.fft.rfft(recorded.astype(np.float64), size) * np.conj(
-        np.fft.rfft(reference.astype(np.float64), size)
-    )
-    corr = np.fft.irfft(spectrum, size)
-    limit = max_lag if max_lag is not None else len(recorded) - 1
-    lags = np.concatenate([np.arange(0, limit + 1), np.arange(-min(limit, len(reference) - 1), 0)])
-    values = np.abs(corr[lags % size])
-    return int(lags[int(np.argmax(values))])
-
-
-def window_gains(recorded: np.ndarray, reference: np.ndarray, window: int = 480) -> np.ndarray:
-    """Gain in dB of each whole ``window`` of ``recorded`` against ``reference``.
-
-    A 1 kHz probe at 48 kHz fills a 480-frame window with exactly ten
-    periods, so every window of an unchanged signal reads the same gain; a
-    dropout or a level change shows up in the windows it touches.
-    """
-    count = min(len(recorded), len(reference)) // window
-    return np.array(
-        [
-            gain_db(recorded[i * window : (i + 1) * window], reference[i * window : (i + 1) * window])
-            for i in range(count)
-        ]
-    )
-
-
-def longest_gap(recorded: np.ndarray, floor: float = 1e-4) -> tuple[int, int]:
-    """The longest run of samples quieter than ``floor``, and where it starts.
-
-    A tone crosses zero for a sample or two; a dropout is a run much longer.
-    """
-    quiet = np.concatenate([[0], (np.abs(recorded) < floor).astype(np.int8), [0]])
-    edges = np.flatnonzero(np.diff(quiet))
-    starts, stops = edges[::2], edges[1::2]
-    if not starts.size:
-        return 0, 0
-    longest = int(np.argmax(stops - starts))
-    return int(stops[longest] - starts[longest]), int(starts[longest])
+# The signals and the measurements read off recordings (sine, noise, rms_db, gain_db,
+# latency_frames, window_gains, longest_gap) live in hil.rig, which measures a box from
+# outside the same way; they are imported above under their own names for the tests.
 
 
 def difference_db(a: np.ndarray, b: np.ndarray) -> float:
