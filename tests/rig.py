@@ -10,6 +10,12 @@ Player and recorder are separate clients so that JACK orders the graph player
 no latency of its own records 0 frames late. (One client that both fed and
 read the chain would form a cycle, and JACK would add a period.)
 
+On a rig computer (``hil/rig`` measuring a real box) the same two clients
+play into and record from the audio interface instead: ``play_to`` and
+``record_from`` name the ports (``system:playback_1``, ``system:capture_1``)
+and the box is at the other end of the cables. :class:`MockInterface` stands
+in for that interface on a test's server.
+
 A take is scheduled on JACK's frame clock: both process callbacks compute,
 from ``last_frame_time`` (the same number for every client in a cycle), which
 part of the signal this cycle carries, so reference and recording line up
@@ -22,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -92,13 +98,28 @@ class Rig:
     and copy numpy arrays.
 
     Args:
-        server_name: the JACK server.
+        server_name: the JACK server (``None``: the default server, as on a rig computer).
         channels: how many play and rec ports (the track's width).
+        play_to: ports each ``play_i`` is also connected to, in order (an audio
+            interface's outputs); by default none, the box connects itself.
+        record_from: ports connected to each ``rec_i``, in order (the
+            interface's inputs); by default none.
     """
 
-    def __init__(self, server_name: str, channels: int = 1) -> None:
+    def __init__(
+        self,
+        server_name: str | None,
+        channels: int = 1,
+        *,
+        play_to: Sequence[str] = (),
+        record_from: Sequence[str] = (),
+    ) -> None:
+        if len(play_to) > channels or len(record_from) > channels:
+            raise ValueError("more ports to connect than the rig has channels")
         self.server_name = server_name
         self.channels = channels
+        self.play_to = tuple(play_to)
+        self.record_from = tuple(record_from)
         token = secrets.token_hex(2)
         self._names = (f"rig-play-{token}", f"rig-rec-{token}")
         self._player: jack.Client | None = None
@@ -132,7 +153,7 @@ class Rig:
         return f"{self._names[1]}:ref_1"
 
     async def open(self) -> None:
-        """Open both clients, register ports, connect play_1 → ref_1."""
+        """Open both clients, register ports, connect play_1 → ref_1, ``play_to`` and ``record_from``."""
         await asyncio.wait_for(asyncio.to_thread(self._open), RIG_OPEN_TIMEOUT)
 
     async def close(self) -> None:
@@ -282,6 +303,10 @@ class Rig:
         self._ref = recorder.inports.register("ref_1")
         self._recs = tuple(recorder.inports.register(f"rec_{i + 1}") for i in range(self.channels))
         player.connect(self.play_ports[0], self.ref_port)
+        for source, target in zip(self.play_ports, self.play_to, strict=False):
+            player.connect(source, target)
+        for source, target in zip(self.record_from, self.rec_ports, strict=False):
+            recorder.connect(source, target)
 
     def _close(self) -> None:
         for client in (self._player, self._recorder):
@@ -334,3 +359,124 @@ class Rig:
                 take.recorded[offset + a : offset + b, i] = port.get_array()[a:b]
         if offset + frames >= total:
             take.done = True
+
+
+# -- a rig computer's audio interface, simulated -------------------------------------
+
+
+class MockInterface:
+    """A rig computer's audio interface on a test's JACK server: two clients and a cable.
+
+    What ``hil.rig run --box`` plays into and records from on a real rig
+    computer (``system:playback_1``, ``system:capture_1``) and the sockets on
+    the interface's back (line out, line in) where the cables go::
+
+        rig ──▶ iface-out-XXXX:playback_1 ─[delay]─▶ iface-out-XXXX:line_out_1 ──cable──▶ box input
+        box output ──cable──▶ iface-in-XXXX:line_in_1 ──▶ iface-in-XXXX:capture_1 ──▶ rig
+
+    The two directions are separate clients so that JACK orders the whole
+    chain within one cycle: the interface adds exactly ``delay`` frames (its
+    converters, scripted), no period. :meth:`loopback` is the calibration
+    cable, line out straight into line in; the box's config names
+    :attr:`line_out` as its track's input and :attr:`line_in` as its output.
+
+    ``open``/``close``/``loopback`` are coroutines for the loop's thread; the
+    process callbacks run on JACK's audio thread and only copy numpy arrays.
+
+    Args:
+        server_name: the JACK server.
+        delay: frames the playback side delays the signal by.
+    """
+
+    def __init__(self, server_name: str, delay: int = 0) -> None:
+        if delay < 0:
+            raise ValueError("delay must be >= 0")
+        self.server_name = server_name
+        self.delay = delay
+        token = secrets.token_hex(2)
+        self._names = (f"iface-out-{token}", f"iface-in-{token}")
+        self._clients: tuple[jack.Client, ...] = ()
+        self._ports: dict[str, jack.OwnPort] = {}
+        self._line = np.zeros(0, dtype=np.float32)
+
+    @property
+    def playback(self) -> str:
+        """Where the rig plays (``system:playback_1`` on a rig computer)."""
+        return f"{self._names[0]}:playback_1"
+
+    @property
+    def capture(self) -> str:
+        """What the rig records (``system:capture_1`` on a rig computer)."""
+        return f"{self._names[1]}:capture_1"
+
+    @property
+    def line_out(self) -> str:
+        """The output socket: what a cable carries to the box's input."""
+        return f"{self._names[0]}:line_out_1"
+
+    @property
+    def line_in(self) -> str:
+        """The input socket: where the box's output arrives."""
+        return f"{self._names[1]}:line_in_1"
+
+    async def open(self) -> None:
+        """Open both clients and register their ports (no cable plugged in)."""
+        await asyncio.wait_for(asyncio.to_thread(self._open), RIG_OPEN_TIMEOUT)
+
+    async def close(self) -> None:
+        """Deactivate and close both clients."""
+        await asyncio.wait_for(asyncio.to_thread(self._close), RIG_OPEN_TIMEOUT)
+
+    async def loopback(self) -> None:
+        """Plug the calibration cable: line out straight into line in."""
+        client = self._clients[0]
+        await asyncio.wait_for(
+            asyncio.to_thread(client.connect, self.line_out, self.line_in), RIG_OPEN_TIMEOUT
+        )
+
+    async def unplug(self) -> None:
+        """Pull the calibration cable out again."""
+        client = self._clients[0]
+        await asyncio.wait_for(
+            asyncio.to_thread(client.disconnect, self.line_out, self.line_in), RIG_OPEN_TIMEOUT
+        )
+
+    def _open(self) -> None:
+        out = jack.Client(self._names[0], servername=self.server_name, no_start_server=True)
+        inp = jack.Client(self._names[1], servername=self.server_name, no_start_server=True)
+        self._clients = (out, inp)
+        self._line = np.zeros(self.delay + out.blocksize, dtype=np.float32)
+        out.set_process_callback(self._play)
+        inp.set_process_callback(self._capture)
+        self._ports = {
+            "playback": out.inports.register("playback_1"),
+            "line_out": out.outports.register("line_out_1"),
+            "line_in": inp.inports.register("line_in_1"),
+            "capture": inp.outports.register("capture_1"),
+        }
+        out.activate()
+        inp.activate()
+
+    def _close(self) -> None:
+        for client in self._clients:
+            client.deactivate()
+            client.close()
+        self._clients = ()
+
+    # -- JACK's audio thread ---------------------------------------------------------
+
+    def _play(self, frames: int) -> None:
+        source = self._ports["playback"].get_array()
+        target = self._ports["line_out"].get_array()
+        delay, line = self.delay, self._line
+        if not delay:
+            target[:] = source
+            return
+        if len(line) < delay + frames:  # the period grew: start the line again
+            self._line = line = np.zeros(delay + frames, dtype=np.float32)
+        line[delay : delay + frames] = source
+        target[:] = line[:frames]
+        line[:delay] = line[frames : frames + delay]
+
+    def _capture(self, frames: int) -> None:
+        self._ports["capture"].get_array()[:] = self._ports["line_in"].get_array()

@@ -44,6 +44,8 @@ JSON_NAME = "report.json"
 HTML_NAME = "report.html"
 #: Recordings drawn per section; the rest are in the JSON only (the page says how many).
 MAX_EXCERPTS = 12
+#: The widest a column of `compare`'s text table is padded to (longer texts overflow it).
+COLUMN_MAX = 24
 #: Taps of the impulse response drawn past the latency peak.
 IMPULSE_AFTER = 96
 #: Taps drawn before it.
@@ -115,7 +117,8 @@ def _plot_impulses(run: RigRun, folder: Path) -> list[Plot]:
         first = max(0, peak - IMPULSE_BEFORE)
         taps = result.impulse[first : peak + IMPULSE_AFTER]
         ms = (np.arange(len(taps)) + first) * 1000.0 / result.rate
-        ax.plot(ms, taps, label=f"{result.board} (peak at {peak} frames)")
+        own = f", {result.interface_frames} of them the rig's interface" if result.interface_frames else ""
+        ax.plot(ms, taps, label=f"{result.board} (peak at {peak} frames{own})")
     ax.set_xlabel("ms after the probe")
     ax.set_ylabel("amplitude")
     ax.set_title("Impulse response")
@@ -129,12 +132,12 @@ def _plot_latency_histogram(run: RigRun, folder: Path) -> list[Plot]:
     if not drawn:
         return []
     figure, ax = _figure()
-    low = min(min(r.frames) for r in drawn)
-    high = max(max(r.frames) for r in drawn)
+    low = min(min(r.box_frames) for r in drawn)
+    high = max(max(r.box_frames) for r in drawn)
     bins = [edge + 0.5 for edge in range(low - 1, high + 1)]
     for result in drawn:
-        ax.hist(result.frames, bins=bins, alpha=0.6, label=f"{result.board} (n={len(result.frames)})")
-    ax.set_xlabel("round-trip latency, frames")
+        ax.hist(result.box_frames, bins=bins, alpha=0.6, label=f"{result.board} (n={len(result.frames)})")
+    ax.set_xlabel("round-trip latency through the box, frames")
     ax.set_ylabel("takes")
     ax.set_title("Latency per take")
     ax.legend(loc="upper right")
@@ -202,11 +205,23 @@ def _plot_response(run: RigRun, folder: Path) -> list[Plot]:
     if run.dry_path is None:
         return []
     response = run.dry_path.response
+    interface = run.dry_path.interface_response
     figure, ax = _figure()
     shown = response.frequency > 0
-    ax.semilogx(response.frequency[shown], response.magnitude_db[shown])
-    ax.set_xlim(10.0, float(response.frequency[-1]))
+    ax.semilogx(response.frequency[shown], response.magnitude_db[shown], label="the box")
     values = response.magnitude_db[shown & ~np.isnan(response.magnitude_db)]
+    if interface is not None:  # the calibration's, already taken out of the box's
+        drawn = interface.frequency > 0
+        ax.semilogx(
+            interface.frequency[drawn],
+            interface.magnitude_db[drawn],
+            linestyle="--",
+            linewidth=0.8,
+            label="the rig's interface (taken out)",
+        )
+        ax.legend(loc="lower left")
+        values = np.concatenate([values, interface.magnitude_db[drawn & ~np.isnan(interface.magnitude_db)]])
+    ax.set_xlim(10.0, float(response.frequency[-1]))
     if values.size:  # a flat box is drawn flat, not as noise magnified to fill the plot
         ax.set_ylim(min(float(values.min()), -1.0) - 0.5, max(float(values.max()), 1.0) + 0.5)
     ax.set_xlabel("Hz")
@@ -309,6 +324,15 @@ def _report_html(run: RigRun, figures: dict[str, Any], plots: list[Plot]) -> str
         "<h2>The box</h2>",
         _table(_flat(run.box)),
     ]
+    if run.calibration is not None:
+        parts += [
+            "<h2>The rig's interface (calibration)</h2>",
+            "<p>Measured with a loopback cable; its round trip is taken out of every latency and "
+            "its response out of the dry path's.</p>",
+            _table(_flat(run.calibration)),
+        ]
+        notes = run.calibration.get("notes") or []
+        parts += [f"<p><strong>Note:</strong> {html.escape(str(n))}</p>" for n in notes]
     parts += [_section_html(key, title, figures, run, plots) for key, title in _SECTIONS]
     others = [(key, why) for key, why in run.skipped.items() if key not in dict(_SECTIONS)]
     if others:
@@ -424,7 +448,7 @@ def compare(a: Path, b: Path, html_path: Path | None = None, out: TextIO | None 
     left, right = load_report(a), load_report(b)
     rows = comparison_rows(left, right)
     width = max((len(r[0]) for r in rows), default=10)
-    column = max([12] + [len(_text(v)) for r in rows for v in r[1:3]])
+    column = min(max([12] + [len(_text(v)) for r in rows for v in r[1:3]]), COLUMN_MAX)
     stream.write(f"A = {a}\nB = {b}\n")
     stream.write(f"{'figure':<{width}}  {'A':>{column}}  {'B':>{column}}  {'B − A':>12}  {'B / A':>8}\n")
     for key, x, y, delta, ratio in rows:

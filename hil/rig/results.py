@@ -26,12 +26,16 @@ METHODS: dict[str, str] = {
         "An MLS (or white noise) played into the box and recorded from its output on the "
         "rig's frame clock; the lag of the cross-correlation peak, in whole frames "
         "(hil.rig.analysis.measure_latency). The impulse response is the regularized "
-        "deconvolution of the recording by the probe."
+        "deconvolution of the recording by the probe. On a real box the rig's own interface "
+        "(its round trip measured with a loopback cable: the calibration) is taken out: "
+        "frames is the box's, measured_frames what the rig recorded."
     ),
     "knob_to_sound": (
         "A steady tone through the board; a change sent over the protocol at a frame "
         "noted on the recording's clock; frames until the level in 1 ms windows is within "
-        "0.5 dB of the new level and stays there (hil.rig.analysis.frames_to_level)."
+        "0.5 dB of the new level and stays there (hil.rig.analysis.frames_to_level). On a real "
+        "box the time is counted to the rig's input, so it includes the interface's input side "
+        "(less than its calibrated round trip)."
     ),
     "switching": (
         "A tone (or tone bursts, for tails) through the board while it switches: the longest "
@@ -48,7 +52,10 @@ METHODS: dict[str, str] = {
     "dry_path": (
         "The empty board: THD+N of a 1 kHz sine (residual of a least-squares sine fit, "
         "20 Hz to 20 kHz, over the whole signal; hil.rig.analysis.thd_n) and the frequency "
-        "response from noise or a log sweep (Welch H1, hil.rig.analysis.frequency_response)."
+        "response from noise or a log sweep (Welch H1, hil.rig.analysis.frequency_response). "
+        "On a real box the interface's own response (calibration) is taken out of the "
+        "response; its THD+N, which cannot be taken out, is given beside the box's as the "
+        "floor of what the rig can see."
     ),
 }
 
@@ -97,6 +104,8 @@ class LatencyResult:
         plugin_latency: what the board's plugins report as their own latency, frames.
         clarity_db: the weakest take's peak clarity (:class:`hil.rig.analysis.Latency`).
         impulse: one take's impulse response, from lag 0, for the plot.
+        interface_frames: the rig's own interface's round trip (from the
+            calibration; 0 on a virtual box): part of every take, not the box's.
     """
 
     board: str
@@ -105,11 +114,17 @@ class LatencyResult:
     plugin_latency: int = 0
     clarity_db: float = 0.0
     impulse: np.ndarray | None = None
+    interface_frames: int = 0
 
     @property
     def median(self) -> int | None:
-        """The median take, in frames (``None`` without takes)."""
+        """The median take as recorded, interface included, in frames (``None`` without takes)."""
         return int(np.median(self.frames)) if self.frames else None
+
+    @property
+    def box_frames(self) -> list[int]:
+        """Each take less the interface's own round trip: the box's latency."""
+        return [f - self.interface_frames for f in self.frames]
 
     def figures(self, baseline: int | None = None) -> dict[str, Any]:
         """This board's figures for the JSON.
@@ -121,13 +136,16 @@ class LatencyResult:
         """
         median = self.median
         added = None if median is None or baseline is None else median - baseline - self.plugin_latency
+        box = None if median is None else median - self.interface_frames
         return {
             "board": self.board,
-            "frames": median,
-            "ms": None if median is None else frames_to_ms(median, self.rate),
+            "frames": box,
+            "ms": None if box is None else frames_to_ms(box, self.rate),
+            "measured_frames": median,
+            "interface_frames": self.interface_frames,
             "plugin_latency_frames": self.plugin_latency,
             "host_added_frames": added,
-            "takes": list(self.frames),
+            "takes": self.box_frames,
             "spread_frames": (max(self.frames) - min(self.frames)) if self.frames else None,
             "clarity_db": self.clarity_db,
         }
@@ -261,17 +279,32 @@ class DryPathResult:
     """What the empty board does to the signal.
 
     Attributes:
-        distortion: THD+N and THD of a sine.
-        response: the frequency response.
+        distortion: THD+N and THD of a sine (interface included on a real box).
+        response: the frequency response (the box's own: the interface's taken out).
+        interface_distortion: the rig's interface's own THD+N, from the calibration.
+        interface_response: the interface's own response, from the calibration.
     """
 
     distortion: Distortion
     response: FrequencyResponse
+    interface_distortion: Distortion | None = None
+    interface_response: FrequencyResponse | None = None
 
     def figures(self) -> dict[str, Any]:
-        """THD+N, THD, the response's extremes in 20 Hz–20 kHz and its value at octave centres."""
-        low, high = self.response.deviation_db(20.0, min(20000.0, float(self.response.frequency[-1])))
+        """THD+N, THD, the response's extremes in 20 Hz–20 kHz and its value at octave centres.
+
+        With a calibration, also the interface's THD+N and response extremes
+        (``interface_*``): the box's THD+N cannot be better than the interface's.
+        """
         top = float(self.response.frequency[-1])
+        low, high = self.response.deviation_db(20.0, min(20000.0, top))
+        interface: dict[str, Any] = {}
+        if self.interface_distortion is not None:
+            interface["interface_thd_n_db"] = self.interface_distortion.thd_n_db
+        if self.interface_response is not None:
+            low_i, high_i = self.interface_response.deviation_db(20.0, min(20000.0, top))
+            interface["interface_response_min_db"] = low_i
+            interface["interface_response_max_db"] = high_i
         return {
             "thd_n_db": self.distortion.thd_n_db,
             "thd_n_percent": self.distortion.thd_n_percent,
@@ -282,6 +315,8 @@ class DryPathResult:
             "response_max_db": high,
             "response_latency_frames": self.response.latency,
             "response_db": {f"{hz:g}": self.response.at(hz) for hz in RESPONSE_POINTS if hz <= top},
+            "interface_taken_out": self.interface_response is not None,
+            **interface,
         }
 
 
@@ -300,6 +335,8 @@ class RigRun:
         dry_path: THD+N and response of the empty board, if measured.
         skipped: section → why it was not measured.
         methods: section → how it was measured (default :data:`METHODS`).
+        calibration: the rig's interface as its calibration measured it (a real
+            box), or ``None`` (a virtual box, or a real one run without).
     """
 
     settings: dict[str, Any]
@@ -311,6 +348,7 @@ class RigRun:
     dry_path: DryPathResult | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     methods: dict[str, str] = field(default_factory=lambda: dict(METHODS))
+    calibration: dict[str, Any] | None = None
 
     def figures(self) -> dict[str, Any]:
         """Every figure, JSON-ready: what ``report.json`` holds besides the plots' list."""
@@ -325,4 +363,5 @@ class RigRun:
             "switching": [r.figures() for r in self.switching],
             "dropouts": None if self.dropouts is None else self.dropouts.figures(),
             "dry_path": None if self.dry_path is None else self.dry_path.figures(),
+            "calibration": self.calibration,
         }

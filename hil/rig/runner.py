@@ -1,10 +1,20 @@
-"""Runs the rig against a virtual box: its audio ports and its protocol, nothing else.
+"""Runs the rig against a box: its audio ports and its protocol, nothing else.
 
-:func:`run_virtual` starts, on this machine, a private dummy JACK server, the
-virtual rig's player and recorder (:class:`tests.rig.Rig`) and the box
-itself (``python -m appliance run``, :class:`tests.boxproc.BoxProcess`)
-with its one track wired from the rig's player to the rig's recorder. It
-then treats the box as a black box, in this order:
+Where the box is and how the rig's audio reaches it is a
+:class:`~hil.rig.setups.Setup`; :func:`measure` is the same for every one:
+
+* :func:`run_virtual` starts, on this machine, a private dummy JACK server,
+  the rig's player and recorder (:class:`tests.rig.Rig`) and the box itself
+  (``python -m appliance run``) with its one track wired from the rig's
+  player to the rig's recorder (:func:`~hil.rig.setups.virtual_setup`);
+* :func:`run_box` measures a real box through the rig computer's audio
+  interface (:func:`~hil.rig.setups.interface_setup`), taking the
+  interface's own latency and response out with a :class:`Calibration`;
+* :func:`calibrate` measures that interface with a loopback cable.
+
+Before measuring, the track's plugins are taken off (after saving the board
+as the pedalboard :data:`SAVED_BOARD`) and the board is loaded back at the
+end. Then the box is a black box, in this order:
 
 1. **Latency, empty board**: noise takes, :func:`~hil.rig.analysis.measure_latency`.
 2. **The dry path**: THD+N of a 1 kHz sine and the response from noise.
@@ -22,10 +32,10 @@ then treats the box as a black box, in this order:
    ``PEDALBOARD_LOAD`` between two pedalboards, 6 dB apart, each read with
    :func:`~hil.rig.analysis.analyse_switch`.
 
-Every time is a frame count on the recording's own clock. Traffic stays on
-127.0.0.1; every step is bounded in count and time; everything started is
-stopped on the way out. Runs on one asyncio loop; the box's start and stop
-and ``/healthz`` go through worker threads.
+Every time is a frame count on the recording's own clock. A virtual box's
+traffic stays on 127.0.0.1; every step is bounded in count and time;
+everything started is stopped on the way out. Runs on one asyncio loop; the
+box's start and stop and ``/healthz`` go through worker threads.
 """
 
 from __future__ import annotations
@@ -34,9 +44,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import secrets
-import subprocess
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,8 +51,6 @@ from typing import Any
 
 import numpy as np
 
-import appliance
-from appliance.engine.jackserver import DummySettings, JackServer
 from hil.bench_engines import BenchClient
 from hil.rig.analysis import (
     GAP_MIN_FRAMES,
@@ -55,8 +60,10 @@ from hil.rig.analysis import (
     frequency_response,
     impulse_response,
     measure_latency,
+    rms_db,
     thd_n,
 )
+from hil.rig.calibration import Calibration, now
 from hil.rig.results import (
     DropoutResult,
     DryPathResult,
@@ -66,20 +73,36 @@ from hil.rig.results import (
     SwitchResult,
     TimingResult,
 )
+from hil.rig.setups import (
+    Box,
+    InterfacePorts,
+    RigError,
+    Setup,
+    interface_setup,
+    open_interface,
+    virtual_setup,
+)
 from hil.rig.signals import noise, sine
-from hil.wsprobe import ProbeClient
-from tests.boxproc import BoxProcess, virtual_config
+from hil.wsprobe import ProbeClient, ProbeError
 from tests.rig import Rig
 
-ROOT = Path(__file__).resolve().parents[2]
-HOST = "127.0.0.1"
-TRACK = "track_001"
 #: The 5-plugin board, in chain order (catalog keys); none reports a latency.
 BOARD = ("gate", "compressor", "eq", "tuner", "gain")
 #: How long one request may take to be answered (a plugin load included).
 REPLY_TIMEOUT = 30.0
-#: How long ``/healthz`` may take.
-HEALTH_TIMEOUT = 5.0
+#: The pedalboard the box's board is saved as before the rig empties the track.
+SAVED_BOARD = "rig: board before the run"
+#: The pedalboards the switching measurement saves on the box (deleted at the end).
+RIG_PEDALBOARDS = ("rig a", "rig b")
+#: Takes of a latency or dry-path probe before a spoiled one is kept (the rig's machine is busy).
+CLEAN_TAKE_TRIES = 8
+#: Below this level a recording holds nothing that came back, dBFS.
+SILENT_DB = -90.0
+#: Why power cuts are not measured.
+NO_RELAY = (
+    "not implemented: power cuts need a USB relay on a real box's power supply, "
+    "which the rig does not drive yet"
+)
 #: Frames of silence recorded after each latency probe (the longest latency looked for).
 LATENCY_SEARCH = 4096
 #: Time between two changes in a knob-to-sound take, seconds.
@@ -101,9 +124,10 @@ class RunSettings:
     """What one run does.
 
     Attributes:
-        engine: the virtual box's engine (``jalv`` or ``carla``).
-        rate: sample rate of the private JACK server, Hz.
-        period: its period, frames.
+        engine: the virtual box's engine (``jalv`` or ``carla``; a real box has its own).
+        rate: sample rate of the private JACK server, Hz (a real rig's is its server's).
+        period: its period, frames (likewise).
+        track: the box's track the rig plays through.
         latency_takes: noise takes per latency figure.
         changes: changes per knob-to-sound series.
         clients: how many clients are connected in each series.
@@ -116,6 +140,7 @@ class RunSettings:
     engine: str = "jalv"
     rate: int = 48000
     period: int = 128
+    track: str = "track_001"
     latency_takes: int = 10
     changes: int = 50
     clients: tuple[int, ...] = (1, 20)
@@ -126,36 +151,11 @@ class RunSettings:
 
     def as_dict(self) -> dict[str, Any]:
         """The settings for the report."""
-        return {**asdict(self), "box": "virtual", "board": list(BOARD), "step_db": STEP_DB}
+        return {**asdict(self), "board": list(BOARD), "step_db": STEP_DB}
 
 
 #: The short run: a minute or two on this machine.
 QUICK = RunSettings(latency_takes=5, changes=10, clients=(1, 20), switches=2, dropout_seconds=5.0)
-
-
-def box_version() -> str:
-    """The virtual box's version: the package's, and the checkout's commit when there is one."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{appliance.__version__} ({commit})" if commit else appliance.__version__
-
-
-def _healthz(base: str) -> dict[str, Any]:
-    """``GET /healthz`` (a worker thread's call: it blocks)."""
-    try:
-        with urllib.request.urlopen(base + "/healthz", timeout=HEALTH_TIMEOUT) as response:
-            data: dict[str, Any] = json.loads(response.read())
-    except OSError as exc:
-        return {"error": str(exc)}
-    return data
 
 
 @dataclass
@@ -164,7 +164,7 @@ class Session:
 
     settings: RunSettings
     rig: Rig
-    box: BoxProcess
+    box: Box
     link: BenchClient
     latency: int = 0
     plugins: dict[str, str] = field(default_factory=dict)  # catalog key → plugin id
@@ -174,12 +174,13 @@ class Session:
     async def request(self, kind: str, **data: Any) -> dict[str, Any]:
         """One request on the track; the first reply to it (an ERROR raises)."""
         self._sent += 1
-        message = {"id": f"rig_{self._sent}", "type": kind, "data": {"track_id": TRACK, **data}}
+        message = {"id": f"rig_{self._sent}", "type": kind, "data": {"track_id": self.settings.track, **data}}
         _, reply = await self.link.request(message, REPLY_TIMEOUT)
         return reply
 
     async def health(self) -> dict[str, Any]:
-        return await asyncio.to_thread(_healthz, self.box.base)
+        """The box's ``/healthz`` (``{"error": ...}`` when it does not answer)."""
+        return await asyncio.to_thread(self.box.healthz)
 
     def tone(self, seconds: float) -> np.ndarray:
         return sine(
@@ -200,33 +201,103 @@ def delayed(played: np.ndarray, frames: int) -> np.ndarray:
 # -- steps --------------------------------------------------------------------------
 
 
-async def measure_latency_of(s: Session, board: str, plugin_latency: int = 0) -> LatencyResult:
-    """Noise takes through the board as it is: the lag of each, and one impulse response."""
-    rate = s.settings.rate
+async def clean_take(rig: Rig, signal: np.ndarray, extra_frames: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One take of ``signal``, taken again while the rig's own JACK server spoils it with an xrun.
+
+    A cycle the rig's server dropped is missing from the recording but not
+    from the reference: it would measure the rig's computer, not the box.
+    Up to :data:`CLEAN_TAKE_TRIES` takes; the last one either way
+    (:attr:`Rig.last_take_xruns` says whether it was spoiled).
+    """
+    for _ in range(CLEAN_TAKE_TRIES - 1):
+        reference, recorded = await rig.play_and_record(signal, extra_frames)
+        if not rig.last_take_xruns:
+            return reference, recorded
+    return await rig.play_and_record(signal, extra_frames)
+
+
+async def measure_latency_of(
+    rig: Rig, settings: RunSettings, board: str, plugin_latency: int = 0, interface_frames: int = 0
+) -> LatencyResult:
+    """Noise takes through the board as it is: the lag of each, and one impulse response.
+
+    Raises:
+        RigError: nothing came back (a cable, the box's input or output, a port name).
+    """
+    rate = settings.rate
     frames: list[int] = []
     clarity = float("inf")
     impulse: np.ndarray | None = None
-    for take in range(s.settings.latency_takes):
-        reference, recorded = await s.rig.play_and_record(
-            noise(rate // 10, -20.0, seed=take + 1), LATENCY_SEARCH
-        )
+    for take in range(settings.latency_takes):
+        reference, recorded = await clean_take(rig, noise(rate // 10, -20.0, seed=take + 1), LATENCY_SEARCH)
+        if rms_db(recorded[:, 0]) < SILENT_DB:
+            raise RigError(
+                f"nothing came back ({board}): check the cables, the ports the rig uses "
+                f"({', '.join(rig.play_to + rig.record_from) or 'the box wires itself'}) "
+                "and the interface's gain"
+            )
         latency = measure_latency(recorded[:, 0], reference, rate, max_lag=LATENCY_SEARCH)
         frames.append(latency.frames)
         clarity = min(clarity, latency.clarity_db)
         if impulse is None:
             impulse = impulse_response(recorded[:, 0], reference, LATENCY_SEARCH // 4)
-    return LatencyResult(board, frames, rate, plugin_latency, clarity, impulse)
+    return LatencyResult(board, frames, rate, plugin_latency, clarity, impulse, interface_frames)
 
 
-async def measure_dry_path(s: Session) -> DryPathResult:
-    """THD+N of a 1 s tone (its first and last 0.1 s left out) and the response from 2 s of noise."""
-    rate = s.settings.rate
-    reference, recorded = await s.rig.play_and_record(s.tone(1.2), LATENCY_SEARCH)
-    steady = recorded[s.latency + rate // 10 : s.latency + rate * 11 // 10, 0]
-    distortion = thd_n(steady, rate, s.settings.tone_hz)
-    reference, recorded = await s.rig.play_and_record(noise(2 * rate, -20.0), LATENCY_SEARCH)
-    response = frequency_response(recorded[:, 0], reference, rate, latency=s.latency)
+async def measure_dry_path(rig: Rig, settings: RunSettings, latency: int) -> DryPathResult:
+    """THD+N of a 1 s tone (its first and last 0.1 s left out) and the response from 2 s of noise.
+
+    Args:
+        latency: the round trip as recorded, frames: where the tone starts in the recording.
+    """
+    rate = settings.rate
+    tone = sine(settings.tone_hz, round(1.2 * rate), rate, settings.level_db)
+    reference, recorded = await clean_take(rig, tone, LATENCY_SEARCH)
+    steady = recorded[latency + rate // 10 : latency + rate * 11 // 10, 0]
+    distortion = thd_n(steady, rate, settings.tone_hz)
+    reference, recorded = await clean_take(rig, noise(2 * rate, -20.0), LATENCY_SEARCH)
+    response = frequency_response(recorded[:, 0], reference, rate, latency=latency)
     return DryPathResult(distortion, response)
+
+
+async def empty_track(s: Session) -> str | None:
+    """Take every plugin off the track, after saving the board as :data:`SAVED_BOARD`; its name or None.
+
+    A real box comes with a player's board; the latency of the empty board
+    and the dry path need the track empty. Nothing is saved when it already is.
+    """
+    reply = await s.request("BOARD_GET")
+    tracks = {t.get("track_id"): t for t in reply["data"].get("tracks", [])}
+    if s.settings.track not in tracks:
+        raise RigError(f"the box has no track {s.settings.track!r}: it has {', '.join(map(str, tracks))}")
+    plugins = [str(p["plugin_id"]) for p in tracks[s.settings.track].get("plugins", [])]
+    if not plugins:
+        return None
+    await s.request("PEDALBOARD_SAVE", name=SAVED_BOARD, overwrite=True)
+    for plugin_id in plugins:
+        await s.request("PLUGIN_REMOVE", plugin_id=plugin_id)
+    return SAVED_BOARD
+
+
+async def restore_board(s: Session, saved: str | None) -> bool:
+    """Load the board :func:`empty_track` saved back; whether that worked (nothing saved: True)."""
+    if saved is None:
+        return True
+    try:
+        await s.request("PEDALBOARD_LOAD", name=saved)
+    except (ProbeError, TimeoutError):
+        return False
+    return True
+
+
+async def tidy_up(s: Session, saved: str | None) -> bool:
+    """Load the box's board back and delete the pedalboards the run saved on the box (the
+    board stays playing, unsaved); whether the board came back."""
+    restored = await restore_board(s, saved)
+    for name in (*RIG_PEDALBOARDS, *([saved] if saved is not None else [])):
+        with contextlib.suppress(ProbeError, TimeoutError):
+            await s.request("PEDALBOARD_DELETE", name=name)
+    return restored
 
 
 async def build_board(s: Session) -> None:
@@ -256,12 +327,12 @@ async def steady_gain(s: Session, tries: int = 20) -> float:
 
 
 @contextlib.asynccontextmanager
-async def extra_clients(count: int, port: int) -> AsyncIterator[list[ProbeClient]]:
+async def extra_clients(count: int, box: Box) -> AsyncIterator[list[ProbeClient]]:
     """``count`` more clients connected to the box (each receives every broadcast)."""
     clients: list[ProbeClient] = []
     try:
         for _ in range(count):
-            clients.append(await ProbeClient.open(HOST, port))
+            clients.append(await box.connect(ProbeClient))
         yield clients
     finally:
         for client in clients:
@@ -320,7 +391,7 @@ async def measure_knob_and_footswitch(s: Session) -> list[TimingResult]:
     gain = s.plugins["gain"]
     results = []
     for count in s.settings.clients:
-        async with extra_clients(count - 1, s.box.port):
+        async with extra_clients(count - 1, s.box):
             clients = f"{count} client{'s' if count != 1 else ''}"
 
             async def knob(i: int) -> None:
@@ -349,7 +420,7 @@ async def measure_knob_and_footswitch(s: Session) -> list[TimingResult]:
     return results
 
 
-async def _sweep(clients: list[ProbeClient], plugin_id: str, stop: asyncio.Event) -> None:
+async def _sweep(clients: list[ProbeClient], track: str, plugin_id: str, stop: asyncio.Event) -> None:
     """Each client drags the tuner's reference pitch up and down, staggered, until ``stop``."""
     tick = 0
     while not stop.is_set():
@@ -360,7 +431,7 @@ async def _sweep(clients: list[ProbeClient], plugin_id: str, stop: asyncio.Event
                 "id": f"sweep_{index}_{tick}",
                 "type": "PLUGIN_PARAMETER",
                 "data": {
-                    "track_id": TRACK,
+                    "track_id": track,
                     "plugin_id": plugin_id,
                     "parameter_id": "reference",
                     "parameter_value": value,
@@ -377,8 +448,8 @@ async def measure_dropouts(s: Session) -> DropoutResult:
     rate = s.settings.rate
     before = (await s.health()).get("xruns")
     stop = asyncio.Event()
-    async with extra_clients(20, s.box.port) as clients:
-        sweeper = asyncio.ensure_future(_sweep(clients, s.plugins["tuner"], stop))
+    async with extra_clients(20, s.box) as clients:
+        sweeper = asyncio.ensure_future(_sweep(clients, s.settings.track, s.plugins["tuner"], stop))
         try:
             _, recorded = await s.rig.play_and_record(s.tone(s.settings.dropout_seconds))
         finally:
@@ -464,25 +535,123 @@ async def measure_switching(s: Session) -> list[SwitchResult]:
     """Snapshot recall and pedalboard load, between two sounds 6 dB apart."""
     gain = s.plugins["gain"]
     await s.request("PLUGIN_PARAMETER", plugin_id=gain, parameter_id="gain", parameter_value=0.0)
-    await s.request("PEDALBOARD_SAVE", name="rig a", overwrite=True)
+    await s.request("PEDALBOARD_SAVE", name=RIG_PEDALBOARDS[0], overwrite=True)
     await s.request("SNAPSHOT_SAVE", name="loud")
     await s.request("PLUGIN_PARAMETER", plugin_id=gain, parameter_id="gain", parameter_value=STEP_DB)
     await s.request("SNAPSHOT_SAVE", name="quiet")
     snapshots = await measure_switches(
         s, "snapshot recall", "SNAPSHOT_RECALL", [({"name": "loud"}, 0.0), ({"name": "quiet"}, STEP_DB)], 0.6
     )
-    await s.request("PEDALBOARD_SAVE", name="rig b", overwrite=True)
+    await s.request("PEDALBOARD_SAVE", name=RIG_PEDALBOARDS[1], overwrite=True)
     boards = await measure_switches(
         s,
         "pedalboard switch",
         "PEDALBOARD_LOAD",
-        [({"name": "rig a", "snapshot": "loud"}, 0.0), ({"name": "rig b", "snapshot": "quiet"}, STEP_DB)],
+        [
+            ({"name": RIG_PEDALBOARDS[0], "snapshot": "loud"}, 0.0),
+            ({"name": RIG_PEDALBOARDS[1], "snapshot": "quiet"}, STEP_DB),
+        ],
         2.0,
     )
     return [snapshots, boards]
 
 
-# -- the run ------------------------------------------------------------------------
+# -- the run ---
+
+
+async def connect(box: Box) -> BenchClient:
+    """The rig's controlling client, its token accepted (a ``PING`` answered).
+
+    Raises:
+        RigError: the box cannot be reached, or refuses the rig (a wrong or missing token).
+    """
+    try:
+        link = await box.connect(BenchClient)
+    except (OSError, TimeoutError, ProbeError) as exc:
+        raise RigError(f"cannot open {box.url}: {exc or type(exc).__name__}") from exc
+    try:
+        await link.request({"id": "rig_hello", "type": "PING"}, REPLY_TIMEOUT)
+    except (ProbeError, TimeoutError) as exc:
+        refused = link.last_error.decode(errors="replace") if link.last_error else str(exc)
+        await link.close()
+        hint = " (check --token)" if "UNAUTHORIZED" in refused else ""
+        raise RigError(f"the box at {box.url} refused the rig{hint}: {refused[:300]}") from exc
+    return link
+
+
+async def measure(
+    setup: Setup,
+    settings: RunSettings,
+    calibration: Calibration | None = None,
+    log: Callable[[str], None] = print,
+) -> RigRun:
+    """Measure the box of ``setup`` through its audio and its protocol; the figures.
+
+    The same for a virtual and a real box. The track is emptied first (its
+    board saved as :data:`SAVED_BOARD`) and the board loaded back at the end,
+    whatever happened.
+
+    Args:
+        setup: the box and the rig's audio wired to it.
+        settings: what to measure and how long (rate and period are the rig's).
+        calibration: the rig's interface, taken out of the figures (a real box).
+        log: where progress lines go.
+
+    Raises:
+        RigError: the box refused the rig, has no such track, or nothing came back.
+    """
+    rig = setup.rig
+    settings = dataclasses.replace(settings, rate=rig.samplerate, period=rig.blocksize)
+    notes = [] if calibration is None else calibration.check(settings.rate, settings.period, setup.settings)
+    interface = 0 if calibration is None else calibration.latency_frames
+    link = await connect(setup.box)
+    session = Session(settings, rig, setup.box, link)
+    saved: str | None = None
+    tidied = False
+    try:
+        run = RigRun(
+            settings={**settings.as_dict(), **setup.settings},
+            box={"healthz": await session.health(), "version": setup.version},
+        )
+        if calibration is not None:
+            run.calibration = {**calibration.figures(), "notes": notes}
+        saved = await empty_track(session)
+        run.box["board_saved_as"] = saved
+        log("latency, empty board")
+        run.latency.append(await measure_latency_of(rig, settings, "empty", interface_frames=interface))
+        session.latency = run.latency[0].median or 0
+        log("the dry path")
+        dry = await measure_dry_path(rig, settings, session.latency)
+        if calibration is not None:
+            dry = DryPathResult(
+                dry.distortion,
+                calibration.box_response(dry.response),
+                calibration.distortion,
+                calibration.response,
+            )
+        run.dry_path = dry
+        log(f"latency, {len(BOARD)} plugins")
+        await build_board(session)
+        run.latency.append(
+            await measure_latency_of(rig, settings, f"{len(BOARD)} plugins", interface_frames=interface)
+        )
+        log("knob-to-sound and footswitch-to-sound")
+        run.knob_to_sound = await measure_knob_and_footswitch(session)
+        log(f"dropouts, {settings.dropout_seconds:g} s")
+        run.dropouts = await measure_dropouts(session)
+        log("switching")
+        run.switching = await measure_switches_or_skip(session, run)
+        run.skipped.setdefault("recovery", NO_RELAY)
+        log("loading the box's board back, deleting the run's pedalboards")
+        run.box["board_restored"] = await tidy_up(session, saved)
+        tidied = True
+        run.box["healthz_after"] = await session.health()
+        return run
+    finally:
+        if not tidied:
+            with contextlib.suppress(Exception):
+                await tidy_up(session, saved)
+        await link.close()
 
 
 async def run_virtual(settings: RunSettings, workdir: Path, log: Callable[[str], None] = print) -> RigRun:
@@ -493,60 +662,80 @@ async def run_virtual(settings: RunSettings, workdir: Path, log: Callable[[str],
         workdir: a folder for the box's config, data and log.
         log: where progress lines go.
     """
-    rate = settings.rate
-    server = JackServer(f"rig-{secrets.token_hex(3)}", DummySettings(rate, settings.period, realtime=True))
-    await server.start()
-    rig = Rig(server.name)
-    box: BoxProcess | None = None
-    link: BenchClient | None = None
-    try:
-        await rig.open()
-        tracks = [{"id": TRACK, "inputs": list(rig.play_ports), "outputs": list(rig.rec_ports)}]
-        config = virtual_config(
-            workdir,
-            jack_server=server.name,
-            dummy=False,
-            engine=settings.engine,
-            tracks=tracks,
-            demo=[],
-            data_dir=workdir / "data",
+    async with virtual_setup(
+        settings.engine, settings.rate, settings.period, workdir, settings.track, log
+    ) as setup:
+        return await measure(setup, settings, None, log)
+
+
+async def run_box(
+    settings: RunSettings,
+    box: Box,
+    ports: InterfacePorts,
+    calibration: Calibration | None = None,
+    version: str | None = None,
+    log: Callable[[str], None] = print,
+) -> RigRun:
+    """Measure a real box through the rig computer's audio interface; the figures.
+
+    Args:
+        settings: what to measure and how long (rate and period are the rig's JACK server's).
+        box: the box's WebSocket URL and token.
+        ports: the rig computer's JACK server and the interface's ports cabled to the box.
+        calibration: the interface's loopback calibration (without one, the
+            figures include the interface and the report says so).
+        version: the box's version, when known (the box does not say).
+        log: where progress lines go.
+
+    Raises:
+        RigError: the box, the interface or the calibration cannot be used.
+    """
+    async with interface_setup(box, ports, version, log) as setup:
+        run = await measure(setup, settings, calibration, log)
+    if calibration is None:
+        run.skipped["calibration"] = (
+            "no --calibration: every latency, response and time includes the rig's own interface"
         )
-        box = BoxProcess(config)
-        log(f"starting a virtual {settings.engine} box on JACK server {server.name}")
-        await asyncio.to_thread(box.start)
-        client = await BenchClient.open(HOST, box.port, "/ws")
-        assert isinstance(client, BenchClient)
-        link = client
-        session = Session(settings, rig, box, link)
-        run = RigRun(
-            settings={**settings.as_dict(), "jack_server": server.name, "realtime": server.is_realtime},
-            box={"healthz": await session.health(), "version": box_version()},
-        )
-        log("latency, empty board")
-        run.latency.append(await measure_latency_of(session, "empty"))
-        session.latency = run.latency[0].median or 0
-        log("the dry path")
-        run.dry_path = await measure_dry_path(session)
-        log("latency, 5 plugins")
-        await build_board(session)
-        run.latency.append(await measure_latency_of(session, f"{len(BOARD)} plugins"))
-        log("knob-to-sound and footswitch-to-sound")
-        run.knob_to_sound = await measure_knob_and_footswitch(session)
-        log(f"dropouts, {settings.dropout_seconds:g} s")
-        run.dropouts = await measure_dropouts(session)
-        log("switching")
-        run.switching = await measure_switches_or_skip(session, run)
-        run.skipped.setdefault("recovery", "power cuts need the real box and a USB relay")
-        run.box["healthz_after"] = await session.health()
-        return run
-    finally:
-        if link is not None:
-            await link.close()
-        if box is not None:
-            await asyncio.to_thread(box.stop)
-        with contextlib.suppress(Exception):
-            await rig.close()
-        await server.stop()
+    return run
+
+
+async def calibrate(
+    settings: RunSettings, ports: InterfacePorts, log: Callable[[str], None] = print
+) -> tuple[Calibration, RigRun]:
+    """Measure the rig's interface with a loopback cable (its output straight into its input).
+
+    Returns:
+        The calibration, and the same figures as a report (latency and dry
+        path; every other section skipped) for its plots.
+
+    Raises:
+        RigError: the interface cannot be used, or nothing came back (no cable).
+    """
+    async with open_interface(ports) as rig:
+        settings = dataclasses.replace(settings, rate=rig.samplerate, period=rig.blocksize)
+        log(f"calibrating {ports.playback} → {ports.capture} ({settings.rate} Hz, {settings.period} frames)")
+        latency = await measure_latency_of(rig, settings, "loopback cable")
+        dry = await measure_dry_path(rig, settings, latency.median or 0)
+    calibration = Calibration(
+        ports.as_dict(),
+        settings.rate,
+        settings.period,
+        list(latency.frames),
+        latency.clarity_db,
+        dry.distortion,
+        dry.response,
+        now(),
+    )
+    why = "a calibration: the interface's loopback cable, no box"
+    run = RigRun(
+        settings={**settings.as_dict(), "box": "none (loopback cable)", **ports.as_dict()},
+        box={},
+        latency=[latency],
+        dry_path=dry,
+        skipped={key: why for key in ("knob_to_sound", "switching", "dropouts", "recovery")},
+        calibration=calibration.figures(),
+    )
+    return calibration, run
 
 
 async def measure_switches_or_skip(s: Session, run: RigRun) -> list[SwitchResult]:
