@@ -324,15 +324,16 @@ class Box:
     async def _start_gpio(self, board: Board) -> None:
         """The encoders and footswitches of the GPIO map, on the Pi's pins (lgpio).
 
-        A bad map stops the start (ConfigError, exit 2); a machine without GPIO
-        runs without them, said once in the log.
+        A bad map stops the start (ConfigError, exit 2); a map that does not fit
+        the board (a position holding another plugin) never does. A machine
+        without GPIO runs without them, said once in the log.
         """
         if self.config.gpio is None:
             return
         gpio_map = await asyncio.to_thread(gpiomap.load, self.config.gpio)
         mixer = self.config.mixer.controls if self.config.mixer is not None else {}
-        for waiting in gpiomap.check_controls(gpio_map, board, mixer):
-            log.info("gpio: %s; the mapping waits for it", waiting)
+        for idle in gpiomap.check_controls(gpio_map, board, mixer):
+            log.info("gpio: %s; the encoder drives nothing there until the board has it", idle)
         factory = await asyncio.to_thread(pin_factory)
         if factory is None:
             return

@@ -234,7 +234,11 @@ class Hardware:
             return
         track_id, plugin_id = found
         instance = self.controller.board.plugin(track_id, plugin_id)
-        parameter = instance.type.canonical(control.parameter)
+        try:
+            parameter = instance.type.canonical(control.parameter)
+        except ApplianceError:
+            log.info("%s: %s has no %r; turn ignored", encoder.name, instance.name, control.parameter)
+            return
         value = turned(parameter, instance.values[parameter.id], detents, encoder.steps)
         data = {
             "track_id": track_id,

@@ -184,11 +184,14 @@ def check_controls(gpio_map: GpioMap, board: Board, mixer: Iterable[str] = ()) -
     """Check every mapped control against the plugins on the board now, and the mixer's controls.
 
     Returns:
-        One sentence per mapping whose plugin is not on the board (kept: it waits for it).
+        One sentence per mapping that drives nothing on the board as it is: its
+        plugin is not there, or the plugin there has no such control. Kept: a
+        mapping follows the board, and the board changes (a position holds
+        another plugin after a pedalboard switch).
 
     Raises:
-        ConfigError: a mapped plugin is on the board but has no such control, or a
-            mapped mixer control is not one of the configured ``mixer.controls``.
+        ConfigError: a mapped mixer control is not one of the configured
+            ``mixer.controls`` (the config alone decides that).
     """
     waiting = []
     mixer_controls = set(mixer)
@@ -211,10 +214,10 @@ def check_controls(gpio_map: GpioMap, board: Board, mixer: Iterable[str] = ()) -
                 instance.type.canonical(control.parameter)
             except ApplianceError:
                 names = ", ".join(p.id for p in instance.type.parameters)
-                raise ConfigError(
-                    f"gpio.encoders[{index}].controls[{number}].parameter",
-                    f"{instance.name} ({instance.id}) has no control {control.parameter!r} (it has: {names})",
-                ) from None
+                waiting.append(
+                    f"{encoder.name}: {instance.name} ({instance.id}) has no control "
+                    f"{control.parameter!r} (it has: {names})"
+                )
     return waiting
 
 
