@@ -19,6 +19,7 @@ from appliance.board import Board
 from appliance.catalog import Catalog
 from appliance.control import Controller
 from appliance.engine import EngineEvent, TrackPorts
+from appliance.engine.jackserver import jack_environment
 from appliance.watchdog import LoopLag, SystemdNotifier, watchdog_loop
 from tests.fakes import FakeEngine
 from tests.notify import received
@@ -124,3 +125,14 @@ async def test_loop_lag_shows_a_blocked_loop() -> None:
     report = lag.report()
     assert report["max"] >= 250.0, report
     assert report["p50"] < report["max"]
+
+
+def test_child_processes_do_not_get_the_boxs_notify_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """jackd, jalv and the Carla host run with the box's environment but not its link to
+    systemd: under NotifyAccess=main their notifications would be refused and logged."""
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    monkeypatch.setenv("WATCHDOG_USEC", "10000000")
+    monkeypatch.setenv("WATCHDOG_PID", "1")
+    env = jack_environment("box")
+    assert not {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"} & env.keys()
+    assert env["JACK_DEFAULT_SERVER"] == "box" and env["PATH"] == os.environ["PATH"]

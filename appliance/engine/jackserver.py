@@ -62,13 +62,19 @@ def unique_server_name(prefix: str = "appliance") -> str:
     return f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+#: The box's own link to systemd, never handed to a child process.
+SYSTEMD_ONLY = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
+
+
 def jack_environment(server_name: str | None) -> dict[str, str]:
     """Environment for a JACK client process aimed at ``server_name``.
 
     Clients never start a server of their own, and nobody asks D-Bus for the
-    sound device (``JACK_NO_AUDIO_RESERVATION``).
+    sound device (``JACK_NO_AUDIO_RESERVATION``). systemd's notification
+    variables stay with the box: a child that notified would be refused
+    (``NotifyAccess=main``) and log it.
     """
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ONLY}
     env["JACK_NO_START_SERVER"] = "1"
     env["JACK_NO_AUDIO_RESERVATION"] = "1"
     if server_name is not None:
