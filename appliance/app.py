@@ -253,8 +253,9 @@ class Box:
         if event.needs_restart and self.restarting is None:
             self.restarting = asyncio.create_task(self._restart_engine())
 
-    async def _restart_engine(self) -> None:
-        """The engine lost its JACK server: start it again with the board once the server is back.
+    async def _restart_engine(self, fresh: bool = False) -> None:
+        """The engine lost its JACK server, or could not reach it at the start: start it again
+        with the board once the server answers.
 
         Meanwhile ``/healthz`` says 503 and the watchdog is not petted, so if
         JACK stays away, systemd restarts the box (``WatchdogSec``).
@@ -263,7 +264,7 @@ class Box:
         controller = self.controller
         lost = time.monotonic()
         try:
-            while not await controller.restart_engine(lambda: self._load_engine(controller.board, False)):
+            while not await controller.restart_engine(lambda: self._load_engine(controller.board, fresh)):
                 await asyncio.sleep(ENGINE_RETRY_INTERVAL)
         finally:
             self.restarting = None
@@ -289,7 +290,14 @@ class Box:
                 log.error("saved board is not usable (%s); moved it to %s and started empty", exc, aside)
                 board = Board(t.id for t in config.tracks)
         self.engine = make_engine(config, self._on_engine_event, own_plugins(self.catalog))
-        await self.engine.start()
+        waiting = False
+        try:
+            await self.engine.start()
+        except EngineError as exc:
+            if config.engine.jack.dummy is not None:
+                raise  # the box's own JACK server did not start: nothing to wait for
+            log.error("engine: %s; the box serves meanwhile and starts it once JACK answers", exc)
+            waiting = True
         self.saver = DebouncedSaver(store, self._saved_board, config.save_delay)
         self.controller = Controller(
             board, self.catalog, self.engine, self._board_changed, lambda: self.health()[1]
@@ -301,7 +309,10 @@ class Box:
             self.saver.changed,
             config.switch_ceiling,
         )
-        await self._load_engine(board, saved is None)
+        if waiting:
+            self.restarting = asyncio.create_task(self._restart_engine(fresh=saved is None))
+        else:
+            await self._load_engine(board, saved is None)
         await self.library.start(saved.get("library") if saved else None)
         await self._start_mixer(saved.get("mixer") if saved else None)
         Tuner(self.controller)

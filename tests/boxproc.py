@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,8 +151,9 @@ class BoxProcess:
         except OSError:
             return ""
 
-    def start(self) -> str:
-        """Start the box and wait until /healthz says running; returns the http base URL."""
+    def start(self, running: bool = True) -> str:
+        """Start the box and wait until /healthz says running (``running=False``: until it
+        answers at all, 503 included); returns the http base URL."""
         argv = [sys.executable, "-m", "appliance", "run", "--config", str(self.config)]
         argv += ["--port", str(self.port)]
         if self.user is not None:
@@ -168,13 +170,13 @@ class BoxProcess:
         finally:
             log.close()
         try:
-            self._wait_healthy()
+            self._wait_healthy(running)
         except BaseException:
             self.stop(signal.SIGKILL)
             raise
         return self.base
 
-    def _wait_healthy(self) -> None:
+    def _wait_healthy(self, running: bool) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + BOX_START_TIMEOUT
         while True:
@@ -184,6 +186,9 @@ class BoxProcess:
                 with urllib.request.urlopen(self.base + "/healthz", timeout=2) as response:
                     if json.loads(response.read()).get("running"):
                         return
+            except urllib.error.HTTPError as exc:
+                if exc.code == 503 and not running:
+                    return
             except OSError:
                 pass
             if time.monotonic() > deadline:

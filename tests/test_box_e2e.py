@@ -701,3 +701,32 @@ async def test_a_killed_jack_server_brings_the_box_back_with_its_board_when_it_r
         assert await asyncio.to_thread(_health_status, box.base) == 200
         assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
         assert _chain(await _replay(box)) == [(gain, "gain", {"gain": -6.0}, False)]
+
+
+async def test_a_box_started_before_its_jack_server_waits_for_it(
+    jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """On the Pi the box may start before JACK answers (appliance-jack still starting, or
+    restarting): the box serves the phones meanwhile (/healthz 503) instead of exiting, and
+    plays its saved board as soon as the server is there."""
+    config = _config(tmp_path, jack_server, "jalv", _one_track(rig))
+    async with _box(config) as box, _phone(box) as phone:
+        await phone.replay()
+        gain = await phone.add("gain", gain=-6.0)
+        await _saved(tmp_path / "data", lambda board: _saved_chain(board) == [(gain, "gain", {"gain": -6.0}, False)])
+    await rig.close()
+    await jack_server.stop()
+    box = BoxProcess(config)
+    await asyncio.to_thread(box.start, False)
+    try:
+        assert await asyncio.to_thread(_health_status, box.base) == 503
+        async with _phone(box) as phone:
+            await phone.replay()
+            await jack_server.start()
+            await rig.open()
+            await _engine_event(phone, "engine-restored")
+        assert await asyncio.to_thread(_health_status, box.base) == 200
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+        assert _chain(await _replay(box)) == [(gain, "gain", {"gain": -6.0}, False)]
+    finally:
+        await asyncio.to_thread(box.stop)
