@@ -46,7 +46,7 @@ pytestmark = pytest.mark.timeout(150)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Very small counts: the whole run in well under 40 s on this machine.
-SMALL = RunSettings(latency_takes=3, changes=5, clients=(1, 20), switches=2, dropout_seconds=2.0)
+SMALL = RunSettings(latency_takes=3, changes=5, clients=(1, 20), switches=1, dropout_seconds=2.0)
 #: The same on the command line.
 SMALL_ARGS = [
     "--quick",
@@ -55,7 +55,7 @@ SMALL_ARGS = [
     "--changes",
     "5",
     "--switches",
-    "2",
+    "1",
     "--dropout-seconds",
     "2",
 ]
@@ -125,11 +125,16 @@ def _assert_box_figures(data: dict[str, Any], settings: RunSettings, interface: 
         assert entry["ms"]["count"] == settings.changes, entry
         assert entry["ms"]["min"] >= 0 and entry["ms"]["max"] > 0, entry
         assert entry["ms"]["p50"] is not None and entry["ms"]["p99"] >= entry["ms"]["p50"], entry
-    for switch in data["switching"]:
+    switching = {s["name"]: s for s in data["switching"]}
+    assert switching.keys() == {"snapshot recall", "pedalboard switch", "pedalboard switch, tail"}
+    for name in ("snapshot recall", "pedalboard switch"):
+        switch = switching[name]
         assert switch["count"] == settings.switches, switch
         assert switch["to_new_sound_ms"]["count"] == settings.switches, switch  # every switch heard
         assert switch["to_new_sound_ms"]["min"] >= 0, switch
-    assert {s["name"] for s in data["switching"]} == {"snapshot recall", "pedalboard switch"}
+    # The boxes here ring the old board's delay on after a switch (spillover: 3 s).
+    tail = switching["pedalboard switch, tail"]
+    assert tail["count"] == settings.switches and tail["tails_continued"] == settings.switches, tail
     dropouts = data["dropouts"]
     assert dropouts["seconds"] > 0.9 * settings.dropout_seconds, dropouts
     assert dropouts["clients"] == 20 and isinstance(dropouts["box_xruns"], int), dropouts
@@ -163,7 +168,7 @@ async def test_virtual_run_reports_every_section(engine_kind: str, tmp_path: Pat
     titles = " ".join(plot["title"] for plot in data["plots"])
     for plot in ("Impulse response", "Latency per take", "Knob-to-sound", "Frequency response"):
         assert plot in titles, titles
-    assert sum(plot["section"] == "switching" for plot in data["plots"]) == 2 * settings.switches
+    assert sum(plot["section"] == "switching" for plot in data["plots"]) == 3 * settings.switches  # recall, switch, tail
 
 
 # -- the real-box path, without hardware ---------------------------------------------

@@ -29,7 +29,9 @@ end. Then the box is a black box, in this order:
    tuner's reference pitch (a control the sound does not depend on), then
    :func:`~hil.rig.analysis.find_dropouts`, beside ``/healthz``'s xruns.
 6. **Switching**: ``SNAPSHOT_RECALL`` between two snapshots and
-   ``PEDALBOARD_LOAD`` between two pedalboards, 6 dB apart, each read with
+   ``PEDALBOARD_LOAD`` between two pedalboards, 6 dB apart; then the tail: a
+   ``PEDALBOARD_LOAD`` away from a board with a delay just as the tone stops
+   (does the old board's echo ring on?). Each read with
    :func:`~hil.rig.analysis.analyse_switch`.
 
 Every time is a frame count on the recording's own clock. A virtual box's
@@ -93,7 +95,12 @@ REPLY_TIMEOUT = 30.0
 #: The pedalboard the box's board is saved as before the rig empties the track.
 SAVED_BOARD = "rig: board before the run"
 #: The pedalboards the switching measurement saves on the box (deleted at the end).
-RIG_PEDALBOARDS = ("rig a", "rig b")
+RIG_PEDALBOARDS = ("rig a", "rig b", "rig tail")
+#: The board whose tail the spillover measurement listens for: echoes every 120 ms,
+#: each 6 dB quieter than the one before.
+TAIL_DELAY = {"time": 120.0, "feedback": 0.5, "wet_dry": 0.5}
+#: After loading the board with the delay: its plugins started and the last board's tail gone.
+SETTLE_BEFORE_TAIL = 1.0
 #: Takes of a latency or dry-path probe before a spoiled one is kept (the rig's machine is busy).
 CLEAN_TAKE_TRIES = 8
 #: Below this level a recording holds nothing that came back, dBFS.
@@ -485,13 +492,20 @@ def _excerpt(recorded: np.ndarray, rate: int, at: int, title: str, marks: dict[s
 
 
 async def measure_switches(
-    s: Session, name: str, kind: str, targets: list[tuple[dict[str, Any], float]], seconds: float
+    s: Session,
+    name: str,
+    kind: str,
+    targets: list[tuple[dict[str, Any], float | None]],
+    seconds: float,
+    before: dict[str, Any] | None = None,
 ) -> SwitchResult:
     """``settings.switches`` switches with ``kind`` requests, cycling through ``targets``.
 
     Each target is (request data, the board's gain after it in dB relative to
     :attr:`Session.base_db`); each switch is asked for 0.2 s into a take of
-    ``seconds``.
+    ``seconds``. With a level of None the tone stops as the switch is asked
+    for: what follows is the old board's tail, if it rings on (spillover).
+    ``before``: a ``PEDALBOARD_LOAD`` sent before each take, not measured.
     """
     rate = s.settings.rate
     analyses = []
@@ -500,12 +514,18 @@ async def measure_switches(
     for index in range(s.settings.switches):
         data, level = targets[index % len(targets)]
         marks: list[int] = []
+        if before is not None:
+            await s.request("PEDALBOARD_LOAD", **before)
+            await asyncio.sleep(SETTLE_BEFORE_TAIL)
+        signal = s.tone(seconds)
+        if level is None:
+            signal[rate // 5 :] = 0.0
 
         async def switch(data: dict[str, Any] = data, marks: list[int] = marks) -> None:
             marks.append(s.rig.position())
             await s.request(kind, **data)
 
-        played, recorded, outcome = await s.rig.record_during(s.tone(seconds), switch, lead_frames=rate // 5)
+        played, recorded, outcome = await s.rig.record_during(signal, switch, lead_frames=rate // 5)
         if isinstance(outcome, Exception):
             raise outcome
         # The recording's silent lead-in and the tone's own end are not the switch's.
@@ -516,7 +536,7 @@ async def measure_switches(
             mark - first,
             reference=delayed(played, s.latency)[first:last],
             span=rate // 2,
-            new_level_db=s.base_db + level,
+            new_level_db=None if level is None else s.base_db + level,
             tolerance_db=HEARD_WITHIN_DB,
         )
         analysis = dataclasses.replace(analysis, silence_start=analysis.silence_start + first)
@@ -553,7 +573,25 @@ async def measure_switching(s: Session) -> list[SwitchResult]:
         ],
         2.0,
     )
-    return [snapshots, boards]
+    return [snapshots, boards, await measure_spillover(s)]
+
+
+async def measure_spillover(s: Session) -> SwitchResult:
+    """A pedalboard switch as the guitar stops, away from a board with a delay: whether its
+    echoes ring on after the switch (the box's spillover) and how loud."""
+    reply = await s.request("PLUGIN_ADD", name="delay", plugin_path="", plugin_id="")
+    delay = str(reply["data"]["plugin_id"])
+    for parameter, value in TAIL_DELAY.items():
+        await s.request("PLUGIN_PARAMETER", plugin_id=delay, parameter_id=parameter, parameter_value=value)
+    await s.request("PEDALBOARD_SAVE", name=RIG_PEDALBOARDS[2], overwrite=True)
+    return await measure_switches(
+        s,
+        "pedalboard switch, tail",
+        "PEDALBOARD_LOAD",
+        [({"name": RIG_PEDALBOARDS[0]}, None)],
+        1.5,
+        before={"name": RIG_PEDALBOARDS[2]},
+    )
 
 
 # -- the run ---
