@@ -29,12 +29,13 @@ import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import jack
 import numpy as np
 
+from hil.rig.analysis import find_gaps
 from hil.rig.analysis import gain_db as gain_db
 from hil.rig.analysis import latency_frames as latency_frames
 from hil.rig.analysis import longest_gap as longest_gap
@@ -51,6 +52,8 @@ TAKE_TIMEOUT_MARGIN = 5.0
 TAKE_POLL_INTERVAL = 0.005
 #: How long opening or closing the rig's JACK clients may take.
 RIG_OPEN_TIMEOUT = 10.0
+#: How long after a missed cycle JACK's notice of the xrun may come, in frames (0.1 s).
+XRUN_REACH = 4800
 #: Takes spoiled by an xrun of the server that a level probe takes again.
 SPOILED_RETAKES = 3
 
@@ -88,6 +91,7 @@ class _Take:
     recorded: np.ndarray  # (length, channels)
     done: bool = False
     xruns: int = 0  # the server's xruns while the take ran: samples may be missing
+    xrun_frames: list[int] = field(default_factory=list)  # where each was told, in frames into the take
 
 
 class Rig:
@@ -132,6 +136,8 @@ class Rig:
         #: The server's xruns during the last take (a plugin client that missed its
         #: cycle leaves a gap in the recording but not in the reference).
         self.last_take_xruns = 0
+        #: Where in the last take JACK told of each xrun, in frames (a little after it happened).
+        self.last_take_xrun_frames: list[int] = []
         #: Where in the last :meth:`record_during` take its action started, in frames.
         self.last_action_frame = 0
         self.samplerate = 0
@@ -200,6 +206,7 @@ class Rig:
         finally:
             self._take = None
         self.last_take_xruns = take.xruns
+        self.last_take_xrun_frames = list(take.xrun_frames)
         return take.reference, take.recorded
 
     async def record_during(
@@ -240,6 +247,22 @@ class Rig:
             if not self.last_take_xruns:
                 return result
         return await take()
+
+    def unexplained_gaps(self, recorded: np.ndarray, offset: int = 0) -> list[tuple[int, int]]:
+        """``(start, length)`` of every gap in ``recorded`` (the last take's samples from
+        ``offset`` on) that no xrun of the server explains.
+
+        JACK tells of an xrun on its notification thread, some cycles after the
+        cycle that was missed; a gap that starts within :data:`XRUN_REACH` frames
+        before such a notice is the server's (every client missed that cycle),
+        not the box's.
+        """
+        notices = self.last_take_xrun_frames
+        return [
+            (gap.start + offset, gap.length)
+            for gap in find_gaps(recorded, min_length=3)
+            if not any(0 <= notice - (gap.start + offset) <= XRUN_REACH for notice in notices)
+        ]
 
     def position(self) -> int:
         """Frames into the take under way (0 when none): when, in the recording, something happened."""
@@ -341,6 +364,8 @@ class Rig:
         take = self._take
         if take is not None and not take.done:
             take.xruns += 1
+            if self._recorder is not None:
+                take.xrun_frames.append(_frames_since(self._frame_time(), take.start))
 
     def _record(self, frames: int) -> None:
         take = self._take
