@@ -24,12 +24,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from types import FrameType
+from typing import Any
 
 import jack  # type: ignore[import-untyped]
 
@@ -42,6 +45,10 @@ log = logging.getLogger("appliance.engine.drypath")
 
 #: How long the keeper may take to wire the dry path and exit once told.
 KEEPER_STOP_TIMEOUT = 2.0
+#: How long the keeper keeps trying to make the dry connections once the box has ended.
+CONNECT_FOR = 30.0
+#: Pause between two tries.
+CONNECT_RETRY = 0.1
 
 Pair = tuple[str, str]
 
@@ -105,6 +112,24 @@ def _ended(signum: int, frame: FrameType | None) -> None:
     raise _Ended
 
 
+def _connect(client: Any, pairs: Sequence[tuple[str, ...]], deadline: float) -> None:
+    """Make every connection, trying again while JACK is busy dropping the dead box's
+    clients (seen to take over 5 s); a pair already connected is done."""
+    waiting = list(pairs)
+    while waiting and time.monotonic() < deadline:
+        for pair in list(waiting):
+            try:
+                client.connect(pair[0], pair[1])
+            except jack.JackErrorCode as exc:
+                if exc.code != errno.EEXIST:
+                    continue  # busy, or a port not there (yet): next round
+            except jack.JackError:
+                continue
+            waiting.remove(pair)
+        if waiting:
+            time.sleep(CONNECT_RETRY)
+
+
 def main(args: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="appliance.engine.drypath")
     parser.add_argument("--server")
@@ -119,9 +144,7 @@ def main(args: list[str] | None = None) -> int:
         with contextlib.suppress(_Ended):
             sys.stdin.buffer.read()  # until the box's end of the pipe closes
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for source, destination in pairs:
-            with contextlib.suppress(jack.JackError):  # already connected, or a port is gone
-                client.connect(source, destination)
+        _connect(client, pairs, time.monotonic() + CONNECT_FOR)
     finally:
         client.close()
     return 0
