@@ -26,7 +26,9 @@ numpy slicing and copying only; the loop polls for the end of the take.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +78,34 @@ def _frames_since(now: int, start: int) -> int:
 def difference_db(a: np.ndarray, b: np.ndarray) -> float:
     """Level of ``a - b`` relative to ``b`` in dB (how different two takes are)."""
     return rms_db(a - b) - rms_db(b)
+
+
+async def in_daemon_thread(work: Callable[[], object], timeout: float) -> None:
+    """Run blocking JACK work on a daemon thread and wait ``timeout`` for it.
+
+    ``jack_deactivate`` was seen to hang for good: on the loop's default
+    executor that thread would hold the whole test run at exit; a daemon
+    thread is left behind and the test fails with a TimeoutError instead.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if not done.done():
+            done.set_result(None) if exc is None else done.set_exception(exc)
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            outcome: BaseException | None = exc
+        else:
+            outcome = None
+        with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="rig-jack", daemon=True).start()
+    await asyncio.wait_for(done, timeout)
 
 
 # -- the rig ------------------------------------------------------------------------
@@ -164,7 +194,7 @@ class Rig:
 
     async def close(self) -> None:
         """Deactivate and close both clients."""
-        await asyncio.wait_for(asyncio.to_thread(self._close), RIG_OPEN_TIMEOUT)
+        await in_daemon_thread(self._close, RIG_OPEN_TIMEOUT)
 
     async def play_and_record(
         self, signal: np.ndarray, extra_frames: int = 0, timeout: float | None = None
@@ -450,7 +480,7 @@ class MockInterface:
 
     async def close(self) -> None:
         """Deactivate and close both clients."""
-        await asyncio.wait_for(asyncio.to_thread(self._close), RIG_OPEN_TIMEOUT)
+        await in_daemon_thread(self._close, RIG_OPEN_TIMEOUT)
 
     async def loopback(self) -> None:
         """Plug the calibration cable: line out straight into line in."""
