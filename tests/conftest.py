@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -67,6 +67,22 @@ def require_jalv_tools() -> None:
 # Virtual rig: a private JACK dummy server and the play/record test clients.
 # Used by the engine contract suite (tests/test_engine_contract.py) and audio tests.
 # ======================================================================================
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that ran on ``jack_server`` shows the server's last words.
+
+    A box that cannot reach JACK is often JACK's doing; its output is then
+    the only witness left (CI prints the report, not the machine).
+    """
+    report: pytest.TestReport = yield
+    server = getattr(item, "funcargs", {}).get("jack_server")
+    if report.failed and isinstance(server, JackServer):
+        report.sections.append((f"jackd {server.name}: last lines", server.output_tail() or "(nothing)"))
+    return report
 
 
 @pytest_asyncio.fixture

@@ -175,6 +175,19 @@ async def test_killed_server_reports_engine_death(
     assert "engine-restored" not in [e.kind for e in events]
 
 
+async def test_a_host_told_to_end_closes_carla_before_it_exits(
+    carla: CarlaEngine, events: list[EngineEvent]
+) -> None:
+    """When the box dies, setpriv sends its Carla host SIGTERM: the host closes Carla, so every
+    plugin's JACK client leaves the graph, and exits 0. Dead at once instead, its clients stay in
+    JACK's graph failing every cycle, and jackd 1.9.21 was seen to wedge for good under that storm
+    of xrun notices: on stage, no box could have come back until a reboot."""
+    await carla.add_plugin(TRACK, "amp", AMP, 0, {"gain": 0.0})
+    carla.kill_host(signal.SIGTERM)
+    died = await _wait_for(events, "engine-died")
+    assert died.message.endswith("exit status 0"), died.message
+
+
 @pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGABRT], ids=["SIGSEGV", "SIGABRT"])
 async def test_a_native_crash_is_a_gap_not_an_outage(
     carla: CarlaEngine, rig: Rig, events: list[EngineEvent], sig: signal.Signals

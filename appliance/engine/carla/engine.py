@@ -400,6 +400,8 @@ class CarlaEngine(JackChainEngine):
         """One plugin died inside a running host (its bridge crashed): the track passes it
         dry while it is removed and loaded again with its values; given up after too many."""
         host = self._host
+        for gone in self._plugin_policies.keys() - self._plugins.keys():
+            del self._plugin_policies[gone]  # removed since: a new plugin by that id starts afresh
         policy = self._plugin_policies.get(slot.id)
         if policy is None:
             policy = self._plugin_policies[slot.id] = RespawnPolicy(

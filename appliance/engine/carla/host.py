@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import logging
 import queue
+import signal
 import socket
 import sys
 import time
@@ -60,6 +61,8 @@ SETTLE_CYCLES = 2
 SETTLE_ROUNDS = 2
 #: Longest :meth:`CarlaHost._settle` waits for JACK's cycles to move on.
 SETTLE_TIMEOUT = 1.0
+#: Seconds the host has, once told to end by SIGTERM, to close Carla before it dies anyway.
+CLOSE_DEADLINE = 3
 
 
 @dataclass(eq=False)
@@ -481,6 +484,21 @@ class CarlaHost:
         return None
 
 
+def _end_soon(owner: OwnerLoop) -> None:
+    """SIGTERM: the box has died (``setpriv --pdeathsig``) or gives up on us.
+
+    The owner loop ends and Carla closes its engine, so that every plugin's
+    JACK client leaves the graph before the process exits. Dying at once
+    would leave them all in JACK's graph, each failing every cycle until the
+    server notices; JACK 1.9.21 was seen to wedge for good under that storm
+    of xrun notices (its own notice socket overflows mid-message), and then
+    no box could come back. SIGALRM's default action ends the process if
+    the close itself hangs.
+    """
+    owner.stop()
+    signal.alarm(CLOSE_DEADLINE)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the host until the box closes the pipe or Carla's engine stops."""
     parser = argparse.ArgumentParser(prog="appliance.engine.carla.host")
@@ -507,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
 
     host = CarlaHost(CarlaPaths(args.lib_dir, args.share_dir), args.client, args.bridges, send, stop)
     owner = OwnerLoop(sock, host.handle, host.idle, IDLE_INTERVAL)
+    signal.signal(signal.SIGTERM, lambda signum, frame: _end_soon(owner))
     try:
         ready = host.open()
     except EngineError as exc:
