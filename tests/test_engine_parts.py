@@ -4,9 +4,12 @@ one jalv process, and the JACK wiring's resilience."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import jack
@@ -16,7 +19,7 @@ from appliance.engine import TrackPorts
 from appliance.engine.carla import pipe
 from appliance.engine.carla.ownerloop import OwnerLoop
 from appliance.engine.chain import Stage
-from appliance.engine.jackserver import JackServer
+from appliance.engine.jackserver import DummySettings, JackServer, unique_server_name
 from appliance.engine.jalvproc import STDIN_BACKLOG_LIMIT, JalvProcess, jalv_argv
 from appliance.engine.respawn import RespawnPolicy, RespawnSettings
 from appliance.engine.wiring import JackWiring, plan_wiring
@@ -263,3 +266,25 @@ async def test_wiring_closes_its_client_when_activate_fails(jack_server: JackSer
         await wiring.open()
     assert FailingActivateClient.closed == ["wire-refused"]
     assert not wiring.is_open
+
+
+#: JACK's registry of running servers: eight slots, one per server name.
+JACK_REGISTRY = Path("/dev/shm/jack-shm-registry")
+
+
+def _registered(server: str) -> bool:
+    """Whether a server of this name holds one of JACK's eight slots."""
+    return f":{server}:".encode() in JACK_REGISTRY.read_bytes()
+
+
+async def test_a_server_that_will_not_stop_is_killed_and_gives_back_its_slot() -> None:
+    """A jackd that ignores SIGTERM (wedged; here stopped with SIGSTOP) is killed, and its slot
+    among JACK's eight is given back. Left taken, eight of them and no JACK server starts on the
+    machine (one wedged server in a suite run once cost 32 tests), until /dev/shm is cleared."""
+    server = JackServer(unique_server_name("wedged"), DummySettings())
+    await server.start()
+    assert server.pid is not None and _registered(server.name)
+    os.kill(server.pid, signal.SIGSTOP)
+    await server.stop()
+    assert not server.is_running
+    assert not _registered(server.name), "the killed server's slot is still taken"

@@ -246,8 +246,9 @@ class JackServer:
             self._output.append(text)
             log.debug("jackd %s: %s", self.name, text)
 
-    async def _reap(self) -> None:
+    async def _reap(self, reclaim: bool = True) -> None:
         proc, self._proc = self._proc, None
+        killed = False
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
@@ -259,9 +260,25 @@ class JackServer:
                     proc.kill()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), SERVER_STOP_TIMEOUT)
+                killed = True
         pump, self._pump = self._pump, None
         if pump is not None:
             try:
                 await asyncio.wait_for(pump, PROBE_TIMEOUT)
             except (TimeoutError, asyncio.CancelledError):
                 pump.cancel()
+        if killed and reclaim:
+            await self._reclaim_slot()
+
+    async def _reclaim_slot(self) -> None:
+        """Give back the slot of a server just killed outright (JACK keeps it until a server
+        of the same name starts again): start one, and stop it cleanly. Its last words stay
+        in :meth:`output_tail`."""
+        last_words = list(self._output)
+        try:
+            await self._start_named(realtime=False)
+        except EngineError as exc:
+            log.warning("jack server %s: its slot may stay taken: %s", self.name, exc)
+        await self._reap(reclaim=False)
+        self._output.clear()
+        self._output.extend(last_words)
