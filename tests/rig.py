@@ -58,6 +58,12 @@ RIG_OPEN_TIMEOUT = 10.0
 XRUN_REACH = 4800
 #: Takes spoiled by an xrun of the server that a level probe takes again.
 SPOILED_RETAKES = 3
+#: How long a parked audio thread sleeps: longer than any run; JACK's cancel ends it first.
+PARK_SECONDS = 24 * 3600.0
+#: How long closing waits for each audio thread to park (one that runs no cycles never will).
+PARK_TIMEOUT = 2.0
+#: Pause between the last thread parking and the cancel, so that it is asleep by then.
+PARK_SETTLE = 0.05
 
 _WRAP = 1 << 32
 
@@ -78,6 +84,40 @@ def _frames_since(now: int, start: int) -> int:
 def difference_db(a: np.ndarray, b: np.ndarray) -> float:
     """Level of ``a - b`` relative to ``b`` in dB (how different two takes are)."""
     return rms_db(a - b) - rms_db(b)
+
+
+class Parking:
+    """Closes JACK clients whose process callbacks are Python, without deadlocking the process.
+
+    JACK2 ends a realtime client's audio thread with ``pthread_cancel`` when the
+    client is deactivated. Cancelled while it waits for the GIL, the thread
+    dies holding the GIL's mutex and every thread of the process then waits
+    for good (the suite hung past its own timeout so). So, before the cancel,
+    each process callback calls :meth:`check` and parks: it sleeps with the GIL
+    released, and the cancel finds it there. A non-realtime client's thread is
+    stopped cooperatively instead and must not be parked.
+    """
+
+    def __init__(self) -> None:
+        self._requested = False
+        self._arrived = threading.Semaphore(0)
+
+    def check(self) -> None:
+        """Audio thread, first thing in each process callback: park if closing."""
+        if self._requested:
+            self._arrived.release()
+            time.sleep(PARK_SECONDS)
+
+    def close(self, clients: Sequence[jack.Client]) -> None:
+        """Deactivate and close ``clients``, each with a parking process callback. Blocking."""
+        if clients and clients[0].realtime:
+            self._requested = True
+            parked = [self._arrived.acquire(timeout=PARK_TIMEOUT) for _ in clients]
+            if any(parked):
+                time.sleep(PARK_SETTLE)
+        for client in clients:
+            client.deactivate()
+            client.close()
 
 
 async def in_daemon_thread(work: Callable[[], object], timeout: float) -> None:
@@ -172,6 +212,7 @@ class Rig:
         self.last_action_frame = 0
         self.samplerate = 0
         self.blocksize = 0
+        self._parking = Parking()
 
     @property
     def play_ports(self) -> tuple[str, ...]:
@@ -345,6 +386,7 @@ class Rig:
         player = jack.Client(self._names[0], servername=self.server_name, no_start_server=True)
         recorder = jack.Client(self._names[1], servername=self.server_name, no_start_server=True)
         self._player, self._recorder = player, recorder
+        self._parking = Parking()  # a rig opened again plays again
         player.set_process_callback(self._play)
         recorder.set_process_callback(self._record)
         recorder.set_xrun_callback(self._xrun)
@@ -362,15 +404,13 @@ class Rig:
             recorder.connect(source, target)
 
     def _close(self) -> None:
-        for client in (self._player, self._recorder):
-            if client is not None:
-                client.deactivate()
-                client.close()
+        self._parking.close([c for c in (self._player, self._recorder) if c is not None])
         self._player = self._recorder = None
 
     # -- JACK's audio thread ---------------------------------------------------------
 
     def _play(self, frames: int) -> None:
+        self._parking.check()
         if self._stall:
             stall, self._stall = self._stall, 0.0
             time.sleep(stall)  # on purpose: the rig plays a misbehaving client
@@ -398,6 +438,7 @@ class Rig:
                 take.xrun_frames.append(_frames_since(self._frame_time(), take.start))
 
     def _record(self, frames: int) -> None:
+        self._parking.check()
         take = self._take
         recorder = self._recorder
         ref = self._ref
@@ -453,6 +494,7 @@ class MockInterface:
         self._clients: tuple[jack.Client, ...] = ()
         self._ports: dict[str, jack.OwnPort] = {}
         self._line = np.zeros(0, dtype=np.float32)
+        self._parking = Parking()
 
     @property
     def playback(self) -> str:
@@ -500,6 +542,7 @@ class MockInterface:
         out = jack.Client(self._names[0], servername=self.server_name, no_start_server=True)
         inp = jack.Client(self._names[1], servername=self.server_name, no_start_server=True)
         self._clients = (out, inp)
+        self._parking = Parking()
         self._line = np.zeros(self.delay + out.blocksize, dtype=np.float32)
         out.set_process_callback(self._play)
         inp.set_process_callback(self._capture)
@@ -513,14 +556,13 @@ class MockInterface:
         inp.activate()
 
     def _close(self) -> None:
-        for client in self._clients:
-            client.deactivate()
-            client.close()
+        self._parking.close(self._clients)
         self._clients = ()
 
     # -- JACK's audio thread ---------------------------------------------------------
 
     def _play(self, frames: int) -> None:
+        self._parking.check()
         source = self._ports["playback"].get_array()
         target = self._ports["line_out"].get_array()
         delay, line = self.delay, self._line
@@ -534,4 +576,5 @@ class MockInterface:
         line[:delay] = line[frames : frames + delay]
 
     def _capture(self, frames: int) -> None:
+        self._parking.check()
         self._ports["capture"].get_array()[:] = self._ports["line_in"].get_array()

@@ -330,6 +330,51 @@ async def test_real_box_path_takes_out_the_interface(jack_server: JackServer, tm
     assert left == [], f"the run left its pedalboards in the player's library: {left}"
 
 
+#: A process that opens and closes the rig's clients while another Python thread keeps the GIL busy.
+BUSY_CLOSE = """
+import asyncio, sys, threading
+from tests.rig import MockInterface, Rig
+
+def spin():
+    while True:
+        sum(range(1000))
+
+threading.Thread(target=spin, daemon=True).start()
+
+async def main():
+    for _ in range(int(sys.argv[2])):
+        for rig in (Rig(sys.argv[1]), MockInterface(sys.argv[1])):
+            await rig.open()
+            await asyncio.sleep(0.05)
+            await rig.close()
+
+asyncio.run(main())
+"""
+#: Open-and-close rounds; each closes four clients.
+BUSY_CLOSE_ROUNDS = 10
+
+
+async def test_closing_the_rig_while_python_is_busy_never_deadlocks(jack_server: JackServer) -> None:
+    """The rig's clients, closed while another thread holds the GIL, let the process go on.
+
+    Broken (JACK cancels an audio thread that waits for the GIL), the process freezes for
+    good with every thread waiting for the GIL, and no timeout inside it can fire: a whole
+    suite or rig run hangs until something outside kills it.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", BUSY_CLOSE, jack_server.name, str(BUSY_CLOSE_ROUNDS), cwd=ROOT
+    )
+    try:
+        code = await asyncio.wait_for(proc.wait(), COMMAND_TIMEOUT)
+    except TimeoutError:
+        pytest.fail(f"the process froze closing the rig's clients (no exit within {COMMAND_TIMEOUT} s)")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 0
+
+
 def test_box_url_gives_healthz_and_token_path() -> None:
     """A box's ws:// URL gives its /healthz base and a handshake path carrying the token.
 
