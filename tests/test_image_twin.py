@@ -378,23 +378,27 @@ def test_the_root_is_read_only_and_the_data_partition_writable(stage: Stage) -> 
     assert after == before, "the root partition was written after first boot"
 
 
+def _restarted_with_its_board(stage: Stage, signal: str, said: str) -> None:
+    """Send the box's main process ``signal``; systemd must have it serving again after exactly
+    one restart, with the board it played. The time it took is printed through ``said``."""
+    twin = stage.up()
+    playing = shape(board(stage))
+    before = twin.unit("appliance.service", "MainPID", "NRestarts")
+    sent = time.monotonic()
+    twin.run("systemctl", "kill", "--kill-whom=main", f"--signal={signal}", "appliance.service")
+    after = stage.wait_active(before)
+    print(said.format(time.monotonic() - sent), f"(restarts {before['NRestarts']} -> {after['NRestarts']})")
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
+    assert shape(board(stage)) == playing
+
+
 def test_kill_9_of_the_box_brings_it_back_with_the_same_board(stage: Stage) -> None:
     """kill -9 of the box: systemd starts it again and it serves the same board. Broken,
     a crash leaves the player with no box, or with an empty board, until a power cycle."""
-    twin = stage.up()
+    stage.up()
     plugin = ensure_plugin(stage)
     set_gain(stage, plugin["plugin_id"], -7.5)
-    playing = shape(board(stage))
-    before = twin.unit("appliance.service", "MainPID", "NRestarts")
-    killed = time.monotonic()
-    twin.run("systemctl", "kill", "--kill-whom=main", "--signal=SIGKILL", "appliance.service")
-    after = stage.wait_active(before)
-    print(
-        f"kill -9: the box serving again {time.monotonic() - killed:.2f} s after the kill "
-        f"(restarts {before['NRestarts']} -> {after['NRestarts']})"
-    )
-    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
-    assert shape(board(stage)) == playing
+    _restarted_with_its_board(stage, "SIGKILL", "kill -9: the box serving again {:.2f} s after the kill")
 
 
 def test_the_watchdog_restarts_a_hung_box_with_its_board(stage: Stage) -> None:
@@ -416,18 +420,13 @@ def test_the_watchdog_restarts_a_hung_box_with_its_board(stage: Stage) -> None:
         assert twin.unit("appliance.service", "WatchdogUSec")["WatchdogUSec"] == SHORT_WATCHDOG
         plugin = ensure_plugin(stage)
         set_gain(stage, plugin["plugin_id"], -4.0)
-        playing = shape(board(stage))
-        before = twin.unit("appliance.service", "MainPID", "NRestarts")
-        hung = time.monotonic()
-        twin.run("systemctl", "kill", "--kill-whom=main", "--signal=SIGSTOP", "appliance.service")
-        after = stage.wait_active(before)
-        print(
-            f"watchdog: a hung box serving again {time.monotonic() - hung:.2f} s after it hung "
-            f"(watchdog {SHORT_WATCHDOG}, RestartSec 200 ms)"
+        _restarted_with_its_board(
+            stage,
+            "SIGSTOP",
+            f"watchdog: a hung box serving again {{:.2f}} s after it hung "
+            f"(watchdog {SHORT_WATCHDOG}, RestartSec 200 ms)",
         )
-        assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
         assert any("Watchdog timeout" in line for line in messages(stage, "-b", "-u", "appliance"))
-        assert shape(board(stage)) == playing
     finally:
         twin.run("rm", "-f", str(dropin), check=False)
         twin.run("systemctl", "daemon-reload", check=False)
