@@ -59,7 +59,7 @@ class JackConfig:
 
 @dataclass(frozen=True)
 class CarlaConfig:
-    """Carla runs on the JACK server of ``engine.jack``, one JACK client per plugin."""
+    """Carla runs on the JACK server of ``engine.jack``, one JACK client per track (rack mode)."""
 
     prefix: Path | None = None
     bridges: bool = False
@@ -238,7 +238,7 @@ def parse(data: object, path: Path) -> Config:
         if gone in c.data:
             raise ConfigError(
                 c.key(gone),
-                "Carla now always runs on JACK (one JACK client per plugin); remove this key and "
+                "Carla now always runs on JACK (one JACK client per track); remove this key and "
                 "set the sound card's rate and period on the JACK server",
             )
     carla = CarlaConfig(_resolve(base, c.get("prefix", str, None)), c.get("bridges", bool, False))

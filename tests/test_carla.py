@@ -24,7 +24,7 @@ import pytest_asyncio
 from appliance.catalog import Catalog
 from appliance.config import CarlaConfig, JackConfig
 from appliance.controls import Control, PluginType
-from appliance.engine import EngineEvent, SavedPlugin, TrackPorts
+from appliance.engine import EngineEvent, OwnPlugins, SavedPlugin, TrackPorts
 from appliance.engine.carla.engine import CarlaEngine
 from appliance.engine.jackserver import JackServer
 from appliance.engine.respawn import RespawnSettings
@@ -129,10 +129,13 @@ async def test_bypass_uses_drywet_without_an_enable_port(
     assert await asyncio.to_thread(_connections, jack_server.name, rig.rec_ports[0]) == wired
 
 
-async def test_bypass_reroutes_without_enable_port_or_drywet(carla: CarlaEngine, rig: Rig) -> None:
-    """a-comp told it has no enable port (2 in, 1 out: no dry/wet) is bypassed by rewiring."""
+async def test_bypass_takes_it_out_of_the_rack_without_enable_port_or_drywet(
+    carla: CarlaEngine, rig: Rig
+) -> None:
+    """a-comp told it has no enable port (2 in, 1 out: no dry/wet) leaves the rack while bypassed
+    (the chain closes up, dry) and comes back at its place with its values."""
     await carla.add_plugin(TRACK, "comp", COMP_NO_ENABLE, 0, {"mak": 10.0})
-    assert carla.bypass_mode("comp") == "reroute"
+    assert carla.bypass_mode("comp") == "absent"
     assert await rig.gain_until(lambda g: g > 3.0, PROBE) > 3.0
     await carla.set_bypass("comp", True)
     assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
@@ -226,7 +229,7 @@ async def test_a_crash_while_a_board_loads_keeps_the_board(
         )
     )
     async with asyncio.timeout(EVENT_TIMEOUT):
-        while not carla.info().details.get("starting"):
+        while len(carla.chain(TRACK)) < 3:
             await asyncio.sleep(0.001)
     carla.kill_host(signal.SIGKILL)
     assert await loading == {}
@@ -243,7 +246,7 @@ async def test_a_crash_during_a_plugins_preroll_brings_it_back(
     carla.preroll = 2.0
     adding = asyncio.ensure_future(carla.add_plugin(TRACK, "b", AMP, 1, {"gain": -3.0}))
     async with asyncio.timeout(EVENT_TIMEOUT):
-        while carla.info().details.get("starting") != 1 or "b" not in carla._hosted_by:
+        while carla.info().details.get("starting") != 1:
             await asyncio.sleep(0.005)
     await asyncio.sleep(0.3)  # well inside the pre-roll
     carla.kill_host(signal.SIGKILL)
@@ -463,5 +466,63 @@ async def test_a_crashed_bridge_is_reloaded_with_its_values_and_the_chain_plays_
         assert await rig.gain_until(_near(-3.0), PROBE) == pytest.approx(-3.0, abs=TOLERANCE_DB)
         assert engine.host_pid == host, "the whole host was restarted for one bridge"
         assert engine.chain(TRACK) == ["first", "second"]
+    finally:
+        await engine.stop()
+
+
+async def test_a_warm_board_wakes_in_its_host_instead_of_loading(
+    jack_server: JackServer, rig: Rig, own_plugins: OwnPlugins
+) -> None:
+    """The setlist's next board waits loaded in a host of its own, silent and running no DSP; a
+    switch to it (other values than it was prepared with) wakes that very host, so the player
+    hears it at once and with the values asked for. Broken, NEXT would start a new host."""
+    engine = _engine(jack_server.name, rig, [], own=own_plugins)
+    await engine.start()
+    try:
+        await engine.add_plugin(TRACK, "old", AMP, 0, {"gain": -6.0})
+        engine.prepare([[SavedPlugin(TRACK, "?", AMP, {"gain": -20.0})]])
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            while not engine.host_pids()["warm"]:
+                await asyncio.sleep(0.01)
+        (warm,) = engine.host_pids()["warm"]
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+
+        async def switch() -> None:
+            await engine.switch_board([SavedPlugin(TRACK, "new", AMP, {"gain": -12.0})], 0.0, lambda: None)
+
+        reference, recorded, outcome = await rig.record_during(sine(1000.0, 24000, 48000, -12.0), switch)
+        assert outcome is None, outcome
+        assert engine.host_pids()["live"] == [warm], "the switch did not wake the warm host"
+        assert engine.chain(TRACK) == ["new"]
+        assert await rig.gain_until(_near(-12.0), PROBE) == pytest.approx(-12.0, abs=TOLERANCE_DB)
+        gains = window_gains(recorded[:, 0], reference)
+        heard = next(i for i, g in enumerate(gains) if abs(g + 12.0) < 1.0 and i * 480 > rig.last_action_frame)
+        print(f"request to new sound: {(heard * 480 - rig.last_action_frame) / 48:.1f} ms (10 ms windows)")
+    finally:
+        await engine.stop()
+
+
+async def test_warm_racks_follow_what_is_prepared(
+    jack_server: JackServer, rig: Rig, own_plugins: OwnPlugins
+) -> None:
+    """Preparing other boards ends the warm hosts nobody needs any more and loads the new ones;
+    a switch to a board nobody prepared still works (a cold start)."""
+    engine = _engine(jack_server.name, rig, [], own=own_plugins)
+    await engine.start()
+    try:
+        engine.prepare([[SavedPlugin(TRACK, "?", AMP, {"gain": -20.0})]])
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            while not engine.host_pids()["warm"]:
+                await asyncio.sleep(0.01)
+        (first,) = engine.host_pids()["warm"]
+        engine.prepare([[SavedPlugin(TRACK, "?", TS9, {})]])
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            while engine.host_pids()["warm"] in ([], [first]):
+                await asyncio.sleep(0.01)
+        with pytest.raises(ProcessLookupError):
+            os.kill(first, 0)
+        await engine.switch_board([SavedPlugin(TRACK, "cold", AMP, {"gain": -3.0})], 0.0, lambda: None)
+        assert await rig.gain_until(_near(-3.0), PROBE) == pytest.approx(-3.0, abs=TOLERANCE_DB)
+        assert len(engine.host_pids()["warm"]) == 1, "the prepared board's warm host went away"
     finally:
         await engine.stop()

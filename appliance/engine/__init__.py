@@ -1,10 +1,9 @@
 """The engine port: the one interface the board drives, whatever hosts the plugins.
 
 Adapters: :class:`appliance.engine.jalv.JalvEngine` (each plugin a ``jalv``
-process on JACK, Debian packages only) and
-:class:`appliance.engine.carla.engine.CarlaEngine` (every plugin in one Carla
-host process); both chain their plugins with JACK connections
-(:mod:`appliance.engine.jackengine`). Only
+process on JACK, chained by JACK connections, Debian packages only) and
+:class:`appliance.engine.carla.engine.CarlaEngine` (each track's chain in one
+Carla host process in rack mode: one JACK client, one realtime callback). Only
 :mod:`appliance.app` chooses one. Every method is called from the asyncio
 loop's thread; adapters do their blocking work elsewhere.
 
@@ -236,6 +235,15 @@ class Engine(abc.ABC):
     def chain(self, track_id: str) -> list[str]:
         """Plugin ids of a track in order, as the engine holds them."""
         raise NotImplementedError
+
+    def prepare(self, boards: Sequence[Sequence[SavedPlugin]]) -> None:
+        """Boards a :meth:`switch_board` may ask for next (the setlist's neighbours).
+
+        An engine that can keeps them loaded and idle (no DSP), so that the
+        switch is heard within a period and a fade; the plugin ids in them
+        are placeholders. Never waits; the default does nothing.
+        """
+        return None
 
     # -- what the box hears: meters and the tuner ---------------------------------
 

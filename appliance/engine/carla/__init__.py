@@ -1,4 +1,4 @@
-"""The Carla engine: every plugin hosted by Carla, in a child process, wired by JACK.
+"""The Carla engine: each track's chain in one Carla host process (rack mode), wired by JACK.
 
 * :mod:`.install`: finding an installation (no Carla needed to import this).
 * :mod:`.pipe`: the line protocol between the box and its Carla host process.

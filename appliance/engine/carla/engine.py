@@ -1,20 +1,32 @@
-"""The Carla engine: plugins hosted by Carla in a child process, chained by JACK.
+"""The Carla engine: each track's chain in one Carla host process, in rack mode.
 
-The host process (:mod:`.host`, driven through :class:`.process.CarlaHostProcess`)
-runs Carla in JACK's multiple-clients mode, so every plugin is a JACK client
-and the chains are JACK connections made by the same wiring as the jalv
-engine's (:mod:`appliance.engine.jackengine`). What is Carla's here:
+A track's whole chain is one :class:`Rack`: one host process (:mod:`.host`)
+whose one JACK client runs every plugin in series in one realtime callback,
+with the box's own plugins around the board's::
 
-* **Bypass** is the plugin's own enable control, else Carla's dry/wet at 0
-  (both inside the host, no rewiring), else the chain routes around it.
-* **A new plugin pre-rolls** unconnected for :data:`PLUGIN_PREROLL`, so that
-  it enters the chain with its controls settled (Carla sets values after
-  activation and many plugins smooth from there).
-* **A crashed or wedged host** (a segfault in Carla or a plugin, no heartbeat
-  for ``hang_timeout``, a request not answered) is killed if need be and
-  reported (``engine-died``); every track plays dry meanwhile; a new host is
-  started and every plugin reloaded with its values and bypass; then
-  ``engine-restored`` says how long the gap was. The box's control plane
+    track inputs ─▶ RACK:audio-in1/2 ─▶ meter · [tuner] · head fader · plugins… · tail fader · meter
+                                                                       ─▶ RACK:audio-out1/2 ─▶ track outputs
+
+The box's wiring client (:mod:`appliance.engine.wiring`) connects each
+rack to its track's endpoints; nothing else changes in JACK's graph while
+a board plays. What lives where:
+
+* **Structure** (add, remove, move) and **bypass** are Carla's own rack
+  operations (see :mod:`.host` for why each is safe while audio runs). A new
+  plugin enters dry at its place and runs with its values for
+  :data:`PLUGIN_PREROLL` before it is heard; a dry/wet bypass is ramped over
+  :data:`~appliance.engine.faders.FADE_TIME`.
+* **A board switch** starts the new board in new racks beside the playing
+  ones (or takes them from the **warm standby**: racks loaded for the
+  setlist's neighbours that run no DSP while they wait), fades over with the
+  faders inside the racks, and lets the old racks' tails ring out before
+  their hosts end.
+* **A crashed or wedged host** (a segfault in Carla or a plugin, no
+  heartbeat for ``hang_timeout``) is killed if need be and reported
+  (``engine-died``); its track plays dry meanwhile; a new host is started
+  with the chain, its values and bypass; ``engine-restored`` says how long
+  the gap was. With bridges, a crashed plugin leaves the rack (its place
+  passes dry) and is loaded again with its values. The box's control plane
   never stops serving: the crash is in another process.
 
 Loop thread only.
@@ -24,51 +36,159 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import itertools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ...config import CarlaConfig, JackConfig
-from ...controls import Control, Kind
-from ...errors import EngineError, PluginLoadFailed, UnknownPlugin
+from ...controls import Control, Kind, PluginType
+from ...errors import ApplianceError, EngineError, HardwareError, PluginLoadFailed, UnknownPlugin
 from .. import (
+    ENGINE_START_TIMEOUT,
     NO_OWN_PLUGINS,
     PLUGIN_START_TIMEOUT,
+    Engine,
     EngineEvent,
     EngineInfo,
     EventSink,
     OwnPlugins,
+    SavedPlugin,
     TrackPorts,
+    find_chain,
+    find_plugin,
 )
-from ..jackengine import JackChainEngine, Slot, safe_name
-from ..jackserver import DummySettings
+from ..chain import Stage
+from ..drypath import DryPathKeeper
+from ..faders import FADE_STEPS, FADE_TIME, FADER_CONTROL, fader_type, fader_values, ramp
+from ..jackserver import DummySettings, JackServer, unique_server_name
+from ..meters import meter_level, tuner_reading
 from ..respawn import DEFAULT_RESPAWN, RespawnPolicy, RespawnSettings
-from ..wiring import JACK_CALL_TIMEOUT, Changer, Connection
+from ..wiring import JACK_CALL_TIMEOUT, JackWiring, WiringPlan, plan_wiring
 from .install import BRIDGE_BINARY, CarlaPaths, find_carla
 from .process import CarlaHostProcess
 
 log = logging.getLogger("appliance.engine.carla")
 
-#: How long a new plugin runs unconnected before it joins its chain (control smoothing).
-PLUGIN_PREROLL = 0.3
-#: How long a quick request to the host (remove, read values) may take.
+#: How long a new plugin runs dry at its place before it is heard (its controls settle).
+PLUGIN_PREROLL = 0.1
+#: How long a quick request to a host (remove, move, read values) may take.
 CARLA_CALL_TIMEOUT = 5.0
 #: A host silent for this long (no heartbeat) is wedged and is killed.
 HOST_HANG_TIMEOUT = 5.0
-#: How often the heartbeat is checked.
+#: How often the heartbeats are checked.
 HANG_CHECK_INTERVAL = 1.0
-#: How long a new plugin's JACK ports may take to show, once Carla has added it.
-PORTS_TIMEOUT = 5.0
-#: Carla keeps plugin names (its JACK client names here) this short.
-CARLA_NAME_MAX = 57
+#: How many racks may wait in warm standby (the setlist's next and previous board, per track).
+WARM_LIMIT = 2
+#: Pause before retrying connections that failed.
+REWIRE_RETRY_INTERVAL = 0.1
+#: Retries of failed connections before giving up until the next change.
+REWIRE_RETRY_LIMIT = 50
+#: JACK client names are at most this long.
+CLIENT_NAME_MAX = 63
+
+Role = Literal["live", "warm", "ringing"]
+#: Requests that change a rack's chain (the test hook ``graph_fault`` runs before each).
+STRUCTURAL = frozenset({"add", "remove", "move", "bypass"})
+#: Host ids of the box's own plugins in a rack, in rack order around the board's.
+HEAD_OWN = ("meter-in", "tuner", "head")
+TAIL_OWN = ("tail", "meter-out")
 
 
-class CarlaEngine(JackChainEngine):
-    """Hosts the plugins in a Carla host process and wires the chains with JACK.
+@dataclass(eq=False)
+class Member:
+    """One plugin in a rack, as the box sees it. Loop thread only.
+
+    Attributes:
+        id: the box's plugin id (the board's), or the own plugin's role.
+        hosted: its id inside the host process.
+        mode: how its host bypasses it (``enable-port``, ``drywet``,
+            ``absent``), once loaded.
+        up: loaded in the rack's host now (False: the track passes dry there).
+        prerolling: entered dry and not heard yet; its bypass waits.
+        readings: its output controls (meters), as its host last read them.
+    """
+
+    id: str
+    type: PluginType
+    values: dict[str, float]
+    bypass: bool = False
+    hosted: str = ""
+    mode: str = ""
+    up: bool = False
+    prerolling: bool = False
+    readings: dict[str, float] = field(default_factory=dict)
+    ramp: asyncio.Task[None] | None = None
+
+
+@dataclass(eq=False)
+class Rack:
+    """One track's chain in one Carla host process.
+
+    Attributes:
+        members: the board's plugins, in chain order.
+        own: the box's own plugins in it, by role (``meter-in``, ``tuner``,
+            ``head``, ``tail``, ``meter-out``).
+        role: ``live`` (the board playing), ``warm`` (loaded for a board to
+            come, running no DSP) or ``ringing`` (an old board's tails).
+        down: its host died; the track plays dry until it is back.
+        shape: the plugin URIs in order (what a warm rack can stand in for).
+    """
+
+    track_id: str
+    role: Role
+    members: list[Member] = field(default_factory=list)
+    own: dict[str, Member] = field(default_factory=dict)
+    host: CarlaHostProcess | None = None
+    client: str = ""
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    down: bool = False
+    load: float = 0.0
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def shape(self) -> tuple[str, ...]:
+        return tuple(m.type.uri for m in self.members)
+
+    @property
+    def is_up(self) -> bool:
+        return not self.down and self.host is not None and self.host.is_running
+
+    @property
+    def ports(self) -> tuple[str, ...]:
+        return self.inputs + self.outputs
+
+    @property
+    def stage(self) -> Stage[str]:
+        """The rack as the wiring sees it: skipped (the track dry) while it is down."""
+        return Stage(self.inputs, self.outputs, in_path=self.is_up)
+
+    def new_id(self) -> str:
+        return f"p{next(self._ids)}"
+
+    def sequence(self) -> list[Member]:
+        """Every member in rack order, the box's own around the board's."""
+        head = [self.own[role] for role in HEAD_OWN if role in self.own]
+        tail = [self.own[role] for role in TAIL_OWN if role in self.own]
+        return [*head, *self.members, *tail]
+
+    def after(self, member: Member) -> str | None:
+        """The host id of the first loaded member after ``member`` in the rack (None: the end)."""
+        sequence = self.sequence()
+        following = sequence[sequence.index(member) + 1 :]
+        return next((m.hosted for m in following if m.up), None)
+
+    def polled(self) -> list[Member]:
+        return [m for m in self.sequence() if m.up and m.type.monitors]
+
+
+class CarlaEngine(Engine):
+    """Hosts each track's chain in a Carla host process in rack mode.
 
     Args:
         tracks: the tracks and their fixed JACK endpoints.
@@ -77,9 +197,14 @@ class CarlaEngine(JackChainEngine):
             (``dummy``, the virtual box).
         on_event: receives :class:`EngineEvent` on the loop's thread.
         client_prefix: prefix of every JACK client name; unique by default.
-        respawn: when to restart a crashed host.
-        hang_timeout: seconds without a heartbeat before the host is killed.
-        preroll, graph_fault, jack_timeout: see :class:`JackChainEngine`.
+        respawn: when to restart a crashed host or plugin.
+        hang_timeout: seconds without a heartbeat before a host is killed.
+        preroll: seconds a new plugin runs dry at its place before it is heard.
+        graph_fault: test hook run (on a worker thread) before every change to a rack's
+            chain: it raises as a host that fails would, or blocks as one that hangs.
+        jack_timeout: how long one blocking JACK call may take.
+        own: the box's own plugins (faders, meters, tuner); each one
+            missing turns its feature off.
     """
 
     name = "carla"
@@ -98,61 +223,90 @@ class CarlaEngine(JackChainEngine):
         jack_timeout: float = JACK_CALL_TIMEOUT,
         own: OwnPlugins = NO_OWN_PLUGINS,
     ) -> None:
+        super().__init__(tracks, on_event)
         dummy = jack.dummy
-        settings = DummySettings(dummy.rate, dummy.period, dummy.realtime) if dummy else None
-        super().__init__(
-            tracks,
-            jack.server,
-            on_event,
-            settings,
-            client_prefix,
-            preroll=preroll,
-            graph_fault=graph_fault,
-            jack_timeout=jack_timeout,
-            own=own,
-        )
+        self.server_name = jack.server
+        self._dummy_settings = DummySettings(dummy.rate, dummy.period, dummy.realtime) if dummy else None
         self.carla = carla
         self.hang_timeout = hang_timeout
+        self.preroll = preroll
+        prefix = client_prefix if client_prefix is not None else f"carla-{secrets.token_hex(2)}"
+        self.prefix = "".join(c if c.isalnum() or c in "_.-" else "_" for c in prefix)[:40]
+        self._graph_fault = graph_fault
+        self._jack_timeout = jack_timeout
         self._respawn = respawn
+        self._own = own
+        self._fader = fader_type(own.fader) if own.fader is not None else None
+        self._server: JackServer | None = None
+        self._wiring: JackWiring | None = None
+        self._dry_path: DryPathKeeper | None = None
         self._paths: CarlaPaths | None = None
-        self._host: CarlaHostProcess | None = None
-        self._hosted_by: dict[str, CarlaHostProcess] = {}
-        self._generation = 0
+        self._lock = asyncio.Lock()  # structural changes, one at a time
+        self._live: dict[str, Rack] = {}
+        self._ringing: list[Rack] = []
+        self._warm: list[Rack] = []
+        self._wanted_warm: list[tuple[str, list[SavedPlugin]]] = []
+        self._warming: asyncio.Task[None] | None = None
+        self._plugins: dict[str, tuple[Rack, Member]] = {}  # the playing board's
+        self._loading: dict[str, tuple[Rack, Member]] = {}  # being added
+        self._unsent: dict[Member, tuple[Rack, dict[str, float]]] = {}
+        self._stale_ports: set[str] = set()
+        self._muted = False
         self._names = itertools.count(1)
-        self._policy: RespawnPolicy | None = None
-        self._plugin_policies: dict[str, RespawnPolicy] = {}  # plugins that died in a running host
-        self._host_load = 0.0
+        self._track_policies: dict[str, RespawnPolicy] = {}
+        self._plugin_policies: dict[str, RespawnPolicy] = {}
         self._restarts = 0
         self._last_gap: float | None = None
-        self._down_since: float | None = None  # loop time the host went away, until all is back
-        self._reconciling = asyncio.Lock()
-        # The host takes requests one at a time (process.py): each step of a start
-        # has its own timeout from when the host begins it, not one around the queue.
-        self.start_timeout = None
+        self._down_since: dict[str, float] = {}
+        self._running = False
+        self._started = False
+        self._rewire_task: asyncio.Task[None] | None = None
+        self._rewire_wanted = False
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    # -- diagnostics -----------------------------------------------------------------
+    # -- diagnostics (tests and hil/ play crashes with these) ------------------------
+
+    def _first_live(self) -> Rack | None:
+        return self._live.get(next(iter(self.tracks)))
 
     @property
     def host_pid(self) -> int | None:
-        """The host process's id, or None while there is none (tests play crashes with it)."""
-        host = self._host
+        """The first track's playing host process, or None while there is none."""
+        rack = self._first_live()
+        host = rack.host if rack is not None else None
         return host.pid if host is not None and host.is_running else None
 
+    def host_pids(self) -> dict[str, list[int]]:
+        """Every running host process by role (``live``, ``warm``, ``ringing``)."""
+        pids: dict[str, list[int]] = {"live": [], "warm": [], "ringing": []}
+        for rack in self._racks():
+            if rack.host is not None and rack.host.is_running and rack.host.pid is not None:
+                pids[rack.role].append(rack.host.pid)
+        return pids
+
     def bridge_pids(self) -> set[int]:
-        """The host's bridge processes now (tests and ``hil/`` play crashes with them)."""
-        host = self.host_pid
+        """The playing hosts' bridge processes now."""
+        hosts = {
+            r.host.pid for r in self._live.values() if r.host is not None and r.host.pid is not None
+        }
         found: set[int] = set()
         for proc in Path("/proc").glob("[0-9]*"):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                if parent == host and BRIDGE_BINARY.encode() in (proc / "cmdline").read_bytes():
+                if parent in hosts and BRIDGE_BINARY.encode() in (proc / "cmdline").read_bytes():
                     found.add(int(proc.name))
         return found
 
     def kill_host(self, sig: Any) -> None:
-        """Send a signal to the host process (tests and ``hil/`` play crashes with it)."""
-        if self._host is not None:
-            self._host.kill(sig)
+        """Send a signal to the first track's playing host."""
+        rack = self._first_live()
+        if rack is not None and rack.host is not None:
+            rack.host.kill(sig)
+
+    def bypass_mode(self, plugin_id: str) -> str:
+        """``hosted`` (enable control or dry/wet inside the host) or ``absent`` (out of the rack)."""
+        _rack, member = self._member(plugin_id)
+        return "absent" if member.mode == "absent" else "hosted"
 
     async def controls(self, plugin_id: str) -> tuple[Control, ...]:
         """The plugin's input controls as Carla itself describes them.
@@ -191,339 +345,1051 @@ class CarlaEngine(JackChainEngine):
         """Carla resets the plugin's controls to their defaults; the changes come back as events."""
         await self._ask("reset", plugin_id)
 
-    def info(self) -> EngineInfo:
-        """As :meth:`JackChainEngine.info`; not running while the host is down."""
-        info = super().info()
-        if info.running and (self._host is None or not self._host.is_running):
-            return dataclasses.replace(info, running=False, dsp_load=0.0)
-        return info
+    # -- lifecycle -------------------------------------------------------------------
 
-    # -- hosting hooks ---------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the private server if asked, the wiring client and one rack per track.
 
-    async def _start_host(self) -> None:
-        self._paths = find_carla(self.carla.prefix)
-        self._policy = RespawnPolicy(asyncio.get_running_loop().time, self._respawn)
-        await self._spawn_host()
-        self._background(self._watch_heartbeat())
+        Raises:
+            EngineError: the server cannot be started or reached, or a host cannot start.
+        """
+        if self._running:
+            return
+        self._started = True
+        try:
+            self._paths = find_carla(self.carla.prefix)
+            if self._dummy_settings is not None and self._server is None:
+                self._server = JackServer(self.server_name or unique_server_name("box"), self._dummy_settings)
+                await self._server.start()
+                self.server_name = self._server.name
+            self._wiring = JackWiring(
+                f"{self.prefix}-wire",
+                self.server_name,
+                self._port_changed,
+                self._server_gone,
+                None,
+                self._jack_timeout,
+                on_stall=self._graph_stalled,
+            )
+            await asyncio.wait_for(self._wiring.open(), ENGINE_START_TIMEOUT)
+            if self._server is None:
+                self._dry_path = DryPathKeeper(self.server_name, self.tracks.values())
+                await self._dry_path.start()
+            self._running = True
+            for track_id in self.tracks:
+                rack = Rack(track_id, "live")
+                await self._open_rack(rack, [], head_open=True)
+                self._live[track_id] = rack
+        except BaseException:
+            await self.stop()
+            raise
+        self._background(self._watch_heartbeats())
+        log.info("carla engine up on jack server %s (rack mode)", self.server_name or "(default)")
+        async with self._lock:
+            await self._rewire()
 
-    async def _stop_host(self) -> None:
-        host, self._host = self._host, None
+    async def stop(self) -> None:
+        """Stop every host, the wiring client and a private server. Safe to call twice."""
+        if not self._started:
+            return
+        self._started = False
+        was_running, self._running = self._running, False
+        for task in (self._rewire_task, self._warming):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._rewire_task = self._warming = None
+        try:
+            await asyncio.wait_for(self._lock.acquire(), PLUGIN_START_TIMEOUT)
+            locked = True
+        except TimeoutError:
+            locked = False
+            log.warning("stopping while a structural change is still running")
+        try:
+            racks = self._racks()
+            self._live.clear()
+            self._ringing.clear()
+            self._warm.clear()
+            self._plugins.clear()
+            self._loading.clear()
+            self._unsent.clear()
+            self._muted = False
+            await asyncio.gather(*(self._close_rack(rack) for rack in racks))
+            if self._dry_path is not None:  # the racks are gone: the tracks play dry from now on
+                await self._dry_path.release()
+                self._dry_path = None
+            if self._wiring is not None:
+                await self._wiring.close()
+        finally:
+            if locked:
+                self._lock.release()
+        leftovers = list(self._tasks)
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+        if was_running:
+            log.info("carla engine stopped")
+
+    # -- racks -----------------------------------------------------------------------
+
+    def _racks(self) -> list[Rack]:
+        return [*self._live.values(), *self._ringing, *self._warm]
+
+    async def _open_rack(
+        self,
+        rack: Rack,
+        plugins: Sequence[SavedPlugin],
+        *,
+        head_open: bool,
+        strict: bool = False,
+    ) -> dict[str, ApplianceError]:
+        """Start a host for ``rack`` and load its own plugins and ``plugins`` into it.
+
+        Returns:
+            plugin id → why it could not be loaded (left out of the rack).
+
+        Raises:
+            EngineError: the host did not start (nothing is left running).
+            PluginLoadFailed: with ``strict``, the first plugin that failed
+                (its ``plugin_id`` says which); the host is stopped.
+        """
+        assert self._paths is not None
+        rack.client = f"{self.prefix}-{rack.track_id}.{next(self._names)}"[:CLIENT_NAME_MAX]
+        host = CarlaHostProcess(
+            self._paths,
+            self.server_name,
+            rack.client,
+            self.carla.bridges,
+            functools.partial(self._host_event, rack),
+            lambda why: None,
+        )
+        host.on_exit = functools.partial(self._host_ended, rack, host)
+        ready = await host.start()
+        rack.host, rack.down = host, False
+        rack.inputs = tuple(str(p) for p in ready.get("inputs", ()))
+        rack.outputs = tuple(str(p) for p in ready.get("outputs", ()))
+        try:
+            if rack.role == "warm":
+                await self._request(rack, "activate", CARLA_CALL_TIMEOUT, active=False)
+            rack.own = {}
+            for role, member in self._own_members(rack, head_open):
+                member.hosted = role
+                rack.own[role] = member
+            rack.members = [
+                Member(s.plugin_id, s.type, dict(s.values), s.bypass, hosted=rack.new_id()) for s in plugins
+            ]
+            failed = await self._load_all(rack, preroll=False)
+            if strict and failed:
+                plugin_id, why = next(iter(failed.items()))
+                error = why if isinstance(why, EngineError) else PluginLoadFailed(str(why))
+                error.plugin_id = plugin_id
+                raise error
+            if not self._started:
+                raise EngineError("the carla engine stopped while a rack started")
+        except BaseException:
+            await self._close_rack(rack)
+            raise
+        return failed
+
+    def _own_members(self, rack: Rack, head_open: bool) -> list[tuple[str, Member]]:
+        """The box's own plugins a new rack gets, by role."""
+        own: list[tuple[str, Member]] = []
+        meter, tuner = self._own.meter, self._own.tuner
+        if meter is not None:
+            own.append(("meter-in", Member("meter.in", meter, {})))
+        if tuner is not None and self._muted and rack.track_id == next(iter(self.tracks)):
+            own.append(("tuner", Member("tuner", tuner, {})))
+        if self._fader is not None:
+            own.append(("head", Member("fader.head", self._fader, fader_values(head_open))))
+            own.append(("tail", Member("fader.tail", self._fader, fader_values(not self._muted))))
+        if meter is not None:
+            own.append(("meter-out", Member("meter.out", meter, {})))
+        return own
+
+    async def _load_all(self, rack: Rack, preroll: bool) -> dict[str, ApplianceError]:
+        """Load every member of a rack that is not up, in rack order; the box's own must load.
+
+        Returns:
+            plugin id → why a board plugin could not be loaded (it is left
+            out of the rack's members).
+        """
+        failed: dict[str, ApplianceError] = {}
+        for member in rack.sequence():
+            if member.up:
+                continue
+            try:
+                await self._load(rack, member, preroll)
+            except ApplianceError as exc:
+                if member not in rack.members:
+                    raise EngineError(f"the box's own {member.id} did not load: {exc}") from exc
+                rack.members.remove(member)
+                failed[member.id] = exc
+        return failed
+
+    async def _load(self, rack: Rack, member: Member, preroll: bool) -> None:
+        """Load one member into its rack's host at its place (it is in the sequence)."""
+        plugin_type = member.type
+        enable = None
+        if plugin_type.enable_symbol is not None:
+            enable = {
+                "symbol": plugin_type.enable_symbol,
+                "on": plugin_type.enable_value(bypass=False),
+                "off": plugin_type.enable_value(bypass=True),
+            }
+        sent_values, sent_bypass = dict(member.values), member.bypass
+        reply = await self._request(
+            rack,
+            "add",
+            PLUGIN_START_TIMEOUT,
+            plugin=member.hosted,
+            uri=plugin_type.uri,
+            values=sent_values,
+            bypass=sent_bypass,
+            enable=enable,
+            before=rack.after(member),
+            preroll=preroll,
+        )
+        member.mode, member.up = str(reply["bypass"]), True
+        member.prerolling = preroll and member.mode != "absent" and not sent_bypass
+        missed = {s: v for s, v in member.values.items() if sent_values.get(s) != v}
+        if missed:
+            self._send_values(rack, member, missed)
+        if member.bypass != sent_bypass and not member.prerolling:
+            self._send_bypass(rack, member, member.bypass)
+
+    async def _close_rack(self, rack: Rack) -> None:
+        """Stop a rack's host (its JACK client leaves the graph); its ports are stale till gone."""
+        host, rack.host = rack.host, None
+        self._stale_ports.update(rack.ports)
+        for member in rack.sequence():
+            member.up = False
+            if member.ramp is not None:
+                member.ramp.cancel()
         if host is not None:
             await host.stop()
 
-    async def _instantiate(self, slot: Slot) -> None:
-        host = self._require_host()
-        client = f"{self.prefix}-{safe_name(slot.id)}.{next(self._names)}"[:CARLA_NAME_MAX]
-        enable = None
-        if slot.type.enable_symbol is not None:
-            enable = {
-                "symbol": slot.type.enable_symbol,
-                "on": slot.type.enable_value(bypass=False),
-                "off": slot.type.enable_value(bypass=True),
-            }
-        self._hosted_by[slot.id] = host  # from now on a release removes it (the pipe keeps order)
-        try:
-            reply = await self._request(
-                host,
-                "add",
-                PLUGIN_START_TIMEOUT,
-                plugin=slot.id,
-                uri=slot.type.uri,
-                client=client,
-                values=slot.values,
-                bypass=slot.bypass,
-                enable=enable,
-            )
-            wanted_in, wanted_out = int(reply["inputs"]), int(reply["outputs"])
-
-            def still_starting() -> None:
-                if not host.is_running:
-                    raise EngineError("the Carla host ended while the plugin started")
-                if slot.retired:
-                    raise EngineError(f"{slot.id} was removed while it started")
-
-            try:
-                inputs, outputs = await asyncio.wait_for(
-                    self._wait_ports(
-                        str(reply["client"]),
-                        lambda ins, outs: len(ins) >= wanted_in and len(outs) >= wanted_out,
-                        still_starting,
-                    ),
-                    PORTS_TIMEOUT,
-                )
-            except TimeoutError:
-                raise PluginLoadFailed(f"{slot.type.uri}: its JACK ports did not appear") from None
-        except BaseException:
-            await self._release(slot)
-            raise
-        main = len(slot.type.audio_inputs)
-        slot.client_name = str(reply["client"])
-        slot.inputs = inputs[:main] if 0 < main < len(inputs) else inputs  # side-chains stay unwired
-        slot.outputs = outputs
-        slot.hosted_bypass = reply["bypass"] != "reroute"
-
-    async def _release(self, slot: Slot) -> None:
-        host = self._hosted_by.pop(slot.id, None)
-        if host is None or host is not self._host or not host.is_running:
-            return  # its host has ended: so has the plugin
-        with contextlib.suppress(UnknownPlugin):
-            await self._request(host, "remove", CARLA_CALL_TIMEOUT, plugin=slot.id)
-
-    def _deliver_values(self, slot: Slot, values: Mapping[str, float]) -> None:
-        """One message to the host."""
-        host = self._hosted_by.get(slot.id)
-        if host is not None:
-            host.send("set", plugin=slot.id, values=values)
-
-    def _poll_readings(self, slots: list[Slot]) -> None:
-        """One ``readings`` message for all of them."""
-        host = self._host
-        if host is not None and host.is_running:
-            host.send("readings", plugins=[slot.id for slot in slots])
-
-    def _take_readings(self, values: object) -> None:
-        if not isinstance(values, dict):
+    async def _end_prerolls(self, rack: Rack, members: Iterable[Member]) -> None:
+        """After :attr:`preroll`, the new members are heard (as their bypass says)."""
+        members = [m for m in members if m.prerolling]
+        if not members:
             return
-        slots = {slot.id: slot for slot in (*self._plugins.values(), *self._own_slots())}
-        for plugin_id, readings in values.items():
-            slot = slots.get(plugin_id)
-            if slot is not None and isinstance(readings, dict):
-                slot.readings.update((str(k), float(v)) for k, v in readings.items())
+        if self.preroll:
+            await asyncio.sleep(self.preroll)
+        for member in members:
+            member.prerolling = False
+            if member.up and rack.host is not None:
+                self._send_bypass(rack, member, member.bypass)
 
-    def _send_bypass(self, slot: Slot, bypass: bool) -> None:
-        host = self._hosted_by.get(slot.id)
-        if host is not None:
-            self._flush_values(slot)  # values sent before the bypass land before it
-            host.send("bypass", plugin=slot.id, bypass=bypass)
+    # -- the engine port: structure --------------------------------------------------
 
-    def _host_lost(self, exc: BaseException) -> bool:
-        """A start that failed because the host died (a crash, a kill): the slot is kept."""
-        host = self._host
-        return type(exc) is EngineError and self._started and (host is None or not host.is_running)
+    async def add_plugin(
+        self,
+        track_id: str,
+        plugin_id: str,
+        plugin_type: PluginType,
+        position: int,
+        values: Mapping[str, float],
+        bypass: bool = False,
+    ) -> None:
+        """Load the plugin at ``position`` of the track's rack; dry until it has settled.
 
-    def _joined_down(self, slot: Slot) -> None:
-        if self._host is not None and self._host.is_running:
-            self._background(self._reconcile())
-        # else: the restart under way reconciles every chain once it has a host
+        Raises:
+            UnknownTrack: no such track.
+            PluginLoadFailed: the plugin could not be loaded; the chain is as it was.
+            EngineError: the engine is not running.
+        """
+        self._require_running()
+        find_chain(self._live, track_id)
+        if plugin_id in self._plugins or plugin_id in self._loading:
+            raise PluginLoadFailed(f"plugin id {plugin_id!r} is already in use")
+        member = Member(plugin_id, plugin_type, dict(values), bypass)
+        rack = self._live[track_id]
+        self._loading[plugin_id] = (rack, member)
+        try:
+            async with self._lock:
+                self._require_running()
+                rack = self._live[track_id]
+                self._loading[plugin_id] = (rack, member)
+                member.hosted = rack.new_id()
+                rack.members.insert(max(0, min(position, len(rack.members))), member)
+                if rack.is_up:
+                    try:
+                        await self._load(rack, member, preroll=True)
+                    except BaseException as exc:
+                        if not self._host_lost(exc, rack):
+                            rack.members.remove(member)
+                            raise
+                        # its host died as it loaded: it joins down, and the restart brings it
+            try:
+                await self._end_prerolls(rack, [member])
+            except BaseException:  # cancelled while it pre-rolled: it leaves again
+                await asyncio.shield(self._discard(rack, member))
+                raise
+        finally:
+            self._loading.pop(plugin_id, None)
+        self._plugins[plugin_id] = (rack, member)
+        log.debug("added %s (%s) to %s", plugin_id, plugin_type.uri, track_id)
 
-    def _changer(self) -> Changer | None:
-        """The host makes the connections while it runs (see ``CarlaHost._wire``)."""
-        host = self._host
-        if host is None or not host.is_running:
-            return None  # no Carla process: the box's own wiring client is safe
+    async def _discard(self, rack: Rack, member: Member) -> None:
+        """Take a member that never joined out of its rack again; failures only logged."""
+        async with self._lock:
+            if member in rack.members:
+                rack.members.remove(member)
+            if member.up and rack.is_up:
+                try:
+                    await self._request(rack, "remove", CARLA_CALL_TIMEOUT, plugin=member.hosted)
+                except ApplianceError as exc:
+                    log.warning("taking %s out again: %s", member.id, exc)
+            member.up = False
 
-        async def change(connect: list[Connection], disconnect: list[Connection]) -> list[str]:
-            wire = {"connect": connect, "disconnect": disconnect}
-            failures = await self._request(host, "wire", CARLA_CALL_TIMEOUT, **wire)
-            return [str(failure) for failure in failures]
+    async def load_board(self, plugins: Sequence[SavedPlugin]) -> dict[str, ApplianceError]:
+        """Load a saved board's plugins at the ends of their racks, dry until they settle.
 
-        return change
+        Returns:
+            plugin id → why it could not be loaded (the others play).
+        """
+        self._require_running()
+        failed: dict[str, ApplianceError] = {}
+        added: dict[Rack, list[Member]] = {}
+        async with self._lock:
+            for saved in plugins:
+                try:
+                    rack = find_chain(self._live, saved.track_id)
+                    if saved.plugin_id in self._plugins:
+                        raise PluginLoadFailed(f"plugin id {saved.plugin_id!r} is already in use")
+                except ApplianceError as exc:
+                    failed[saved.plugin_id] = exc
+                    continue
+                member = Member(saved.plugin_id, saved.type, dict(saved.values), saved.bypass, rack.new_id())
+                rack.members.append(member)
+                self._plugins[saved.plugin_id] = (rack, member)
+                added.setdefault(rack, []).append(member)
+            for rack, members in added.items():
+                for member in members:
+                    if not rack.is_up:
+                        break  # its host died: the restart loads the rest
+                    try:
+                        await self._load(rack, member, preroll=True)
+                    except ApplianceError as exc:
+                        if self._host_lost(exc, rack):
+                            break
+                        rack.members.remove(member)
+                        del self._plugins[member.id]
+                        failed[member.id] = exc
+        await asyncio.gather(*(self._end_prerolls(rack, members) for rack, members in added.items()))
+        return failed
 
-    def _details(self) -> dict[str, object]:
+    async def remove_plugin(self, plugin_id: str) -> None:
+        """Take the plugin out of its rack; the chain closes up around it between two cycles.
+
+        Raises:
+            UnknownPlugin: no such plugin.
+        """
+        async with self._lock:
+            rack, member = self._plugin(plugin_id)
+            if member.up and rack.is_up:
+                with contextlib.suppress(UnknownPlugin):  # died in its bridge: the host took it out
+                    await self._request(rack, "remove", CARLA_CALL_TIMEOUT, plugin=member.hosted)
+            rack.members.remove(member)
+            member.up = False
+            self._plugins.pop(plugin_id, None)
+            self._unsent.pop(member, None)
+            self._plugin_policies.pop(plugin_id, None)
+
+    async def move_plugin(self, plugin_id: str, position: int) -> None:
+        """Move a plugin within its own track's rack (dry while it passes the others).
+
+        Raises:
+            UnknownPlugin: no such plugin.
+            EngineError: the host failed; the chain stays as it was.
+        """
+        async with self._lock:
+            rack, member = self._plugin(plugin_id)
+            before = list(rack.members)
+            rack.members.remove(member)
+            rack.members.insert(max(0, min(position, len(rack.members))), member)
+            if rack.members == before or not (member.up and rack.is_up):
+                return
+            try:
+                after = rack.after(member)
+                await self._request(rack, "move", CARLA_CALL_TIMEOUT, plugin=member.hosted, before=after)
+            except BaseException:
+                rack.members[:] = before
+                raise
+
+    # -- the engine port: switching boards -------------------------------------------
+
+    async def switch_board(
+        self, plugins: Sequence[SavedPlugin], spillover: float, commit: Callable[[], None]
+    ) -> None:
+        """Start the new board in new racks (or warm ones), then fade the tracks over.
+
+        The new racks load (or wake) while the old board plays. Only then, in
+        one rewire, do both boards hang on the tracks, and ``commit`` runs;
+        the new racks fade in while the old ones fade out: their input only,
+        when ``spillover`` (seconds) is above 0, so that their tails ring on
+        until their hosts end, else their output too.
+
+        Raises:
+            PluginLoadFailed: a plugin could not start (its ``plugin_id``
+                says which); nothing changed, the old board plays on.
+            EngineError: the engine is not running; nothing changed.
+        """
+        self._require_running()
+        by_track: dict[str, list[SavedPlugin]] = {track_id: [] for track_id in self.tracks}
+        for saved in plugins:
+            find_chain(by_track, saved.track_id).append(saved)
+        fading = self._fader is not None
+        new: dict[str, Rack] = {}
+        cold = False
+        swapped = False
+        try:
+            for track_id, board in by_track.items():
+                rack = self._take_warm(track_id, board)
+                if rack is not None:
+                    await self._wake(rack, board)
+                else:
+                    rack = Rack(track_id, "live")
+                    new[track_id] = rack  # closed again if the switch fails
+                    await self._open_rack(rack, board, head_open=not fading, strict=True)
+                    cold = True
+                new[track_id] = rack
+            if cold and self.preroll:
+                await asyncio.sleep(self.preroll)  # the new racks run unwired: their plugins settle
+            async with self._lock:
+                self._require_running()
+                old = dict(self._live)
+                self._live = new
+                for rack in old.values():
+                    rack.role = "ringing"
+                for rack in new.values():
+                    rack.role = "live"
+                if fading:
+                    self._ringing.extend(old.values())
+                self._plugins = {m.id: (rack, m) for rack in new.values() for m in rack.members}
+                swapped = True
+                await self._rewire()
+                commit()
+        except BaseException:
+            if swapped:
+                self._live = old
+                for rack in old.values():
+                    rack.role = "live"
+                    if rack in self._ringing:
+                        self._ringing.remove(rack)
+                self._plugins = {m.id: (rack, m) for rack in old.values() for m in rack.members}
+                self._request_rewire()
+            await asyncio.gather(*(self._close_rack(rack) for rack in new.values()))
+            raise
+        self._kick_warming()
+        if not fading:  # no faders: the rewire cut the old board off
+            await asyncio.gather(*(self._close_rack(rack) for rack in old.values()))
+            return
+        heads = [(r, r.own["head"]) for r in new.values()]
+        closing = [(r, r.own["head" if spillover > 0 else "tail"]) for r in old.values()]
+        await self._fade(heads, closing)
+        if spillover > 0:
+            self._background(self._ring_out(list(old.values()), spillover))
+        else:
+            await self._tear_down(list(old.values()))
+        log.info("switched to a board of %d plugin(s)%s", len(plugins), "" if cold else " (warm)")
+
+    async def _ring_out(self, old: list[Rack], seconds: float) -> None:
+        """Let an old board's tails ring with no input, then fade them out and end their hosts."""
+        await asyncio.sleep(seconds)
+        await self._fade((), [(r, r.own["tail"]) for r in old if "tail" in r.own])
+        await self._tear_down(old)
+
+    async def _tear_down(self, old: list[Rack]) -> None:
+        async with self._lock:
+            for rack in old:
+                if rack in self._ringing:
+                    self._ringing.remove(rack)
+            await asyncio.gather(*(self._close_rack(rack) for rack in old))
+            if self._running:
+                try:
+                    await self._rewire()
+                except EngineError as exc:
+                    log.error("unwiring the old board failed: %s; retrying", exc)
+                    self._request_rewire()
+
+    # -- warm standby ----------------------------------------------------------------
+
+    def prepare(self, boards: Sequence[Sequence[SavedPlugin]]) -> None:
+        """Keep racks loaded for these boards (the setlist's neighbours), running no DSP.
+
+        A later :meth:`switch_board` to a board of the same plugins (values
+        and bypass may differ) wakes them instead of loading: it is heard
+        within a period and a fade. Racks for boards not named any more end.
+        Never waits: the racks load in the background, one at a time.
+        """
+        wanted: list[tuple[str, list[SavedPlugin]]] = []
+        for board in boards:
+            by_track: dict[str, list[SavedPlugin]] = {track_id: [] for track_id in self.tracks}
+            for saved in board:
+                if saved.track_id in by_track:
+                    by_track[saved.track_id].append(saved)
+            wanted.extend(by_track.items())
+        self._wanted_warm = wanted[: WARM_LIMIT * len(self.tracks)]
+        self._kick_warming()
+
+    def _kick_warming(self) -> None:
+        if self._running and (self._warming is None or self._warming.done()):
+            self._warming = asyncio.get_running_loop().create_task(self._keep_warm())
+
+    async def _keep_warm(self) -> None:
+        """Bring the warm racks to what :meth:`prepare` asked for, one rack at a time."""
+        while self._running:
+            spare = list(self._warm)
+            missing: list[tuple[str, list[SavedPlugin]]] = []
+            for track_id, saved in self._wanted_warm:
+                shape = tuple(s.type.uri for s in saved)
+                match = next((r for r in spare if r.track_id == track_id and r.shape == shape), None)
+                if match is not None:
+                    spare.remove(match)
+                else:
+                    missing.append((track_id, saved))
+            for rack in spare:
+                self._warm.remove(rack)
+                await self._close_rack(rack)
+                self._request_rewire()
+            if not missing:
+                return
+            track_id, saved = missing[0]
+            rack = Rack(track_id, "warm")
+            try:
+                failed = await self._open_rack(rack, saved, head_open=False)
+            except ApplianceError as exc:
+                log.warning("warm standby for %s: %s", track_id, exc)
+                return
+            if failed or not self._running:
+                await self._close_rack(rack)
+                return
+            self._warm.append(rack)
+            self._request_rewire()
+            log.debug("warm standby: %d plugin(s) ready on %s", len(saved), track_id)
+
+    def _take_warm(self, track_id: str, saved: Sequence[SavedPlugin]) -> Rack | None:
+        shape = tuple(s.type.uri for s in saved)
+        rack = next((r for r in self._warm if r.track_id == track_id and r.shape == shape and r.is_up), None)
+        if rack is not None:
+            self._warm.remove(rack)
+        return rack
+
+    async def _wake(self, rack: Rack, saved: Sequence[SavedPlugin]) -> None:
+        """A warm rack becomes the new board's: its ids, values and bypass, then its DSP runs."""
+        for member, plugin in zip(rack.members, saved, strict=True):
+            member.id = plugin.plugin_id
+            changed = {s: v for s, v in plugin.values.items() if member.values.get(s) != v}
+            member.values.update(plugin.values)
+            if changed:
+                self._send_values(rack, member, changed)
+            if member.bypass != plugin.bypass:
+                member.bypass = plugin.bypass
+                self._send_bypass(rack, member, plugin.bypass, ramped=False)
+        tail = rack.own.get("tail")
+        if tail is not None and self._muted:
+            self._set_fader(rack, tail, opened=False)
+        tuner = self._own.tuner
+        if self._muted and tuner is not None and rack.track_id == next(iter(self.tracks)):
+            member = Member("tuner", tuner, {}, hosted="tuner")
+            rack.own["tuner"] = member
+            await self._load(rack, member, preroll=False)
+        await self._request(rack, "activate", CARLA_CALL_TIMEOUT, active=True)
+
+    # -- the engine port: values and bypass (never wait for a structural change) ------
+
+    async def set_parameters(self, plugin_id: str, values: Mapping[str, float]) -> None:
+        """Keep the values and hand them to the plugin's host at once (coalesced per loop turn).
+
+        Raises:
+            UnknownPlugin: no such plugin.
+        """
+        rack, member = self._member(plugin_id)
+        member.values.update(values)
+        if member.up:
+            self._send_values(rack, member, values)
+
+    async def set_bypass(self, plugin_id: str, bypass: bool) -> None:
+        """True bypass inside the host: the plugin's enable control, a dry/wet ramp, or out of the rack.
+
+        Raises:
+            UnknownPlugin: no such plugin.
+        """
+        rack, member = self._member(plugin_id)
+        before, member.bypass = member.bypass, bypass
+        if not member.up or member.prerolling:
+            return
+        if member.mode != "absent":
+            self._send_bypass(rack, member, bypass)
+            return
+        # Out of the rack or back in: a structural change, answered (never waits for the lock).
+        try:
+            await self._request(rack, "bypass", PLUGIN_START_TIMEOUT, plugin=member.hosted, bypass=bypass)
+        except BaseException:
+            member.bypass = before
+            raise
+
+    def _send_values(self, rack: Rack, member: Member, values: Mapping[str, float]) -> None:
+        """Coalesce: a slider storm becomes one message per plugin per loop turn, newest values."""
+        pending = self._unsent.get(member)
+        if pending is None:
+            pending = self._unsent[member] = (rack, {})
+            asyncio.get_running_loop().call_soon(self._flush_values, member)
+        pending[1].update(values)
+
+    def _flush_values(self, member: Member) -> None:
+        pending = self._unsent.pop(member, None)
+        if pending is None:
+            return
+        rack, values = pending
+        host = rack.host
+        if values and host is not None and member.up:
+            host.send("set", plugin=member.hosted, values=values)
+
+    def _send_bypass(self, rack: Rack, member: Member, bypass: bool, ramped: bool = True) -> None:
+        """The host bypasses the plugin; a dry/wet one over a short ramp, so it never clicks."""
+        host = rack.host
+        if host is None:
+            return
+        self._flush_values(member)  # values sent before the bypass land before it
+        if member.ramp is not None:
+            member.ramp.cancel()
+            member.ramp = None
+        if member.mode == "drywet" and ramped:
+            member.ramp = asyncio.get_running_loop().create_task(self._ramp_drywet(rack, member, bypass))
+        else:
+            host.send("bypass", plugin=member.hosted, bypass=bypass)
+
+    async def _ramp_drywet(self, rack: Rack, member: Member, bypass: bool) -> None:
+        """Dry/wet from where it is to dry (bypass) or wet over :data:`FADE_TIME`, then the bypass."""
+        for value in ramp(not bypass):  # ramp() runs the fader control: CLOSED +1 … OPEN -1
+            host = rack.host
+            if host is None:
+                return
+            host.send("drywet", plugin=member.hosted, value=(1.0 - value) / 2.0)
+            await asyncio.sleep(FADE_TIME / FADE_STEPS)
+        if rack.host is not None:
+            rack.host.send("bypass", plugin=member.hosted, bypass=bypass)
+
+    # -- meters and the tuner --------------------------------------------------------
+
+    def request_readings(self) -> None:
+        """Ask every playing host for its plugins' output controls, meters and tuner included."""
+        for rack in self._live.values():
+            polled = rack.polled()
+            if polled and rack.host is not None and rack.is_up:
+                rack.host.send("readings", plugins=[m.hosted for m in polled])
+
+    def readings(self) -> dict[str, dict[str, float]]:
+        return {
+            plugin_id: dict(member.readings)
+            for plugin_id, (_rack, member) in self._plugins.items()
+            if member.readings
+        }
+
+    def levels(self) -> dict[str, dict[str, float]]:
+        levels: dict[str, dict[str, float]] = {}
+        for track_id, rack in self._live.items():
+            for role, key in (("meter-in", "in"), ("meter-out", "out")):
+                member = rack.own.get(role)
+                if member is not None and member.readings:
+                    levels.setdefault(track_id, {})[key] = meter_level(member.readings)
+        return levels
+
+    @property
+    def is_tuning(self) -> bool:
+        return self._muted
+
+    def tuner(self) -> dict[str, object] | None:
+        rack = self._first_live()
+        member = rack.own.get("tuner") if rack is not None else None
+        return tuner_reading(member.readings) if member is not None else None
+
+    async def set_tuner(self, on: bool) -> None:
+        """The stage tuner: silence at once, then the tuner listens at the first rack's input.
+
+        Off: the outputs fade back in at once, then the tuner leaves the rack.
+
+        Raises:
+            HardwareError: no tuner is installed.
+            EngineError: the engine is not running (PluginLoadFailed: the
+                tuner did not start; the box sounds again).
+        """
+        self._require_running()
+        tails = [(r, r.own["tail"]) for r in self._live.values() if "tail" in r.own]
+        if not on:
+            self._muted = False
+            await self._fade(tails, ())
+            rack = self._first_live()
+            member = rack.own.pop("tuner", None) if rack is not None else None
+            if rack is not None and member is not None and member.up and rack.is_up:
+                with contextlib.suppress(ApplianceError):
+                    await self._request(rack, "remove", CARLA_CALL_TIMEOUT, plugin=member.hosted)
+            return
+        tuner = self._own.tuner
+        if tuner is None:
+            raise HardwareError("this box has no tuner: x42-plugins' tuna.lv2 is not installed")
+        if self._muted:
+            return
+        self._muted = True
+        if not tails:
+            log.warning("no faders: the tuner cannot silence the box")
+        await self._fade((), tails)
+        async with self._lock:
+            rack = self._first_live()
+            if rack is None or not self._muted or not self._running:
+                return
+            member = Member("tuner", tuner, {}, hosted="tuner")
+            rack.own["tuner"] = member
+            try:
+                await self._load(rack, member, preroll=False)
+            except ApplianceError:
+                rack.own.pop("tuner", None)
+                self._muted = False
+                await self._fade(tails, ())
+                raise
+
+    def _set_fader(self, rack: Rack, member: Member, opened: bool) -> None:
+        member.values.update(fader_values(opened))
+        if member.up and rack.host is not None:
+            rack.host.send("set", plugin=member.hosted, values={FADER_CONTROL: member.values[FADER_CONTROL]})
+
+    async def _fade(
+        self, opening: Iterable[tuple[Rack, Member]], closing: Iterable[tuple[Rack, Member]]
+    ) -> None:
+        """Open some faders while closing others, in :data:`FADE_STEPS` steps over :data:`FADE_TIME`."""
+        opening, closing = list(opening), list(closing)
+        for up, down in zip(ramp(True), ramp(False), strict=True):
+            for (rack, member), value in [*((o, up) for o in opening), *((c, down) for c in closing)]:
+                member.values[FADER_CONTROL] = value
+                if member.up and rack.host is not None:
+                    rack.host.send("set", plugin=member.hosted, values={FADER_CONTROL: value})
+            await asyncio.sleep(FADE_TIME / FADE_STEPS)
+
+    # -- the engine port: reads ------------------------------------------------------
+
+    def info(self) -> EngineInfo:
+        """Rate, buffer, DSP load and xruns from the wiring's snapshot. Never blocks."""
+        racks = list(self._live.values())
         details: dict[str, object] = {
+            "server": self.server_name or "default",
+            "mode": "rack",
+            "plugins": len(self._plugins),
+            "plugins_running": sum(1 for _r, m in self._plugins.values() if m.up),
+            "starting": len(self._loading),
             "bridges": self.carla.bridges,
-            "host": "up" if self._host is not None and self._host.is_running else "down",
-            "host_load": round(self._host_load, 2),
+            "host": "up" if racks and all(r.is_up for r in racks) else "down",
+            "host_load": round(max((r.load for r in racks), default=0.0), 2),
+            "hosts": {role: len(pids) for role, pids in self.host_pids().items()},
             "restarts": self._restarts,
         }
         if self._last_gap is not None:
             details["last_gap_ms"] = round(self._last_gap * 1000)
-        return details
+        if self._server is not None:
+            details["realtime"] = self._server.is_realtime
+        wiring = self._wiring.info() if self._wiring is not None else None
+        if wiring is not None and wiring.stalled:
+            details["graph"] = "stalled"
+        up = bool(racks) and all(r.is_up for r in racks)
+        if wiring is None or not (self._running and wiring.running) or wiring.stalled or not up:
+            return EngineInfo(self.name, False, xruns=wiring.xruns if wiring else 0, details=details)
+        return EngineInfo(
+            self.name,
+            True,
+            sample_rate=wiring.sample_rate,
+            buffer_size=wiring.buffer_size,
+            dsp_load=wiring.dsp_load,
+            xruns=wiring.xruns,
+            details=details,
+        )
 
-    # -- the host process ------------------------------------------------------------
+    def chain(self, track_id: str) -> list[str]:
+        """Plugin ids of a track in chain order.
 
-    def _require_host(self) -> CarlaHostProcess:
-        host = self._host
-        if host is None or not host.is_running:
-            raise EngineError("the Carla host is not running")
-        return host
+        Raises:
+            UnknownTrack: no such track.
+        """
+        return [m.id for m in find_chain(self._live, track_id).members if m.id not in self._loading]
+
+    # -- lookups ---------------------------------------------------------------------
+
+    def _member(self, plugin_id: str) -> tuple[Rack, Member]:
+        """A plugin of the playing board or being added; UnknownPlugin otherwise."""
+        found = self._loading.get(plugin_id)
+        return found if found is not None else self._plugin(plugin_id)
+
+    def _plugin(self, plugin_id: str) -> tuple[Rack, Member]:
+        return find_plugin(self._plugins, plugin_id)
+
+    @staticmethod
+    def _host_lost(exc: BaseException, rack: Rack) -> bool:
+        """True when a load failed only because the rack's host went away (the restart loads it)."""
+        return type(exc) is EngineError and not rack.is_up
+
+    def _require_running(self) -> None:
+        if not self._running:
+            raise EngineError("the carla engine is not running")
 
     async def _ask(self, op: str, plugin_id: str) -> Any:
-        slot = self._slot(plugin_id)
-        host = self._hosted_by.get(slot.id)
-        if host is None:
+        rack, member = self._member(plugin_id)
+        if not member.up or not rack.is_up:
             raise EngineError(f"plugin {plugin_id} is not running")
-        return await self._request(host, op, CARLA_CALL_TIMEOUT, plugin=slot.id)
+        return await self._request(rack, op, CARLA_CALL_TIMEOUT, plugin=member.hosted)
 
-    async def _request(self, host: CarlaHostProcess, op: str, timeout: float, **fields: Any) -> Any:
-        """A request to the host, behind every value still waiting for its loop turn."""
-        for plugin_id in list(self._unsent):
-            slot = self._plugins.get(plugin_id) or self._loading.get(plugin_id)
-            if slot is not None:
-                self._flush_values(slot)
+    async def _request(self, rack: Rack, op: str, timeout: float, **fields: Any) -> Any:
+        """A request to a rack's host, behind every value of its plugins still waiting."""
+        if op in STRUCTURAL and self._graph_fault is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self._graph_fault), self._jack_timeout)
+            except TimeoutError:
+                raise EngineError(f"the Carla host did not answer within {self._jack_timeout} s") from None
+        host = rack.host
+        if host is None:
+            raise EngineError("the Carla host is not running")
+        for member, (owner, _values) in list(self._unsent.items()):
+            if owner is rack:
+                self._flush_values(member)
         return await host.request(op, timeout, **fields)
 
-    async def _spawn_host(self) -> None:
-        assert self._paths is not None
-        self._generation += 1
-        host = CarlaHostProcess(
-            self._paths,
-            self.server_name,
-            f"{self.prefix}-g{self._generation}",
-            self.carla.bridges,
-            self._host_event,
-            functools.partial(self._host_ended, self._generation),
-        )
-        ready = await host.start()
-        self._host = host
-        log.info(
-            "carla host %d up (pid %s, %s Hz, %s frames%s)",
-            self._generation,
-            host.pid,
-            ready.get("sample_rate"),
-            ready.get("buffer_size"),
-            ", bridges" if self.carla.bridges else "",
-        )
+    def _emit(self, event: EngineEvent) -> None:
+        try:
+            self.on_event(event)
+        except Exception:
+            log.exception("event sink failed on %s", event.kind)
 
-    def _host_event(self, message: dict[str, Any]) -> None:
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the hosts -------------------------------------------------------------------
+
+    def _host_event(self, rack: Rack, message: dict[str, Any]) -> None:
         event = message.get("event")
-        plugin_id = message.get("plugin")
+        hosted = message.get("plugin")
         if event == "info":
-            self._host_load = float(message.get("load", 0.0))
-        elif event == "parameter" and isinstance(plugin_id, str) and plugin_id in self._plugins:
-            values = {str(k): float(v) for k, v in dict(message.get("values", {})).items()}
-            self._emit(EngineEvent("parameter", plugin_id, values=values))
-        elif event == "readings":
-            self._take_readings(message.get("values"))
-        elif event == "plugin-died" and isinstance(plugin_id, str):
+            rack.load = float(message.get("load", 0.0))
+        elif event == "readings" and isinstance(message.get("values"), dict):
+            members = {m.hosted: m for m in rack.sequence()}
+            for hosted_id, readings in message["values"].items():
+                member = members.get(hosted_id)
+                if member is not None and isinstance(readings, dict):
+                    member.readings.update((str(k), float(v)) for k, v in readings.items())
+        elif event == "parameter" and rack.role == "live":
+            member = next((m for m in rack.members if m.hosted == hosted), None)
+            if member is not None:
+                values = {str(k): float(v) for k, v in dict(message.get("values", {})).items()}
+                self._emit(EngineEvent("parameter", member.id, values=values))
+        elif event == "plugin-died":
+            member = next((m for m in rack.sequence() if m.hosted == hosted), None)
+            if member is None or not member.up:
+                return
+            member.up = False
             why = str(message.get("message", ""))
-            self._emit(EngineEvent("plugin-died", plugin_id, why))
-            slot = self._plugins.get(plugin_id)
-            if slot is not None and slot.state == "up" and not slot.retired:
-                log.warning("plugin %s died in the Carla host: %s", plugin_id, why)
-                self._set_down([slot])
-                self._background(self._revive(slot))
+            if member in rack.members and rack.role == "live":
+                log.warning("plugin %s died in the Carla host: %s", member.id, why)
+                self._emit(EngineEvent("plugin-died", member.id, why))
+                self._background(self._revive(rack, member))
+            else:
+                log.warning("%s died in a %s Carla host: %s", member.id, rack.role, why)
         elif event == "stopped":
             log.error("carla host: %s", message.get("message"))
 
-    async def _revive(self, slot: Slot) -> None:
-        """One plugin died inside a running host (its bridge crashed): the track passes it
-        dry while it is removed and loaded again with its values; given up after too many."""
-        host = self._host
-        for gone in self._plugin_policies.keys() - self._plugins.keys():
-            del self._plugin_policies[gone]  # removed since: a new plugin by that id starts afresh
-        policy = self._plugin_policies.get(slot.id)
+    async def _revive(self, rack: Rack, member: Member) -> None:
+        """One plugin died inside a running host (its bridge crashed): its place passes dry
+        while it is loaded again with its values; given up after too many deaths."""
+        host = rack.host
+        policy = self._plugin_policies.get(member.id)
         if policy is None:
-            policy = self._plugin_policies[slot.id] = RespawnPolicy(
+            policy = self._plugin_policies[member.id] = RespawnPolicy(
                 asyncio.get_running_loop().time, self._respawn
             )
         delays = policy.died()
         if not delays:
             why = f"died {policy.recent} times within {self._respawn.window:.0f} s"
-            log.error("plugin %s stays down (%s); its track passes dry there", slot.id, why)
-            self._emit(EngineEvent("plugin-died", slot.id, f"not restarted: {why}"))
+            log.error("plugin %s stays down (%s); its place passes dry", member.id, why)
+            self._emit(EngineEvent("plugin-died", member.id, f"not restarted: {why}"))
             return
         for delay in delays:
             await asyncio.sleep(delay)
-            if slot.retired or not self._started or self._host is not host:
-                return  # removed, stopping, or a new host reconciles every plugin
-            await self._release_quietly(slot)
-            try:
-                await self._bring_up(slot)
-            except EngineError as exc:
-                log.warning("reloading %s failed: %s", slot.id, exc)
-                continue
-            await self._set_up(slot)
-            log.info("plugin %s reloaded with its values", slot.id)
-            self._emit(EngineEvent("plugin-restored", slot.id, "reloaded with its values"))
+            async with self._lock:
+                if member not in rack.members or rack.host is not host or not rack.is_up or member.up:
+                    return  # removed, switched away, or a new host reloads every plugin
+                try:
+                    await self._load(rack, member, preroll=False)
+                except ApplianceError as exc:
+                    log.warning("reloading %s failed: %s", member.id, exc)
+                    continue
+            log.info("plugin %s reloaded with its values", member.id)
+            self._emit(EngineEvent("plugin-restored", member.id, "reloaded with its values"))
             return
-        self._emit(EngineEvent("plugin-died", slot.id, "not restarted: reloading failed"))
+        self._emit(EngineEvent("plugin-died", member.id, "not restarted: reloading failed"))
 
-    def _host_ended(self, generation: int, why: str) -> None:
-        """The host process ended on its own (a crash, a kill). Loop thread."""
-        if generation != self._generation or not self._started:
+    def _host_ended(self, rack: Rack, host: CarlaHostProcess, why: str) -> None:
+        """A host process ended on its own (a crash, a kill). Loop thread."""
+        if rack.host is not host or not self._started:
             return
-        self._host = None
-        if self._down_since is None:
-            self._down_since = asyncio.get_running_loop().time()
+        for member in rack.sequence():
+            member.up = False
+        rack.down = True
+        self._stale_ports.update(rack.ports)
+        if rack in self._warm:
+            self._warm.remove(rack)
+            log.warning("a warm standby host ended (%s); it is loaded again", why)
+            self._kick_warming()
+            return
+        if rack in self._ringing:
+            self._ringing.remove(rack)
+            self._request_rewire()
+            return
+        self._down_since.setdefault(rack.track_id, asyncio.get_running_loop().time())
         self._emit(EngineEvent("engine-died", None, why))
-        self._set_down([*self._hosted_slots(), *self._loading.values()])
-        self._background(self._restart())
+        self._request_rewire()  # the track plays dry meanwhile
+        self._background(self._restart(rack))
 
-    async def _restart(self) -> None:
-        """Start a new host, then bring every plugin back with its values (:meth:`_reconcile`)."""
-        assert self._policy is not None
-        delays = self._policy.died()
+    async def _restart(self, rack: Rack) -> None:
+        """Start a new host for a playing rack, with its chain, its values and bypass."""
+        policy = self._track_policies.get(rack.track_id)
+        if policy is None:
+            policy = self._track_policies[rack.track_id] = RespawnPolicy(
+                asyncio.get_running_loop().time, self._respawn
+            )
+        delays = policy.died()
         if not delays:
-            why = f"the Carla host died {self._policy.recent} times within {self._respawn.window:.0f} s"
-            log.error("%s; it stays down and every track plays dry", why)
+            why = f"the Carla host died {policy.recent} times within {self._respawn.window:.0f} s"
+            log.error("%s; it stays down and track %s plays dry", why, rack.track_id)
             self._emit(EngineEvent("engine-died", None, f"not restarted: {why}"))
             return
         for delay in delays:
             await asyncio.sleep(delay)
-            if not self._started:
-                return
-            try:
-                await self._spawn_host()
-            except EngineError as exc:
-                log.error("restarting the Carla host failed: %s", exc)
-                continue
-            if not self._started:  # stop() came meanwhile: this host is nobody's
-                await self._stop_host()
-                return
-            await self._reconcile()
+            async with self._lock:
+                if not self._started or self._live.get(rack.track_id) is not rack:
+                    return  # stopping, or switched away: nobody needs this rack
+                members = list(rack.members)
+                try:
+                    await self._open_rack(rack, [], head_open=True)
+                except EngineError as exc:
+                    log.error("restarting the Carla host failed: %s", exc)
+                    continue
+                rack.members = members
+                failed = await self._load_all(rack, preroll=False)
+                for plugin_id, error in failed.items():
+                    self._plugins.pop(plugin_id, None)
+                    log.error("plugin %s did not come back: %s", plugin_id, error)
+                    self._emit(EngineEvent("plugin-died", plugin_id, f"not restarted: {error}"))
+                try:
+                    await self._rewire()
+                except EngineError as exc:
+                    log.error("rewiring after the restart failed: %s; retrying", exc)
+                    self._request_rewire()
+            self._report_restored(rack.track_id)
             return
         self._emit(EngineEvent("engine-died", None, "not restarted: the Carla host did not start"))
 
-    async def _reconcile(self) -> None:
-        """Bring every plugin that is down back up on the current host; report once all are.
-
-        One at a time (a lock); a plugin that joins down meanwhile is taken in
-        the next round. A plugin that cannot come back stays down (dry there)
-        and is reported, not retried without end.
-        """
-        async with self._reconciling:
-            tried: set[str] = set()
-            while True:
-                host = self._host
-                if host is None or not host.is_running or not self._started:
-                    return  # the host died again: the next restart reconciles
-                down = [
-                    slot
-                    for slot in self._hosted_slots()
-                    if slot.state == "down" and not slot.retired and slot.id not in tried
-                ]
-                if not down:
-                    break
-                tried.update(slot.id for slot in down)
-                results = await asyncio.gather(*(self._bring_up(s) for s in down), return_exceptions=True)
-                if host is not self._host or not host.is_running:
-                    return
-                for slot, result in zip(down, results, strict=True):
-                    if isinstance(result, BaseException) and not slot.retired:
-                        slot.state = "down"
-                        log.error("plugin %s did not come back: %s", slot.id, result)
-                        self._emit(EngineEvent("plugin-died", slot.id, f"not restarted: {result}"))
-                if self.preroll:
-                    await asyncio.sleep(self.preroll)
-                async with self._lock:
-                    if not self._started:
-                        return
-                    try:
-                        await self._rewire()
-                    except EngineError as exc:
-                        log.error("rewiring after the restart failed: %s; retrying", exc)
-                        self._request_rewire()
-            self._report_restored()
-
-    def _report_restored(self) -> None:
-        if self._down_since is None:
+    def _report_restored(self, track_id: str) -> None:
+        since = self._down_since.pop(track_id, None)
+        if since is None:
             return
-        gap = asyncio.get_running_loop().time() - self._down_since
-        self._down_since = None
+        gap = asyncio.get_running_loop().time() - since
         self._restarts += 1
         self._last_gap = gap
-        log.warning("carla host restarted: every track was dry for %.0f ms", gap * 1000)
+        log.warning("carla host restarted: track %s was dry for %.0f ms", track_id, gap * 1000)
         self._emit(EngineEvent("engine-restored", None, f"back after {gap * 1000:.0f} ms"))
 
-    async def _watch_heartbeat(self) -> None:
+    async def _watch_heartbeats(self) -> None:
         """Kill a host that has gone silent; its end restarts it."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(HANG_CHECK_INTERVAL)
-            host = self._host
-            if host is None or not host.is_running or host.busy:
-                continue  # a request in flight has its own timeout
-            if loop.time() - host.last_heard > self.hang_timeout:
-                log.error("the Carla host sent nothing for %.1f s; killing it", self.hang_timeout)
-                host.kill()
+            for rack in self._racks():
+                host = rack.host
+                if host is None or not host.is_running or host.busy:
+                    continue  # a request in flight has its own timeout
+                if loop.time() - host.last_heard > self.hang_timeout:
+                    log.error("a Carla host sent nothing for %.1f s; killing it", self.hang_timeout)
+                    host.kill()
+
+    # -- wiring ----------------------------------------------------------------------
+
+    def _plan(self) -> WiringPlan:
+        """Each playing rack between its track's endpoints, with old racks ringing and warm
+        ones waiting beside it (a warm rack is silent: its plugins run no DSP and its head
+        fader is closed); a dead rack's track plays dry."""
+        owned = set(self._stale_ports)
+        current = {track_id: [rack.stage] for track_id, rack in self._live.items()}
+        beside = []
+        for rack in [*self._ringing, *self._warm]:
+            owned.update(rack.ports)
+            if rack.is_up and (rack.role != "warm" or self._fader is not None):
+                beside.append({rack.track_id: [rack.stage]})
+        return plan_wiring(self.tracks.values(), current, owned, beside)
+
+    async def _rewire(self) -> None:
+        """Bring the graph to the racks (lock held)."""
+        wiring = self._wiring
+        if wiring is None:
+            raise EngineError("the carla engine is not running")
+        failures = await wiring.apply(self._plan())
+        if failures:
+            log.debug("rewire left %d connection(s) for later: %s", len(failures), failures)
+            self._request_rewire()
+
+    def _request_rewire(self) -> None:
+        """Ask for a rewire soon; requests made meanwhile coalesce into one."""
+        self._rewire_wanted = True
+        if self._running and (self._rewire_task is None or self._rewire_task.done()):
+            self._rewire_task = asyncio.get_running_loop().create_task(self._rewire_later())
+
+    async def _rewire_later(self) -> None:
+        attempts = 0
+        try:
+            while self._rewire_wanted and self._running:
+                self._rewire_wanted = False
+                wiring = self._wiring
+                if wiring is None:
+                    return
+                async with self._lock:
+                    if not self._running:
+                        return
+                    failures = await wiring.apply(self._plan())
+                if not failures:
+                    attempts = 0
+                    continue
+                attempts += 1
+                if attempts >= REWIRE_RETRY_LIMIT:
+                    log.warning("giving up on %d connection(s): %s", len(failures), failures[:4])
+                    return
+                await asyncio.sleep(REWIRE_RETRY_INTERVAL)
+                self._rewire_wanted = True
+        except EngineError as exc:
+            log.error("rewiring failed: %s", exc)
+
+    def _port_changed(self, name: str, register: bool) -> None:
+        if not register:
+            self._stale_ports.discard(name)
+            return
+        if not self._running:
+            return
+        endpoints = any(name in track.inputs or name in track.outputs for track in self.tracks.values())
+        if endpoints or any(name in rack.ports for rack in self._racks()):
+            self._request_rewire()
+
+    def _server_gone(self, reason: str) -> None:
+        if not self._running:
+            return
+        self._running = False
+        log.error("jack server %s shut the carla engine down: %s", self.server_name, reason)
+        self._emit(EngineEvent("engine-died", None, f"JACK server gone: {reason}", needs_restart=True))
+
+    def _graph_stalled(self, stalled: bool) -> None:
+        if not self._running:
+            return
+        if stalled:
+            self._emit(EngineEvent("engine-stalled", None, "the JACK server runs no cycle"))
+        else:
+            self._emit(EngineEvent("engine-restored", None, "the JACK server runs cycles again"))
+

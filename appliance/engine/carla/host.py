@@ -1,31 +1,47 @@
 """The Carla host process: ``python -m appliance.engine.carla.host``, started by the box.
 
-It owns one Carla engine in JACK's *multiple clients* mode: every plugin is a
-JACK client of its own, chained by JACK connections that the box plans
-(:mod:`appliance.engine.wiring`) exactly as for jalv plugins. Carla's own
-patchbay graph is never built, so the audio thread never reads a graph that
-Carla's background thread is rebuilding (the crash found in patchbay mode:
-``CarlaEngineGraph.cpp`` frees the old render sequence under a lock the JACK
-process callback does not take). A native crash here, in Carla or in a
-plugin, ends this process only; the box restarts it with the board.
+It owns one Carla engine in **rack mode** (``ENGINE_PROCESS_MODE_CONTINUOUS_RACK``):
+one JACK client with a stereo in and out, and every plugin of one chain in
+series inside its one process callback::
 
-Two rules keep Carla's JACK engine from deadlocking with the JACK server
-(:meth:`CarlaHost._settle` tells the story): the connections are made here,
-on the owner thread, never while a Carla call runs (``wire``); and after a
-plugin is added, nothing touches Carla until JACK has taken the change in.
+    box wiring ─▶ CLIENT:audio-in1/2 ─▶ [meter] [tuner] [head fader] plugins… [tail fader] [meter]
+                                                                   ─▶ CLIENT:audio-out1/2 ─▶ box wiring
+
+One JACK wakeup per period for the whole chain, whatever its length (each
+client more in a serial chain is one more wakeup that can come late), and no
+patchbay graph (the race that crashed Carla's patchbay mode does not exist
+here). A native crash here, in Carla or a plugin, ends this process only; the
+box starts a new one with the chain.
+
+What Carla does with a rack, read in its source (``CarlaEngineGraph.cpp``
+``RackGraph::process``, ``CarlaEngine.cpp``, ``CarlaEngineInternal.cpp``):
+
+* Every plugin gets the previous one's two outputs; extra inputs (a
+  side-chain) get silence; a mono plugin runs twice (forced stereo); a
+  plugin Carla skips (disabled, or busy) passes the signal on untouched.
+* ``remove_plugin`` and ``switch_plugins`` are posted to the audio thread and
+  done between two cycles (``doNextPluginAction``); the call returns once
+  done. A removed plugin is deleted later, off the audio thread.
+* ``add_plugin`` instantiates off the audio thread and appends the plugin
+  (the slot is filled before the count grows). It is then inactive until
+  ``setActive`` a few microseconds later: a cycle that falls in between
+  hears that plugin silent (never seen in 260 adds while playing, measured).
+* ``set_active(False)`` mutes a plugin and runs none of its DSP (a warm
+  standby host waits so); ``set_drywet(0)`` passes the input through and
+  ``set_parameter_value`` lands at the next cycle: neither takes a lock.
+
+Bypass is the plugin's own enable control, else Carla's dry/wet (the box
+ramps it), else the plugin leaves the rack while bypassed (``absent``) and
+comes back at its place. A plugin that moves is dry while it passes its
+neighbours, so no order between the old and the new is ever heard.
 
 Threads: the main thread is the owner (:class:`~.ownerloop.OwnerLoop`): it
 makes every Carla call, serves the pipe and calls ``engine_idle()`` every
 :data:`IDLE_INTERVAL`. Carla's engine callback runs on any thread and only
 enqueues; the owner drains the queue after every message and every tick.
 
-Carla facts this relies on (measured, see the design field notes): plugin ids
-are positions and shift down on removal; in multiple-clients mode a plugin's
-JACK client is named as the plugin and is closed at the next ``engine_idle()``
-after ``remove_plugin``; ``set_active(False)`` mutes, so bypass is the
-plugin's own enable control, else ``set_drywet(0)``, else the box reroutes;
-``set_parameter_value`` clamps and sends no callback; after JACK has gone,
-``is_engine_running()`` is False and ``engine_idle()`` must not be called.
+Plugins are named by *host ids* the box chooses (``p3``, ``head``...);
+Carla's own ids are positions and shift on every add, remove and move.
 """
 
 from __future__ import annotations
@@ -42,10 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jack  # type: ignore[import-untyped]
-
 from ...errors import EngineError, PluginLoadFailed, UnknownPlugin
-from ..wiring import change_graph
 from . import pipe
 from .install import BRIDGE_BINARY, CarlaPaths, load_backend
 from .ownerloop import OwnerLoop
@@ -54,37 +67,38 @@ log = logging.getLogger("appliance.engine.carla.host")
 
 #: Pause between two ``engine_idle()`` calls.
 IDLE_INTERVAL = 0.02
-#: JACK cycles to let pass before each round trip of :meth:`CarlaHost._settle`.
-SETTLE_CYCLES = 2
-#: Round trips :meth:`CarlaHost._settle` makes (JACK serves requests and its own
-#: notifications in no set order, so one may come before the reorder it waits for).
-SETTLE_ROUNDS = 2
-#: Longest :meth:`CarlaHost._settle` waits for JACK's cycles to move on.
-SETTLE_TIMEOUT = 1.0
 #: Seconds the host has, once told to end by SIGTERM, to close Carla before it dies anyway.
 CLOSE_DEADLINE = 3
+#: The rack client's audio ports (Carla's names), after ``CLIENT:``.
+RACK_INPUTS = ("audio-in1", "audio-in2")
+RACK_OUTPUTS = ("audio-out1", "audio-out2")
 
 
 @dataclass(eq=False)
 class Hosted:
-    """One plugin inside Carla, named by the box's plugin id.
+    """One plugin of the chain, named by its host id.
 
     Attributes:
         params: LV2 symbol → Carla parameter index (input controls only).
         outputs: the same for its output controls (meters, a tuner's readings).
         enable: the enable control's index and its on/off values, if used.
-        mode: how it is bypassed: ``enable-port``, ``drywet`` or ``reroute``
-            (the box routes around it).
+        mode: how it is bypassed: ``enable-port``, ``drywet`` or ``absent``
+            (out of the rack while bypassed).
+        present: in Carla's rack now (an ``absent`` plugin that is bypassed is not).
+        values: every value written, for a plugin that comes back.
     """
 
     id: str
-    carla_name: str
+    uri: str
     params: dict[str, int]
+    outputs: dict[str, int]
     enable: tuple[int, float, float] | None
     mode: str
+    bypass: bool = False
+    present: bool = True
+    values: dict[str, float] = field(default_factory=dict)
     symbols: dict[int, str] = field(default_factory=dict)
-    outputs: dict[str, int] = field(default_factory=dict)  # output controls (meters)
-    dead: bool = False  # its bridge process ended: told once, removed by the box
+    dead: bool = False
 
 
 class HostStopped(Exception):
@@ -92,11 +106,11 @@ class HostStopped(Exception):
 
 
 class CarlaHost:
-    """Carla's engine and the plugins in it. Owner thread only (but for the callback).
+    """Carla's rack engine and the chain in it. Owner thread only (but for the callback).
 
     Args:
         paths: the Carla installation.
-        client_name: the engine's own JACK client name.
+        client_name: the rack's JACK client name.
         bridges: run each plugin in a Carla bridge process.
         send: writes a message to the box.
         stop: ends the owner loop (the box asked the host to quit).
@@ -119,27 +133,33 @@ class CarlaHost:
         self._host: Any = None
         self._callbacks: queue.SimpleQueue[tuple[int, int, int, float, str]] = queue.SimpleQueue()
         self._plugins: dict[str, Hosted] = {}
-        self._order: list[str] = []  # box plugin ids in Carla's positional order
+        self._sequence: list[str] = []  # the chain the box wants, absent plugins included
+        self._order: list[str] = []  # what is in Carla's rack, in Carla's positional order
+        self._active = True  # False: a warm standby, no plugin runs its DSP
         self._open = False
         self._last_beat = 0.0
         self._ops: dict[str, Callable[[dict[str, Any]], Any]] = {
             "add": self._add,
             "remove": self._remove,
+            "move": self._move,
             "set": self._set,
             "bypass": self._bypass,
+            "drywet": self._drywet,
+            "activate": self._activate,
             "controls": self._controls,
             "values": self._values,
             "reset": self._reset,
-            "wire": self._wire,
             "readings": self._readings,
             "ping": lambda message: {},
         }
-        self._wiring: Any = None  # a jack.Client that only connects and disconnects
 
     # -- engine ----------------------------------------------------------------------
 
     def open(self) -> dict[str, Any]:
-        """Start Carla's JACK engine in multiple-clients mode.
+        """Start Carla's JACK engine in rack mode.
+
+        Returns:
+            The rate, the period and the rack's JACK ports (full names).
 
         Raises:
             EngineError: Carla does not import or its engine does not start.
@@ -147,7 +167,7 @@ class CarlaHost:
         b = self._b = load_backend(self.paths)
         host = self._host = b.CarlaHostDLL(str(self.paths.library), False)
         host.set_engine_callback(self._on_callback)
-        host.set_engine_option(b.ENGINE_OPTION_PROCESS_MODE, b.ENGINE_PROCESS_MODE_MULTIPLE_CLIENTS, "")
+        host.set_engine_option(b.ENGINE_OPTION_PROCESS_MODE, b.ENGINE_PROCESS_MODE_CONTINUOUS_RACK, "")
         host.set_engine_option(b.ENGINE_OPTION_TRANSPORT_MODE, b.ENGINE_TRANSPORT_MODE_INTERNAL, "")
         host.set_engine_option(b.ENGINE_OPTION_PATH_BINARIES, 0, str(self.paths.lib_dir))
         if self.paths.resources.is_dir():
@@ -165,18 +185,19 @@ class CarlaHost:
             raise EngineError(f"Carla's JACK engine did not start: {host.get_last_error()}")
         self._open = True
         self._drain()
-        self._wiring = jack.Client(f"{self.client_name}-wire", no_start_server=True)
-        return {"sample_rate": int(host.get_sample_rate()), "buffer_size": int(host.get_buffer_size())}
+        return {
+            "sample_rate": int(host.get_sample_rate()),
+            "buffer_size": int(host.get_buffer_size()),
+            "inputs": [f"{self.client_name}:{port}" for port in RACK_INPUTS],
+            "outputs": [f"{self.client_name}:{port}" for port in RACK_OUTPUTS],
+        }
 
     def close(self) -> None:
-        """Remove every plugin and close the engine."""
+        """Remove every plugin and close the engine: the rack's client leaves JACK's graph."""
         host = self._host
         if host is None or not self._open:
             return
         self._open = False
-        if self._wiring is not None:
-            self._wiring.close()
-            self._wiring = None
         host.set_engine_about_to_close()
         if host.is_engine_running():
             host.remove_all_plugins()
@@ -223,30 +244,42 @@ class CarlaHost:
             runtime = host.get_runtime_engine_info()
             self.send({"event": "info", "load": float(runtime["load"]), "xruns": int(runtime["xruns"])})
 
-    # -- plugins ---------------------------------------------------------------------
-
-    def _carla_id(self, plugin_id: object) -> int:
-        """The plugin's positional id in Carla now."""
-        if not isinstance(plugin_id, str) or plugin_id not in self._plugins:
-            raise UnknownPlugin(f"no plugin {plugin_id!r}")
-        return self._order.index(plugin_id)
+    # -- the chain -------------------------------------------------------------------
 
     def _hosted(self, plugin_id: object) -> Hosted:
-        self._carla_id(plugin_id)
-        assert isinstance(plugin_id, str)
+        if not isinstance(plugin_id, str) or plugin_id not in self._plugins:
+            raise UnknownPlugin(f"no plugin {plugin_id!r}")
         return self._plugins[plugin_id]
 
+    def _carla_id(self, hosted: Hosted) -> int:
+        """The plugin's positional id in Carla now (it must be present)."""
+        return self._order.index(hosted.id)
+
+    def _slot_before(self, before: object) -> int:
+        """Where in the sequence a plugin goes: before ``before`` (a host id), or at the end."""
+        if before is None:
+            return len(self._sequence)
+        if not isinstance(before, str) or before not in self._sequence:
+            raise UnknownPlugin(f"no plugin {before!r} to go before")
+        return self._sequence.index(before)
+
+    def _rack_position(self, plugin_id: str) -> int:
+        """Where a plugin belongs in Carla's rack: after every present plugin before it."""
+        index = self._sequence.index(plugin_id)
+        return sum(1 for other in self._sequence[:index] if self._plugins[other].present)
+
     def _add(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Load an LV2 plugin as JACK client ``client`` with values and bypass."""
+        """Load an LV2 plugin into the chain before ``before`` (None: at the end).
+
+        With ``preroll``, a plugin that can be dry enters dry and stays so
+        until the box sends its bypass: it runs with its values meanwhile.
+        """
         b, host = self._b, self._host
-        plugin_id, uri, client = str(message["plugin"]), str(message["uri"]), str(message["client"])
+        plugin_id, uri = str(message["plugin"]), str(message["uri"])
         if plugin_id in self._plugins:
             raise PluginLoadFailed(f"plugin id {plugin_id!r} is already in use")
-        carla_id = host.get_current_plugin_count()
-        if not host.add_plugin(b.BINARY_NATIVE, b.PLUGIN_LV2, "", client, uri, 0, None, 0):
-            raise PluginLoadFailed(f"{uri}: {host.get_last_error()}")
-        if host.get_current_plugin_count() != carla_id + 1:
-            raise PluginLoadFailed(f"{uri}: Carla reported success but holds no new plugin")
+        slot = self._slot_before(message.get("before"))
+        carla_id = self._load(plugin_id, uri)
         info = host.get_plugin_info(carla_id)
         params: dict[str, int] = {}
         outputs: dict[str, int] = {}
@@ -263,45 +296,173 @@ class CarlaHost:
             enable = (params[wanted["symbol"]], float(wanted["on"]), float(wanted["off"]))
         hints = int(info["hints"])
         can_drywet = bool(hints & b.PLUGIN_CAN_DRYWET) and not hints & b.PLUGIN_IS_BRIDGE
-        mode = "enable-port" if enable is not None else "drywet" if can_drywet else "reroute"
-        symbols = {i: s for s, i in params.items()}
-        hosted = Hosted(plugin_id, str(info["name"]), params, enable, mode, symbols, outputs)
+        mode = "enable-port" if enable is not None else "drywet" if can_drywet else "absent"
+        bypass = bool(message.get("bypass"))
+        hosted = Hosted(plugin_id, uri, params, outputs, enable, mode, bypass=bypass)
+        hosted.symbols = {i: s for s, i in params.items()}
         self._plugins[plugin_id] = hosted
+        self._sequence.insert(slot, plugin_id)
         self._order.append(plugin_id)
         try:
-            self._write(hosted, carla_id, message.get("values") or {})
-            self._apply_bypass(hosted, carla_id, bool(message.get("bypass")))
+            dry = bypass or (bool(message.get("preroll")) and mode != "absent")
+            self._dry(hosted, dry)  # first: from now on a move or a pre-roll is never heard
+            self._write(hosted, message.get("values") or {})
+            if not self._active:
+                host.set_active(carla_id, False)
+            if mode == "absent" and bypass:
+                self._take_out(hosted)
+            else:
+                self._shift(hosted, self._rack_position(plugin_id))
         except Exception:
-            self._remove({"plugin": plugin_id})
+            self._forget(hosted)
             raise
-        self._settle()
-        ports = host.get_audio_port_count_info(carla_id)
-        return {"client": hosted.carla_name, "bypass": mode, "inputs": ports["ins"], "outputs": ports["outs"]}
+        ports = host.get_audio_port_count_info(self._carla_id(hosted)) if hosted.present else None
+        return {
+            "bypass": mode,
+            "inputs": int(ports["ins"]) if ports else 0,
+            "outputs": int(ports["outs"]) if ports else 0,
+        }
 
-    def _remove(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Remove the plugin; its JACK client is closed when this returns."""
-        plugin_id = message.get("plugin")
-        carla_id = self._carla_id(plugin_id)
+    def _load(self, name: str, uri: str) -> int:
+        """``add_plugin`` at the end of the rack; Carla's id of the new plugin."""
+        b, host = self._b, self._host
+        carla_id = int(host.get_current_plugin_count())
+        if not host.add_plugin(b.BINARY_NATIVE, b.PLUGIN_LV2, "", name, uri, 0, None, 0):
+            raise PluginLoadFailed(f"{uri}: {host.get_last_error()}")
+        if host.get_current_plugin_count() != carla_id + 1:
+            raise PluginLoadFailed(f"{uri}: Carla reported success but holds no new plugin")
+        return carla_id
+
+    def _forget(self, hosted: Hosted) -> None:
+        """Take a plugin out of Carla (if present) and out of the chain."""
+        if hosted.present and hosted.id in self._order:
+            self._unload(hosted)
+        self._plugins.pop(hosted.id, None)
+        if hosted.id in self._sequence:
+            self._sequence.remove(hosted.id)
+
+    def _unload(self, hosted: Hosted) -> None:
+        """``remove_plugin``: done by the audio thread between two cycles."""
+        carla_id = self._carla_id(hosted)
         if not self._host.remove_plugin(carla_id):
             raise EngineError(f"remove_plugin({carla_id}) failed: {self._host.get_last_error()}")
-        assert isinstance(plugin_id, str)
-        del self._plugins[plugin_id]
         self._order.pop(carla_id)
-        self._host.engine_idle()  # closes the plugin's JACK client now, not at the next tick
+
+    def _remove(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Take the plugin out of the chain; the chain closes up around it at once."""
+        self._forget(self._hosted(message.get("plugin")))
         return {}
 
-    def _set(self, message: dict[str, Any]) -> None:
+    def _move(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Move a plugin before ``before`` (None: to the end), dry while it passes the others."""
         hosted = self._hosted(message.get("plugin"))
-        self._write(hosted, self._carla_id(hosted.id), message.get("values") or {})
+        self._sequence.remove(hosted.id)
+        self._sequence.insert(self._slot_before(message.get("before")), hosted.id)
+        if hosted.present:
+            target = self._rack_position(hosted.id)
+            if target != self._carla_id(hosted):
+                wet = not hosted.bypass and hosted.mode != "absent"
+                if wet:
+                    self._dry(hosted, True)
+                self._shift(hosted, target)
+                if wet:
+                    self._dry(hosted, False)
+        return {}
+
+    def _shift(self, hosted: Hosted, target: int) -> None:
+        """Walk a present plugin to rack position ``target``, one neighbour at a time.
+
+        Each ``switch_plugins`` is done by the audio thread between two cycles.
+        """
+        current = self._carla_id(hosted)
+        step = 1 if target > current else -1
+        while current != target:
+            other = current + step
+            if not self._host.switch_plugins(current, other):
+                raise EngineError(f"switch_plugins({current}, {other}) failed: {self._host.get_last_error()}")
+            self._order[current], self._order[other] = self._order[other], self._order[current]
+            current = other
+
+    def _take_out(self, hosted: Hosted) -> None:
+        """An ``absent`` plugin bypassed: out of the rack (the chain closes up)."""
+        if hosted.present:
+            self._unload(hosted)
+            hosted.present = False
+
+    def _put_back(self, hosted: Hosted) -> None:
+        """An ``absent`` plugin un-bypassed: loaded again at its place, with its values."""
+        if hosted.present:
+            return
+        carla_id = self._load(hosted.id, hosted.uri)
+        self._order.append(hosted.id)
+        hosted.present = True
+        for symbol, value in hosted.values.items():
+            index = hosted.params.get(symbol)
+            if index is not None:
+                self._host.set_parameter_value(carla_id, index, float(value))
+        if not self._active:
+            self._host.set_active(carla_id, False)
+        self._shift(hosted, self._rack_position(hosted.id))
+
+    def _set(self, message: dict[str, Any]) -> None:
+        self._write(self._hosted(message.get("plugin")), message.get("values") or {})
+
+    def _write(self, hosted: Hosted, values: dict[str, Any]) -> None:
+        """``set_parameter_value`` by symbol; Carla clamps. Unknown symbols are skipped."""
+        present = hosted.present
+        carla_id = self._carla_id(hosted) if present else -1
+        for symbol, value in values.items():
+            index = hosted.params.get(symbol)
+            if index is None or (hosted.enable is not None and index == hosted.enable[0]):
+                continue
+            hosted.values[symbol] = float(value)
+            if present:
+                self._host.set_parameter_value(carla_id, index, float(value))
+
+    def _bypass(self, message: dict[str, Any]) -> None:
+        """Bypass as the plugin allows (a dry/wet plugin is ramped by the box: ``drywet``)."""
+        hosted = self._hosted(message.get("plugin"))
+        hosted.bypass = bool(message.get("bypass"))
+        if hosted.mode == "absent":
+            if hosted.bypass:
+                self._take_out(hosted)
+            else:
+                self._put_back(hosted)
+        else:
+            self._dry(hosted, hosted.bypass)
+
+    def _drywet(self, message: dict[str, Any]) -> None:
+        """One step of a bypass ramp (dry/wet plugins only)."""
+        hosted = self._hosted(message.get("plugin"))
+        if hosted.mode == "drywet" and hosted.present:
+            self._host.set_drywet(self._carla_id(hosted), float(message.get("value", 1.0)))
+
+    def _dry(self, hosted: Hosted, dry: bool) -> None:
+        """Dry (passing its input) or wet, by its enable control or dry/wet; nothing for ``absent``."""
+        if not hosted.present:
+            return
+        carla_id = self._carla_id(hosted)
+        if hosted.enable is not None:
+            index, on, off = hosted.enable
+            self._host.set_parameter_value(carla_id, index, off if dry else on)
+        elif hosted.mode == "drywet":
+            self._host.set_drywet(carla_id, 0.0 if dry else 1.0)
+
+    def _activate(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``active`` False: no plugin runs (a warm standby, no DSP); True: all run again."""
+        self._active = bool(message.get("active"))
+        for carla_id in range(len(self._order)):
+            self._host.set_active(carla_id, self._active)
+        return {}
 
     def _readings(self, message: dict[str, Any]) -> None:
         """Send the output controls of the plugins named (a ``readings`` event)."""
         readings: dict[str, dict[str, float]] = {}
         for plugin_id in message.get("plugins") or []:
             hosted = self._plugins.get(plugin_id) if isinstance(plugin_id, str) else None
-            if hosted is None or not hosted.outputs:
+            if hosted is None or not hosted.outputs or not hosted.present:
                 continue
-            carla_id = self._order.index(hosted.id)
+            carla_id = self._carla_id(hosted)
             readings[hosted.id] = {
                 symbol: float(self._host.get_current_parameter_value(carla_id, index))
                 for symbol, index in hosted.outputs.items()
@@ -309,77 +470,11 @@ class CarlaHost:
         if readings:
             self.send({"event": "readings", "values": readings})
 
-    def _bypass(self, message: dict[str, Any]) -> None:
-        hosted = self._hosted(message.get("plugin"))
-        self._apply_bypass(hosted, self._carla_id(hosted.id), bool(message.get("bypass")))
-
-    def _write(self, hosted: Hosted, carla_id: int, values: dict[str, Any]) -> None:
-        """``set_parameter_value`` by symbol; Carla clamps. Unknown symbols are skipped."""
-        for symbol, value in values.items():
-            index = hosted.params.get(symbol)
-            if index is None or (hosted.enable is not None and index == hosted.enable[0]):
-                continue
-            self._host.set_parameter_value(carla_id, index, float(value))
-
-    def _apply_bypass(self, hosted: Hosted, carla_id: int, bypass: bool) -> None:
-        if hosted.enable is not None:
-            index, on, off = hosted.enable
-            self._host.set_parameter_value(carla_id, index, off if bypass else on)
-        elif hosted.mode == "drywet":
-            self._host.set_drywet(carla_id, 0.0 if bypass else 1.0)
-
-    def _settle(self) -> None:
-        """Wait, holding nothing of Carla's, until JACK has taken in the last graph change.
-
-        Why: Carla holds ``fThreadSafeMetadataMutex`` during some of its JACK
-        server requests (setting port metadata, and in ``engine_idle()`` when
-        it handles new ports), and its main client's port-registration
-        callback takes the same mutex on JACK's notification thread. JACK2
-        tells every client of a graph change with a *synchronous* latency
-        notification, some cycles after the change. If that notification
-        reaches Carla's main client while its notification thread waits for
-        the mutex, and the mutex holder waits for the server, all three wait
-        for JACK's ~8 s timeout (measured: ~1 in 30 board loads; the audio
-        plays on, but no message reaches a plugin meanwhile).
-
-        A plugin's ports are registered, and its client activated, inside
-        ``add_plugin``. Before the next Carla call, this lets JACK run its
-        cycles and answers a round trip from our own client, which holds no
-        Carla lock: the server has then sent, and Carla's main client
-        answered, every notification the add caused.
-        """
-        client = self._wiring
-        period = max(1, int(client.blocksize))
-        for _ in range(SETTLE_ROUNDS):
-            start = client.last_frame_time
-            deadline = time.monotonic() + SETTLE_TIMEOUT
-            while (client.last_frame_time - start) % (1 << 32) < SETTLE_CYCLES * period:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(period / max(1, int(client.samplerate)) / 2)
-            client.get_uuid_for_client_name(client.name)
-
-    def _wire(self, message: dict[str, Any]) -> list[str]:
-        """Make and undo JACK connections the box planned, here on the owner thread.
-
-        Never from another thread while a Carla call may run: Carla holds its
-        ``fThreadSafeMetadataMutex`` during some JACK server requests, and its
-        main client's port-registration callback takes the same mutex on
-        JACK's notification thread. A graph change made by anyone else at
-        that moment has the server wait (every client gets a synchronous
-        latency notification) for that blocked thread: the server, Carla and
-        the box then all wait about 8 s for JACK's timeout (measured). Made
-        from this thread, a connection never overlaps a Carla call.
-        """
-        connect = [(str(a), str(b)) for a, b in message.get("connect", [])]
-        disconnect = [(str(a), str(b)) for a, b in message.get("disconnect", [])]
-        return change_graph(self._wiring, connect, disconnect)
-
     def _controls(self, message: dict[str, Any]) -> list[dict[str, Any]]:
         """Carla's own description of every input control (for plugins without LV2 data)."""
         b, host = self._b, self._host
-        hosted = self._hosted(message.get("plugin"))
-        carla_id = self._carla_id(hosted.id)
+        hosted = self._present(message.get("plugin"))
+        carla_id = self._carla_id(hosted)
         controls = []
         for symbol, index in hosted.params.items():
             info = host.get_parameter_info(carla_id, index)
@@ -412,16 +507,21 @@ class CarlaHost:
         return controls
 
     def _values(self, message: dict[str, Any]) -> dict[str, float]:
-        hosted = self._hosted(message.get("plugin"))
-        carla_id = self._carla_id(hosted.id)
+        hosted = self._present(message.get("plugin"))
+        carla_id = self._carla_id(hosted)
         read = self._host.get_current_parameter_value
         return {symbol: float(read(carla_id, index)) for symbol, index in hosted.params.items()}
 
     def _reset(self, message: dict[str, Any]) -> dict[str, Any]:
         """Carla resets the plugin's controls itself (its changes come back as events)."""
-        hosted = self._hosted(message.get("plugin"))
-        self._host.reset_parameters(self._carla_id(hosted.id))
+        self._host.reset_parameters(self._carla_id(self._present(message.get("plugin"))))
         return {}
+
+    def _present(self, plugin_id: object) -> Hosted:
+        hosted = self._hosted(plugin_id)
+        if not hosted.present:
+            raise EngineError(f"plugin {hosted.id} is bypassed out of the rack")
+        return hosted
 
     # -- callbacks -------------------------------------------------------------------
 
@@ -444,56 +544,66 @@ class CarlaHost:
         """Act on every queued callback. Owner thread."""
         b = self._b
         changed: dict[str, dict[str, float]] = {}
+        dead: list[tuple[Hosted, str]] = []
         while True:
             try:
                 action, carla_id, value1, valuef, text = self._callbacks.get_nowait()
             except queue.Empty:
                 break
+            hosted = self._at(carla_id)
             if action == b.ENGINE_CALLBACK_PARAMETER_VALUE_CHANGED and value1 >= 0:
-                hosted = self._at(carla_id)
                 symbol = hosted.symbols.get(value1) if hosted else None
                 if (
                     hosted is not None
                     and symbol is not None
                     and (hosted.enable is None or value1 != hosted.enable[0])
                 ):
+                    hosted.values[symbol] = float(valuef)
                     changed.setdefault(hosted.id, {})[symbol] = float(valuef)
-            elif action == b.ENGINE_CALLBACK_PLUGIN_UNAVAILABLE:
-                self._died(self._at(carla_id), text or "unavailable")
+            elif action == b.ENGINE_CALLBACK_PLUGIN_UNAVAILABLE and hosted is not None:
+                dead.append((hosted, text or "unavailable"))
             elif action == b.ENGINE_CALLBACK_PARAMETER_VALUE_CHANGED and value1 == b.PARAMETER_ACTIVE:
                 # Carla deactivates a bridged plugin whose process ended (a crash, a kill);
-                # the box never deactivates one itself (set_active(False) mutes).
-                if self.bridges and valuef == 0.0:
-                    self._died(self._at(carla_id), "its bridge process ended")
+                # the box deactivates only a whole warm host, never one plugin of it.
+                if self.bridges and valuef == 0.0 and self._active and hosted is not None:
+                    dead.append((hosted, "its bridge process ended"))
             elif action == b.ENGINE_CALLBACK_ERROR:
                 log.error("carla: %s", text)
             elif action in (b.ENGINE_CALLBACK_ENGINE_STOPPED, b.ENGINE_CALLBACK_QUIT) and self._open:
                 raise HostStopped(text or "Carla's engine stopped")
         for plugin_id, values in changed.items():
             self.send({"event": "parameter", "plugin": plugin_id, "values": values})
+        for hosted, why in dead:
+            self._died(hosted, why)
 
-    def _died(self, hosted: Hosted | None, why: str) -> None:
-        """Tell the box once that a plugin stopped working; the box removes and reloads it."""
-        if hosted is not None and not hosted.dead:
-            hosted.dead = True
-            self.send({"event": "plugin-died", "plugin": hosted.id, "message": why})
+    def _died(self, hosted: Hosted, why: str) -> None:
+        """A plugin stopped working: out of the rack at once (its place passes dry), the box told
+        once; the box loads it again if it wants it back."""
+        if hosted.dead or hosted.id not in self._plugins:
+            return
+        hosted.dead = True
+        try:
+            self._forget(hosted)
+        except EngineError as exc:
+            log.error("removing dead plugin %s: %s", hosted.id, exc)
+        self.send({"event": "plugin-died", "plugin": hosted.id, "message": why})
 
     def _at(self, carla_id: int) -> Hosted | None:
         if 0 <= carla_id < len(self._order):
-            return self._plugins[self._order[carla_id]]
+            return self._plugins.get(self._order[carla_id])
         return None
 
 
 def _end_soon(owner: OwnerLoop) -> None:
     """SIGTERM: the box has died (``setpriv --pdeathsig``) or gives up on us.
 
-    The owner loop ends and Carla closes its engine, so that every plugin's
-    JACK client leaves the graph before the process exits. Dying at once
-    would leave them all in JACK's graph, each failing every cycle until the
-    server notices; JACK 1.9.21 was seen to wedge for good under that storm
-    of xrun notices (its own notice socket overflows mid-message), and then
-    no box could come back. SIGALRM's default action ends the process if
-    the close itself hangs.
+    The owner loop ends and Carla closes its engine, so that the rack's JACK
+    client leaves the graph before the process exits. Dying at once would
+    leave it in JACK's graph failing every cycle until the server notices;
+    JACK 1.9.21 was seen to wedge for good under such a storm of xrun
+    notices (its own notice socket overflows mid-message), and then no box
+    could come back. SIGALRM's default action ends the process if the close
+    itself hangs.
     """
     owner.stop()
     signal.alarm(CLOSE_DEADLINE)
@@ -504,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="appliance.engine.carla.host")
     parser.add_argument("--lib-dir", type=Path, required=True)
     parser.add_argument("--share-dir", type=Path, required=True)
-    parser.add_argument("--client", required=True, help="the engine's JACK client name")
+    parser.add_argument("--client", required=True, help="the rack's JACK client name")
     parser.add_argument("--fd", type=int, required=True, help="this process's end of the box's socket")
     parser.add_argument("--bridges", action="store_true")
     parser.add_argument("--log-level", default="INFO")

@@ -13,14 +13,15 @@ Box → host::
 
 Host → box (no id)::
 
-    {"event": "ready", "sample_rate": 48000, "buffer_size": 128}
+    {"event": "ready", "sample_rate": 48000, "buffer_size": 128, "inputs": [...], "outputs": [...]}
     {"event": "info", "load": 3.2, "xruns": 0}          every HEARTBEAT_INTERVAL: it is alive
     {"event": "parameter", "plugin": "plugin_3", "values": {"gain": -6.0}}
     {"event": "plugin-died", "plugin": "plugin_3", "message": "..."}
     {"event": "stopped", "message": "..."}              Carla's engine stopped; the host exits
 
-Requests: ``add``, ``remove``, ``wire``, ``controls``, ``values``, ``reset``, ``ping``.
-Messages: ``set``, ``bypass``, ``quit``.
+Requests: ``add``, ``remove``, ``move``, ``activate``, ``controls``, ``values``, ``reset``, ``ping``
+(and ``bypass`` for a plugin bypassed out of the rack). Messages: ``set``, ``bypass``,
+``drywet``, ``readings``, ``quit``.
 """
 
 from __future__ import annotations
