@@ -21,8 +21,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .board import Board
 from .control import Controller, Event, Outcome
-from .errors import InvalidValue, NameTaken, UnknownPedalboard
+from .engine import SavedPlugin
+from .errors import ApplianceError, InvalidValue, NameTaken, UnknownPedalboard
 from .pedalboards import (
     MAX_SNAPSHOTS,
     Pedalboard,
@@ -78,6 +80,7 @@ class Library:
         self._files = asyncio.Lock()
         self._switching = False
         self._told_modified = False
+        self._preparing: asyncio.Task[None] | None = None
         handlers = {
             "PEDALBOARD_LIST": self._list,
             "PEDALBOARD_SAVE": self._save,
@@ -116,6 +119,7 @@ class Library:
         self.snapshot = snapshot if isinstance(snapshot, str) and self.current else None
         if self.current is not None and not saved.get("modified", False):
             self._reference = self._layout()
+        self._prepare_neighbours()
 
     def saved_state(self) -> dict[str, Any]:
         """What ``board.json`` keeps of the library, so that a restart knows what plays."""
@@ -162,9 +166,49 @@ class Library:
         self.controller.publish([("PEDALBOARD_STATE", self.state())])
 
     def _changed(self, events: list[Event] | None = None) -> Outcome:
-        """Tell everyone the new state (after ``events``), and have it saved."""
+        """Tell everyone the new state (after ``events``), have it saved, and have the
+        setlist's neighbours ready (they may have changed with it)."""
         self.on_change()
+        self._prepare_neighbours()
         return Outcome(broadcast=[*(events or []), ("PEDALBOARD_STATE", self.state())])
+
+    # -- warm standby ------------------------------------------------------------------
+
+    def neighbours(self) -> list[str]:
+        """The pedalboards a setlist step from here would load: the next entry's, then the
+        previous one's (each once; never the one playing unchanged, which only recalls)."""
+        setlist = self.setlist
+        if not setlist.entries:
+            return []
+        names: list[str] = []
+        for delta in (+1, -1):
+            name = setlist.entries[setlist.step(delta)].pedalboard
+            playing = self.current is not None and self.current.name == name and not self.modified
+            if not playing and name not in names:
+                names.append(name)
+        return names
+
+    def _prepare_neighbours(self) -> None:
+        """Have the engine keep the neighbours loaded and idle (:meth:`Engine.prepare`), in the
+        background: the files are read in a worker, the engine loads its racks by itself."""
+        if self._preparing is not None:
+            self._preparing.cancel()
+        self._preparing = asyncio.get_running_loop().create_task(self._prepare(self.neighbours()))
+
+    async def _prepare(self, names: list[str]) -> None:
+        boards: list[list[SavedPlugin]] = []
+        for name in names:
+            try:
+                async with self._files:
+                    pedalboard = await asyncio.to_thread(self.store.read, name)
+            except ApplianceError as exc:
+                log.warning("warm standby: pedalboard %r cannot be read: %s", name, exc)
+                continue
+            incoming = Board(self.controller.board.tracks)
+            incoming.restore(pedalboard.board, self.controller.catalog)
+            plugins = incoming.instances()
+            boards.append([SavedPlugin(t.id, p.id, p.type, p.engine_values(), p.bypass) for t, p in plugins])
+        self.controller.engine.prepare(boards)
 
     async def _refresh_names(self) -> None:
         self.names = await asyncio.to_thread(self.store.names)

@@ -256,6 +256,7 @@ class CarlaEngine(Engine):
         self._track_policies: dict[str, RespawnPolicy] = {}
         self._plugin_policies: dict[str, RespawnPolicy] = {}
         self._restarts = 0
+        self._woken = 0  # switches that woke a warm rack instead of loading one
         self._last_gap: float | None = None
         self._down_since: dict[str, float] = {}
         self._running = False
@@ -387,6 +388,7 @@ class CarlaEngine(Engine):
         log.info("carla engine up on jack server %s (rack mode)", self.server_name or "(default)")
         async with self._lock:
             await self._rewire()
+        self._kick_warming()  # what was prepared before a restart
 
     async def stop(self) -> None:
         """Stop every host, the wiring client and a private server. Safe to call twice."""
@@ -751,6 +753,7 @@ class CarlaEngine(Engine):
                 rack = self._take_warm(track_id, board)
                 if rack is not None:
                     await self._wake(rack, board)
+                    self._woken += 1
                 else:
                     rack = Rack(track_id, "live")
                     new[track_id] = rack  # closed again if the switch fails
@@ -1086,6 +1089,7 @@ class CarlaEngine(Engine):
             "host_load": round(max((r.load for r in racks), default=0.0), 2),
             "hosts": {role: len(pids) for role, pids in self.host_pids().items()},
             "restarts": self._restarts,
+            "warm_switches": self._woken,
         }
         if self._last_gap is not None:
             details["last_gap_ms"] = round(self._last_gap * 1000)
