@@ -164,6 +164,7 @@ class Library:
             return
         self._told_modified = True
         self.controller.publish([("PEDALBOARD_STATE", self.state())])
+        self._prepare_neighbours()  # a step to the pedalboard it was loads it afresh now
 
     def _changed(self, events: list[Event] | None = None) -> Outcome:
         """Tell everyone the new state (after ``events``), have it saved, and have the
