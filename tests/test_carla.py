@@ -526,3 +526,63 @@ async def test_warm_racks_follow_what_is_prepared(
         assert len(engine.host_pids()["warm"]) == 1, "the prepared board's warm host went away"
     finally:
         await engine.stop()
+
+
+async def test_a_warm_host_that_dies_is_loaded_again(
+    jack_server: JackServer, rig: Rig, own_plugins: OwnPlugins
+) -> None:
+    """A warm standby host that crashes while it waits is replaced by a new one, quietly: the
+    board playing never hears of it, and the switch still wakes the new one."""
+    events: list[EngineEvent] = []
+    engine = _engine(jack_server.name, rig, events, own=own_plugins)
+    await engine.start()
+    try:
+        await engine.add_plugin(TRACK, "old", AMP, 0, {"gain": -6.0})
+        engine.prepare([[SavedPlugin(TRACK, "?", AMP, {"gain": -20.0})]])
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            while not engine.host_pids()["warm"]:
+                await asyncio.sleep(0.01)
+        (crashed,) = engine.host_pids()["warm"]
+        os.kill(crashed, signal.SIGKILL)
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            while engine.host_pids()["warm"] in ([], [crashed]):
+                await asyncio.sleep(0.01)
+        assert not [e for e in events if e.kind.startswith("engine-")], events
+        assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
+        (warm,) = engine.host_pids()["warm"]
+        await engine.switch_board([SavedPlugin(TRACK, "new", AMP, {"gain": -20.0})], 0.0, lambda: None)
+        assert engine.host_pids()["live"] == [warm]
+        assert await rig.gain_until(_near(-20.0), PROBE) == pytest.approx(-20.0, abs=TOLERANCE_DB)
+    finally:
+        await engine.stop()
+
+
+async def test_a_switch_while_tuning_stays_silent_and_keeps_the_tuner(
+    jack_server: JackServer, rig: Rig, own_plugins: OwnPlugins
+) -> None:
+    """With the tuner on, a switch (to a warm board or a cold one) keeps the box silent and the
+    tuner listening; tuner off, the new board sounds."""
+    engine = _engine(jack_server.name, rig, [], own=own_plugins)
+    await engine.start()
+    try:
+        engine.prepare([[SavedPlugin(TRACK, "?", AMP, {"gain": -20.0})]])
+        async with asyncio.timeout(EVENT_TIMEOUT):
+            while not engine.host_pids()["warm"]:
+                await asyncio.sleep(0.01)
+        await engine.set_tuner(True)
+        assert await rig.gain_until(lambda g: g < -60.0, PROBE) < -60.0
+        for board in ([SavedPlugin(TRACK, "warm", AMP, {"gain": -3.0})], [SavedPlugin(TRACK, "cold", TS9, {})]):
+            await engine.switch_board(board, 0.0, lambda: None)
+            assert engine.is_tuning
+            _, recorded = await rig.play_and_record(sine(110.0, 48000, 48000, -12.0))
+            assert rms_db(recorded) < -60.0, "a switch while tuning was heard"
+            async with asyncio.timeout(EVENT_TIMEOUT):
+                while engine.tuner() is None:
+                    engine.request_readings()
+                    await rig.play_and_record(sine(110.0, 9600, 48000, -12.0))
+            reading = engine.tuner()
+            assert reading is not None and reading["note"] == "A"
+        await engine.set_tuner(False)
+        assert await rig.gain_until(lambda g: g > -60.0, PROBE) > -60.0
+    finally:
+        await engine.stop()
