@@ -12,12 +12,16 @@ against catalog keys (case-insensitive), the stem of ``plugin_path`` and the
 URIs the scan found, with pure string operations; nothing a client sends is
 ever opened.
 
-A :class:`Catalog` is immutable once built: any thread may read it.
+A :class:`Catalog` is immutable once built: any thread may read it. It keeps
+the curated entries built, and every other installed plugin packed
+(:class:`appliance.lilv.InstalledPlugins`) until a lookup asks for it; the
+last :data:`RAW_TYPES_KEPT` of those stay built.
 :meth:`Catalog.load` blocks (file read, LV2 scan): run it in a worker.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -38,6 +42,8 @@ logger = logging.getLogger("appliance.catalog")
 KEY_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 #: Longest ``name`` / ``plugin_path`` worth looking at.
 MAX_FIELD_LENGTH = 1024
+#: How many installed plugins' types (added by URI) stay built after a lookup.
+RAW_TYPES_KEPT = 64
 
 _ENTRY_KEYS = frozenset({"uri", "name", "aliases", "enable"})
 _ALIAS_KEYS = frozenset({"symbol", "scale", "offset", "unit"})
@@ -53,12 +59,18 @@ class Catalog:
             entries whose plugin is installed.
     """
 
-    def __init__(self, entries: Mapping[str, PluginType], installed: Iterable[lilv.ScannedPlugin]) -> None:
+    def __init__(
+        self,
+        entries: Mapping[str, PluginType],
+        installed: lilv.InstalledPlugins | Iterable[lilv.ScannedPlugin],
+    ) -> None:
         self.entries: dict[str, PluginType] = dict(entries)
-        self._scanned: dict[str, lilv.ScannedPlugin] = {p.uri: p for p in installed if p.is_audio_effect}
-        self._by_uri: dict[str, PluginType] = {
-            uri: _scanned_type(plugin) for uri, plugin in self._scanned.items()
-        }
+        if not isinstance(installed, lilv.InstalledPlugins):
+            installed = lilv.InstalledPlugins.of(installed)
+        self._installed = installed
+        #: URI -> name of every installed audio effect.
+        self._effects = installed.effects()
+        self._raw_type = functools.lru_cache(maxsize=RAW_TYPES_KEPT)(self._build_raw_type)
 
     # -- building --------------------------------------------------------
 
@@ -71,15 +83,18 @@ class Catalog:
 
         Args:
             path: the catalog YAML (``config/plugins.yaml``).
-            scan: scan every installed plugin, so that any of them can be
-                added by URI. False reads only the catalog entries' plugins
-                (fast); then only those URIs resolve.
+            scan: every installed plugin, so that any of them can be added
+                by URI: from the cache, or scanned in a child process
+                (:func:`appliance.lilv.load_plugins`). False scans only the
+                catalog entries' plugins, in this process (fast; tests and
+                tools); then only those URIs resolve.
             cache: optional JSON file for the full scan
                 (:func:`appliance.lilv.load_plugins`).
 
         Returns:
             The catalog. Entries whose plugin is not installed are logged and
-            left out; without liblilv the catalog is empty (logged).
+            left out; without liblilv, or when the scan fails, the catalog is
+            empty (logged).
 
         Raises:
             ConfigError: the file is unreadable or invalid; ``key`` names the
@@ -94,12 +109,13 @@ class Catalog:
         except yaml.YAMLError as exc:
             raise ConfigError(str(path), f"not valid YAML: {exc}") from exc
         specs = parse(document)
+        plugins: lilv.InstalledPlugins | list[lilv.ScannedPlugin]
         try:
             if scan:
                 plugins = lilv.load_plugins(cache)
             else:
                 plugins = lilv.scan_plugins(uris={spec.uri for spec in specs})
-        except lilv.LilvUnavailable as exc:
+        except lilv.ScanError as exc:
             logger.error("no LV2 scan (%s): the plugin catalog is empty", exc)
             plugins = []
         catalog = cls.build(specs, plugins)
@@ -111,17 +127,20 @@ class Catalog:
         return catalog
 
     @classmethod
-    def build(cls, specs: Iterable[EntrySpec], plugins: Iterable[lilv.ScannedPlugin]) -> Catalog:
+    def build(
+        cls, specs: Iterable[EntrySpec], plugins: lilv.InstalledPlugins | Iterable[lilv.ScannedPlugin]
+    ) -> Catalog:
         """Combine parsed entries with scanned plugins (pure, no I/O).
 
         Raises:
             ConfigError: an entry names a control its plugin does not have.
         """
-        scanned = list(plugins)
-        by_uri = {p.uri: p for p in scanned}
+        installed = (
+            plugins if isinstance(plugins, lilv.InstalledPlugins) else lilv.InstalledPlugins.of(plugins)
+        )
         entries: dict[str, PluginType] = {}
         for spec in specs:
-            plugin = by_uri.get(spec.uri)
+            plugin = installed.get(spec.uri)
             if plugin is None:
                 logger.warning("catalog entry %s: plugin %s is not installed; left out", spec.key, spec.uri)
                 continue
@@ -133,7 +152,7 @@ class Catalog:
                 )
                 continue
             entries[spec.key] = spec.plugin_type(plugin)
-        return cls(entries, scanned)
+        return cls(entries, installed)
 
     # -- queries ---------------------------------------------------------
 
@@ -147,7 +166,14 @@ class Catalog:
         """
         if not isinstance(key, str):
             return None
-        return self.entries.get(key.lower()) or self._by_uri.get(key)
+        found = self.entries.get(key.lower())
+        if found is None and key in self._effects:
+            found = self._raw_type(key)
+        return found
+
+    def _build_raw_type(self, uri: str) -> PluginType | None:
+        plugin = self._installed.get(uri)
+        return _scanned_type(plugin) if plugin is not None else None
 
     def resolve(self, name: object, plugin_path: object) -> PluginType:
         """The plugin a ``PLUGIN_ADD`` asks for (protocol.md "Adding plugins safely").
@@ -196,11 +222,7 @@ class Catalog:
     def installed(self) -> list[dict[str, Any]]:
         """Every other installed audio effect, short form (``uri``, ``name``), by URI."""
         curated = {t.uri for t in self.entries.values()}
-        return [
-            {"uri": uri, "name": plugin.name}
-            for uri, plugin in sorted(self._scanned.items())
-            if uri not in curated
-        ]
+        return [{"uri": uri, "name": name} for uri, name in self._effects.items() if uri not in curated]
 
 
 # --------------------------------------------------------------------------

@@ -9,9 +9,15 @@ whole scan is one blocking call, :func:`scan_plugins`; the loop runs it through
 safe from any one thread at a time per call (lilv itself is not thread-safe,
 but nothing here is shared between calls).
 
-A full scan of ~500 plugins takes a few seconds; :func:`load_plugins` keeps the
-result in a JSON cache file, invalidated when the modification times of the LV2
-folders, their bundles or the bundles' Turtle files change.
+A full scan of ~500 plugins takes a few seconds and leaves liblilv and the
+whole LV2 world (~80 MB that the allocator keeps) in the process that made
+it. So the full scan never runs in the box's process: :func:`load_plugins`
+runs it in a short-lived child (``python -m appliance.lilv``, which also
+keeps a bundle that crashes lilv from taking the box down), keeps the result
+in a JSON cache file, invalidated when the modification times of the LV2
+folders, their bundles or the bundles' Turtle files change, and hands back
+:class:`InstalledPlugins`: every plugin's URI, name and whether it chains at
+hand, the rest of its data compressed until it is looked up.
 
 Memory ownership follows ``lilv.h`` (0.24): nodes returned by
 ``lilv_plugin_get_name``, ``lilv_port_get_name``, ``lilv_port_get``,
@@ -28,6 +34,7 @@ lv2:designation lv2:enabled / lv2:latency, lv2:reportsLatency), LV2 units
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import ctypes.util
 import hashlib
@@ -35,8 +42,12 @@ import json
 import logging
 import math
 import os
+import signal
+import subprocess
+import sys
 import sysconfig
-from collections.abc import Collection, Iterator, Sequence
+import zlib
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -48,7 +59,13 @@ logger = logging.getLogger("appliance.lilv")
 Kind = Literal["float", "integer", "toggle", "enum"]
 
 #: Bumped whenever the cached JSON layout changes.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
+#: How long the scan's child process may take (~2.5 s for ~500 plugins on a PC).
+SCAN_TIMEOUT = 120.0
+#: The scan child's exit code when liblilv cannot be loaded.
+_NO_LILV_EXIT = 3
+#: Lines of the scan child's stderr (lilv's complaints about broken bundles) put in the log.
+_STDERR_LINES_LOGGED = 40
 
 _LV2 = "http://lv2plug.in/ns/lv2core#"
 _ATOM = "http://lv2plug.in/ns/ext/atom#"
@@ -89,7 +106,11 @@ UNIT_SYMBOLS: dict[str, str] = {
 }
 
 
-class LilvUnavailable(RuntimeError):
+class ScanError(RuntimeError):
+    """The installed plugins could not be scanned."""
+
+
+class LilvUnavailable(ScanError):
     """liblilv-0 cannot be loaded on this machine."""
 
 
@@ -216,6 +237,99 @@ class ScannedPlugin:
                 for p in data["presets"]
             ),
         )
+
+
+class InstalledPlugins:
+    """The scan as the box keeps it: every plugin's URI, name and whether it chains at
+    hand, the rest of its data compressed and decoded when it is looked up.
+
+    The full data of ~500 plugins (26,000 control ports, most of them in a few
+    LSP plugins) is ~30 MB of Python objects; compressed it is ~0.7 MB, and the
+    largest plugin decodes in ~2 ms. Immutable: any thread may read it.
+    """
+
+    def __init__(self, packed: dict[str, tuple[str, bool, str]]) -> None:
+        #: URI -> (name, is an audio effect, the rest of its data: base64 of zlib of JSON).
+        self._packed = packed
+
+    @classmethod
+    def of(cls, plugins: Iterable[ScannedPlugin]) -> InstalledPlugins:
+        """These plugins (a scan's result), packed."""
+        return cls({p.uri: (p.name, p.is_audio_effect, _pack(p)) for p in plugins})
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def __contains__(self, uri: object) -> bool:
+        return uri in self._packed
+
+    def __iter__(self) -> Iterator[ScannedPlugin]:
+        """Every plugin's full data, by URI (decodes them all: tests and tools only)."""
+        for uri in sorted(self._packed):
+            plugin = self.get(uri)
+            if plugin is not None:
+                yield plugin
+
+    def effects(self) -> dict[str, str]:
+        """URI -> name of every plugin the box can chain (:attr:`ScannedPlugin.is_audio_effect`)."""
+        return {uri: name for uri, (name, effect, _) in sorted(self._packed.items()) if effect}
+
+    def get(self, uri: str) -> ScannedPlugin | None:
+        """The plugin's full data, decoded now; None when it is not installed.
+
+        A damaged entry (the cache file changed under the box) is logged and
+        counts as not installed.
+        """
+        found = self._packed.get(uri)
+        if found is None:
+            return None
+        name, _, packed = found
+        try:
+            data = json.loads(zlib.decompress(base64.b64decode(packed, validate=True)))
+            return ScannedPlugin.from_json({**data, "uri": uri, "name": name})
+        except (ValueError, zlib.error, KeyError, TypeError) as exc:
+            logger.error(
+                "the LV2 scan cache's data for %s is damaged (%s): delete the cache to scan again", uri, exc
+            )
+            return None
+
+    def to_cache(self, stamp: str) -> str:
+        """The cache file's text for the LV2 folders' :func:`fingerprint` ``stamp``."""
+        plugins = [
+            [uri, name, effect, packed] for uri, (name, effect, packed) in sorted(self._packed.items())
+        ]
+        return json.dumps({"format": CACHE_FORMAT, "fingerprint": stamp, "plugins": plugins})
+
+    @classmethod
+    def from_cache(cls, text: str, stamp: str) -> InstalledPlugins:
+        """Read a cache file's text (no plugin decoded yet).
+
+        Raises:
+            ValueError: it is not a cache of this format for ``stamp``.
+        """
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+            raise ValueError("another cache format")
+        if data.get("fingerprint") != stamp:
+            raise ValueError("the LV2 folders changed")
+        packed: dict[str, tuple[str, bool, str]] = {}
+        for item in data.get("plugins", ()):
+            if not (isinstance(item, list) and len(item) == 4):
+                raise ValueError(f"not a cache entry: {item!r:.80}")
+            uri, name, effect, blob = item
+            if not (isinstance(uri, str) and isinstance(name, str) and isinstance(effect, bool)):
+                raise ValueError(f"not a cache entry: {item!r:.80}")
+            if not isinstance(blob, str):
+                raise ValueError(f"not a cache entry: {item!r:.80}")
+            packed[uri] = (name, effect, blob)
+        return cls(packed)
+
+
+def _pack(plugin: ScannedPlugin) -> str:
+    data = plugin.to_json()
+    del data["uri"], data["name"]
+    compact = json.dumps(data, separators=(",", ":")).encode()
+    return base64.b64encode(zlib.compress(compact)).decode("ascii")
 
 
 # --------------------------------------------------------------------------
@@ -678,34 +792,97 @@ def scan_plugins(
     return plugins
 
 
-def load_plugins(cache: Path | None = None, lv2_path: Sequence[str] | None = None) -> list[ScannedPlugin]:
-    """:func:`scan_plugins`, through a JSON cache file when one is given.
+def load_plugins(cache: Path | None = None, lv2_path: Sequence[str] | None = None) -> InstalledPlugins:
+    """Every installed plugin, from the cache file when it is current, else scanned in a child.
 
     The cache is reused while the LV2 folders' :func:`fingerprint` is
     unchanged; an unreadable or stale cache is silently rebuilt, and a cache
-    that cannot be written only costs a log line. Blocking: call from a worker.
+    that cannot be written only costs a log line. The scan itself runs in a
+    child process (:func:`scan_in_child`), so neither liblilv nor the LV2
+    world it reads ever lives in the caller's process. Blocking: call from a
+    worker.
 
     Args:
-        cache: the JSON file to read and (atomically) rewrite.
+        cache: the JSON file to read and (atomically) rewrite; None scans
+            every time.
         lv2_path: folders to scan; default :func:`default_lv2_path`.
 
     Raises:
         LilvUnavailable: a scan was needed and liblilv-0 is not installed.
+        ScanError: a scan was needed and its child failed (crashed, hung).
     """
     folders = list(lv2_path) if lv2_path is not None else default_lv2_path()
-    if cache is None:
-        return scan_plugins(folders)
     stamp = fingerprint(folders)
+    if cache is not None:
+        try:
+            return InstalledPlugins.from_cache(cache.read_text(encoding="utf-8"), stamp)
+        except (OSError, ValueError):
+            pass
+    text = scan_in_child(folders, stamp)
     try:
-        data = json.loads(cache.read_text(encoding="utf-8"))
-        if data.get("format") == CACHE_FORMAT and data.get("fingerprint") == stamp:
-            return [ScannedPlugin.from_json(item) for item in data["plugins"]]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    plugins = scan_plugins(folders)
-    payload = {"format": CACHE_FORMAT, "fingerprint": stamp, "plugins": [p.to_json() for p in plugins]}
+        installed = InstalledPlugins.from_cache(text, stamp)
+    except ValueError as exc:
+        raise ScanError(f"the LV2 scan gave no usable result ({exc})") from exc
+    if cache is not None:
+        try:
+            write_atomic(cache, text)
+        except OSError as exc:
+            logger.warning("cannot write the LV2 scan cache %s: %s", cache, exc)
+    return installed
+
+
+def scan_in_child(folders: Sequence[str], stamp: str, timeout: float = SCAN_TIMEOUT) -> str:
+    """Scan ``folders`` in a child process (``python -m appliance.lilv``); the cache file's text.
+
+    What the child says on stderr (lilv's complaints about a broken bundle,
+    a plugin skipped) goes to this process's log. Blocking: call from a worker.
+
+    Raises:
+        LilvUnavailable: the child could not load liblilv-0.
+        ScanError: the child crashed, failed or took longer than ``timeout``.
+    """
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    argv = [sys.executable, "-m", "appliance.lilv", stamp, *folders]
     try:
-        write_atomic(cache, json.dumps(payload))
+        done = subprocess.run(argv, capture_output=True, env=env, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ScanError(f"the LV2 scan took longer than {timeout:.0f} s") from exc
     except OSError as exc:
-        logger.warning("cannot write the LV2 scan cache %s: %s", cache, exc)
-    return plugins
+        raise ScanError(f"cannot start the LV2 scan: {exc}") from exc
+    said = done.stderr.decode("utf-8", "replace").splitlines()
+    if done.returncode == _NO_LILV_EXIT:
+        raise LilvUnavailable(said[-1] if said else "liblilv-0 cannot be loaded")
+    for line in [line for line in said if line.strip()][:_STDERR_LINES_LOGGED]:
+        logger.warning("LV2 scan: %s", line)
+    if done.returncode != 0:
+        raise ScanError(f"the LV2 scan {_how_it_ended(done.returncode)}")
+    return done.stdout.decode("utf-8")
+
+
+def _how_it_ended(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exited with {returncode}"
+    try:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"was killed by signal {-returncode}"
+
+
+def _main(argv: Sequence[str]) -> int:
+    """The scan's child: ``python -m appliance.lilv STAMP FOLDER...`` prints the cache file's text."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    stamp, folders = argv[0], list(argv[1:])
+    try:
+        plugins = scan_plugins(folders)
+    except LilvUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return _NO_LILV_EXIT
+    sys.stdout.write(InstalledPlugins.of(plugins).to_cache(stamp))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

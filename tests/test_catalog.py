@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.skipif(not lilv.is_available(), reason="liblilv-0 is no
 
 CATALOG_FILE = Path(__file__).resolve().parent.parent / "config" / "plugins.yaml"
 KEYS = ["gain", "reverb", "compressor", "eq", "delay", "overdrive", "amp", "gate", "tuner", "chorus"]
+AMP = "http://lv2plug.in/plugins/eg-amp"
 OTHER_PLUGIN = "http://plugin.org.uk/swh-plugins/plate"  # installed, not in the catalog
 INSTRUMENT = "http://lv2plug.in/plugins/eg-sampler"  # installed, no audio input
 
@@ -123,15 +126,69 @@ def test_scan_cache_is_reused_then_invalidated_by_a_bundle_change(tmp_path: Path
     shutil.copytree("/usr/lib/lv2/eg-amp.lv2", folder / "eg-amp.lv2")
     cache = tmp_path / "cache" / "scan.json"
     first = lilv.load_plugins(cache, [str(folder)])
-    assert [p.uri for p in first] == ["http://lv2plug.in/plugins/eg-amp"]
+    assert [p.uri for p in first] == [AMP]
     data = json.loads(cache.read_text())
-    data["plugins"][0]["name"] = "From the cache"
+    data["plugins"][0][1] = "From the cache"
     cache.write_text(json.dumps(data))
-    assert lilv.load_plugins(cache, [str(folder)])[0].name == "From the cache"
+    again = lilv.load_plugins(cache, [str(folder)]).get(AMP)
+    assert again is not None and again.name == "From the cache"
     ttl = folder / "eg-amp.lv2" / "amp.ttl"
     stat = ttl.stat()
     os.utime(ttl, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert lilv.load_plugins(cache, [str(folder)])[0].name == "Simple Amplifier"
+    rescanned = lilv.load_plugins(cache, [str(folder)]).get(AMP)
+    assert rescanned is not None and rescanned.name == "Simple Amplifier"
+
+
+def test_cached_scan_gives_back_what_the_scan_found(scanned: dict[str, lilv.ScannedPlugin], tmp_path: Path) -> None:
+    """Every plugin read back from the cache (scanned in a child) equals this process's own scan."""
+    cache = tmp_path / "scan.json"
+    lilv.load_plugins(cache)
+    installed = lilv.load_plugins(cache)  # from the file this time
+    assert {p.uri: p for p in installed} == scanned
+    assert installed.effects() == {uri: p.name for uri, p in sorted(scanned.items()) if p.is_audio_effect}
+
+
+def test_catalog_from_the_cache_equals_the_catalog_from_a_scan(catalog: Catalog, tmp_path: Path) -> None:
+    """Catalog.load through the cache gives the same entries, installed list and raw types."""
+    cache = tmp_path / "scan.json"
+    Catalog.load(CATALOG_FILE, cache=cache)
+    cached = Catalog.load(CATALOG_FILE, cache=cache)
+    assert cached.entries == catalog.entries
+    assert cached.installed() == catalog.installed()
+    for uri in (OTHER_PLUGIN, "urn:ardour:a-reverb", "http://lsp-plug.in/plugins/lv2/mb_dyna_processor_lr"):
+        assert cached.lookup(uri) == catalog.lookup(uri) is not None
+    assert cached.lookup(INSTRUMENT) is None
+
+
+def test_a_damaged_cache_entry_is_logged_and_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One plugin's data damaged in a current cache: that plugin is not installed, the log says why."""
+    folder = tmp_path / "lv2"
+    shutil.copytree("/usr/lib/lv2/eg-amp.lv2", folder / "eg-amp.lv2")
+    cache = tmp_path / "scan.json"
+    lilv.load_plugins(cache, [str(folder)])
+    data = json.loads(cache.read_text())
+    data["plugins"][0][3] = data["plugins"][0][3][:-12] + "AAAAAAAAAAAA"
+    cache.write_text(json.dumps(data))
+    with caplog.at_level(logging.ERROR, logger="appliance.lilv"):
+        assert lilv.load_plugins(cache, [str(folder)]).get(AMP) is None
+    assert "damaged" in caplog.text
+
+
+def test_a_scan_that_crashes_is_an_empty_catalog_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scan's child killed by a signal is a logged error and an empty catalog."""
+    real_run = subprocess.run
+
+    def crashing(argv: list[str], **kwargs: Any) -> Any:
+        return real_run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", crashing)
+    with caplog.at_level(logging.ERROR, logger="appliance.catalog"):
+        catalog = Catalog.load(CATALOG_FILE, cache=tmp_path / "scan.json")
+    assert catalog.entries == {} and catalog.installed() == []
+    assert "SIGSEGV" in caplog.text
+    assert not (tmp_path / "scan.json").exists()
 
 
 # -- the curated entries -------------------------------------------------------
