@@ -20,8 +20,6 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-import segno
-
 from . import config as config_module
 from . import logs
 from .app import default_config_path, pin_factory, read_token, run
@@ -111,6 +109,8 @@ def _token(path: Path, config: config_module.Config) -> int:
 
 def _pair(path: Path, config: config_module.Config, host: str | None) -> int:
     """``appliance pair``: the pairing address, and a QR code of it a phone's camera opens."""
+    import segno  # only here: the running box never needs it
+
     try:
         token = read_token(config)
     except ConfigError as exc:
