@@ -45,6 +45,9 @@ MAX_FIELD_LENGTH = 1024
 #: How many installed plugins' types (added by URI) stay built after a lookup.
 RAW_TYPES_KEPT = 64
 
+#: libyaml's safe loader where PyYAML has it (the catalog file parses ~5× faster), else PyYAML's own.
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 _ENTRY_KEYS = frozenset({"uri", "name", "aliases", "enable"})
 _ALIAS_KEYS = frozenset({"symbol", "scale", "offset", "unit"})
 _ENABLE_KEYS = frozenset({"symbol", "inverted"})
@@ -105,7 +108,7 @@ class Catalog:
         except OSError as exc:
             raise ConfigError(str(path), f"cannot read the plugin catalog: {exc.strerror or exc}") from exc
         try:
-            document = yaml.safe_load(text)
+            document = yaml.load(text, Loader=_SAFE_LOADER)
         except yaml.YAMLError as exc:
             raise ConfigError(str(path), f"not valid YAML: {exc}") from exc
         specs = parse(document)
