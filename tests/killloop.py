@@ -1,20 +1,34 @@
-"""Power cuts while saving: the box killed (SIGKILL) at a random moment during a burst of
-changes, then started again. Used by ``tests/test_power_cut.py`` (a few rounds) and
-``hil/bench_kill.py`` (hundreds).
+"""The box killed with SIGKILL during a burst of changes, and started again at once, round
+after round. Used by ``tests/test_kill_9.py`` (a few rounds) and ``hil/bench_kill.py`` (hundreds).
 
-Each round starts the virtual box on the same data folder, reads the board it
-came back with, sends a burst of ``PLUGIN_PARAMETER`` changes to one gain
-(each acknowledged by its echo, the time noted), and kills the box somewhere in
-the burst. The next round's start says what was saved. A change acknowledged
-more than :data:`PROMISE` seconds before the kill must be there.
+A SIGKILL ends the box, not the machine: what it wrote is in the page cache
+and reaches the disk anyway. So this plays a crash of the box (or ``kill -9``),
+not a power cut; real power cuts need a machine that loses its page cache
+(a VM killed outright, a relay on a Pi's supply).
+
+Each round starts the virtual box on the same data folder at once after the
+round before killed it, while the killed box's JACK server and plugins are
+still ending, as systemd does (``Restart=always``, 200 ms), and as a user
+does who starts it again by hand. It reads the board the box came back with,
+sends a burst of ``PLUGIN_PARAMETER`` changes to one gain (each acknowledged
+by its echo, the time noted), and kills the box somewhere in the burst. The
+next round's start says what was saved. A change acknowledged more than
+:data:`PROMISE` seconds before the kill must be there.
+
+Every kill comes more than :data:`PROMISE` after the round's first
+acknowledged change, so that every round tests the promise. The kill times
+(and the pace of the bursts) come from one seed: :func:`seed_from_environment`
+reads ``KILL_9_SEED`` or makes one up; the run prints it, and the same seed
+gives the same kill times again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import os
 import random
+import secrets
 import signal
 import time
 from dataclasses import dataclass, field
@@ -27,10 +41,19 @@ from appliance.engine.jackserver import DummySettings, JackServer
 from tests.boxproc import BoxProcess, virtual_config
 
 TRACK = "track_001"
-#: No change acknowledged this long before the cut may be lost (seconds).
+#: No change acknowledged this long before the kill may be lost (seconds).
 PROMISE = 1.0
+#: A kill comes this long after the round's first acknowledged change, at the least and at the most.
+KILL_AFTER = (PROMISE + 0.1, PROMISE + 2.0)
 #: How long one answer may take.
 ANSWER_TIMEOUT = 10.0
+#: The environment variable that picks the seed of a run.
+SEED_VARIABLE = "KILL_9_SEED"
+#: Changes in one burst (more than a kill ever lets through).
+BURST = 400
+#: The plugins of the board besides the gain that takes the changes: a real board's worth of
+#: JACK clients for the killed box's server to drop while the next box starts.
+ALSO_ON_THE_BOARD = ("reverb", "delay", "overdrive")
 
 
 @dataclass
@@ -48,22 +71,40 @@ class Verdict:
 
     kept: bool  # everything older than PROMISE was there
     lost_age: float  # age at the kill of the oldest acknowledged change that was lost (0: none)
+    tested: int  # changes older than PROMISE at the kill (the promise was tested when above 0)
+
+
+def seed_from_environment() -> int:
+    """``KILL_9_SEED`` when set, else a fresh seed (print it: it reproduces the kill times)."""
+    given = os.environ.get(SEED_VARIABLE, "").strip()
+    return int(given) if given else secrets.randbelow(10**6)
+
+
+def kill_delays(seed: int, count: int) -> list[float]:
+    """The seconds from each round's first acknowledged change to its kill."""
+    rng = random.Random(seed)
+    return [rng.uniform(*KILL_AFTER) for _ in range(count)]
 
 
 def config(folder: Path) -> Path:
-    """The virtual box on its own server, with one gain on its board."""
-    return virtual_config(folder, own_server_name=True, demo=[{"plugin": "gain"}], data_dir=folder / "data")
+    """The virtual box on its own server, with a gain and three more plugins on its board."""
+    demo = [{"plugin": "gain"}, *({"plugin": name} for name in ALSO_ON_THE_BOARD)]
+    return virtual_config(folder, own_server_name=True, demo=demo, data_dir=folder / "data")
 
 
 async def board(ws: ClientConnection) -> tuple[str, float]:
-    """The gain's plugin id and value, as the box replays its board."""
+    """The gain's plugin id and value, as the box replays its board; the whole board must be back."""
     await ws.send(json.dumps({"id": "sync", "type": "PING"}))
     found: tuple[str, float] | None = None
+    plugins = []
     async with asyncio.timeout(ANSWER_TIMEOUT):
         while (message := json.loads(await ws.recv())).get("reply_to") != "sync":
             if message["type"] == "PLUGIN_ADD":
-                found = (message["data"]["plugin_id"], float(message["data"]["parameters"]["gain"]))
-    assert found is not None, "the board came back without its gain"
+                plugins.append(message["data"]["plugin"])
+                if message["data"]["plugin"] == "gain":
+                    found = (message["data"]["plugin_id"], float(message["data"]["parameters"]["gain"]))
+    assert found is not None, f"the board came back without its gain: {plugins}"
+    assert sorted(plugins) == sorted(["gain", *ALSO_ON_THE_BOARD]), f"the board came back as {plugins}"
     return found
 
 
@@ -74,20 +115,35 @@ def judge(previous: Round, value: float) -> Verdict:
     lost = previous.acked[newest_kept + 1 :]
     lost_age = previous.killed_at - lost[0][0] if lost else 0.0
     old = [i for i, (t, _) in enumerate(previous.acked) if previous.killed_at - t > PROMISE]
-    return Verdict(kept=not old or old[-1] <= newest_kept, lost_age=max(0.0, lost_age))
+    return Verdict(
+        kept=not old or old[-1] <= newest_kept, lost_age=max(0.0, lost_age), tested=len(old)
+    )
 
 
-async def rounds(folder: Path, count: int, seed: int = 1) -> list[tuple[Round, Verdict]]:
-    """``count`` rounds on one data folder; each with what the start after it found."""
-    rng = random.Random(seed)
+async def rounds(folder: Path, count: int, seed: int) -> list[tuple[Round, Verdict]]:
+    """``count`` rounds on one data folder; each with what the start after it found.
+
+    Raises:
+        RuntimeError: a start did not bring the box back healthy (with the box's log).
+        AssertionError: a start brought back an incomplete board.
+    """
+    delays = kill_delays(seed, count)
     judged: list[tuple[Round, Verdict]] = []
     previous: Round | None = None
-    for number in range(count + 1):
-        current, value = await one_round(folder, number, rng, last=number == count)
-        if previous is not None:
-            judged.append((previous, judge(previous, value)))
-        previous = current
-    await reclaim(private_server_name(folder / "data"))
+    killed: BoxProcess | None = None
+    try:
+        for number in range(count + 1):
+            pace = random.Random(f"{seed}-{number}")
+            delay = delays[number] if number < count else None
+            current, value, box = await one_round(folder, number, pace, delay, killed)
+            killed = box
+            if previous is not None:
+                judged.append((previous, judge(previous, value)))
+            previous = current
+    finally:
+        if killed is not None:
+            await asyncio.to_thread(killed.stop, signal.SIGKILL)
+        await reclaim(private_server_name(folder / "data"))
     return judged
 
 
@@ -99,44 +155,70 @@ async def reclaim(name: str) -> None:
     await server.stop()
 
 
-async def one_round(folder: Path, number: int, rng: random.Random, last: bool = False) -> tuple[Round, float]:
-    """Start the box, burst, kill. Returns the round and the value the box came back with."""
+async def one_round(
+    folder: Path,
+    number: int,
+    pace: random.Random,
+    delay: float | None,
+    killed: BoxProcess | None,
+) -> tuple[Round, float, BoxProcess | None]:
+    """Start the box (at once after ``killed`` was killed), burst, kill after ``delay``.
+
+    Returns the round, the value the box came back with, and the box killed
+    (its JACK server and plugins maybe still ending: the next round cleans up
+    after it); ``delay`` None: the box is only read and stopped.
+    """
     box = BoxProcess(config(folder))
     started = time.monotonic()
-    await asyncio.to_thread(box.start)
+    try:
+        await asyncio.to_thread(box.start)
+    finally:
+        if killed is not None:  # what the killed box left, once its successor has started
+            await asyncio.to_thread(killed.stop, signal.SIGKILL)
     current = Round(back_after=time.monotonic() - started)
     try:
-        async with connect(box.ws_url, open_timeout=ANSWER_TIMEOUT) as ws:
+        ws = await connect(box.ws_url, open_timeout=ANSWER_TIMEOUT)
+        try:
             plugin_id, value = await board(ws)
-            if last:  # only to read what the round before left
-                return current, value
-            base = -80.0 if number % 2 else -30.0  # each round's values differ from the last's
-
-            async def burst() -> None:
-                for k in range(400):
-                    sent = round(base + k * 0.1, 1)
-                    message = {"track_id": TRACK, "plugin_id": plugin_id, "parameter_id": "gain"}
-                    await ws.send(
-                        json.dumps(
-                            {
-                                "id": f"p{k}",
-                                "type": "PLUGIN_PARAMETER",
-                                "data": {**message, "parameter_value": sent},
-                            }
-                        )
-                    )
-                    while json.loads(await ws.recv()).get("reply_to") != f"p{k}":
-                        pass
-                    current.acked.append((time.monotonic(), sent))
-                    await asyncio.sleep(rng.uniform(0.002, 0.03))
-
-            task = asyncio.ensure_future(burst())
-            await asyncio.sleep(rng.uniform(0.2, 2.5))
+            if delay is None:
+                await ws.close()
+                await asyncio.to_thread(box.stop)
+                return current, value, None
+            task = asyncio.ensure_future(burst(ws, plugin_id, number, pace, current))
+            async with asyncio.timeout(ANSWER_TIMEOUT):
+                while not current.acked:  # the kill is timed from the first acknowledged change
+                    if task.done():
+                        task.result()  # its error: the box stopped answering
+                    await asyncio.sleep(0.005)
+            await asyncio.sleep(delay)
             current.killed_at = time.monotonic()
             assert box.proc is not None
-            box.proc.send_signal(signal.SIGKILL)  # a power cut, as the box sees it
-            with contextlib.suppress(Exception):
-                await task
-    finally:
+            box.proc.send_signal(signal.SIGKILL)  # a crash, as the box sees it
+            await asyncio.to_thread(box.proc.wait)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        finally:
+            ws.transport.abort()  # no closing handshake with a dead box
+    except BaseException:
         await asyncio.to_thread(box.stop, signal.SIGKILL)
-    return current, value
+        raise
+    return current, value, box
+
+
+async def burst(
+    ws: ClientConnection,
+    plugin_id: str,
+    number: int,
+    pace: random.Random,
+    current: Round,
+) -> None:
+    """Knob changes one after the other, each noted once its echo came back."""
+    base = -80.0 if number % 2 else -30.0  # each round's values differ from the last's
+    for k in range(BURST):
+        sent = round(base + k * 0.1, 1)
+        data = {"track_id": TRACK, "plugin_id": plugin_id, "parameter_id": "gain", "parameter_value": sent}
+        await ws.send(json.dumps({"id": f"p{k}", "type": "PLUGIN_PARAMETER", "data": data}))
+        while json.loads(await ws.recv()).get("reply_to") != f"p{k}":
+            pass
+        current.acked.append((time.monotonic(), sent))
+        await asyncio.sleep(pace.uniform(0.002, 0.03))
