@@ -200,11 +200,22 @@ def status_line(report: dict[str, Any], clients: int, pedalboard: str | None, mo
     )
 
 
-class Box:
-    """The running box: every part, wired together."""
+#: Makes the engine for a config: ``(config, on_event, own) -> Engine`` (:func:`make_engine`).
+EngineMaker = Callable[[Config, Callable[[EngineEvent], None], OwnPlugins], Engine]
 
-    def __init__(self, config: Config) -> None:
+
+class Box:
+    """The running box: every part, wired together.
+
+    Args:
+        config: what to run.
+        engine_maker: picks and makes the engine (tests of the box's own
+            lifecycle give an in-memory stand-in).
+    """
+
+    def __init__(self, config: Config, engine_maker: EngineMaker = make_engine) -> None:
         self.config = config
+        self.engine_maker = engine_maker
         self.started = time.monotonic()
         self.notifier = SystemdNotifier()
         self.engine: Engine | None = None
@@ -217,6 +228,8 @@ class Box:
         self.mixer: MixerService | None = None
         self.meters: asyncio.Task[None] | None = None
         self.restarting: asyncio.Task[None] | None = None
+        #: The engine said it must be started again, and has not been yet.
+        self.engine_lost = False
         self.lag = LoopLag()
         self.lagging: asyncio.Task[None] | None = None
 
@@ -247,6 +260,8 @@ class Box:
             self.library.board_changed()
 
     def _on_engine_event(self, event: EngineEvent) -> None:
+        if event.needs_restart:
+            self.engine_lost = True  # even before the controller exists: start() looks
         if self.controller is None:
             return
         self.controller.engine_event(event)
@@ -255,21 +270,28 @@ class Box:
 
     async def _restart_engine(self, fresh: bool = False) -> None:
         """The engine lost its JACK server, or could not reach it at the start: start it again
-        with the board once the server answers.
+        with the board once the server answers (again, if it is lost again meanwhile).
 
         Meanwhile ``/healthz`` says 503 and the watchdog is not petted, so if
-        JACK stays away, systemd restarts the box (``WatchdogSec``).
+        JACK stays away, systemd restarts the box (``WatchdogSec``). ``fresh``:
+        the box has no saved board, and the demo board is loaded once the engine runs.
         """
         assert self.controller is not None
         controller = self.controller
         lost = time.monotonic()
         try:
-            while not await controller.restart_engine(lambda: self._load_engine(controller.board, fresh)):
-                await asyncio.sleep(ENGINE_RETRY_INTERVAL)
+            while True:
+                self.engine_lost = False
+                if not await controller.restart_engine(lambda: self._load_engine(controller.board)):
+                    await asyncio.sleep(ENGINE_RETRY_INTERVAL)
+                elif not self.engine_lost:
+                    break
         finally:
             self.restarting = None
         back = f"back on the JACK server after {time.monotonic() - lost:.1f} s"
         controller.engine_event(EngineEvent("engine-restored", None, back))
+        if fresh:
+            await self._load_demo()
 
     async def start(self) -> None:
         config = self.config
@@ -289,7 +311,7 @@ class Box:
                 aside = await asyncio.to_thread(store.set_aside, "unusable")
                 log.error("saved board is not usable (%s); moved it to %s and started empty", exc, aside)
                 board = Board(t.id for t in config.tracks)
-        self.engine = make_engine(config, self._on_engine_event, own_plugins(self.catalog))
+        self.engine = self.engine_maker(config, self._on_engine_event, own_plugins(self.catalog))
         waiting = False
         try:
             await self.engine.start()
@@ -309,10 +331,12 @@ class Box:
             self.saver.changed,
             config.switch_ceiling,
         )
-        if waiting:
+        if waiting or self.engine_lost:  # not started, or lost its server as it started
             self.restarting = asyncio.create_task(self._restart_engine(fresh=saved is None))
         else:
-            await self._load_engine(board, saved is None)
+            await self.controller.exclusively(lambda: self._load_engine(board))
+            if saved is None:
+                await self._load_demo()
         await self.library.start(saved.get("library") if saved else None)
         await self._start_mixer(saved.get("mixer") if saved else None)
         Tuner(self.controller)
@@ -352,11 +376,23 @@ class Box:
         self.hardware = gpio.Hardware(gpio_map, self.controller, factory)
         await self.hardware.start()
 
-    async def _load_engine(self, board: Board, fresh: bool) -> None:
-        """Put the restored board (or, on a fresh box, the demo board) into the engine."""
-        assert self.engine is not None and self.controller is not None and self.catalog is not None
+    async def _load_engine(self, board: Board) -> None:
+        """Put the board into the engine (no structural change may run meanwhile).
+
+        A plugin that could not be loaded is kept in the saved board, dormant,
+        unless the engine itself was lost meanwhile: then the restart that
+        follows loads the whole board again.
+        """
+        assert self.engine is not None
         saved = [SavedPlugin(t.id, p.id, p.type, p.engine_values(), p.bypass) for t, p in board.instances()]
         failed = await self.engine.load_board(saved)
+        if failed and self.engine_lost:
+            log.error(
+                "board: %d plugin(s) not loaded: the engine lost its JACK server; loading them again "
+                "once it is back",
+                len(failed),
+            )
+            return
         for plugin in saved:
             if plugin.plugin_id in failed:
                 board.make_dormant(plugin.track_id, plugin.plugin_id)
@@ -364,19 +400,23 @@ class Box:
                 log.error(
                     "board: %s could not be loaded (%s); kept in the saved board", plugin.plugin_id, why
                 )
-        if fresh and self.config.demo:
-            for demo in self.config.demo:
-                plugin_type = self.catalog.lookup(demo.plugin)
-                if plugin_type is None:
-                    log.warning("demo: plugin %s is not installed", demo.plugin)
-                    continue
-                try:
-                    await self.controller.add(
-                        demo.track, plugin_type, plugin_type.name, None, demo.values, demo.bypass
-                    )
-                except ApplianceError as exc:
-                    log.error("demo: %s could not be loaded (%s)", demo.plugin, exc)
         log.info("board loaded: %d plugins", sum(1 for _ in board.instances()))
+
+    async def _load_demo(self) -> None:
+        """A fresh box (nothing saved) plays the config's demo board."""
+        assert self.controller is not None and self.catalog is not None
+        for demo in self.config.demo:
+            plugin_type = self.catalog.lookup(demo.plugin)
+            if plugin_type is None:
+                log.warning("demo: plugin %s is not installed", demo.plugin)
+                continue
+            try:
+                await self.controller.add(
+                    demo.track, plugin_type, plugin_type.name, None, demo.values, demo.bypass
+                )
+            except ApplianceError as exc:
+                log.error("demo: %s could not be loaded (%s)", demo.plugin, exc)
+        log.info("demo board loaded: %d plugins", sum(1 for _ in self.controller.board.instances()))
 
     async def stop(self) -> None:
         """Stop serving, save the board, stop the engine: each step even if one before failed."""

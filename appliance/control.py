@@ -209,6 +209,12 @@ class Controller:
             events.append(("PLUGIN_BYPASS", self._ids(track_id, instance) | {"bypass": True}))
         return Outcome(broadcast=events)
 
+    async def exclusively(self, load: Callable[[], Awaitable[None]]) -> None:
+        """Run ``load`` (the saved board into the engine, at start) with no structural change
+        meanwhile; an engine restart asked for meanwhile waits for it."""
+        async with self._structure:
+            await load()
+
     async def restart_engine(self, load: Callable[[], Awaitable[None]]) -> bool:
         """Stop and start the engine, then ``load`` the board into it, with no structural
         change in between; False (engine stopped) while it cannot start yet."""

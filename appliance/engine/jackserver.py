@@ -8,6 +8,16 @@ perfect time without a sound card (see docs field notes, "JACK")::
 
 Everything here runs on the asyncio loop's thread and never blocks it: the
 server and the readiness probe (``jack_lsp``) are asyncio subprocesses.
+
+A server name is one server at a time: the box's private server keeps its
+name from one start to the next (:func:`appliance.app.private_server_name`),
+and a box killed outright leaves its ``jackd`` ending on its own (SIGTERM
+from ``setpriv --pdeathsig``), which can take seconds while JACK drops the
+dead box's clients. Until that ``jackd`` has gone, the readiness probe would
+be answered by *it*, not by the new server (which fails with "server already
+active"), and the box would wire its plugins into a server about to vanish.
+So a start first waits for any other ``jackd -n NAME`` to end, and ends it
+if it will not.
 """
 
 from __future__ import annotations
@@ -15,10 +25,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import os
 import secrets
+import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import EngineError
 from .processes import dies_with_parent
@@ -35,8 +48,14 @@ PROBE_TIMEOUT = 2.0
 PROBE_INTERVAL = 0.05
 #: Realtime priority asked for with ``-R``.
 REALTIME_PRIORITY = 70
-#: How long a server of the same name may take to go (a crashed box's, still ending).
+#: How long jackd may keep saying "server already active" for a name whose server has gone
+#: (a jackd killed outright stays registered until the next start of that name clears it).
 NAME_RELEASE_TIMEOUT = 5.0
+#: How long another ``jackd`` of the same name (a killed box's, ending) may take to end on
+#: its own before it is killed: JACK was seen busy for over 5 s dropping a dead box's clients.
+PREDECESSOR_TIMEOUT = 10.0
+#: How often to look whether it has ended.
+PREDECESSOR_POLL = 0.05
 #: What jackd says when a server of that name is running, or was killed outright.
 ALREADY_ACTIVE = "server already active"
 
@@ -80,6 +99,27 @@ def jack_environment(server_name: str | None) -> dict[str, str]:
     if server_name is not None:
         env["JACK_DEFAULT_SERVER"] = server_name
     return env
+
+
+def servers_named(name: str, proc: Path = Path("/proc")) -> list[int]:
+    """Process ids of the live ``jackd -n NAME`` processes on this machine (how
+    :class:`JackServer` starts them). Blocking (reads ``/proc``): call it off the loop."""
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if stat[stat.rfind(")") + 2 :].startswith(("Z", "X")):
+            continue  # dead, waiting to be reaped: it holds no server
+        if not argv or not os.path.basename(argv[0].decode(errors="replace")).startswith("jackd"):
+            continue
+        if any(a == b"-n" and b == name.encode() for a, b in itertools.pairwise(argv)):
+            found.append(int(entry.name))
+    return found
 
 
 class JackServer:
@@ -163,12 +203,14 @@ class JackServer:
         return "\n".join(self._output)
 
     async def _start_named(self, realtime: bool) -> None:
-        """Start; while jackd says a server of this name is active, try again for a while.
+        """Start once no other server of this name runs; while jackd says a server of this
+        name is active, try again for a while.
 
-        That server may still be ending (the crashed box's: it ends when the
-        box dies), or be dead but registered (a jackd killed outright: the
-        failed start clears it, and the next one works).
+        Another ``jackd`` of this name (the crashed box's, ending) is waited for
+        first (:meth:`_outlive_predecessor`). A server killed outright stays
+        registered though dead: the failed start clears it, and the next one works.
         """
+        await self._outlive_predecessor()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + NAME_RELEASE_TIMEOUT
         while True:
@@ -180,6 +222,27 @@ class JackServer:
                     raise
                 await self._reap()
                 await asyncio.sleep(PROBE_INTERVAL * 4)
+
+    async def _outlive_predecessor(self) -> None:
+        """Wait until no other ``jackd`` of this name runs; kill one still there after
+        :data:`PREDECESSOR_TIMEOUT` (wedged: the name is this server's to take)."""
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        killed = False
+        while others := [pid for pid in await asyncio.to_thread(servers_named, self.name) if pid != self.pid]:
+            if deadline is None:
+                log.info("jack server %s: waiting for the old jackd %s to end", self.name, others)
+                deadline = loop.time() + PREDECESSOR_TIMEOUT
+            elif loop.time() > deadline:
+                if killed:
+                    return  # unkillable: the start says why it cannot take the name
+                log.warning("jack server %s: the old jackd %s will not end; killing it", self.name, others)
+                for pid in others:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                killed = True
+                deadline = loop.time() + SERVER_STOP_TIMEOUT
+            await asyncio.sleep(PREDECESSOR_POLL)
 
     async def _start_once(self, realtime: bool) -> None:
         scheduling = ["-R", "-P", str(REALTIME_PRIORITY)] if realtime else ["--no-realtime"]
@@ -217,7 +280,7 @@ class JackServer:
         while True:
             if proc.returncode is not None:
                 raise EngineError(f"jackd exited with {proc.returncode}: {self.output_tail()}")
-            if await self._answers():
+            if await self._answers() and proc.returncode is None:
                 return
             await asyncio.sleep(PROBE_INTERVAL)
 
