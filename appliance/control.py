@@ -310,23 +310,41 @@ class Controller:
         """Set many plugins' values and bypass as one step (a snapshot); the events that say so.
 
         Every value reaches the engine in the same loop turn, then every
-        bypass; no other knob or footswitch lands in between.
+        bypass; no other knob or footswitch lands in between. A plugin removed
+        meanwhile (the recall may wait for a footswitch, and its own bypasses
+        for the graph) is left out; whatever was applied is saved, even if a
+        later bypass fails.
         """
         events: list[Event] = []
-        async with self._performance:
-            for change in changes:
-                await self.engine.set_parameters(change.plan.plugin_id, change.plan.engine)
-                self.board.commit(change.plan)
-                events += self._parameter_events(change.plan)
-            for change in changes:
-                track_id, plugin_id = change.plan.track_id, change.plan.plugin_id
-                instance = self.board.plugin(track_id, plugin_id)
-                if instance.bypass != change.bypass:
-                    await self.engine.set_bypass(plugin_id, change.bypass)
-                    self.board.set_bypass(track_id, plugin_id, change.bypass)
+        changed = False
+        try:
+            async with self._performance:
+                applied: list[Recall] = []
+                for change in changes:
+                    try:
+                        await self.engine.set_parameters(change.plan.plugin_id, change.plan.engine)
+                        self.board.commit(change.plan)
+                    except UnknownPlugin:
+                        log.warning("snapshot: %s was removed as it was recalled", change.plan.plugin_id)
+                        continue
+                    changed = True
+                    applied.append(change)
+                    events += self._parameter_events(change.plan)
+                for change in applied:
+                    track_id, plugin_id = change.plan.track_id, change.plan.plugin_id
+                    try:
+                        instance = self.board.plugin(track_id, plugin_id)
+                        if instance.bypass == change.bypass:
+                            continue
+                        await self.engine.set_bypass(plugin_id, change.bypass)
+                        self.board.set_bypass(track_id, plugin_id, change.bypass)
+                    except UnknownPlugin:
+                        continue  # removed while a bypass rewired
                     bypassed = self._ids(track_id, instance) | {"bypass": change.bypass}
                     events.append(("PLUGIN_BYPASS", bypassed))
-        self.on_change()
+        finally:
+            if changed:
+                self.on_change()
         return events
 
     def _removals(self) -> list[Event]:

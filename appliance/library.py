@@ -153,9 +153,11 @@ class Library:
     def _layout(self) -> Any:
         return layout(self.controller.board.to_dict())
 
-    def _matched(self) -> None:
-        """The board is what was just loaded, saved or recalled."""
-        self._reference = self._layout()
+    def _matched(self, reference: Any = None) -> None:
+        """The board is what was just loaded, saved or recalled: as it is now, or as it was
+        when it was written (``reference``, its :func:`layout`: a phone may have changed it
+        while the file was written, and then it differs from that file)."""
+        self._reference = reference if reference is not None else self._layout()
         self._told_modified = False
 
     def board_changed(self) -> None:
@@ -241,6 +243,7 @@ class Library:
         overwrite = data.get("overwrite", False) is True or (current is not None and name == current.name)
         board = self.controller.board.to_dict()
         board.pop("next_number", None)
+        written = layout(board)
         snapshots = list(current.snapshots) if current else []
         pedalboard = Pedalboard(name, board, snapshots, spillover)
         async with self._files:
@@ -250,7 +253,7 @@ class Library:
                 await asyncio.to_thread(self.store.create, pedalboard)
             await self._refresh_names()
         self.current = pedalboard
-        self._matched()
+        self._matched(written)
         return self._changed()
 
     async def _load(self, request: Request) -> Outcome:
@@ -362,12 +365,13 @@ class Library:
                 f"a pedalboard holds at most {MAX_SNAPSHOTS} snapshots", {"field": "data.name"}
             )
         snapshot = take_snapshot(self.controller.board, name)
+        taken = self._layout()
         snapshots = [snapshot if s.name == name else s for s in current.snapshots]
         if len(others) == len(current.snapshots):
             snapshots.append(snapshot)
         await self._keep_snapshots(current, snapshots)
         self.snapshot = name
-        self._matched()
+        self._matched(taken)
         return self._changed()
 
     async def _snapshot_recall(self, request: Request) -> Outcome:
