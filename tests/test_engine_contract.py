@@ -1,6 +1,6 @@
 """The engine contract: one suite, run against every engine adapter present.
 
-Each test gets a fresh JACK dummy server (48000 Hz, 128 frames), the virtual
+Each test gets a fresh JACK dummy server (48000 Hz, the suite's period), the virtual
 rig (:mod:`tests.rig`) and an engine whose one track reads the rig's player
 and feeds its recorder. Audio claims are checked on recorded samples; a
 failure's "nothing changed" is checked on one recording that spans the whole
@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import jack
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -33,7 +34,7 @@ from appliance.engine.chain import Stage, chain_connections, connection_changes
 from appliance.engine.jackserver import DummySettings, JackServer
 from appliance.errors import EngineError, PluginLoadFailed
 from tests import fakes
-from tests.conftest import require_jalv_tools
+from tests.conftest import RIG_PERIOD, require_jalv_tools
 from tests.engines import ENGINE_ADAPTERS, EngineFactory, GraphFault
 from tests.rig import Rig, difference_db, gain_db, latency_frames, noise, rms_db, sine, window_gains
 
@@ -213,6 +214,36 @@ async def test_bypass_passes_the_dry_signal(
     assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
 
 
+def _all_connections(server: str) -> set[tuple[str, str]]:
+    """Every connection in the JACK graph now, source → destination."""
+    client = jack.Client(f"look-{os.getpid()}-{threading.get_ident() % 10000}", servername=server, no_start_server=True)
+    try:
+        return {
+            (port.name, other.name)
+            for port in client.get_ports(is_output=True)
+            for other in client.get_all_connections(port)
+        }
+    finally:
+        client.close()
+
+
+async def test_a_plugin_with_its_own_enable_control_is_bypassed_by_it(
+    engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType], jack_server: JackServer
+) -> None:
+    """A footswitch on a plugin with an enable control (TS9's BYPASS) flips that control inside
+    its host: the track is dry, then driven again, and not one JACK connection changed (a
+    bypass that reroutes waits for JACK's graph: 30 ms p99 was measured so under jalv)."""
+    await engine.add_plugin(TRACK, "drive", plugin_type(TS9), 0, {"fslider2_": 1.0, "fslider0_": 4.0})
+    assert engine.bypass_mode("drive") == "hosted"  # type: ignore[attr-defined]
+    assert await rig.gain_until(lambda g: g > 3.0, PROBE) > 3.0
+    wired = await asyncio.to_thread(_all_connections, jack_server.name)
+    await engine.set_bypass("drive", True)
+    assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
+    await engine.set_bypass("drive", False)
+    assert await rig.gain_until(lambda g: g > 3.0, PROBE) > 3.0
+    assert await asyncio.to_thread(_all_connections, jack_server.name) == wired
+
+
 async def test_added_bypassed_plugin_passes_dry(
     engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType]
 ) -> None:
@@ -323,7 +354,7 @@ async def test_bad_uri_fails_without_a_sound_change(
 async def test_info_reports_the_server(engine: Engine, rig: Rig) -> None:
     """info() gives the server's rate and buffer, a DSP load, the server's xruns; not running once stopped."""
     info = engine.info()
-    assert (info.name, info.running, info.sample_rate, info.buffer_size) == (engine.name, True, 48000, 128)
+    assert (info.name, info.running, info.sample_rate, info.buffer_size) == (engine.name, True, 48000, RIG_PERIOD)
     async with asyncio.timeout(EVENT_TIMEOUT):
         while engine.info().dsp_load <= 0.0:  # JACK's load estimate needs a few cycles
             await asyncio.sleep(0.05)

@@ -4,9 +4,10 @@ Debian's packages only: ``jackd2``, ``jalv`` and the LV2 plugins. Every plugin
 runs in its own process (:mod:`appliance.engine.jalvproc`), so a crashing
 plugin takes nothing else down: the engine notices, routes the track around it
 (dry), respawns it with its last values as :mod:`appliance.engine.respawn`
-allows, and puts it back in the chain. Bypass routes the chain around the
-plugin. Chains, wiring and the two speeds of change are shared with the Carla
-engine (:mod:`appliance.engine.jackengine`).
+allows, and puts it back in the chain. Bypass is the plugin's own enable
+control where it has one (``set`` on its stdin: heard at its next cycle),
+else the chain routes around the plugin. Chains, wiring and the two speeds
+of change are :mod:`appliance.engine.jackengine`'s.
 
 Loop thread only.
 """
@@ -120,6 +121,7 @@ class JalvEngine(JackChainEngine):
                 del self._procs[slot.id]
             raise
         slot.inputs, slot.outputs = inputs, outputs
+        slot.hosted_bypass = slot.type.enable_value(bypass=True) is not None
         self._background(self._watch(slot, proc))
 
     async def _release(self, slot: Slot) -> None:
@@ -136,6 +138,14 @@ class JalvEngine(JackChainEngine):
         if proc is not None and slot.state == "up":
             proc.write(values)
 
+    def _send_bypass(self, slot: Slot, bypass: bool) -> None:
+        """The plugin's own enable control, on its stdin: heard at its next cycle."""
+        proc = self._procs.get(slot.id)
+        value = slot.type.enable_value(bypass)
+        if proc is not None and slot.type.enable_symbol is not None and value is not None:
+            self._flush_values(slot)  # values sent before the bypass land before it
+            proc.write({slot.type.enable_symbol: value})
+
     def _details(self) -> dict[str, object]:
         return {"restarts": sum(p.recent for p in self._policies.values())}
 
@@ -149,9 +159,9 @@ class JalvEngine(JackChainEngine):
     # -- respawn ---------------------------------------------------------------------
 
     def _start_values(self, slot: Slot) -> dict[str, float]:
-        """Values for ``-c``: the plugin's own enable control on, then the slot's."""
+        """Values for ``-c``: the plugin's own enable control as its bypass says, then the slot's."""
         start: dict[str, float] = {}
-        enable = slot.type.enable_value(bypass=False)
+        enable = slot.type.enable_value(bypass=slot.bypass)
         if slot.type.enable_symbol is not None and enable is not None:
             start[slot.type.enable_symbol] = enable
         start.update(slot.values)
