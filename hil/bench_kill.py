@@ -13,8 +13,9 @@ Printed: rounds, rounds that broke the promise (a change acknowledged more
 than 1 s before the kill lost; target 0), rounds whose box did not come back
 healthy with its whole board (target 0: such a start stops the run), the age
 of the oldest change lost per kill (p50/p99/max; the changes of the last
-~0.5–0.75 s before a kill are expected to go, by design), and the time from
-start to a healthy box (p50/p99).
+~0.5–0.75 s before a kill are expected to go, by design), the time from
+start to a healthy box (p50/p99/max), and how many starts found the killed
+box's JACK server still ending.
 
 A measurement, not a test: it exits 0 whatever the figures. Loopback only.
 """
@@ -31,6 +32,9 @@ from pathlib import Path
 from hil.figures import spread
 from tests.killloop import PROMISE, SEED_VARIABLE, rounds, seed_from_environment
 
+#: What the box logs when its JACK server waits for the killed box's (appliance.engine.jackserver).
+STILL_ENDING = "waiting for the old jackd"
+
 
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hil.bench_kill", description=__doc__.split("\n")[0])
@@ -42,6 +46,8 @@ async def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-kill-") as folder:
         judged = await rounds(Path(folder), args.rounds, seed)
+        log = (Path(folder) / "box.log").read_text(errors="replace")
+    waited = log.count(STILL_ENDING)
     broken = [v for _, v in judged if not v.kept]
     untested = [v for _, v in judged if not v.tested]
     print(f"rounds: {len(judged)} in {time.monotonic() - started:.0f} s (seed {seed})")
@@ -55,6 +61,7 @@ async def main(argv: list[str] | None = None) -> int:
     )
     print(f"oldest change lost per kill: {spread([v.lost_age * 1000 for _, v in judged])}")
     print(f"start to healthy box: {spread([r.back_after * 1000 for r, _ in judged])}")
+    print(f"starts that found the killed box's JACK server still ending (and waited for it): {waited}")
     return 0
 
 
