@@ -22,7 +22,6 @@ server ends with the box.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import errno
 import logging
@@ -39,7 +38,7 @@ import jack  # type: ignore[import-untyped]
 from . import TrackPorts
 from .chain import wire_pairs
 from .jackserver import jack_environment
-from .processes import dies_with_parent, end_process
+from .processes import Child
 
 log = logging.getLogger("appliance.engine.drypath")
 
@@ -79,29 +78,25 @@ class DryPathKeeper:
     def __init__(self, server: str | None, tracks: Iterable[TrackPorts]) -> None:
         self.server = server
         self.pairs = dry_pairs(tracks)
-        self._proc: asyncio.subprocess.Process | None = None
+        self._child: Child | None = None
 
     async def start(self) -> None:
         """Start it; a keeper that cannot start is logged (the box runs without it)."""
+        env = jack_environment(self.server)
+        child = Child(argv(self.server, self.pairs), "dry path", env, stdin=True, output=False)
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *dies_with_parent(argv(self.server, self.pairs)),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-                env=jack_environment(self.server),
-            )
+            await child.start()
         except OSError as exc:
             log.warning("no dry path on a crash: %s", exc)
+            return
+        self._child = child
 
     async def release(self) -> None:
         """The box stops: the keeper wires the dry path now, and ends."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            stdin = proc.stdin
-            await end_process(
-                proc, stdin.close if stdin is not None else None, KEEPER_STOP_TIMEOUT, "dry path"
-            )
+        child, self._child = self._child, None
+        if child is not None:
+            stdin = child.stdin
+            await child.end(stdin.close if stdin is not None else None, KEEPER_STOP_TIMEOUT)
 
 
 class _Ended(Exception):

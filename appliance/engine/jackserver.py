@@ -23,7 +23,6 @@ if it will not.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EngineError
-from .processes import dies_with_parent
+from .processes import Child
 
 log = logging.getLogger("appliance.engine.jackserver")
 
@@ -46,6 +45,8 @@ SERVER_STOP_TIMEOUT = 5.0
 PROBE_TIMEOUT = 2.0
 #: Pause between readiness probes.
 PROBE_INTERVAL = 0.05
+#: Lines of jackd's output kept for error messages.
+SERVER_OUTPUT_LINES = 40
 #: Realtime priority asked for with ``-R``.
 REALTIME_PRIORITY = 70
 #: How long jackd may keep saying "server already active" for a name whose server has gone
@@ -143,19 +144,18 @@ class JackServer:
         self.settings = settings or DummySettings()
         self.is_realtime = False
         self._jackd = jackd
-        self._proc: asyncio.subprocess.Process | None = None
-        self._pump: asyncio.Task[None] | None = None
-        self._output: collections.deque[str] = collections.deque(maxlen=40)
+        self._child: Child | None = None
+        self._last_words: list[str] = []  # of the last server of this name, for output_tail
 
     @property
     def is_running(self) -> bool:
         """True while the server process is alive."""
-        return self._proc is not None and self._proc.returncode is None
+        return self._child is not None and self._child.is_running
 
     @property
     def pid(self) -> int | None:
         """The server's process id while it runs."""
-        return self._proc.pid if self.is_running and self._proc is not None else None
+        return self._child.pid if self.is_running and self._child is not None else None
 
     async def start(self) -> None:
         """Start the server and wait until clients can connect.
@@ -192,15 +192,17 @@ class JackServer:
 
     async def stop(self) -> None:
         """Stop the server: SIGTERM, wait, then SIGKILL. Safe to call twice."""
-        if self._proc is None:
+        if self._child is None:
             return
-        if self._proc.returncode is None:
+        if self._child.is_running:
             log.info("stopping jack server %s", self.name)
         await self._reap()
 
     def output_tail(self) -> str:
         """The server's last output lines (for error messages)."""
-        return "\n".join(self._output)
+        if self._child is not None:
+            return self._child.last_words("\n")
+        return "\n".join(self._last_words)
 
     async def _start_named(self, realtime: bool) -> None:
         """Start once no other server of this name runs; while jackd says a server of this
@@ -258,29 +260,22 @@ class JackServer:
             "-p",
             str(self.settings.period),
         ]
-        self._output.clear()
+        env = jack_environment(None)
+        child = self._child = Child(argv, f"jackd {self.name}", env, tail=SERVER_OUTPUT_LINES, logger=log)
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *dies_with_parent(argv),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=jack_environment(None),
-            )
+            await child.start()
         except OSError as exc:
             raise EngineError(f"cannot run {self._jackd}: {exc}") from exc
-        assert self._proc.stdout is not None
-        self._pump = asyncio.create_task(self._read_output(self._proc.stdout))
         try:
-            await asyncio.wait_for(self._wait_ready(self._proc), SERVER_START_TIMEOUT)
+            await asyncio.wait_for(self._wait_ready(child), SERVER_START_TIMEOUT)
         except TimeoutError:
             raise EngineError(f"no answer within {SERVER_START_TIMEOUT} s: {self.output_tail()}") from None
 
-    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> None:
+    async def _wait_ready(self, child: Child) -> None:
         while True:
-            if proc.returncode is not None:
-                raise EngineError(f"jackd exited with {proc.returncode}: {self.output_tail()}")
-            if await self._answers() and proc.returncode is None:
+            if child.returncode is not None:
+                raise EngineError(f"jackd exited with {child.returncode}: {self.output_tail()}")
+            if await self._answers() and child.returncode is None:
                 return
             await asyncio.sleep(PROBE_INTERVAL)
 
@@ -303,45 +298,25 @@ class JackServer:
                     probe.kill()
                 await probe.wait()
 
-    async def _read_output(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            text = line.decode(errors="replace").rstrip()
-            self._output.append(text)
-            log.debug("jackd %s: %s", self.name, text)
-
     async def _reap(self, reclaim: bool = True) -> None:
-        proc, self._proc = self._proc, None
-        killed = False
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), SERVER_STOP_TIMEOUT)
-            except TimeoutError:
-                log.warning("jack server %s ignored SIGTERM; killing it", self.name)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), SERVER_STOP_TIMEOUT)
-                killed = True
-        pump, self._pump = self._pump, None
-        if pump is not None:
-            try:
-                await asyncio.wait_for(pump, PROBE_TIMEOUT)
-            except (TimeoutError, asyncio.CancelledError):
-                pump.cancel()
-        if killed and reclaim:
-            await self._reclaim_slot()
+        child, self._child = self._child, None
+        if child is None:
+            return
+        killed = await child.end(None, SERVER_STOP_TIMEOUT)
+        self._last_words = list(child.output)
+        if killed:
+            log.warning("jack server %s ignored SIGTERM and was killed", self.name)
+            if reclaim:
+                await self._reclaim_slot()
 
     async def _reclaim_slot(self) -> None:
         """Give back the slot of a server just killed outright (JACK keeps it until a server
         of the same name starts again): start one, and stop it cleanly. Its last words stay
         in :meth:`output_tail`."""
-        last_words = list(self._output)
+        last_words = self._last_words
         try:
             await self._start_named(realtime=False)
         except EngineError as exc:
             log.warning("jack server %s: its slot may stay taken: %s", self.name, exc)
         await self._reap(reclaim=False)
-        self._output.clear()
-        self._output.extend(last_words)
+        self._last_words = last_words

@@ -15,16 +15,15 @@ called stuck and killed once, so that the engine restarts it with its values.
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import logging
 import re
+import signal
 from collections.abc import Callable, Iterable, Mapping
 
 from ..errors import PluginLoadFailed
 from .jackserver import jack_environment
-from .processes import describe_exit, dies_with_parent, end_process
+from .processes import Child
 
 log = logging.getLogger("appliance.engine.jalv")
 
@@ -73,14 +72,16 @@ class JalvProcess:
         monitors: Iterable[str] = (),
     ) -> None:
         self.argv = argv
-        self.server_name = server_name
         self.name = name
         self.on_reading = on_reading
         self.monitors = frozenset(monitors)
-        self.output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
         self.stuck = False
-        self._proc: asyncio.subprocess.Process | None = None
-        self._pump: asyncio.Task[None] | None = None
+        env = jack_environment(server_name)
+        self._child = Child(argv, name, env, stdin=True, on_line=self._line, tail=OUTPUT_LINES, logger=log)
+
+    @property
+    def output(self) -> collections.deque[str]:
+        return self._child.output
 
     async def start(self) -> None:
         """Run it (it needs time to show its ports).
@@ -89,35 +90,26 @@ class JalvProcess:
             PluginLoadFailed: jalv (or stdbuf) cannot run at all.
         """
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *dies_with_parent(self.argv),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=jack_environment(self.server_name),
-            )
+            await self._child.start()
         except OSError as exc:
             raise PluginLoadFailed(f"cannot run jalv for {self.argv[-1]}: {exc}") from exc
-        assert self._proc.stdout is not None
-        self._pump = asyncio.create_task(self._read_output(self._proc.stdout))
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid
 
     @property
     def returncode(self) -> int | None:
-        return self._proc.returncode if self._proc is not None else None
+        return self._child.returncode
 
     @property
     def is_running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self._child.is_running
 
     def exit_reason(self) -> str:
         """How it ended, with its last words (for errors and the log)."""
-        code = self.returncode
-        ending = describe_exit(code) if code is not None else "still running"
-        tail = " | ".join(line for line in self.output if line)
+        tail = self._child.last_words()
+        ending = self._child.exit_reason()
         return f"jalv exited with {ending}: {tail}" if tail else f"jalv exited with {ending}"
 
     def write(self, values: Mapping[str, float]) -> None:
@@ -131,50 +123,35 @@ class JalvProcess:
 
     def _command(self, lines: str) -> None:
         """Write command lines to its stdin. A stuck jalv is killed (once)."""
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.returncode is not None or self.stuck:
+        stdin = self._child.stdin
+        if stdin is None or not self._child.is_running or self.stuck:
             return
         try:
-            proc.stdin.write(lines.encode())
+            stdin.write(lines.encode())
         except (BrokenPipeError, ConnectionResetError):
             return  # it is ending; its watcher restarts it with the values
-        backlog = proc.stdin.transport.get_write_buffer_size()
+        backlog = stdin.transport.get_write_buffer_size()
         if backlog > STDIN_BACKLOG_LIMIT:
             self.stuck = True
             log.error("%s: stopped reading its stdin (%d bytes wait); restarting it", self.name, backlog)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            self._child.signal(signal.SIGKILL)
 
     async def wait(self) -> int:
         """Its exit status, once it has exited."""
-        assert self._proc is not None
-        code = await self._proc.wait()
-        if self._pump is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._pump), 0.2)  # its last words
-        return code
+        return await self._child.wait()
 
     async def terminate(self) -> None:
         """EOF on stdin, then SIGTERM, then SIGKILL; returns once it is gone."""
-        proc = self._proc
-        if proc is None:
-            return
-        stdin = proc.stdin
-        await end_process(proc, stdin.close if stdin is not None else None, PLUGIN_STOP_TIMEOUT, self.name)
-        if self._pump is not None:
-            self._pump.cancel()
-            await asyncio.gather(self._pump, return_exceptions=True)
+        stdin = self._child.stdin
+        await self._child.end(stdin.close if stdin is not None else None, PLUGIN_STOP_TIMEOUT)
 
-    async def _read_output(self, stream: asyncio.StreamReader) -> None:
-        """Read its output for as long as it lives, so the pipe never fills."""
-        while line := await stream.readline():
-            text = line.decode(errors="replace").strip()
-            while text.startswith(">"):  # jalv's prompt glues onto the next line
-                text = text[1:].lstrip()
-            reading = READING.fullmatch(text)
-            if reading is not None and reading[1] in self.monitors:
-                if self.on_reading is not None:
-                    self.on_reading(reading[1], float(reading[2]))
-                continue
-            self.output.append(text)
-            log.debug("%s: %s", self.name, text)
+    def _line(self, text: str) -> bool:
+        """One output line: an output control's reading is taken, anything else kept."""
+        while text.startswith(">"):  # jalv's prompt glues onto the next line
+            text = text[1:].lstrip()
+        reading = READING.fullmatch(text.strip())
+        if reading is not None and reading[1] in self.monitors:
+            if self.on_reading is not None:
+                self.on_reading(reading[1], float(reading[2]))
+            return True
+        return False

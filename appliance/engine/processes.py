@@ -1,4 +1,10 @@
-"""Ending the child processes the engines start (jalv plugins, the Carla host).
+"""The child processes the engines start (jackd, jalv plugins, Carla hosts, the dry-path keeper).
+
+:class:`Child` is the one way they are started and ended: tied to the box's
+life (:func:`dies_with_parent`), their output read for as long as they live
+(so a pipe never fills) and kept as a short tail for error messages, their
+end awaited and described (:func:`describe_exit`), and ended politely, then
+with SIGTERM, then SIGKILL (:func:`end_process`).
 
 Loop thread only.
 """
@@ -6,10 +12,11 @@ Loop thread only.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 log = logging.getLogger("appliance.engine")
 
@@ -38,25 +45,169 @@ def describe_exit(returncode: int) -> str:
 
 async def end_process(
     proc: asyncio.subprocess.Process, ask: Callable[[], None] | None, timeout: float, name: str
-) -> None:
+) -> bool:
     """Ask a child to exit, then SIGTERM, then SIGKILL, each given ``timeout`` seconds.
 
     Args:
         proc: the child.
-        ask: the polite request (close its stdin, send ``quit``), if it has one.
+        ask: the polite request (close its stdin, send ``quit``), if it has one;
+            without one, SIGTERM comes at once.
         timeout: how long each step may take.
         name: for the log, if it will not die.
+
+    Returns:
+        True when it took SIGKILL (it ignored the rest).
     """
-    if proc.returncode is None and ask is not None:
-        with contextlib.suppress(OSError):
-            ask()
-    for stop in (None, proc.terminate, proc.kill):
+    steps: list[Callable[[], None] | None] = [proc.terminate, proc.kill]
+    if ask is not None:
+        steps.insert(0, None)
+        if proc.returncode is None:
+            with contextlib.suppress(OSError):
+                ask()
+    killed = False
+    for stop in steps:
         if proc.returncode is not None:
-            return
+            break
         if stop is not None:
+            killed = stop == proc.kill
             with contextlib.suppress(ProcessLookupError):
                 stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), timeout)
     if proc.returncode is None:
         log.error("%s (pid %d) would not die", name, proc.pid)
+    return killed
+
+
+#: How long the output of a child that has ended may take to be read to its end.
+LAST_WORDS_TIMEOUT = 0.5
+
+
+class Child:
+    """One child process of the box: started, its output pumped, ended.
+
+    Args:
+        argv: the command line (run under :func:`dies_with_parent`).
+        name: for log lines.
+        env: its environment (a JACK client's: ``jackserver.jack_environment``).
+        stdin: give it a pipe (:attr:`stdin`), else ``/dev/null``.
+        output: read its stdout and stderr (merged), else discard them.
+        on_line: gets each output line (stripped) and says whether it was
+            consumed (then it is kept out of the tail and the log).
+        tail: how many output lines :meth:`last_words` keeps.
+        pass_fds: file descriptors it inherits.
+        logger: where its output goes, at debug level.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        name: str,
+        env: Mapping[str, str],
+        *,
+        stdin: bool = False,
+        output: bool = True,
+        on_line: Callable[[str], bool] | None = None,
+        tail: int = 20,
+        pass_fds: Sequence[int] = (),
+        logger: logging.Logger = log,
+    ) -> None:
+        self.argv = list(argv)
+        self.name = name
+        self.env = dict(env)
+        self.output: collections.deque[str] = collections.deque(maxlen=tail)
+        self._stdin = stdin
+        self._output = output
+        self._on_line = on_line
+        self._pass_fds = tuple(pass_fds)
+        self._log = logger
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Run it.
+
+        Raises:
+            OSError: it cannot run at all (the caller says what that means).
+        """
+        pipe, devnull = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+        self._proc = await asyncio.create_subprocess_exec(
+            *dies_with_parent(self.argv),
+            stdin=pipe if self._stdin else devnull,
+            stdout=pipe if self._output else devnull,
+            stderr=asyncio.subprocess.STDOUT if self._output else devnull,
+            env=self.env,
+            pass_fds=self._pass_fds,
+        )
+        if self._proc.stdout is not None:
+            self._pump = asyncio.get_running_loop().create_task(self._read(self._proc.stdout))
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc is not None else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter | None:
+        return self._proc.stdin if self._proc is not None else None
+
+    def last_words(self, separator: str = " | ") -> str:
+        """Its last output lines, for error messages."""
+        return separator.join(line for line in self.output if line)
+
+    def exit_reason(self) -> str:
+        """``exit status 1`` or ``signal SIGKILL``, or ``still running``."""
+        code = self.returncode
+        return describe_exit(code) if code is not None else "still running"
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send it a signal, if it runs."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(sig)
+
+    async def exited(self) -> int:
+        """Its exit status, as soon as it has exited."""
+        assert self._proc is not None
+        return await self._proc.wait()
+
+    async def wait(self) -> int:
+        """Its exit status once it has exited, with its last words read."""
+        code = await self.exited()
+        if self._pump is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._pump), LAST_WORDS_TIMEOUT)
+        return code
+
+    async def end(self, ask: Callable[[], None] | None, timeout: float) -> bool:
+        """Ask it to exit (``ask``, e.g. close its stdin), then SIGTERM, then SIGKILL
+        (:func:`end_process`); returns once it is gone and its output read.
+
+        Returns:
+            True when it took SIGKILL.
+        """
+        killed = False
+        if self._proc is not None:
+            killed = await end_process(self._proc, ask, timeout, self.name)
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            try:
+                await asyncio.wait_for(pump, LAST_WORDS_TIMEOUT)
+            except (TimeoutError, asyncio.CancelledError):
+                pump.cancel()
+        return killed
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            text = line.decode(errors="replace").rstrip()
+            if self._on_line is not None and self._on_line(text):
+                continue
+            self.output.append(text)
+            self._log.debug("%s: %s", self.name, text)

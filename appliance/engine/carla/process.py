@@ -13,8 +13,6 @@ reported like a crash (:class:`~.engine.CarlaEngine` restarts it).
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import itertools
 import logging
 import signal
@@ -25,7 +23,7 @@ from typing import Any
 
 from ...errors import EngineError
 from ..jackserver import jack_environment
-from ..processes import describe_exit, dies_with_parent, end_process
+from ..processes import Child, describe_exit
 from . import pipe
 from .install import CarlaPaths
 
@@ -71,10 +69,9 @@ class CarlaHostProcess:
         self.bridges = bridges
         self.on_event = on_event
         self.on_exit = on_exit
-        self.output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
         #: Loop time of the last message from the host (its heartbeat).
         self.last_heard = 0.0
-        self._proc: asyncio.subprocess.Process | None = None
+        self._child: Child | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
@@ -87,13 +84,13 @@ class CarlaHostProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid if self._child is not None else None
 
     @property
     def is_running(self) -> bool:
         """True until the process has ended or has been told to die."""
-        proc = self._proc
-        return proc is not None and proc.returncode is None and not (self._ended or self._killed)
+        child = self._child
+        return child is not None and child.is_running and not (self._ended or self._killed)
 
     @property
     def busy(self) -> bool:
@@ -128,15 +125,16 @@ class CarlaHostProcess:
         ]
         if self.bridges:
             argv.append("--bridges")
+        child = self._child = Child(
+            argv,
+            f"carla host {self.client_name}",
+            jack_environment(self.server_name),
+            tail=OUTPUT_LINES,
+            pass_fds=(theirs.fileno(),),
+            logger=log,
+        )
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *dies_with_parent(argv),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=jack_environment(self.server_name),
-                pass_fds=(theirs.fileno(),),
-            )
+            await child.start()
         except OSError as exc:
             ours.close()
             raise EngineError(f"cannot run the Carla host: {exc}") from exc
@@ -145,11 +143,9 @@ class CarlaHostProcess:
         reader, self._writer = await asyncio.open_unix_connection(sock=ours, limit=LINE_LIMIT)
         self._ready = loop.create_future()
         self.last_heard = loop.time()
-        assert self._proc.stdout is not None
         self._tasks = [
             asyncio.create_task(self._read(reader)),
-            asyncio.create_task(self._pump(self._proc.stdout)),
-            asyncio.create_task(self._wait_exit(self._proc)),
+            asyncio.create_task(self._wait_exit(child)),
         ]
         try:
             return await asyncio.wait_for(asyncio.shield(self._ready), HOST_START_TIMEOUT)
@@ -195,18 +191,18 @@ class CarlaHostProcess:
 
     def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
         """Send ``sig`` to the host (tests play crashes with it); SIGKILL counts it gone at once."""
-        if self._proc is not None and self._proc.returncode is None:
+        child = self._child
+        if child is not None and child.is_running:
             self._killed = self._killed or sig == signal.SIGKILL
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(sig)
+            child.signal(sig)
 
     async def stop(self) -> None:
         """Ask the host to quit, then SIGTERM, then SIGKILL. Safe to call twice."""
         self._stopping = True
-        proc, writer = self._proc, self._writer
-        if proc is not None:
+        child, writer = self._child, self._writer
+        if child is not None:
             quit_ = (lambda: writer.write(pipe.encode({"op": "quit"}))) if writer is not None else None
-            await end_process(proc, quit_, HOST_STOP_TIMEOUT, "the Carla host")
+            await child.end(quit_, HOST_STOP_TIMEOUT)
         if self._writer is not None:
             self._writer.close()
         for task in self._tasks:
@@ -215,7 +211,7 @@ class CarlaHostProcess:
         self._fail_pending("the Carla host was stopped")
 
     def output_tail(self) -> str:
-        return " | ".join(line for line in self.output if line)
+        return self._child.last_words() if self._child is not None else ""
 
     # -- reading ---------------------------------------------------------------------
 
@@ -267,18 +263,10 @@ class CarlaHostProcess:
         else:
             self.on_event(message)
 
-    async def _pump(self, stream: asyncio.StreamReader) -> None:
-        """The host's own output (Carla's and the plugins' chatter), into the log."""
-        while line := await stream.readline():
-            text = line.decode(errors="replace").rstrip()
-            self.output.append(text)
-            log.debug("carla host: %s", text)
-
-    async def _wait_exit(self, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
-        self._ended = True
-        with contextlib.suppress(TimeoutError):  # its last words, for the log
-            await asyncio.wait_for(asyncio.shield(self._tasks[1]), 0.5)
+    async def _wait_exit(self, child: Child) -> None:
+        await child.exited()
+        self._ended = True  # gone: no request is sent to it from now on
+        code = await child.wait()  # its last words (Carla's and the plugins' chatter), for the log
         why = f"the Carla host exited with {describe_exit(code)}"
         self._fail_pending(why)
         ready = self._ready
