@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import warnings
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from appliance.engine.faders import FADER_URI
 from appliance.engine.jackserver import DummySettings, JackServer, unique_server_name
 from appliance.engine.meters import METER_URI, TUNER_URI
 from tests.notify import listen
-from tests.rig import Rig
+from tests.rig import Rig, end_leftovers, leftovers
 
 #: The rate and period of every test server (the box's defaults).
 RIG_SAMPLE_RATE = 48000
@@ -83,6 +84,18 @@ def pytest_runtest_makereport(
     if report.failed and isinstance(server, JackServer):
         report.sections.append((f"jackd {server.name}: last lines", server.output_tail() or "(nothing)"))
     return report
+
+
+@pytest.fixture(autouse=True)
+def rig_processes_end_with_their_test() -> Iterator[None]:
+    """The rig processes a test started and left running (it failed before closing its rig)
+    end with it: their JACK clients would hold up the next test's servers."""
+    before = set(leftovers())
+    yield
+    left = [proc for proc in leftovers() if proc not in before]
+    if left:
+        end_leftovers(only=left)
+        warnings.warn(f"the test left rig processes running (ended now): {left}", stacklevel=1)
 
 
 @pytest_asyncio.fixture

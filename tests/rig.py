@@ -10,6 +10,17 @@ Player and recorder are separate clients so that JACK orders the graph player
 no latency of its own records 0 frames late. (One client that both fed and
 read the chain would form a cycle, and JACK would add a period.)
 
+The clients run in a child process (:mod:`hil.rig.clients`), never in the
+process that runs the tests: their process callbacks are Python, and here the
+asyncio loop, numpy analysis or a browser driver would hold the GIL for
+periods at a time, which made the rig itself miss cycles; JACK2 closing a
+client could also freeze a process whose threads wait for the GIL. This
+process has no JACK client: :class:`Rig` and :class:`MockInterface` drive
+their child over a socket and read its frame clock from shared memory. A
+child that hangs on close is killed and the close fails saying so; every
+child ends with the test run (its socket closes, ``--pdeathsig``, and
+:func:`end_leftovers`).
+
 On a rig computer (``hil/rig`` measuring a real box) the same two clients
 play into and record from the audio interface instead: ``play_to`` and
 ``record_from`` name the ports (``system:playback_1``, ``system:capture_1``)
@@ -19,66 +30,75 @@ in for that interface on a test's server.
 A take is scheduled on JACK's frame clock: both process callbacks compute,
 from ``last_frame_time`` (the same number for every client in a cycle), which
 part of the signal this cycle carries, so reference and recording line up
-exactly whatever cycle each callback first sees the take in. The callbacks do
-numpy slicing and copying only; the loop polls for the end of the take.
+exactly whatever cycle each callback first sees the take in.
+
+A take during which the server had an xrun (every client, the box's
+included, may have missed a cycle) is spoiled: it measures the server, not
+the box. It is never taken again: :meth:`Rig.require_clean` fails the test
+with the xruns named, and :meth:`Rig.measure_gain` (so :meth:`Rig.gain_until`)
+calls it on every take. Tests about xruns read :attr:`Rig.last_take_xruns`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import mmap
+import os
 import secrets
+import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
 
-import jack
 import numpy as np
 
+from appliance.engine.jackserver import jack_environment
+from appliance.engine.processes import describe_exit, dies_with_parent
 from hil.rig.analysis import find_gaps
 from hil.rig.analysis import gain_db as gain_db
 from hil.rig.analysis import latency_frames as latency_frames
 from hil.rig.analysis import longest_gap as longest_gap
 from hil.rig.analysis import rms_db as rms_db
 from hil.rig.analysis import window_gains as window_gains
+from hil.rig.clients import TAKE_LEAD_PERIODS as TAKE_LEAD_PERIODS
+from hil.rig.clients import XRUN_REACH as XRUN_REACH
+from hil.rig.clients import XRUN_REACH_PERIODS as XRUN_REACH_PERIODS
+from hil.rig.clients import SharedClock, frames_since
 from hil.rig.signals import noise as noise
 from hil.rig.signals import sine as sine
 
-#: Frames between scheduling a take and its first frame (time for both clients to see it).
-TAKE_LEAD_PERIODS = 8
-#: Extra wall-clock seconds a take may take beyond its own length.
+ROOT = Path(__file__).resolve().parent.parent
+#: Extra wall-clock seconds a take may take beyond its own length and the xrun reach.
 TAKE_TIMEOUT_MARGIN = 5.0
-#: How often the loop looks whether a take is complete.
+#: How often the loop looks where a take is (for :meth:`Rig.record_during`).
 TAKE_POLL_INTERVAL = 0.005
-#: How long opening or closing the rig's JACK clients may take.
+#: How long the child may take to open its JACK clients, or to answer a connection request.
 RIG_OPEN_TIMEOUT = 10.0
-#: How long after a missed cycle JACK's notice of the xrun may come, in frames (0.1 s).
-XRUN_REACH = 4800
-#: Takes spoiled by an xrun of the server that a level probe takes again.
-SPOILED_RETAKES = 3
-#: How long a parked audio thread sleeps: longer than any run; JACK's cancel ends it first.
-PARK_SECONDS = 24 * 3600.0
-#: How long closing waits for each audio thread to park (one that runs no cycles never will).
-PARK_TIMEOUT = 2.0
-#: Pause between the last thread parking and the cancel, so that it is asleep by then.
-PARK_SETTLE = 0.05
-
-_WRAP = 1 << 32
-
-T = TypeVar("T")
+#: How long the child may take to close its clients and exit before it is killed.
+RIG_CLOSE_TIMEOUT = 10.0
+#: How long a killed child may take to go.
+RIG_KILL_TIMEOUT = 5.0
+#: How often closing looks whether the child has exited.
+EXIT_POLL = 0.02
 
 
-def _frames_since(now: int, start: int) -> int:
-    """Signed distance on JACK's 32-bit frame clock."""
-    return ((now - start + (1 << 31)) % _WRAP) - (1 << 31)
+class RigProcessError(RuntimeError):
+    """The rig's JACK process failed: it could not open its clients, died, or hung closing."""
 
 
-# -- signals and measurements -------------------------------------------------------
-# The signals and the measurements read off recordings (sine, noise, rms_db, gain_db,
-# latency_frames, window_gains, longest_gap) live in hil.rig, which measures a box from
-# outside the same way; they are imported above under their own names for the tests.
+class SpoiledTake(Exception):
+    """A take during which the JACK server had an xrun: it measures the server, not the box.
+
+    Not an :class:`AssertionError`, so that no polling helper that retries
+    failed assertions takes it again.
+    """
 
 
 def difference_db(a: np.ndarray, b: np.ndarray) -> float:
@@ -86,90 +106,248 @@ def difference_db(a: np.ndarray, b: np.ndarray) -> float:
     return rms_db(a - b) - rms_db(b)
 
 
-class Parking:
-    """Closes JACK clients whose process callbacks are Python, without deadlocking the process.
-
-    JACK2 ends a realtime client's audio thread with ``pthread_cancel`` when the
-    client is deactivated. Cancelled while it waits for the GIL, the thread
-    dies holding the GIL's mutex and every thread of the process then waits
-    for good (the suite hung past its own timeout so). So, before the cancel,
-    each process callback calls :meth:`check` and parks: it sleeps with the GIL
-    released, and the cancel finds it there. A non-realtime client's thread is
-    stopped cooperatively instead and must not be parked.
-    """
-
-    def __init__(self) -> None:
-        self._requested = False
-        self._arrived = threading.Semaphore(0)
-
-    def check(self) -> None:
-        """Audio thread, first thing in each process callback: park if closing."""
-        if self._requested:
-            self._arrived.release()
-            time.sleep(PARK_SECONDS)
-
-    def close(self, clients: Sequence[jack.Client]) -> None:
-        """Deactivate and close ``clients``, each with a parking process callback. Blocking."""
-        if clients and clients[0].realtime:
-            self._requested = True
-            parked = [self._arrived.acquire(timeout=PARK_TIMEOUT) for _ in clients]
-            if any(parked):
-                time.sleep(PARK_SETTLE)
-        for client in clients:
-            client.deactivate()
-            client.close()
+def gaps(recorded: np.ndarray, offset: int = 0, min_length: int = 3) -> list[tuple[int, int]]:
+    """``(start, length)`` of every run of silence in ``recorded`` (a take's samples from
+    ``offset`` on), positions in frames into the take. None is excused."""
+    return [(gap.start + offset, gap.length) for gap in find_gaps(recorded, min_length=min_length)]
 
 
-async def in_daemon_thread(work: Callable[[], object], timeout: float) -> None:
-    """Run blocking JACK work on a daemon thread and wait ``timeout`` for it.
+# -- the child processes ---------------------------------------------------------------
 
-    ``jack_deactivate`` was seen to hang for good: on the loop's default
-    executor that thread would hold the whole test run at exit; a daemon
-    thread is left behind and the test fails with a TimeoutError instead.
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
+#: Every child started and not yet ended, for :func:`end_leftovers`.
+_LIVE: set[subprocess.Popen[bytes]] = set()
 
-    def settle(exc: BaseException | None) -> None:
-        if not done.done():
-            done.set_result(None) if exc is None else done.set_exception(exc)
 
-    def run() -> None:
+def leftovers() -> list[int]:
+    """The pids of the rig processes still running (ones a test did not close)."""
+    return [proc.pid for proc in list(_LIVE) if proc.poll() is None]
+
+
+@atexit.register
+def end_leftovers(only: Collection[int] | None = None) -> None:
+    """End the rig processes still running (``only`` those pids): SIGTERM, on which each
+    closes its clients, then SIGKILL after :data:`RIG_CLOSE_TIMEOUT`."""
+    procs = [p for p in list(_LIVE) if p.poll() is None and (only is None or p.pid in only)]
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+    deadline = time.monotonic() + RIG_CLOSE_TIMEOUT
+    for proc in procs:
         try:
-            work()
-        except BaseException as exc:
-            outcome: BaseException | None = exc
-        else:
-            outcome = None
-        with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
-            loop.call_soon_threadsafe(settle, outcome)
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        _LIVE.discard(proc)
 
-    threading.Thread(target=run, name="rig-jack", daemon=True).start()
-    await asyncio.wait_for(done, timeout)
+
+class ClientsProcess:
+    """A child process running JACK clients (:mod:`hil.rig.clients`), seen from here.
+
+    ``start``/``close``/``request`` are coroutines for one asyncio loop's
+    thread (the one that started it); a daemon thread reads the child's
+    messages and hands them to that loop.
+
+    Args:
+        what: what the clients are, for messages ("the rig rig-play-1a2b").
+        config: the child's first message (``kind``, ``server``, ``names``, …).
+    """
+
+    def __init__(self, what: str, config: dict[str, Any]) -> None:
+        self.what = what
+        self.config = config
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.clock: SharedClock | None = None
+        self._conn: Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: dict[Any, asyncio.Future[tuple[Any, ...]]] = {}
+        self._ended: str | None = None
+        self._send_lock = threading.Lock()
+
+    async def start(self) -> tuple[int, int]:
+        """Start the child and let it open its clients; (samplerate, blocksize).
+
+        Raises:
+            RigProcessError: the clients could not be opened (the reason from JACK).
+        """
+        self._loop = asyncio.get_running_loop()
+        self._ended = None
+        ours, theirs = socket.socketpair()
+        clock_fd = os.memfd_create("rig-clock")
+        try:
+            os.ftruncate(clock_fd, SharedClock.SIZE)
+            self.clock = SharedClock(mmap.mmap(clock_fd, SharedClock.SIZE))
+            argv = [sys.executable, "-m", "hil.rig.clients", str(theirs.fileno()), "--clock", str(clock_fd)]
+            # Started from the loop's thread: the child gets SIGTERM when that thread ends.
+            self.proc = subprocess.Popen(
+                dies_with_parent(argv),
+                pass_fds=(theirs.fileno(), clock_fd),
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=jack_environment(self.config.get("server")),
+            )
+        finally:
+            theirs.close()
+            os.close(clock_fd)
+        _LIVE.add(self.proc)
+        self._conn = Connection(ours.detach())
+        opened = self._expect("open")
+        threading.Thread(target=self._read, args=(self._conn,), name="rig-reader", daemon=True).start()
+        self.send(self.config)
+        try:
+            reply = await asyncio.wait_for(opened, RIG_OPEN_TIMEOUT)
+        except BaseException:
+            await self.kill()
+            raise
+        if reply[0] != "ready":
+            await self.close()
+            raise RigProcessError(f"{self.what} could not open its JACK clients: {reply[1]}")
+        return int(reply[1]), int(reply[2])
+
+    def send(self, message: object, data: np.ndarray | None = None) -> None:
+        """One message to the child (and an array's bytes after it). Any thread.
+
+        Raises:
+            RigProcessError: the child has ended.
+        """
+        if self._ended is not None or self._conn is None:
+            raise RigProcessError(self._ended or f"{self.what} is not open")
+        try:
+            with self._send_lock:
+                self._conn.send(message)
+                if data is not None:
+                    self._conn.send_bytes(np.ascontiguousarray(data).data.cast("B"))
+        except OSError as exc:
+            raise RigProcessError(f"{self.what}: its process is gone ({exc})") from exc
+
+    def _expect(self, key: Any) -> asyncio.Future[tuple[Any, ...]]:
+        """A future for the child's answer ``key`` (loop thread)."""
+        assert self._loop is not None
+        future: asyncio.Future[tuple[Any, ...]] = self._loop.create_future()
+        if self._ended is not None:
+            future.set_exception(RigProcessError(self._ended))
+        else:
+            self._waiting[key] = future
+        return future
+
+    async def request(self, kind: str, *args: Any, timeout: float = RIG_OPEN_TIMEOUT) -> tuple[Any, ...]:
+        """A request the child answers ``("done", id, …)`` or ``("failed", id, why)``; what
+        followed ``done``.
+
+        Raises:
+            RigProcessError: it failed (JACK's reason), or the child has ended.
+        """
+        key = ("request", secrets.token_hex(4))
+        answer = self._expect(key)
+        self.send((kind, key, *args))
+        reply = await asyncio.wait_for(answer, timeout)
+        if reply[0] == "failed":
+            raise RigProcessError(f"{self.what}: {kind} {' → '.join(map(str, args))}: {reply[2]}")
+        return tuple(reply[2:])
+
+    # -- the reader thread -------------------------------------------------------------
+
+    def _read(self, conn: Connection) -> None:
+        """Daemon thread: every message of the child, handed to the loop, until it ends."""
+        try:
+            while True:
+                message = conn.recv()
+                if message[0] == "took":
+                    message = (*message, conn.recv_bytes(), conn.recv_bytes())
+                self._hand_over(message)
+        except (EOFError, OSError):
+            self._hand_over(("ended",))
+
+    def _hand_over(self, message: tuple[Any, ...]) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+                loop.call_soon_threadsafe(self._on_message, message)
+
+    def _on_message(self, message: tuple[Any, ...]) -> None:
+        """Loop thread: settle whatever waits for ``message``."""
+        kind = message[0]
+        if kind in ("ready", "error"):
+            self._settle("open", message)
+        elif kind in ("started", "took", "failed", "done"):
+            self._settle(message[1] if kind in ("failed", "done") else (kind, message[1]), message)
+            if kind == "failed":
+                self._settle(("started", message[1]), message)
+        elif kind == "shutdown":
+            self._end(f"{self.what}: JACK shut its clients down ({message[1]})")
+        elif kind == "ended":
+            code = self.proc.poll() if self.proc is not None else None
+            how = "it is exiting" if code is None else describe_exit(code)
+            self._end(f"{self.what}: its process ended ({how})")
+
+    def _settle(self, key: Any, message: tuple[Any, ...]) -> None:
+        future = self._waiting.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def _end(self, why: str) -> None:
+        if self._ended is None:
+            self._ended = why
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(RigProcessError(why))
+
+    # -- ending ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Ask the child to close its clients and wait :data:`RIG_CLOSE_TIMEOUT` for it to exit.
+
+        Raises:
+            RigProcessError: it did not exit in time (it was killed).
+        """
+        proc = self.proc
+        if proc is None:
+            return
+        with contextlib.suppress(RigProcessError):
+            self.send(("close",))
+        deadline = time.monotonic() + RIG_CLOSE_TIMEOUT
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(EXIT_POLL)
+        if proc.poll() is None:
+            await self.kill()
+            raise RigProcessError(
+                f"{self.what}: its JACK clients hung closing for {RIG_CLOSE_TIMEOUT:g} s; "
+                f"the process (pid {proc.pid}) was killed"
+            )
+        self._forget()
+
+    async def kill(self) -> None:
+        """SIGKILL the child and wait for it to go."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            deadline = time.monotonic() + RIG_KILL_TIMEOUT
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(EXIT_POLL)
+        self._forget()
+
+    def _forget(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is not None:
+            _LIVE.discard(proc)
+        self._end(f"{self.what} is closed")
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 # -- the rig ------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class _Take:
-    """One scheduled play-and-record. Written by the JACK callbacks."""
-
-    start: int
-    signal: np.ndarray  # (frames, channels)
-    reference: np.ndarray  # (length,)
-    recorded: np.ndarray  # (length, channels)
-    done: bool = False
-    xruns: int = 0  # the server's xruns while the take ran: samples may be missing
-    xrun_frames: list[int] = field(default_factory=list)  # where each was told, in frames into the take
-
-
 class Rig:
-    """A player and a recorder client on one JACK server.
+    """A player and a recorder client on one JACK server, in a child process.
 
-    ``open``/``close``/``play_and_record`` are coroutines for the loop's
-    thread; the process callbacks run on JACK's audio thread and only slice
-    and copy numpy arrays.
+    All methods are for one asyncio loop's thread; the process callbacks
+    run on JACK's audio threads in the child and only slice and copy numpy
+    arrays.
 
     Args:
         server_name: the JACK server (``None``: the default server, as on a rig computer).
@@ -196,15 +374,12 @@ class Rig:
         self.record_from = tuple(record_from)
         token = secrets.token_hex(2)
         self._names = (f"rig-play-{token}", f"rig-rec-{token}")
-        self._player: jack.Client | None = None
-        self._recorder: jack.Client | None = None
-        self._outs: tuple[jack.OwnPort, ...] = ()
-        self._ref: jack.OwnPort | None = None
-        self._recs: tuple[jack.OwnPort, ...] = ()
-        self._take: _Take | None = None
-        self._stall = 0.0
-        #: The server's xruns during the last take (a plugin client that missed its
-        #: cycle leaves a gap in the recording but not in the reference).
+        self._process: ClientsProcess | None = None
+        self._take_start: int | None = None
+        self._takes = 0
+        #: The server's xruns during the last take, from its scheduling to a few
+        #: periods after its end (:mod:`hil.rig.clients`; a plugin client that missed
+        #: its cycle leaves a gap in the recording but not in the reference).
         self.last_take_xruns = 0
         #: Where in the last take JACK told of each xrun, in frames (a little after it happened).
         self.last_take_xrun_frames: list[int] = []
@@ -212,7 +387,6 @@ class Rig:
         self.last_action_frame = 0
         self.samplerate = 0
         self.blocksize = 0
-        self._parking = Parking()
 
     @property
     def play_ports(self) -> tuple[str, ...]:
@@ -229,75 +403,119 @@ class Rig:
         """The recorder's dry reference input, fed straight from ``play_1``."""
         return f"{self._names[1]}:ref_1"
 
+    @property
+    def pid(self) -> int | None:
+        """The child process's pid while open."""
+        process = self._process
+        return process.proc.pid if process is not None and process.proc is not None else None
+
     async def open(self) -> None:
-        """Open both clients, register ports, connect play_1 → ref_1, ``play_to`` and ``record_from``."""
-        await asyncio.wait_for(asyncio.to_thread(self._open), RIG_OPEN_TIMEOUT)
+        """Start the child: both clients open, ports registered, play_1 → ref_1, ``play_to``
+        and ``record_from`` connected.
+
+        Raises:
+            RigProcessError: JACK refused (no such server, a name taken).
+        """
+        if self._process is not None:
+            raise RuntimeError("rig is already open")
+        process = ClientsProcess(
+            f"the rig {self._names[0]}",
+            {
+                "kind": "rig",
+                "server": self.server_name,
+                "names": self._names,
+                "channels": self.channels,
+                "play_to": self.play_to,
+                "record_from": self.record_from,
+            },
+        )
+        self.samplerate, self.blocksize = await process.start()
+        self._process = process
 
     async def close(self) -> None:
-        """Deactivate and close both clients."""
-        await in_daemon_thread(self._close, RIG_OPEN_TIMEOUT)
+        """Close both clients and end the child (closing twice is fine).
+
+        Raises:
+            RigProcessError: the child hung closing its clients and was killed.
+        """
+        process, self._process = self._process, None
+        self._take_start = None
+        if process is not None:
+            await process.close()
 
     async def play_and_record(
         self, signal: np.ndarray, extra_frames: int = 0, timeout: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Play ``signal`` into every play port and record ``len + extra_frames``.
 
+        The take's xruns are in :attr:`last_take_xruns` afterwards; a test that
+        asserts on the recording calls :meth:`require_clean` first.
+
         Args:
             signal: mono ``(frames,)`` (sent to every channel) or ``(frames, channels)``.
             extra_frames: frames to keep recording after the signal ends.
-            timeout: wall-clock limit; default the take's length plus
-                :data:`TAKE_TIMEOUT_MARGIN`.
+            timeout: wall-clock limit; default the take's length, the xrun
+                reach and :data:`TAKE_TIMEOUT_MARGIN`.
 
         Returns:
             ``(reference, recorded)``: the dry reference ``(length,)`` and the
             recordings ``(length, channels)``, sample-aligned.
         """
-        if self._recorder is None:
+        process = self._process
+        if process is None:
             raise RuntimeError("rig is not open")
-        if self._take is not None:
+        if self._take_start is not None:
             raise RuntimeError("one take at a time")
         data = np.asarray(signal, dtype=np.float32)
         if data.ndim == 1:
             data = np.repeat(data[:, None], self.channels, axis=1)
-        data = np.ascontiguousarray(data)
         length = data.shape[0] + extra_frames
-        start = (self._recorder.frame_time + TAKE_LEAD_PERIODS * self.blocksize) % _WRAP
-        take = _Take(
-            start=start,
-            signal=data,
-            reference=np.zeros(length, dtype=np.float32),
-            recorded=np.zeros((length, self.channels), dtype=np.float32),
-        )
-        limit = timeout if timeout is not None else length / self.samplerate + TAKE_TIMEOUT_MARGIN
-        self._take = take
+        reach = max(XRUN_REACH, XRUN_REACH_PERIODS * self.blocksize)
+        limit = timeout if timeout is not None else (length + reach) / self.samplerate + TAKE_TIMEOUT_MARGIN
+        self._takes += 1
+        number = self._takes
+        started = process._expect(("started", number))
+        took = process._expect(("took", number))
+        process.send(("take", number, data.shape[0], data.shape[1], extra_frames), data)
         try:
             async with asyncio.timeout(limit):
-                while not take.done:
-                    await asyncio.sleep(TAKE_POLL_INTERVAL)
+                reply = await started
+                if reply[0] == "failed":
+                    raise RuntimeError(reply[2])
+                self._take_start = int(reply[2])
+                _, _, xruns, xrun_frames, reference, recorded = await took
         finally:
-            self._take = None
-        self.last_take_xruns = take.xruns
-        self.last_take_xrun_frames = list(take.xrun_frames)
-        return take.reference, take.recorded
+            self._take_start = None
+            took.cancel()
+        self.last_take_xruns = int(xruns)
+        self.last_take_xrun_frames = list(xrun_frames)
+        return (
+            np.frombuffer(reference, dtype=np.float32).copy(),
+            np.frombuffer(recorded, dtype=np.float32).reshape(length, self.channels).copy(),
+        )
 
     async def record_during(
-        self, signal: np.ndarray, action: Callable[[], Awaitable[object]], lead_frames: int = 9600
+        self,
+        signal: np.ndarray,
+        action: Callable[[], Awaitable[object]],
+        lead_frames: int = 9600,
+        timeout: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, object]:
         """Play and record ``signal``; run ``action`` once ``lead_frames`` of it have played.
 
         So that a recording covers the whole of a change (a fault, a switch),
-        not only its outcome.
+        not only its outcome. :attr:`last_action_frame` says where it started.
+        ``timeout`` is the take's, as in :meth:`play_and_record`.
 
         Returns:
             ``(reference, recorded, what action returned or raised)``.
         """
-        take = asyncio.ensure_future(self.play_and_record(signal))
-        while self._take is None or _frames_since(self._frame_time(), self._take.start) < lead_frames:
+        take = asyncio.ensure_future(self.play_and_record(signal, timeout=timeout))
+        while self._take_start is None or self.position() < lead_frames:
             if take.done():
                 break
             await asyncio.sleep(TAKE_POLL_INTERVAL)
-        current = self._take
-        self.last_action_frame = _frames_since(self._frame_time(), current.start) if current else 0
+        self.last_action_frame = self.position()
         try:
             outcome: object = await action()
         except Exception as exc:
@@ -305,60 +523,54 @@ class Rig:
         reference, recorded = await take
         return reference, recorded, outcome
 
-    async def unspoiled(self, take: Callable[[], Awaitable[T]]) -> T:
-        """Run ``take`` (something that records once) again while the server spoils it.
+    def require_clean(self, what: str = "the take") -> None:
+        """Fail unless the last take had no xrun of the server: a spoiled take is never used.
 
-        A recording during which the virtual server had an xrun (every client,
-        the box's included, missed a cycle) measures the server, not the box:
-        it is taken again, up to :data:`SPOILED_RETAKES` times. Returns the
-        last result either way; :attr:`last_take_xruns` says whether it was spoiled.
+        Args:
+            what: what the take was for, for the message.
+
+        Raises:
+            SpoiledTake: the server had an xrun while it ran.
         """
-        for _ in range(SPOILED_RETAKES):
-            result = await take()
-            if not self.last_take_xruns:
-                return result
-        return await take()
-
-    def unexplained_gaps(self, recorded: np.ndarray, offset: int = 0) -> list[tuple[int, int]]:
-        """``(start, length)`` of every gap in ``recorded`` (the last take's samples from
-        ``offset`` on) that no xrun of the server explains.
-
-        JACK tells of an xrun on its notification thread, some cycles after the
-        cycle that was missed; a gap that starts within :data:`XRUN_REACH` frames
-        before such a notice is the server's (every client missed that cycle),
-        not the box's.
-        """
-        notices = self.last_take_xrun_frames
-        return [
-            (gap.start + offset, gap.length)
-            for gap in find_gaps(recorded, min_length=3)
-            if not any(0 <= notice - (gap.start + offset) <= XRUN_REACH for notice in notices)
-        ]
+        if self.last_take_xruns:
+            period_ms = 1000 * self.blocksize / self.samplerate if self.samplerate else 0.0
+            raise SpoiledTake(
+                f"{what}: the JACK server had {self.last_take_xruns} xrun(s) during the take "
+                f"(told at frames {self.last_take_xrun_frames} into it; {self.blocksize} frames, "
+                f"{period_ms:.1f} ms a period). A take with an xrun is never used nor taken again: "
+                "the box made the server miss a cycle, or the server's period is too short for "
+                "this machine's load (hil/bench_rig_server.py measures it)"
+            )
 
     def position(self) -> int:
         """Frames into the take under way (0 when none): when, in the recording, something happened."""
-        current = self._take
-        return _frames_since(self._frame_time(), current.start) if current is not None else 0
+        process, start = self._process, self._take_start
+        if process is None or start is None or process.clock is None:
+            return 0
+        now = process.clock.now(self.samplerate)
+        return frames_since(now, start) if now is not None else 0
 
     def stall(self, seconds: float) -> None:
         """Make the player's next process cycle take ``seconds``: an xrun for the whole server."""
-        self._stall = seconds
+        if self._process is None:
+            raise RuntimeError("rig is not open")
+        self._process.send(("stall", seconds))
 
-    def _frame_time(self) -> int:
-        assert self._recorder is not None
-        return int(self._recorder.frame_time)
+    async def server_xruns(self) -> int:
+        """Every xrun the server told the rig of since it opened (one per missed cycle)."""
+        if self._process is None:
+            raise RuntimeError("rig is not open")
+        (count,) = await self._process.request("xruns")
+        return int(count)
 
     async def measure_gain(self, signal: np.ndarray, channel: int = 0) -> float:
         """A take of ``signal``; the channel's gain against the reference in dB.
 
-        A take during which the server had an xrun is taken again (up to
-        :data:`SPOILED_RETAKES` times): it measures the virtual server, not
-        the box.
+        Raises:
+            SpoiledTake: the server had an xrun during the take.
         """
-        for _ in range(SPOILED_RETAKES):
-            reference, recorded = await self.play_and_record(signal)
-            if not self.last_take_xruns:
-                break
+        reference, recorded = await self.play_and_record(signal)
+        self.require_clean("a level probe")
         return gain_db(recorded[:, channel], reference)
 
     async def gain_until(
@@ -370,7 +582,10 @@ class Rig:
         """Measure short takes until ``accept(gain)`` or ``tries`` takes; the last gain.
 
         A parameter sent to a plugin lands some cycles later: poll like this
-        instead of sleeping a fixed time.
+        instead of sleeping a fixed time. Every take must be clean.
+
+        Raises:
+            SpoiledTake: the server had an xrun during a take.
         """
         probe = signal if signal is not None else sine(frames=2400)
         gain = await self.measure_gain(probe)
@@ -379,82 +594,6 @@ class Rig:
                 break
             gain = await self.measure_gain(probe)
         return gain
-
-    # -- worker thread --------------------------------------------------------------
-
-    def _open(self) -> None:
-        player = jack.Client(self._names[0], servername=self.server_name, no_start_server=True)
-        recorder = jack.Client(self._names[1], servername=self.server_name, no_start_server=True)
-        self._player, self._recorder = player, recorder
-        self._parking = Parking()  # a rig opened again plays again
-        player.set_process_callback(self._play)
-        recorder.set_process_callback(self._record)
-        recorder.set_xrun_callback(self._xrun)
-        self.samplerate = player.samplerate
-        self.blocksize = player.blocksize
-        player.activate()
-        recorder.activate()
-        self._outs = tuple(player.outports.register(f"play_{i + 1}") for i in range(self.channels))
-        self._ref = recorder.inports.register("ref_1")
-        self._recs = tuple(recorder.inports.register(f"rec_{i + 1}") for i in range(self.channels))
-        player.connect(self.play_ports[0], self.ref_port)
-        for source, target in zip(self.play_ports, self.play_to, strict=False):
-            player.connect(source, target)
-        for source, target in zip(self.record_from, self.rec_ports, strict=False):
-            recorder.connect(source, target)
-
-    def _close(self) -> None:
-        self._parking.close([c for c in (self._player, self._recorder) if c is not None])
-        self._player = self._recorder = None
-
-    # -- JACK's audio thread ---------------------------------------------------------
-
-    def _play(self, frames: int) -> None:
-        self._parking.check()
-        if self._stall:
-            stall, self._stall = self._stall, 0.0
-            time.sleep(stall)  # on purpose: the rig plays a misbehaving client
-        outs = self._outs
-        for port in outs:
-            port.get_array().fill(0.0)
-        take = self._take
-        player = self._player
-        if take is None or player is None:
-            return
-        offset = _frames_since(player.last_frame_time, take.start)
-        total = take.signal.shape[0]
-        if offset + frames <= 0 or offset >= total:
-            return
-        a, b = max(0, -offset), min(frames, total - offset)
-        for i, port in enumerate(outs):
-            port.get_array()[a:b] = take.signal[offset + a : offset + b, i]
-
-    def _xrun(self, delayed_usecs: float) -> None:
-        """JACK's notification thread: the server missed a deadline during a take."""
-        take = self._take
-        if take is not None and not take.done:
-            take.xruns += 1
-            if self._recorder is not None:
-                take.xrun_frames.append(_frames_since(self._frame_time(), take.start))
-
-    def _record(self, frames: int) -> None:
-        self._parking.check()
-        take = self._take
-        recorder = self._recorder
-        ref = self._ref
-        if take is None or take.done or recorder is None or ref is None:
-            return
-        offset = _frames_since(recorder.last_frame_time, take.start)
-        total = take.reference.shape[0]
-        if offset + frames <= 0:
-            return
-        if offset < total:
-            a, b = max(0, -offset), min(frames, total - offset)
-            take.reference[offset + a : offset + b] = ref.get_array()[a:b]
-            for i, port in enumerate(self._recs):
-                take.recorded[offset + a : offset + b, i] = port.get_array()[a:b]
-        if offset + frames >= total:
-            take.done = True
 
 
 # -- a rig computer's audio interface, simulated -------------------------------------
@@ -476,8 +615,8 @@ class MockInterface:
     cable, line out straight into line in; the box's config names
     :attr:`line_out` as its track's input and :attr:`line_in` as its output.
 
-    ``open``/``close``/``loopback`` are coroutines for the loop's thread; the
-    process callbacks run on JACK's audio thread and only copy numpy arrays.
+    Its clients run in a child process, as the rig's do. All methods are for
+    one asyncio loop's thread.
 
     Args:
         server_name: the JACK server.
@@ -491,10 +630,7 @@ class MockInterface:
         self.delay = delay
         token = secrets.token_hex(2)
         self._names = (f"iface-out-{token}", f"iface-in-{token}")
-        self._clients: tuple[jack.Client, ...] = ()
-        self._ports: dict[str, jack.OwnPort] = {}
-        self._line = np.zeros(0, dtype=np.float32)
-        self._parking = Parking()
+        self._process: ClientsProcess | None = None
 
     @property
     def playback(self) -> str:
@@ -517,64 +653,35 @@ class MockInterface:
         return f"{self._names[1]}:line_in_1"
 
     async def open(self) -> None:
-        """Open both clients and register their ports (no cable plugged in)."""
-        await asyncio.wait_for(asyncio.to_thread(self._open), RIG_OPEN_TIMEOUT)
+        """Start the child: both clients open, their ports registered (no cable plugged in)."""
+        if self._process is not None:
+            raise RuntimeError("interface is already open")
+        process = ClientsProcess(
+            f"the mock interface {self._names[0]}",
+            {"kind": "interface", "server": self.server_name, "names": self._names, "delay": self.delay},
+        )
+        await process.start()
+        self._process = process
 
     async def close(self) -> None:
-        """Deactivate and close both clients."""
-        await in_daemon_thread(self._close, RIG_OPEN_TIMEOUT)
+        """Close both clients and end the child (closing twice is fine).
+
+        Raises:
+            RigProcessError: the child hung closing its clients and was killed.
+        """
+        process, self._process = self._process, None
+        if process is not None:
+            await process.close()
 
     async def loopback(self) -> None:
         """Plug the calibration cable: line out straight into line in."""
-        client = self._clients[0]
-        await asyncio.wait_for(
-            asyncio.to_thread(client.connect, self.line_out, self.line_in), RIG_OPEN_TIMEOUT
-        )
+        await self._cable("connect")
 
     async def unplug(self) -> None:
         """Pull the calibration cable out again."""
-        client = self._clients[0]
-        await asyncio.wait_for(
-            asyncio.to_thread(client.disconnect, self.line_out, self.line_in), RIG_OPEN_TIMEOUT
-        )
+        await self._cable("disconnect")
 
-    def _open(self) -> None:
-        out = jack.Client(self._names[0], servername=self.server_name, no_start_server=True)
-        inp = jack.Client(self._names[1], servername=self.server_name, no_start_server=True)
-        self._clients = (out, inp)
-        self._parking = Parking()
-        self._line = np.zeros(self.delay + out.blocksize, dtype=np.float32)
-        out.set_process_callback(self._play)
-        inp.set_process_callback(self._capture)
-        self._ports = {
-            "playback": out.inports.register("playback_1"),
-            "line_out": out.outports.register("line_out_1"),
-            "line_in": inp.inports.register("line_in_1"),
-            "capture": inp.outports.register("capture_1"),
-        }
-        out.activate()
-        inp.activate()
-
-    def _close(self) -> None:
-        self._parking.close(self._clients)
-        self._clients = ()
-
-    # -- JACK's audio thread ---------------------------------------------------------
-
-    def _play(self, frames: int) -> None:
-        self._parking.check()
-        source = self._ports["playback"].get_array()
-        target = self._ports["line_out"].get_array()
-        delay, line = self.delay, self._line
-        if not delay:
-            target[:] = source
-            return
-        if len(line) < delay + frames:  # the period grew: start the line again
-            self._line = line = np.zeros(delay + frames, dtype=np.float32)
-        line[delay : delay + frames] = source
-        target[:] = line[:frames]
-        line[:delay] = line[frames : frames + delay]
-
-    def _capture(self, frames: int) -> None:
-        self._parking.check()
-        self._ports["capture"].get_array()[:] = self._ports["line_in"].get_array()
+    async def _cable(self, kind: str) -> None:
+        if self._process is None:
+            raise RuntimeError("interface is not open")
+        await self._process.request(kind, self.line_out, self.line_in)

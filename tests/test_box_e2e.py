@@ -11,9 +11,11 @@ fresh data folder::
           └──────────────────────────────────────────────▶ rig-rec:ref_1
 
 Clients are real ``websockets`` clients; every audio claim is a level or a
-latency read from recorded samples against the rig's dry reference. The
-tests are parametrised over the engine kinds; one that cannot run here is
-skipped with the reason printed.
+latency read from recorded samples against the rig's dry reference, off a
+take during which the server had no xrun (:meth:`tests.rig.Rig.require_clean`:
+a spoiled take fails its test, never retaken). The tests are parametrised
+over the engine kinds; one that cannot run here is skipped with the reason
+printed.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from appliance.engine.carla import HIDE_CARLA_ENV
 from appliance.engine.jackserver import JackServer
 from tests.boxproc import BoxProcess, virtual_config
 from tests.notify import received
-from tests.rig import Rig, gain_db, latency_frames, longest_gap, noise, rms_db, sine
+from tests.rig import Rig, gain_db, gaps, latency_frames, longest_gap, noise, rms_db, sine
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(120)]
 
@@ -213,8 +215,9 @@ def _near(target_db: float) -> Callable[[float], bool]:
 
 
 async def _levels(rig: Rig, probe: np.ndarray = PROBE) -> list[float]:
-    """One take: each channel's gain against the dry reference, in dB."""
+    """One clean take: each channel's gain against the dry reference, in dB."""
     reference, recorded = await rig.play_and_record(probe)
+    rig.require_clean("a level probe")
     return [gain_db(recorded[:, channel], reference) for channel in range(rig.channels)]
 
 
@@ -233,6 +236,7 @@ async def _steady_levels(rig: Rig, first_db: float) -> list[float]:
 
 async def _latency(rig: Rig) -> int:
     reference, recorded = await rig.play_and_record(noise(4800), extra_frames=512)
+    rig.require_clean("a latency probe")
     return latency_frames(recorded[:, 0], reference, max_lag=512)
 
 
@@ -443,11 +447,7 @@ async def test_a_setlist_of_three_pedalboards_plays_through_without_a_gap(
     engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path
 ) -> None:
     """Three pedalboards with two snapshots each, in a setlist, stepped through over the
-    protocol while the rig records: never a gap, and each step sounds as it was saved.
-
-    A run during which the virtual server itself dropped cycles (xruns: every client
-    misses them) is run again, up to :data:`SPOILED_RETAKES` times.
-    """
+    protocol while the rig records: never a gap, and each step sounds as it was saved."""
     config = _config(tmp_path, jack_server, engine_kind, _one_track(rig))
     steps = [("one", "a", -9.0), ("one", "b", -3.0), ("two", "a", -3.0), ("two", "b", -5.0)]
     steps += [("three", "a", -1.0), ("three", "b", -4.0)]
@@ -455,28 +455,23 @@ async def test_a_setlist_of_three_pedalboards_plays_through_without_a_gap(
     async with _box(config) as box, _phone(box) as phone:
         await phone.replay()
         await _save_three_pedalboards(phone)
-        async def run() -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
-            await phone.ask("SETLIST_SET", entries=entries)  # from the top
-            marks: list[tuple[int, int]] = []
+        await phone.ask("SETLIST_SET", entries=entries)  # from the top
+        marks: list[tuple[int, int]] = []
 
-            async def step_through() -> None:
-                for _ in steps:
-                    start = rig.position()
-                    state = await phone.ask("SETLIST_NEXT")
-                    marks.append((start, rig.position()))
-                    assert state["data"]["modified"] is False
-                    await asyncio.sleep(0.3)
+        async def step_through() -> None:
+            for _ in steps:
+                start = rig.position()
+                state = await phone.ask("SETLIST_NEXT")
+                marks.append((start, rig.position()))
+                assert state["data"]["modified"] is False
+                await asyncio.sleep(0.3)
 
-            reference, recorded, outcome = await rig.record_during(SONG, step_through, lead_frames=24000)
-            assert outcome is None, outcome
-            return marks, reference, recorded
-
-        marks, reference, recorded = await rig.unspoiled(run)
+        reference, recorded, outcome = await rig.record_during(SONG, step_through, lead_frames=24000)
+        rig.require_clean("the setlist's recording")
+        assert outcome is None, outcome
     out = recorded[:, 0]
-    gaps = rig.unexplained_gaps(out[480:-480], offset=480)
-    assert not gaps, f"gaps (start, samples) {gaps} no xrun explains (steps at {marks})"
-    if rig.last_take_xruns:
-        print(f"{rig.last_take_xruns} xruns of the virtual server in the last take, at {rig.last_take_xrun_frames}")
+    silent = gaps(out[480:-480], offset=480)
+    assert not silent, f"gaps (start, samples) {silent} (steps at {marks})"
     ends = [start for start, _done in marks[1:]] + [len(out) - 4800]
     for (board, snapshot, db), (_start, done), end in zip(steps, marks, ends, strict=True):
         window = slice(done + 4800, end)  # 0.1 s after the step was answered, to the next step
@@ -509,6 +504,7 @@ async def test_meters_and_the_tuner_over_websocket(
             return seen
 
         _, _, seen = await rig.record_during(sine(1000.0, 3 * 48000, 48000, -12.0), frames, lead_frames=24000)
+        rig.require_clean("the tone the meters read")
         assert isinstance(seen, list), seen
         last = seen[-1]
         assert last["tracks"][TRACK]["in"] == pytest.approx(-12.0, abs=1.0), last
@@ -524,6 +520,7 @@ async def test_meters_and_the_tuner_over_websocket(
             await late.replay()
             assert late.states["TUNER"] == {"on": True}
         _, recorded = await rig.play_and_record(PROBE)
+        rig.require_clean("the probe while tuning")
         assert rms_db(recorded[:, 0]) < -90.0, "the box sounded while tuning"
         await other.ws.send(json.dumps({"id": "bad", "type": "TUNER_SET", "data": {"on": "yes"}}))
         while (refused := await other._receive()).get("reply_to") != "bad":

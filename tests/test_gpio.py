@@ -340,6 +340,7 @@ async def test_the_tuner_footswitch_silences_the_box_and_the_phone_reads_the_not
                 return pressed, seen
 
             _, recorded, outcome = await rig.record_during(string, press_and_read, lead_frames=24000)
+            rig.require_clean("the tuner's recording")
             assert not isinstance(outcome, Exception), outcome
             pressed, seen = outcome  # type: ignore[misc]
             assert {"type": "TUNER", "on": True} in [{"type": m["type"], **m["data"]} for m in seen]

@@ -70,8 +70,10 @@ async def polling(engine: Engine, seconds: float, then: Callable[[], Any]) -> An
 async def during(
     rig: Rig, signal: np.ndarray, action: Callable[[], Awaitable[Any]]
 ) -> tuple[np.ndarray, Any]:
-    """Record ``signal`` through the engine while ``action`` runs (from 0.2 s in)."""
+    """Record ``signal`` through the engine while ``action`` runs (from 0.2 s in); a take
+    during which the server had an xrun fails the test."""
     _, recorded, outcome = await rig.record_during(signal, action, lead_frames=RATE // 5)
+    rig.require_clean("the recording")
     if isinstance(outcome, Exception):
         raise outcome
     return recorded[:, 0], outcome
@@ -117,6 +119,7 @@ async def test_the_tuner_names_the_note_and_silences_the_box_until_it_is_off(
     await engine.set_tuner(False)
     assert engine.tuner() is None
     _, recorded = await rig.play_and_record(string[: RATE // 2])
+    rig.require_clean("the string after tuning")
     assert rms_db(recorded[RATE // 10 :, 0]) == pytest.approx(-15.0, abs=0.5), (
         "the box stayed silent after tuning"
     )

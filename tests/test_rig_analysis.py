@@ -42,6 +42,7 @@ from hil.rig.results import (
     Excerpt,
     LatencyResult,
     RigRun,
+    Spoiled,
     SwitchResult,
     TimingResult,
 )
@@ -470,6 +471,28 @@ def test_a_run_that_measured_little_still_makes_a_report(tmp_path: Path) -> None
     assert all(p.exists() for p in images(page))
     assert "the interface was not calibrated" in page.read_text()
     assert "Not measured in this run." in page.read_text()
+
+
+def test_a_spoiled_take_is_marked_not_hidden(tmp_path: Path) -> None:
+    """A take during which the rig's own JACK server had xruns is listed in report.json and
+    marked in its section of report.html; a run without one says so.
+
+    Broken, a reader would take the rig's own dropped cycles for the box's figures."""
+    clean = write_report(synthetic_run(), tmp_path / "clean")
+    assert load_report(tmp_path / "clean")["spoiled_takes"] == []
+    assert "None: the rig's own JACK server had no xrun during any take." in clean.read_text()
+    run = synthetic_run()
+    run.spoiled.append(Spoiled("switching", "snapshot recall 1", 2, (1200, 1330)))
+    page = write_report(run, tmp_path / "spoiled")
+    data = load_report(tmp_path / "spoiled")
+    assert data["spoiled_takes"] == [
+        {"section": "switching", "what": "snapshot recall 1", "xruns": 2, "frames": [1200, 1330]}
+    ]
+    text = page.read_text()
+    switching = text[text.index('<h2 id="switching">') : text.index('<h2 id="dropouts">')]
+    assert "Spoiled takes:" in switching and "snapshot recall 1 (2 xruns)" in switching
+    latency = text[text.index('<h2 id="latency">') : text.index('<h2 id="knob_to_sound">')]
+    assert "Spoiled takes:" not in latency
 
 
 def test_compare_sets_two_reports_side_by_side(tmp_path: Path) -> None:

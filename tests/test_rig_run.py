@@ -28,6 +28,8 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -40,7 +42,7 @@ from hil.rig.report import HTML_NAME, JSON_NAME, write_report
 from hil.rig.runner import SAVED_BOARD, RunSettings, run_virtual
 from hil.rig.setups import Box, RigError
 from tests.boxproc import BoxProcess, virtual_config
-from tests.rig import MockInterface
+from tests.rig import MockInterface, Rig, RigProcessError, SpoiledTake, leftovers, sine
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -70,6 +72,8 @@ FLAT_DB = 0.1
 #: How long one ``python -m hil.rig`` subprocess may take before it is killed.
 COMMAND_TIMEOUT = 100.0
 TOKEN = "rig-test-token-7Qx"
+#: A stall of the rig's player: longer than any period, so an xrun for the whole server.
+STALL = 0.05
 
 
 @pytest.fixture(params=["jalv", "carla"])
@@ -330,7 +334,8 @@ async def test_real_box_path_takes_out_the_interface(jack_server: JackServer, tm
     assert left == [], f"the run left its pedalboards in the player's library: {left}"
 
 
-#: A process that opens and closes the rig's clients while another Python thread keeps the GIL busy.
+#: A process that opens and closes the rig's clients while another Python thread keeps the GIL
+#: busy; it exits 3 if libjack is loaded in it (the clients must live in their own process).
 BUSY_CLOSE = """
 import asyncio, sys, threading
 from tests.rig import MockInterface, Rig
@@ -346,28 +351,27 @@ async def main():
         for rig in (Rig(sys.argv[1]), MockInterface(sys.argv[1])):
             await rig.open()
             await asyncio.sleep(0.05)
+            if "libjack" in open("/proc/self/maps").read():
+                sys.exit(3)
             await rig.close()
 
 asyncio.run(main())
 """
 #: Open-and-close rounds; each closes four clients.
 BUSY_CLOSE_ROUNDS = 10
-#: How long those rounds may take (about 25 s here) before the process counts as frozen.
+#: How long those rounds may take (about 3 s here) before the process counts as frozen.
 BUSY_CLOSE_TIMEOUT = 60.0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug, about one run in three: parking covers the audio threads only; likely cause, not "
-    "proven: closing a client also cancels JACK's notification thread, which may wait for the GIL to "
-    "run the rig's Python xrun callback",
-)
 async def test_closing_the_rig_while_python_is_busy_never_deadlocks(jack_server: JackServer) -> None:
-    """The rig's clients, closed while another thread holds the GIL, let the process go on.
+    """The rig's clients, opened and closed while another thread of the test process holds the
+    GIL, let the process go on; and that process has no JACK client of its own (libjack is not
+    even loaded): the clients' Python audio callbacks run in a child process of their own.
 
-    Broken (JACK cancels an audio thread that waits for the GIL), the process freezes for
-    good with every thread waiting for the GIL, and no timeout inside it can fire: a whole
-    suite or rig run hangs until something outside kills it.
+    Broken (the clients in the test process), JACK may cancel an audio thread that waits for
+    the GIL and the process freezes for good with every thread waiting for it, and no timeout
+    inside it can fire: a whole suite or rig run hangs until something outside kills it.
+    Before that, every period the audio thread waits for the GIL makes the rig miss cycles.
     """
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", BUSY_CLOSE, jack_server.name, str(BUSY_CLOSE_ROUNDS), cwd=ROOT
@@ -380,7 +384,58 @@ async def test_closing_the_rig_while_python_is_busy_never_deadlocks(jack_server:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+    assert code != 3, "the test process loaded libjack: the rig's JACK clients are not in a process of their own"
     assert code == 0
+
+
+async def test_a_take_with_an_xrun_is_spoiled_and_says_so(rig: Rig) -> None:
+    """A take during which the server had an xrun (here the rig's player stalls a cycle) fails
+    :meth:`Rig.require_clean` with the xruns named, and a level probe refuses it; an xrun JACK
+    tells of only after the take's last frame still counts for it; a clean take passes.
+
+    Broken, a recording with a cycle dropped by the server (the box's plugins included) would
+    be measured as the box's sound, or quietly taken again until it passed."""
+    probe = sine(frames=4800)
+    await rig.play_and_record(probe)
+    rig.require_clean("a take on a quiet server")
+
+    async def stall() -> None:
+        rig.stall(STALL)
+
+    await rig.record_during(sine(frames=4 * 4800), stall, lead_frames=4800)
+    assert rig.last_take_xruns >= 1 and len(rig.last_take_xrun_frames) == rig.last_take_xruns
+    with pytest.raises(SpoiledTake, match=r"the stalled take: the JACK server had \d+ xrun"):
+        rig.require_clean("the stalled take")
+    # The stall lands on the cycle after the take's last one: JACK tells of it after the end.
+    await rig.record_during(probe, stall, lead_frames=len(probe) - rig.blocksize // 2)
+    assert rig.last_take_xruns >= 1, "an xrun told of just after the take's end was not counted"
+    assert min(rig.last_take_xrun_frames) >= len(probe) - rig.blocksize, rig.last_take_xrun_frames
+    rig.stall(STALL)
+    with pytest.raises(SpoiledTake):
+        await rig.measure_gain(probe)
+    await rig.play_and_record(probe)
+    rig.require_clean("a take after the stalls")
+
+
+async def test_a_rig_process_that_hangs_on_close_is_killed(
+    jack_server: JackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rig whose process hangs closing its clients (here: stopped) is killed after
+    ``RIG_CLOSE_TIMEOUT`` and the close fails saying so; nothing of it is left running.
+
+    Broken, a wedged rig process would hold the test (and the run) for good, or outlive it
+    with its JACK clients on a server that is being stopped."""
+    monkeypatch.setattr("tests.rig.RIG_CLOSE_TIMEOUT", 1.0)
+    rig = Rig(jack_server.name)
+    await rig.open()
+    pid = rig.pid
+    assert pid is not None and pid in leftovers()
+    os.kill(pid, signal.SIGSTOP)
+    with pytest.raises(RigProcessError, match="hung closing"):
+        await rig.close()
+    assert pid not in leftovers()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_box_url_gives_healthz_and_token_path() -> None:

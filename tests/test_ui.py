@@ -6,10 +6,10 @@ virtual rig's player and recorded by its recorder (as in tests/test_box_e2e.py):
 
     rig-play:play_1 ──▶ box (jalv plugins) ──▶ rig-rec:rec_1
 
-The rig runs in a child process of its own (:func:`rig_worker`, driven over a
-pipe): its JACK callbacks are Python, and in this process Playwright's sync
-API holds the GIL longer than a JACK period, which made the whole virtual
-server miss cycles.
+The rig's JACK clients run in a process of their own (tests/rig.py): their
+callbacks are Python, and in this process Playwright's sync API holds the GIL
+longer than a JACK period. The rig is driven from the sync tests through the
+module's loop thread (:class:`RigOnLoop`).
 
 Each test starts from an empty board (cleared over the raw protocol) and
 drives the page as a player would: taps, touch drags (Chrome DevTools touch
@@ -28,8 +28,6 @@ import itertools
 import json
 import mimetypes
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -44,7 +42,7 @@ from websockets.sync.client import ClientConnection, connect
 from appliance.engine.jackserver import DummySettings, JackServer, unique_server_name
 from tests.boxproc import ROOT, BoxProcess, virtual_config
 from tests.conftest import RIG_PERIOD, RIG_SAMPLE_RATE, require_jalv_tools
-from tests.rig import Rig, gain_db, sine
+from tests.rig import Rig, sine
 
 CHROMIUM = "/usr/bin/chromium"
 STATIC = ROOT / "appliance" / "ui" / "static"
@@ -100,100 +98,34 @@ class LoopThread:
         self.loop.close()
 
 
-def rig_worker() -> None:
-    """The rig in a child process: ``python -c 'from tests.test_ui import rig_worker; rig_worker()' SERVER``.
+class RigOnLoop:
+    """The virtual rig on ``server``, driven from sync code through ``loop``'s thread."""
 
-    Prints its ports as one JSON line, then answers one JSON line per
-    command read from stdin: ``{"do": "gain", "frequency", "level"}`` (the
-    gain of a 0.1 s take against the dry reference, in dB, taken again while
-    the server spoils it), ``{"do": "play", "frequency", "seconds", "level"}``
-    (starts a tone and answers at once), ``{"do": "wait"}`` (when the tone has
-    ended). End of input closes the rig.
-    """
-
-    async def main() -> None:
-        rig = Rig(sys.argv[1], channels=1)
-        await rig.open()
-        print(json.dumps({"play": rig.play_ports, "rec": rig.rec_ports}), flush=True)
-        loop = asyncio.get_running_loop()
-        playing: asyncio.Future[Any] | None = None
-        try:
-            while line := await loop.run_in_executor(None, sys.stdin.readline):
-                command = json.loads(line)
-                answer: dict[str, Any] = {}
-                if command["do"] == "gain":
-                    probe = sine(command["frequency"], 4800, RIG_SAMPLE_RATE, command["level"])
-
-                    async def take(probe: Any = probe) -> float:
-                        reference, recorded = await rig.play_and_record(probe)
-                        return gain_db(recorded[:, 0], reference)
-
-                    answer["gain"] = await rig.unspoiled(take)
-                elif command["do"] == "play":
-                    frames = int(command["seconds"] * RIG_SAMPLE_RATE)
-                    tone = sine(command["frequency"], frames, RIG_SAMPLE_RATE, command["level"])
-                    playing = asyncio.ensure_future(rig.play_and_record(tone))
-                elif command["do"] == "wait" and playing is not None:
-                    await playing
-                print(json.dumps(answer), flush=True)
-        finally:
-            await rig.close()
-
-    asyncio.run(main())
-
-
-class RigProcess:
-    """The virtual rig on ``server``, in a child process (see :func:`rig_worker`)."""
-
-    def __init__(self, server: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from tests.test_ui import rig_worker; rig_worker()", server],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-            text=True,
-        )
-        ports = self._read()
-        self.play_ports: list[str] = ports["play"]
-        self.rec_ports: list[str] = ports["rec"]
-
-    def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the rig process ended (exit code {self.proc.wait(RIG_TIMEOUT)})")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def _ask(self, **command: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
+    def __init__(self, loop: LoopThread, server: str) -> None:
+        self.loop = loop
+        self.rig = Rig(server, channels=1)
+        loop.run(self.rig.open(), RIG_TIMEOUT)
+        self.play_ports = list(self.rig.play_ports)
+        self.rec_ports = list(self.rig.rec_ports)
 
     def gain(self, frequency: float = 1000.0, level: float = -12.0) -> float:
-        """The track's gain in dB, from one take of a tone."""
-        return float(self._ask(do="gain", frequency=frequency, level=level)["gain"])
+        """The track's gain in dB, from one take of a 0.1 s tone (one with an xrun of the
+        server fails the test: :class:`tests.rig.SpoiledTake`)."""
+        probe = sine(frequency, 4800, RIG_SAMPLE_RATE, level)
+        return self.loop.run(self.rig.measure_gain(probe), RIG_TIMEOUT)
 
     @contextmanager
     def playing(self, frequency: float, seconds: float, level: float = -12.0) -> Iterator[None]:
         """A tone into the track while the block runs (waits for its end on leaving)."""
-        self._ask(do="play", frequency=frequency, seconds=seconds, level=level)
+        tone = sine(frequency, int(seconds * RIG_SAMPLE_RATE), RIG_SAMPLE_RATE, level)
+        take = asyncio.run_coroutine_threadsafe(self.rig.play_and_record(tone), self.loop.loop)
         try:
             yield
         finally:
-            self._ask(do="wait")
+            take.result(seconds + RIG_TIMEOUT)
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(RIG_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        self.loop.run(self.rig.close(), RIG_TIMEOUT)
 
 
 # -- the raw protocol ------------------------------------------------------------------------
@@ -302,7 +234,7 @@ def reset(raw: Raw) -> None:
 class Rigged:
     """The module's box, its JACK server, the rig and the loop they run on."""
 
-    def __init__(self, loop: LoopThread, server: JackServer, rig: RigProcess, box: BoxProcess) -> None:
+    def __init__(self, loop: LoopThread, server: JackServer, rig: RigOnLoop, box: BoxProcess) -> None:
         self.loop = loop
         self.server = server
         self.rig = rig
@@ -328,10 +260,10 @@ def rigged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rigged]:
         unique_server_name("ui"), DummySettings(sample_rate=RIG_SAMPLE_RATE, period=RIG_PERIOD, realtime=True)
     )
     loop.run(server.start())
-    rig: RigProcess | None = None
+    rig: RigOnLoop | None = None
     box: BoxProcess | None = None
     try:
-        rig = RigProcess(server.name)
+        rig = RigOnLoop(loop, server.name)
         tmp = tmp_path_factory.mktemp("box")
         tracks = [{"id": TRACK, "inputs": list(rig.play_ports), "outputs": list(rig.rec_ports)}]
         config = virtual_config(tmp, jack_server=server.name, dummy=False, tracks=tracks, demo=[])

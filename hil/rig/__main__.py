@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"THD+N {_db(figures['thd_n_db'])}, response {_db(figures['response_min_db'])} to "
                 f"{_db(figures['response_max_db'])}"
             )
+            _warn_spoiled(run)
             print(f"calibration: {args.out}")
             if args.report is not None:
                 print(f"report: {write_report(run, args.report)}")
@@ -143,8 +144,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hil.rig: {exc}", file=sys.stderr)
         return 2
     page = write_report(result, args.report)
+    _warn_spoiled(result)
     print(f"report: {page}")
     return 0
+
+
+def _warn_spoiled(run: RigRun) -> None:
+    """Say so when the rig's own JACK server spoiled takes (the report marks each)."""
+    if run.spoiled:
+        sections = sorted({take.section for take in run.spoiled})
+        print(
+            f"hil.rig: {len(run.spoiled)} take(s) had xruns of the rig's own JACK server "
+            f"({', '.join(sections)}): their figures include the rig's dropped cycles (marked in the report)",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

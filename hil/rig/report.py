@@ -59,6 +59,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1em; }
 td, th { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; font-size: 90%; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 p.method { color: #555; font-size: 90%; }
+p.spoiled { color: #a00; }
 img { max-width: 100%; display: block; margin: 0.5em 0; }
 .pair { display: flex; gap: 1em; } .pair > div { flex: 1; min-width: 0; }
 """
@@ -277,6 +278,14 @@ def _section_html(key: str, title: str, figures: dict[str, Any], run: RigRun, pl
     if key in run.methods:
         parts.append(f'<p class="method">Method: {html.escape(run.methods[key])}</p>')
     data = figures[key]
+    spoiled = run.spoiled_in(key)
+    if spoiled:
+        listed = "; ".join(f"{take.what} ({take.xruns} xruns)" for take in spoiled)
+        parts.append(
+            f'<p class="spoiled"><strong>Spoiled takes:</strong> the rig\'s own JACK server had xruns '
+            f"during {len(spoiled)} take(s) of this section; their figures are below all the same and "
+            f"may include cycles the rig dropped, not the box: {html.escape(listed)}</p>"
+        )
     if key in run.skipped:
         parts.append(f"<p><strong>Skipped:</strong> {html.escape(run.skipped[key])}</p>")
     if not data:
@@ -333,6 +342,15 @@ def _report_html(run: RigRun, figures: dict[str, Any], plots: list[Plot]) -> str
         ]
         notes = run.calibration.get("notes") or []
         parts += [f"<p><strong>Note:</strong> {html.escape(str(n))}</p>" for n in notes]
+    parts.append("<h2>Spoiled takes</h2>")
+    if run.spoiled:
+        parts += [
+            "<p><strong>The rig's own JACK server had xruns during these takes.</strong> A take is "
+            "never taken again: its figures are kept in their section and marked there.</p>",
+            _table((f"{take.section}: {take.what}", take.xruns) for take in run.spoiled),
+        ]
+    else:
+        parts.append("<p>None: the rig's own JACK server had no xrun during any take.</p>")
     parts += [_section_html(key, title, figures, run, plots) for key, title in _SECTIONS]
     others = [(key, why) for key, why in run.skipped.items() if key not in dict(_SECTIONS)]
     if others:

@@ -320,6 +320,30 @@ class DryPathResult:
         }
 
 
+@dataclass(frozen=True)
+class Spoiled:
+    """A take during which the rig's own JACK server had an xrun.
+
+    Its samples may miss a cycle the box never dropped: the figures read
+    off it measure the rig's machine too. The rig never takes it again (a
+    retake would hide how often it happens); the report marks it.
+
+    Attributes:
+        section: the report section the take is for (``latency``, ``switching``, …).
+        what: which take ("noise take 3, empty board", "pedalboard switch 2").
+        xruns: the xruns the rig was told of during it.
+        frames: where in the take each was told, in frames.
+    """
+
+    section: str
+    what: str
+    xruns: int
+    frames: tuple[int, ...] = ()
+
+    def figures(self) -> dict[str, Any]:
+        return {"section": self.section, "what": self.what, "xruns": self.xruns, "frames": list(self.frames)}
+
+
 @dataclass
 class RigRun:
     """Everything one run of the rig measured.
@@ -337,6 +361,8 @@ class RigRun:
         methods: section → how it was measured (default :data:`METHODS`).
         calibration: the rig's interface as its calibration measured it (a real
             box), or ``None`` (a virtual box, or a real one run without).
+        spoiled: every take during which the rig's own server had an xrun
+            (its figures are in the sections all the same, and marked).
     """
 
     settings: dict[str, Any]
@@ -349,6 +375,11 @@ class RigRun:
     skipped: dict[str, str] = field(default_factory=dict)
     methods: dict[str, str] = field(default_factory=lambda: dict(METHODS))
     calibration: dict[str, Any] | None = None
+    spoiled: list[Spoiled] = field(default_factory=list)
+
+    def spoiled_in(self, section: str) -> list[Spoiled]:
+        """The spoiled takes of one section."""
+        return [take for take in self.spoiled if take.section == section]
 
     def figures(self) -> dict[str, Any]:
         """Every figure, JSON-ready: what ``report.json`` holds besides the plots' list."""
@@ -364,4 +395,5 @@ class RigRun:
             "dropouts": None if self.dropouts is None else self.dropouts.figures(),
             "dry_path": None if self.dry_path is None else self.dry_path.figures(),
             "calibration": self.calibration,
+            "spoiled_takes": [take.figures() for take in self.spoiled],
         }

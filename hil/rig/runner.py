@@ -34,7 +34,10 @@ end. Then the box is a black box, in this order:
    (does the old board's echo ring on?). Each read with
    :func:`~hil.rig.analysis.analyse_switch`.
 
-Every time is a frame count on the recording's own clock. A virtual box's
+Every time is a frame count on the recording's own clock. A take during
+which the rig's own JACK server had an xrun is never taken again: its
+figures are kept and the take is listed in :attr:`RigRun.spoiled`, which
+the report shows beside the section (:func:`note_take`). A virtual box's
 traffic stays on 127.0.0.1; every step is bounded in count and time;
 everything started is stopped on the way out. Runs on one asyncio loop; the
 box's start and stop and ``/healthz`` go through worker threads.
@@ -60,6 +63,7 @@ from hil.rig.analysis import (
     find_dropouts,
     frames_to_level,
     frequency_response,
+    gain_db,
     impulse_response,
     measure_latency,
     rms_db,
@@ -72,6 +76,7 @@ from hil.rig.results import (
     Excerpt,
     LatencyResult,
     RigRun,
+    Spoiled,
     SwitchResult,
     TimingResult,
 )
@@ -101,8 +106,6 @@ RIG_PEDALBOARDS = ("rig a", "rig b", "rig tail")
 TAIL_DELAY = {"time": 120.0, "feedback": 0.5, "wet_dry": 0.5}
 #: After loading the board with the delay: its plugins started and the last board's tail gone.
 SETTLE_BEFORE_TAIL = 1.0
-#: Takes of a latency or dry-path probe before a spoiled one is kept (the rig's machine is busy).
-CLEAN_TAKE_TRIES = 8
 #: Below this level a recording holds nothing that came back, dBFS.
 SILENT_DB = -90.0
 #: Why power cuts are not measured.
@@ -176,6 +179,7 @@ class Session:
     latency: int = 0
     plugins: dict[str, str] = field(default_factory=dict)  # catalog key → plugin id
     base_db: float = 0.0  # the board's gain for the tone, every plugin at its value
+    spoiled: list[Spoiled] = field(default_factory=list)  # takes the rig's own server spoiled
     _sent: int = 0
 
     async def request(self, kind: str, **data: Any) -> dict[str, Any]:
@@ -208,25 +212,31 @@ def delayed(played: np.ndarray, frames: int) -> np.ndarray:
 # -- steps --------------------------------------------------------------------------
 
 
-async def clean_take(rig: Rig, signal: np.ndarray, extra_frames: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """One take of ``signal``, taken again while the rig's own JACK server spoils it with an xrun.
+def note_take(rig: Rig, spoiled: list[Spoiled], section: str, what: str) -> int:
+    """After a take: list it in ``spoiled`` if the rig's own JACK server had an xrun; its xruns.
 
     A cycle the rig's server dropped is missing from the recording but not
-    from the reference: it would measure the rig's computer, not the box.
-    Up to :data:`CLEAN_TAKE_TRIES` takes; the last one either way
-    (:attr:`Rig.last_take_xruns` says whether it was spoiled).
+    from the reference: the take measures the rig's computer as well as the
+    box. It is kept (a retake would hide how often this happens) and the
+    report marks it.
     """
-    for _ in range(CLEAN_TAKE_TRIES - 1):
-        reference, recorded = await rig.play_and_record(signal, extra_frames)
-        if not rig.last_take_xruns:
-            return reference, recorded
-    return await rig.play_and_record(signal, extra_frames)
+    if rig.last_take_xruns:
+        spoiled.append(Spoiled(section, what, rig.last_take_xruns, tuple(rig.last_take_xrun_frames)))
+    return rig.last_take_xruns
 
 
 async def measure_latency_of(
-    rig: Rig, settings: RunSettings, board: str, plugin_latency: int = 0, interface_frames: int = 0
+    rig: Rig,
+    settings: RunSettings,
+    board: str,
+    spoiled: list[Spoiled],
+    plugin_latency: int = 0,
+    interface_frames: int = 0,
 ) -> LatencyResult:
     """Noise takes through the board as it is: the lag of each, and one impulse response.
+
+    Args:
+        spoiled: where a take the rig's own server spoiled is listed.
 
     Raises:
         RigError: nothing came back (a cable, the box's input or output, a port name).
@@ -236,7 +246,9 @@ async def measure_latency_of(
     clarity = float("inf")
     impulse: np.ndarray | None = None
     for take in range(settings.latency_takes):
-        reference, recorded = await clean_take(rig, noise(rate // 10, -20.0, seed=take + 1), LATENCY_SEARCH)
+        probe = noise(rate // 10, -20.0, seed=take + 1)
+        reference, recorded = await rig.play_and_record(probe, LATENCY_SEARCH)
+        note_take(rig, spoiled, "latency", f"noise take {take + 1}, {board}")
         if rms_db(recorded[:, 0]) < SILENT_DB:
             raise RigError(
                 f"nothing came back ({board}): check the cables, the ports the rig uses "
@@ -251,18 +263,23 @@ async def measure_latency_of(
     return LatencyResult(board, frames, rate, plugin_latency, clarity, impulse, interface_frames)
 
 
-async def measure_dry_path(rig: Rig, settings: RunSettings, latency: int) -> DryPathResult:
+async def measure_dry_path(
+    rig: Rig, settings: RunSettings, latency: int, spoiled: list[Spoiled]
+) -> DryPathResult:
     """THD+N of a 1 s tone (its first and last 0.1 s left out) and the response from 2 s of noise.
 
     Args:
         latency: the round trip as recorded, frames: where the tone starts in the recording.
+        spoiled: where a take the rig's own server spoiled is listed.
     """
     rate = settings.rate
     tone = sine(settings.tone_hz, round(1.2 * rate), rate, settings.level_db)
-    reference, recorded = await clean_take(rig, tone, LATENCY_SEARCH)
+    reference, recorded = await rig.play_and_record(tone, LATENCY_SEARCH)
+    note_take(rig, spoiled, "dry_path", "THD+N tone")
     steady = recorded[latency + rate // 10 : latency + rate * 11 // 10, 0]
     distortion = thd_n(steady, rate, settings.tone_hz)
-    reference, recorded = await clean_take(rig, noise(2 * rate, -20.0), LATENCY_SEARCH)
+    reference, recorded = await rig.play_and_record(noise(2 * rate, -20.0), LATENCY_SEARCH)
+    note_take(rig, spoiled, "dry_path", "response noise")
     response = frequency_response(recorded[:, 0], reference, rate, latency=latency)
     return DryPathResult(distortion, response)
 
@@ -322,14 +339,27 @@ async def build_board(s: Session) -> None:
 
 
 async def steady_gain(s: Session, tries: int = 20) -> float:
-    """The board's gain for the tone once two takes in a row agree (plugins settle)."""
+    """The board's gain for the tone once two clean takes in a row agree (plugins settle).
+
+    A spoiled probe is listed (section ``knob_to_sound``, whose targets this
+    level sets) and does not count as agreeing.
+    """
     probe = s.tone(0.1)
-    before = await s.rig.measure_gain(probe)
-    for _ in range(tries):
-        now = await s.rig.measure_gain(probe)
-        if abs(now - before) <= 0.05:
+
+    async def probe_gain(index: int) -> float | None:
+        reference, recorded = await s.rig.play_and_record(probe)
+        if note_take(s.rig, s.spoiled, "knob_to_sound", f"level probe {index + 1} of the board"):
+            return None
+        return gain_db(recorded[:, 0], reference)
+
+    before = await probe_gain(0)
+    for index in range(1, tries + 1):
+        now = await probe_gain(index)
+        if now is not None and before is not None and abs(now - before) <= 0.05:
             return now
-        before = now
+        before = now if now is not None else before
+    if before is None:
+        raise RigError(f"the rig's own xruns spoiled every level probe of the board ({tries + 1} takes)")
     return before
 
 
@@ -347,12 +377,17 @@ async def extra_clients(count: int, box: Box) -> AsyncIterator[list[ProbeClient]
 
 
 async def timed_changes(
-    s: Session, send: Callable[[int], Awaitable[None]], target: Callable[[int], float], count: int
+    s: Session,
+    what: str,
+    send: Callable[[int], Awaitable[None]],
+    target: Callable[[int], float],
+    count: int,
 ) -> tuple[list[int], int]:
     """``count`` changes, one every :data:`CHANGE_EVERY` s in a playing tone; (frames to each, missed).
 
     ``send(i)`` makes change ``i`` (a coroutine function); ``target(i)`` is the
     gain in dB it leads to. The frame is noted just before each send.
+    ``what`` names the series for a spoiled take.
     """
     rate = s.settings.rate
     spacing = round(CHANGE_EVERY * rate)
@@ -375,6 +410,7 @@ async def timed_changes(
         )
         if isinstance(outcome, Exception):
             raise outcome
+        note_take(s.rig, s.spoiled, "knob_to_sound", f"{what}, changes {done + 1} to {done + batch}")
         reference = delayed(played, s.latency)
         for i, mark in enumerate(marks):
             end = marks[i + 1] if i + 1 < len(marks) else len(reference)
@@ -410,7 +446,7 @@ async def measure_knob_and_footswitch(s: Session) -> list[TimingResult]:
                 )
 
             heard, missed = await timed_changes(
-                s, knob, lambda i: s.base_db + STEP_DB * ((i + 1) % 2), s.settings.changes
+                s, f"gain, {clients}", knob, lambda i: s.base_db + STEP_DB * ((i + 1) % 2), s.settings.changes
             )
             results.append(TimingResult(f"gain, {clients}", heard, s.settings.rate, missed))
             await s.request("PLUGIN_PARAMETER", plugin_id=gain, parameter_id="gain", parameter_value=STEP_DB)
@@ -419,7 +455,11 @@ async def measure_knob_and_footswitch(s: Session) -> list[TimingResult]:
                 await s.request("PLUGIN_BYPASS", plugin_id=gain, bypass=i % 2 == 0)
 
             heard, missed = await timed_changes(
-                s, footswitch, lambda i: s.base_db + STEP_DB * (i % 2), s.settings.changes
+                s,
+                f"bypass, {clients}",
+                footswitch,
+                lambda i: s.base_db + STEP_DB * (i % 2),
+                s.settings.changes,
             )
             results.append(TimingResult(f"bypass, {clients}", heard, s.settings.rate, missed))
             await s.request("PLUGIN_BYPASS", plugin_id=gain, bypass=False)
@@ -462,6 +502,7 @@ async def measure_dropouts(s: Session) -> DropoutResult:
         finally:
             stop.set()
             await sweeper
+    note_take(s.rig, s.spoiled, "dropouts", f"{s.settings.dropout_seconds:g} s of tone")
     after = (await s.health()).get("xruns")
     first = s.latency + rate // 100  # the tone's own start is not a fault
     out = recorded[first : len(recorded) - rate // 100, 0]
@@ -541,7 +582,7 @@ async def measure_switches(
         )
         analysis = dataclasses.replace(analysis, silence_start=analysis.silence_start + first)
         analyses.append(analysis)
-        xruns.append(s.rig.last_take_xruns)
+        xruns.append(note_take(s.rig, s.spoiled, "switching", f"{name} {index + 1}"))
         shown = {"request": mark}
         if analysis.to_new_sound is not None:
             shown["heard"] = mark + analysis.to_new_sound
@@ -650,16 +691,19 @@ async def measure(
         run = RigRun(
             settings={**settings.as_dict(), **setup.settings},
             box={"healthz": await session.health(), "version": setup.version},
+            spoiled=session.spoiled,  # filled in as the takes go
         )
         if calibration is not None:
             run.calibration = {**calibration.figures(), "notes": notes}
         saved = await empty_track(session)
         run.box["board_saved_as"] = saved
         log("latency, empty board")
-        run.latency.append(await measure_latency_of(rig, settings, "empty", interface_frames=interface))
+        run.latency.append(
+            await measure_latency_of(rig, settings, "empty", session.spoiled, interface_frames=interface)
+        )
         session.latency = run.latency[0].median or 0
         log("the dry path")
-        dry = await measure_dry_path(rig, settings, session.latency)
+        dry = await measure_dry_path(rig, settings, session.latency, session.spoiled)
         if calibration is not None:
             dry = DryPathResult(
                 dry.distortion,
@@ -671,7 +715,9 @@ async def measure(
         log(f"latency, {len(BOARD)} plugins")
         await build_board(session)
         run.latency.append(
-            await measure_latency_of(rig, settings, f"{len(BOARD)} plugins", interface_frames=interface)
+            await measure_latency_of(
+                rig, settings, f"{len(BOARD)} plugins", session.spoiled, interface_frames=interface
+            )
         )
         log("knob-to-sound and footswitch-to-sound")
         run.knob_to_sound = await measure_knob_and_footswitch(session)
@@ -752,8 +798,9 @@ async def calibrate(
     async with open_interface(ports) as rig:
         settings = dataclasses.replace(settings, rate=rig.samplerate, period=rig.blocksize)
         log(f"calibrating {ports.playback} → {ports.capture} ({settings.rate} Hz, {settings.period} frames)")
-        latency = await measure_latency_of(rig, settings, "loopback cable")
-        dry = await measure_dry_path(rig, settings, latency.median or 0)
+        spoiled: list[Spoiled] = []
+        latency = await measure_latency_of(rig, settings, "loopback cable", spoiled)
+        dry = await measure_dry_path(rig, settings, latency.median or 0, spoiled)
     calibration = Calibration(
         ports.as_dict(),
         settings.rate,
@@ -772,6 +819,7 @@ async def calibrate(
         dry_path=dry,
         skipped={key: why for key in ("knob_to_sound", "switching", "dropouts", "recovery")},
         calibration=calibration.figures(),
+        spoiled=spoiled,
     )
     return calibration, run
 
