@@ -30,6 +30,11 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The period of every JACK server the suite starts, frames (tests/conftest.py's
+#: ``RIG_PERIOD``, and a virtual box's own dummy server): the smallest period at
+#: which such a server had no xrun of its own in ``hil/bench_rig_server.py``, since
+#: a take during which the server had an xrun fails its test.
+SERVER_PERIOD = 512
 #: How long the box may take to come up (catalog scan, JACK server, plugins).
 BOX_START_TIMEOUT = 60.0
 #: How long the box may take to exit after SIGTERM (saving the board, stopping plugins).
@@ -70,6 +75,8 @@ def virtual_config(
         data["engine"]["jack"]["server"] = None  # the box names its own server, as a user's does
     if not dummy:
         data["engine"]["jack"]["dummy"] = None
+    else:
+        data["engine"]["jack"]["dummy"]["period"] = SERVER_PERIOD
     data["engine"]["kind"] = overrides.pop("engine", "jalv")
     # Every client of a test (pages, tabs, raw sockets) comes from 127.0.0.1: let them all in
     # (the per-address cap itself is tested in tests/test_server.py).

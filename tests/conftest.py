@@ -18,12 +18,14 @@ from appliance.engine.carla import unavailable as carla_unavailable
 from appliance.engine.faders import FADER_URI
 from appliance.engine.jackserver import DummySettings, JackServer, unique_server_name
 from appliance.engine.meters import METER_URI, TUNER_URI
+from tests.boxproc import SERVER_PERIOD
 from tests.notify import listen
 from tests.rig import Rig, end_leftovers, leftovers
 
-#: The rate and period of every test server (the box's defaults).
+#: The rate and period of every test server: the box's rate, and the smallest period at
+#: which the server has no xrun of its own over a test (measured: hil/bench_rig_server.py).
 RIG_SAMPLE_RATE = 48000
-RIG_PERIOD = 128
+RIG_PERIOD = SERVER_PERIOD
 
 #: What the always-tested engine needs; ``scripts/setup`` installs all of it.
 JALV_TOOLS = ("jackd", "jack_lsp", "jalv", "stdbuf")
@@ -100,7 +102,7 @@ def rig_processes_end_with_their_test() -> Iterator[None]:
 
 @pytest_asyncio.fixture
 async def jack_server() -> AsyncIterator[JackServer]:
-    """A fresh dummy-backend JACK server (48000 Hz, 128 frames), realtime where allowed.
+    """A fresh dummy-backend JACK server (48000 Hz, :data:`RIG_PERIOD` frames), realtime where allowed.
 
     Realtime, as the box runs JACK: fewer xruns, and a crashed client is
     dropped from the graph (on a non-realtime server JACK2 was seen to keep a

@@ -17,7 +17,9 @@ by :data:`INTERFACE_DELAY` frames as a real interface's converters would::
     rig ─▶ iface-out:playback_1 ─[delay]▶ line_out_1 ─▶ box ─▶ iface-in:line_in_1 ─▶ capture_1 ─▶ rig
 
 Only behaviour is asserted: both files written, every section there (or
-skipped with a reason), latencies, no change missed, a clean flat dry path.
+skipped with a reason), latencies, no change missed, a clean flat dry path,
+and no take spoiled by an xrun of the test's own server (a spoiled take is
+marked in the report, never retaken; the runs use the suite's period).
 Never wall-clock speed. Each test's docstring says what a person using the
 rig would notice if it broke.
 """
@@ -42,13 +44,16 @@ from hil.rig.report import HTML_NAME, JSON_NAME, write_report
 from hil.rig.runner import SAVED_BOARD, RunSettings, run_virtual
 from hil.rig.setups import Box, RigError
 from tests.boxproc import BoxProcess, virtual_config
+from tests.conftest import RIG_PERIOD
 from tests.rig import MockInterface, Rig, RigProcessError, SpoiledTake, leftovers, sine
 
 pytestmark = pytest.mark.timeout(150)
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Very small counts: the whole run in well under 40 s on this machine.
-SMALL = RunSettings(latency_takes=3, changes=5, clients=(1, 20), switches=1, dropout_seconds=2.0)
+#: Very small counts: the whole run in well under 40 s on this machine (on the suite's period).
+SMALL = RunSettings(
+    latency_takes=3, changes=5, clients=(1, 20), switches=1, dropout_seconds=2.0, period=RIG_PERIOD
+)
 #: The same on the command line.
 SMALL_ARGS = [
     "--quick",
@@ -106,6 +111,7 @@ def _assert_complete(data: dict[str, Any]) -> None:
     assert "switching" not in data["skipped"], data["skipped"]  # this box has pedalboards
     assert not data["box"]["healthz"].get("error"), data["box"]["healthz"]
     assert data["box"]["version"]
+    assert data["spoiled_takes"] == [], f"takes the test server's own xruns spoiled: {data['spoiled_takes']}"
 
 
 def _assert_box_figures(data: dict[str, Any], settings: RunSettings, interface: int = 0) -> None:

@@ -27,6 +27,7 @@ from appliance.engine import Engine, EngineEvent, OwnPlugins, SavedPlugin, Track
 from appliance.engine.faders import FADE_STEPS
 from appliance.engine.jackserver import JackServer
 from appliance.errors import PluginLoadFailed
+from tests.conftest import RIG_PERIOD
 from tests.engines import ENGINE_ADAPTERS, EngineFactory
 from tests.rig import Rig, gaps, rms_db, sine, window_gains
 
@@ -38,7 +39,7 @@ AMP = "http://lv2plug.in/plugins/eg-amp"
 DELAY = "urn:ardour:a-delay"
 BAD = "http://example.org/plugins/no-such-plugin"
 RATE = 48000
-PERIOD = 128
+PERIOD = RIG_PERIOD
 #: 2 s of 1 kHz at −12 dBFS, the switch 0.8 s in.
 TONE = sine(1000.0, 2 * RATE, RATE, -12.0)
 #: Tone bursts (30 ms every 400 ms): the gaps between them hear only a delay's repeats.
