@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import pytest_asyncio
 from gpiozero import Device
@@ -41,6 +42,13 @@ ROOT = Path(__file__).resolve().parent.parent
 TRACK = "track_001"
 A, B, PUSH, SWITCH, HOLD_SWITCH, NEXT, TUNE = 17, 27, 22, 23, 24, 25, 5
 HOLD = 0.15
+#: The tuner footswitch silences the box within this many frames of the press, on the
+#: recording's clock (the fade's steps, then a period; the tuner itself takes hundreds of ms
+#: to start, and the box is silent before it does).
+TUNER_SILENT_WITHIN = 7200
+#: How long a test waits for what the loop does within a few turns before failing (a guard
+#: against waiting for good, never a speed claim).
+GUARD = 5.0
 
 
 MAP = {
@@ -239,26 +247,52 @@ async def test_a_mapping_waits_for_its_plugin(stack: Stack) -> None:
     assert stack.value(0, "gain") == pytest.approx(114 / 90, abs=1e-6)
 
 
+async def _until(condition: Callable[[], bool], why: str) -> None:
+    """Let the loop turn until ``condition()``; fail with ``why`` if it has not after
+    :data:`GUARD` seconds (a guard against waiting for good, never a speed claim)."""
+    try:
+        async with asyncio.timeout(GUARD):
+            while not condition():
+                await asyncio.sleep(0)
+    except TimeoutError:
+        pytest.fail(why)
+
+
 async def test_a_setlist_footswitch_never_holds_up_a_bypass(stack: Stack) -> None:
-    """While the next pedalboard loads (slowly), a bypass footswitch still acts at once."""
+    """While the setlist's next pedalboard loads (held up: its plugins take their time), the
+    bypass footswitch acts on the board that plays, without waiting for the load."""
     await stack.add("gain")
     await stack.ask("PEDALBOARD_SAVE", name="one")
-    await stack.ask("SETLIST_SET", entries=[{"pedalboard": "one"}])
+    await stack.add("overdrive")
+    await stack.ask("PEDALBOARD_SAVE", name="two")
+    await stack.ask("PEDALBOARD_LOAD", name="one")
+    await stack.ask("SETLIST_SET", entries=[{"pedalboard": "one"}, {"pedalboard": "two"}], position=0)
+    playing = stack.controller.board.tracks[TRACK].chain[0].id
+    switches = len(stack.engine.switches)  # type: ignore[attr-defined]
     gate = asyncio.Event()
     stack.engine.add_gate = gate  # type: ignore[attr-defined]
-    stack.factory.pin(NEXT).drive_low()
-    await asyncio.sleep(0.02)
-    await stack.press(SWITCH)  # settled() would wait for the load: look straight at the board
-    assert stack.bypassed(0) is True
-    gate.set()
-    stack.factory.pin(NEXT).drive_high()
-    await stack.hardware.settled()
-    assert stack.library.setlist.position == 0
+    try:
+        stack.factory.pin(NEXT).drive_low()  # no hold action: NEXT acts on the press
+        await _until(lambda: len(stack.engine.switches) > switches, "the next pedalboard never started loading")  # type: ignore[attr-defined]
+        stack.factory.pin(SWITCH).drive_low()  # press(): its settled() would wait for the load
+        await _until(lambda: stack.engine.bypassed[playing], "the bypass waited for the pedalboard load")  # type: ignore[attr-defined]
+        assert stack.library.current is not None and stack.library.current.name == "one", "the load was not held"
+        assert stack.controller.board.tracks[TRACK].chain[0].bypass is True
+    finally:
+        gate.set()
+        stack.factory.pin(SWITCH).drive_high()
+        stack.factory.pin(NEXT).drive_high()
+        await stack.hardware.settled()
+    assert stack.library.setlist.position == 1
+    assert stack.library.current is not None and stack.library.current.name == "two"
+    assert [p.type.key for p in stack.controller.board.tracks[TRACK].chain] == ["gain", "overdrive"]
 
 
 async def test_a_phone_sees_a_knob_turn_at_once(
     catalog: Catalog, factory: MockFactory, tmp_path: Path
 ) -> None:
+    """A phone is told of a knob turn as soon as the board has it: before the box's answer to
+    anything the phone asks after the turn, and with the value the board holds."""
     stack = Stack(catalog, factory, tmp_path)
     await stack.engine.start()
     await stack.hardware.start()
@@ -267,16 +301,25 @@ async def test_a_phone_sees_a_knob_turn_at_once(
     try:
         plugin_id = await stack.add("gain", gain=0.0)
         async with connect(f"ws://127.0.0.1:{server.port}/ws") as phone:
-            await phone.send(json.dumps({"id": "sync", "type": "PING"}))
-            while json.loads(await phone.recv()).get("reply_to") != "sync":
-                pass
-            await stack.turn(2)
-            message = json.loads(await asyncio.wait_for(phone.recv(), 5))
-            while message["type"] != "PLUGIN_PARAMETER":
-                message = json.loads(await asyncio.wait_for(phone.recv(), 5))
-        assert message["data"]["plugin_id"] == plugin_id
-        assert message["data"]["parameter_value"] == pytest.approx(114 / 90, abs=1e-6)
-        assert message["origin"] == {"user_id": "gpio", "session_id": "knob"}
+
+            async def until_reply(request_id: str) -> list[dict[str, Any]]:
+                """Every message up to the answer to ``request_id`` (which is left out)."""
+                await phone.send(json.dumps({"id": request_id, "type": "PING"}))
+                seen = []
+                while (message := json.loads(await asyncio.wait_for(phone.recv(), GUARD))).get(
+                    "reply_to"
+                ) != request_id:
+                    seen.append(message)
+                return seen
+
+            await until_reply("before")
+            await stack.turn(2)  # returns once the board has the turn
+            told = [m for m in await until_reply("after") if m["type"] == "PLUGIN_PARAMETER"]
+        assert told, "the phone's next answer came before the news of the knob turn"
+        assert all(m["data"]["plugin_id"] == plugin_id for m in told)
+        assert told[-1]["data"]["parameter_value"] == pytest.approx(stack.value(0, "gain"), abs=1e-6)
+        assert stack.value(0, "gain") == pytest.approx(2 * 114 / 90, abs=1e-6)
+        assert told[-1]["origin"] == {"user_id": "gpio", "session_id": "knob"}
     finally:
         await server.stop()
         await stack.hardware.stop()
@@ -313,8 +356,10 @@ async def test_the_tuner_footswitch_silences_the_box_and_the_phone_reads_the_not
     rig: Rig,
     own_plugins: OwnPlugins,
 ) -> None:
-    """On jalv and the rig, an A string playing: the tuner footswitch silences the box at once,
-    a phone is told the tuner is on and reads A2 in its meters; a second press brings the sound back."""
+    """On jalv and the rig, an A string playing: the tuner footswitch silences the box within
+    :data:`TUNER_SILENT_WITHIN` frames of the press and it stays silent from the moment a phone
+    is told the tuner is on (the recording's frame clock, not the wall clock); the phone reads
+    A2 in its meters; a second press brings the sound back."""
     engine = ENGINE_ADAPTERS["jalv"](jack_server.name)(
         [TrackPorts(TRACK, rig.play_ports, rig.rec_ports)], print, own=own_plugins
     )
@@ -329,25 +374,38 @@ async def test_the_tuner_footswitch_silences_the_box_and_the_phone_reads_the_not
         async with connect(f"ws://127.0.0.1:{server.port}/ws") as phone:
             await phone.send(json.dumps({"id": "m", "type": "METERS_SUBSCRIBE", "data": {"on": True}}))
 
-            async def press_and_read() -> tuple[int, list[dict[str, Any]]]:
-                stack.factory.pin(TUNE).drive_low()  # no hold action: acts on the press
-                await asyncio.sleep(0.05)
+            async def press_and_read() -> tuple[int, int | None, list[dict[str, Any]]]:
                 pressed = rig.position()
+                stack.factory.pin(TUNE).drive_low()  # no hold action: acts on the press
+                told: int | None = None
                 seen: list[dict[str, Any]] = []
                 while not any(m["type"] == "METERS" and m["data"]["tuner"] for m in seen):
                     seen.append(json.loads(await asyncio.wait_for(phone.recv(), 3)))
+                    if told is None and seen[-1]["type"] == "TUNER" and seen[-1]["data"] == {"on": True}:
+                        told = rig.position()
                 stack.factory.pin(TUNE).drive_high()
-                return pressed, seen
+                return pressed, told, seen
 
             _, recorded, outcome = await rig.record_during(string, press_and_read, lead_frames=24000)
             rig.require_clean("the tuner's recording")
-            assert not isinstance(outcome, Exception), outcome
-            pressed, seen = outcome  # type: ignore[misc]
-            assert {"type": "TUNER", "on": True} in [{"type": m["type"], **m["data"]} for m in seen]
+            assert isinstance(outcome, tuple), outcome
+            pressed, told, seen = outcome
+            assert told is not None, f"the phone was not told the tuner is on: {seen}"
             reading = next(m["data"]["tuner"] for m in seen if m["type"] == "METERS" and m["data"]["tuner"])
             assert (reading["note"], reading["octave"]) == ("A", 2), reading
-            silent = recorded[pressed:, 0]
-            assert rms_db(silent) < -90.0, f"the box sounded while tuning ({rms_db(silent):.1f} dBFS)"
+            out = recorded[:, 0]
+            assert rms_db(out[pressed - 4800 : pressed]) > -20.0, "the string was not heard before the press"
+            silent = out[told:]
+            assert rms_db(silent) < -90.0, (
+                f"the box sounded after the phone was told it tunes ({rms_db(silent):.1f} dBFS)"
+            )
+            sounding = np.flatnonzero(np.abs(out[pressed:told]) > 1e-4)
+            silent_after = int(sounding[-1]) + 1 if sounding.size else 0
+            print(f"silent {silent_after / 48:.1f} ms after the press, told {(told - pressed) / 48:.1f} ms after it")
+            assert silent_after <= TUNER_SILENT_WITHIN, (
+                f"the box sounded for {silent_after} frames after the press (the tuner mutes at once, "
+                f"before it starts: within {TUNER_SILENT_WITHIN} frames)"
+            )
             await stack.press(TUNE)
             assert await told_tuner_off(phone)
         probe = sine(1000.0, 4800, 48000, -12.0)
