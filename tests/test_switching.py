@@ -8,12 +8,13 @@ off), or silence when the new board cannot be built.
 A take during which the test's server had an xrun (every client may have
 missed a cycle, the box's plugins included) fails its test
 (:meth:`tests.rig.Rig.require_clean`); it is never taken again, and no gap
-is excused. What xruns switching causes is measured in ``hil/bench_switch``.
+is excused. Times are read on the recording's frame clock, never the wall
+clock. What xruns switching causes is measured in ``hil/bench_switch``.
 """
 
 from __future__ import annotations
 
-import asyncio
+import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pytest_asyncio
 from appliance.catalog import Catalog
 from appliance.controls import PluginType
 from appliance.engine import Engine, EngineEvent, OwnPlugins, SavedPlugin, TrackPorts
-from appliance.engine.faders import FADE_STEPS
+from appliance.engine.faders import FADE_STEPS, FADE_TIME
 from appliance.engine.jackserver import JackServer
 from appliance.errors import PluginLoadFailed
 from tests.conftest import RIG_PERIOD
@@ -40,8 +41,16 @@ DELAY = "urn:ardour:a-delay"
 BAD = "http://example.org/plugins/no-such-plugin"
 RATE = 48000
 PERIOD = RIG_PERIOD
-#: 2 s of 1 kHz at −12 dBFS, the switch 0.8 s in.
+#: 2 s of 1 kHz at −12 dBFS.
 TONE = sine(1000.0, 2 * RATE, RATE, -12.0)
+#: A switch is asked for this far into its recording.
+SWITCH_AT = int(0.8 * RATE)
+#: 4 s of the same tone: room for a switch asked for 0.8 s in to build its board and fade.
+SWITCH_TONE = sine(1000.0, 4 * RATE, RATE, -12.0)
+#: The windows :func:`window_gains` reads levels in, frames (10 ms).
+WINDOW = 480
+#: After ``switch_board`` returns, its last fade step is heard within this many frames.
+SETTLED = round(FADE_TIME * RATE) + 2 * PERIOD
 #: Tone bursts (30 ms every 400 ms): the gaps between them hear only a delay's repeats.
 BURST_EVERY = RATE * 4 // 10
 BURST = RATE * 3 // 100
@@ -115,21 +124,35 @@ async def test_switch_moves_the_sound_without_a_gap_or_a_click(
     engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType]
 ) -> None:
     """From a 0 dB board to a −6 dB board while playing: never silent, never a step
-    larger than the tone's own, and every 10 ms window between the two levels."""
+    larger than the tone's own, every 10 ms window between the two levels, 0 dB until
+    the switch is asked for and −6 dB once it is done (the recording's frame clock)."""
     await engine.switch_board([amp(plugin_type, "a", 0.0)], 0.0, lambda: None)
     new = [amp(plugin_type, "b", -6.0)]
-    reference, recorded, outcome = await rig.record_during(
-        TONE, lambda: switch(engine, new, 0.0), lead_frames=int(0.8 * RATE)
-    )
+    done: list[int] = []
+
+    async def act() -> list[str]:
+        seen = await switch(engine, new, 0.0)
+        done.append(rig.position())
+        return seen
+
+    reference, recorded, outcome = await rig.record_during(SWITCH_TONE, act, lead_frames=SWITCH_AT)
     rig.require_clean("the switch's recording")
     assert outcome == ["b"], outcome
     out = recorded[:, 0]
-    gains = window_gains(out, reference)
-    assert gains[2] == pytest.approx(0.0, abs=0.1), "the old board did not play before the switch"
-    assert gains[-2] == pytest.approx(-6.0, abs=0.1), "the new board did not play after the switch"
+    asked, settled = rig.last_action_frame, done[0] + SETTLED
+    print(f"switch asked at frame {asked}, switch_board returned {done[0] - asked} frames later")
+    assert settled + 4 * WINDOW <= len(out) - PERIOD, (
+        f"the switch returned {done[0] - asked} frames after it was asked: not enough recording left "
+        f"to hear the new board ({len(out)} frames)"
+    )
+    gains = window_gains(out, reference, WINDOW)
+    before = gains[1 : asked // WINDOW]
+    after = gains[math.ceil(settled / WINDOW) : -1]
+    assert np.all(np.abs(before) <= 0.1), f"the old board did not play until the switch: {before}"
+    assert np.all(np.abs(after + 6.0) <= 0.1), f"the new board did not play once the switch was done: {after}"
     assert np.all((gains[1:-1] > -6.1) & (gains[1:-1] < 0.1)), f"a window left the two levels: {gains}"
     silent = gaps(out[PERIOD:-PERIOD], offset=PERIOD)
-    assert not silent, f"gaps (start, samples) {silent}"
+    assert not silent, f"gaps (start, samples) {silent}, the switch asked at {asked}"
     # The two chains' faders are moved by different processes, which may take a step a
     # period apart: the sum may then pass the louder board by one fade step for a period.
     own = largest_step(reference) * (1 + 1 / FADE_STEPS)
@@ -191,7 +214,8 @@ async def _switch_during_bursts(
 async def test_a_switch_that_cannot_be_built_leaves_the_old_board_playing(
     engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType]
 ) -> None:
-    """A missing plugin on the new board: an error naming it, and the old sound unchanged throughout."""
+    """A missing plugin on the new board: an error naming it, the old sound unchanged
+    throughout, and the old board still answers: a knob on it is heard."""
     await engine.load_board([amp(plugin_type, "a1", -3.0)])
     broken = plugin_type(AMP).__class__(
         key="nothing", uri=BAD, name="Nothing", controls=(), audio_inputs=("in",), audio_outputs=("out",)
@@ -204,15 +228,16 @@ async def test_a_switch_that_cannot_be_built_leaves_the_old_board_playing(
     gains = window_gains(recorded[:, 0], reference)
     assert np.all(np.abs(gains - -3.0) <= 0.1), f"the old board's sound changed: {gains}"
     assert engine.chain(TRACK) == ["a1"]
-    await asyncio.sleep(0)
     await engine.set_parameters("a1", {"gain": 0.0})  # the old board still answers
+    heard = await rig.gain_until(lambda g: abs(g) <= 0.1, TONE[: RATE // 10])
+    assert heard == pytest.approx(0.0, abs=0.1), f"the old board did not take the new gain ({heard:.2f} dB)"
 
 
 async def test_snapshot_values_are_heard_within_two_periods_without_a_gap(
     engine: Engine, rig: Rig, plugin_type: Callable[[str], PluginType]
 ) -> None:
     """Values sent in one step (a snapshot recall) change the sound a period or two after
-    they are sent (the median of ten recalls; the frame clock of the recording, not the
+    the first is sent (the median of ten recalls; the frame clock of the recording, not the
     wall clock), and the sound never drops out."""
     await engine.load_board([amp(plugin_type, "a1", 0.0), amp(plugin_type, "a2", 0.0)])
     delays: list[int] = []
@@ -221,18 +246,16 @@ async def test_snapshot_values_are_heard_within_two_periods_without_a_gap(
         sent: list[int] = []
 
         async def recall(gain: float = gain, sent: list[int] = sent) -> None:
+            sent.append(rig.position())
             await engine.set_parameters("a1", {"gain": gain})
             await engine.set_parameters("a2", {"gain": gain})
-            sent.append(rig.position())
 
-        reference, recorded, outcome = await rig.record_during(
-            TONE[: RATE // 2], recall, lead_frames=RATE // 5
-        )
+        reference, recorded, outcome = await rig.record_during(TONE[: RATE // 2], recall, lead_frames=RATE // 5)
         rig.require_clean(f"the recall to {gain} dB")
         assert outcome is None, outcome
         out = recorded[:, 0].astype(np.float64)
         silent = gaps(out[PERIOD:-PERIOD], offset=PERIOD)
-        assert not silent, f"gaps (start, samples) {silent}"
+        assert not silent, f"gaps (start, samples) {silent}, the recall sent at {sent[0]}"
         expected = 10 ** (2 * gain / 20)
         ratio = np.abs(out) / np.maximum(np.abs(reference), 1e-9)
         changed = np.flatnonzero((np.abs(reference) > 0.1) & (np.abs(ratio - expected) < 0.01))
