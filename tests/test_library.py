@@ -25,6 +25,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="function")
 ROOT = Path(__file__).resolve().parent.parent
 TRACK = "track_001"
 SPILLOVER = 3.0
+#: What the library writes in the data folder besides pedalboards.
+DATA_FILES = ("setlist.json", "setlist.json.bak")
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +63,8 @@ async def stack(catalog: Catalog, tmp_path: Path) -> Stack:
 
 
 async def _three_pedalboards(stack: Stack) -> None:
-    """clean (gain −6; snapshots quiet −20, loud 0), crunch (overdrive + gain; snapshots
-    off = overdrive bypassed, on), ambient (delay + reverb; snapshots short, long)."""
+    """clean (gain −6; snapshots quiet −20, loud 0), crunch (overdrive + gain, no spillover;
+    snapshots off = overdrive bypassed, on), ambient (delay + reverb; snapshots short, long)."""
     gain = await stack.add("gain", gain=-6.0)
     await stack.ask("PEDALBOARD_SAVE", name="clean")
     await stack.set(gain, "gain", -20.0)
@@ -73,7 +75,7 @@ async def _three_pedalboards(stack: Stack) -> None:
     await stack.ask("PLUGIN_REMOVE", track_id=TRACK, plugin_id=gain)
     drive = await stack.add("overdrive", drive=0.8)
     await stack.add("gain", gain=-3.0)
-    await stack.ask("PEDALBOARD_SAVE", name="crunch")
+    await stack.ask("PEDALBOARD_SAVE", name="crunch", spillover=False)
     await stack.ask("PLUGIN_BYPASS", track_id=TRACK, plugin_id=drive, bypass=True)
     await stack.ask("SNAPSHOT_SAVE", name="off")
     await stack.ask("PLUGIN_BYPASS", track_id=TRACK, plugin_id=drive, bypass=False)
@@ -102,6 +104,7 @@ async def test_a_player_steps_through_a_setlist_of_three_pedalboards(stack: Stac
         {"pedalboard": "ambient", "snapshot": "long"},
     ]
     await stack.ask("SETLIST_SET", entries=entries)
+    first = len(stack.engine.switches)
 
     await stack.ask("SETLIST_NEXT")
     assert stack.chain() == [("gain", {"gain": -20.0}, False)]
@@ -120,8 +123,9 @@ async def test_a_player_steps_through_a_setlist_of_three_pedalboards(stack: Stac
     await stack.ask("SETLIST_PREVIOUS")
     assert (stack.state()["pedalboard"], stack.state()["snapshot"]) == ("crunch", "off")
     assert stack.state()["modified"] is False
-    # Each switch left the old board with spillover for the ones that allow it.
-    assert stack.engine.switches[-1] == SPILLOVER
+    # Each switch left the old board ringing on when the old board allows it (crunch does not):
+    # ambient → clean, clean → crunch, crunch → ambient, ambient → crunch.
+    assert stack.engine.switches[first:] == [SPILLOVER, SPILLOVER, 0.0, SPILLOVER]
 
 
 async def test_a_loaded_pedalboard_gets_fresh_ids_and_clients_follow_with_ordinary_events(
@@ -229,7 +233,7 @@ async def test_snapshots_need_a_saved_chain_and_stop_at_eight(stack: Stack) -> N
     assert len(stack.state()["snapshots"]) == MAX_SNAPSHOTS
 
 
-async def test_names_are_checked_and_never_overwrite_by_accident(stack: Stack) -> None:
+async def test_names_are_checked_and_never_overwrite_by_accident(stack: Stack, tmp_path: Path) -> None:
     await stack.add("gain")
     await stack.ask("PEDALBOARD_SAVE", name="clean")
     await stack.ask("PEDALBOARD_COPY", name="clean", new_name="spare")
@@ -241,7 +245,11 @@ async def test_names_are_checked_and_never_overwrite_by_accident(stack: Stack) -
     await stack.ask("PEDALBOARD_SAVE", name="spare", overwrite=True)
     await stack.ask("PEDALBOARD_SAVE", name="a/../../b")  # a name, never a path
     assert "a/../../b" in stack.state()["pedalboards"]
-    assert all(p.parent == stack.store.folder for p in stack.store.folder.iterdir())
+    stored = stack.store.path("a/../../b")
+    assert stored.parent == stack.store.folder and stored.is_file(), stored
+    written = {p for p in tmp_path.rglob("*") if p.is_file()}
+    elsewhere = {p for p in written if p.parent != stack.store.folder and p.name not in DATA_FILES}
+    assert not elsewhere, f"a pedalboard name wrote outside the pedalboards folder: {elsewhere}"
 
 
 async def test_rename_and_delete_carry_the_setlist_with_them(stack: Stack) -> None:
@@ -339,4 +347,4 @@ async def test_a_busy_box_cuts_the_old_tails_instead_of_running_two_boards(stack
     await stack.ask("PEDALBOARD_LOAD", name="clean")
     stack.engine.dsp_load = 45.0
     await stack.ask("PEDALBOARD_LOAD", name="clean")
-    assert stack.engine.switches[-2:] == [SPILLOVER, 0.0]
+    assert stack.engine.switches == [SPILLOVER, 0.0]
