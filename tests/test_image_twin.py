@@ -311,7 +311,13 @@ def test_the_box_is_active_only_once_ready_and_serves_the_phone(stage: Stage) ->
     assert status == 200 and kind.startswith("text/html") and "<html" in page.lower()
     health = stage.get_json("/healthz")
     assert health["running"] and health["engine"] == "jalv"
-    assert isinstance(board(stage), list)
+    added = ensure_plugin(stage)  # a board with a plugin on it, so that the phone has something to see
+    playing = board(stage)
+    health = stage.get_json("/healthz")
+    assert added["plugin_id"] in [plugin["plugin_id"] for plugin in playing], playing
+    assert len(playing) == health["board_plugins"], (
+        f"/ws gives {len(playing)} plugins, /healthz counts {health['board_plugins']}: {playing}"
+    )
 
     async def without_token() -> dict[str, Any]:
         async with connect(f"ws://127.0.0.1:{stage.port}/ws", open_timeout=ANSWER_TIMEOUT) as ws:
