@@ -45,7 +45,6 @@ from typing import Any, Literal
 from ..controls import PluginType
 from ..errors import ApplianceError, EngineError, HardwareError, PluginLoadFailed
 from . import (
-    ENGINE_START_TIMEOUT,
     NO_OWN_PLUGINS,
     PLUGIN_START_TIMEOUT,
     Engine,
@@ -59,11 +58,11 @@ from . import (
     find_plugin,
 )
 from .chain import Stage
-from .drypath import DryPathKeeper
 from .faders import FADE_STEPS, FADE_TIME, FADER_CONTROL, fader_type, fader_values, ramp
-from .jackserver import DummySettings, JackServer, unique_server_name
+from .graph import JackGraph
+from .jackserver import DummySettings
 from .meters import listened, meter_level, tuner_reading
-from .wiring import JACK_CALL_TIMEOUT, Changer, JackWiring, Tap, WiringPlan, plan_wiring
+from .wiring import JACK_CALL_TIMEOUT, Tap, WiringPlan, plan_wiring
 
 log = logging.getLogger("appliance.engine")
 
@@ -215,18 +214,25 @@ class JackChainEngine(Engine):
         own: OwnPlugins = NO_OWN_PLUGINS,
     ) -> None:
         super().__init__(tracks, on_event)
-        self.server_name = server_name
         self.preroll = preroll
-        #: How long one plugin start may take (None: the hosting engine bounds its own steps).
-        self.start_timeout: float | None = PLUGIN_START_TIMEOUT
-        self._dummy_settings = dummy_server
-        self._server: JackServer | None = None
+        #: How long one plugin start may take.
+        self.start_timeout = PLUGIN_START_TIMEOUT
         prefix = client_prefix if client_prefix is not None else f"{self.name}-{secrets.token_hex(2)}"
         self.prefix = safe_name(prefix)[: CLIENT_NAME_MAX - 24]
-        self._graph_fault = graph_fault
-        self._jack_timeout = jack_timeout
-        self._wiring: JackWiring | None = None
         self._lock = asyncio.Lock()
+        self._graph = JackGraph(
+            self.name,
+            self.tracks,
+            server_name,
+            dummy_server,
+            f"{self.prefix}-wire",
+            self._plan,
+            self._lock,
+            self._emit,
+            self._port_changed,
+            graph_fault,
+            jack_timeout,
+        )
         self._chains: dict[str, list[Slot]] = {track_id: [] for track_id in self.tracks}
         self._plugins: dict[str, Slot] = {}  # in a chain
         self._loading: dict[str, Slot] = {}  # starting, not in a chain yet
@@ -236,23 +242,12 @@ class JackChainEngine(Engine):
         self._own = own
         self._listeners: dict[str, Listener] = {}  # meters and the tuner, by slot id
         self._muted = False  # the tuner is on: the tail faders stay closed
-        self._dry_path: DryPathKeeper | None = None  # on a server that outlives the box
         self._fading: list[Generation] = []  # old boards' chains, ringing out after a switch
-        self._stale_ports: set[str] = set()  # of retired or dead clients JACK has not dropped yet
-        self._running = False
         self._started = False
         self._ports_changed = asyncio.Event()
-        self._rewire_task: asyncio.Task[None] | None = None
-        self._rewire_wanted = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- hooks for the hosting engine -----------------------------------------------
-
-    async def _start_host(self) -> None:
-        """Start whatever hosts the plugins (after the wiring is up)."""
-
-    async def _stop_host(self) -> None:
-        """Stop it again (every slot is retired and released by then)."""
 
     @abc.abstractmethod
     async def _instantiate(self, slot: Slot) -> None:
@@ -301,18 +296,6 @@ class JackChainEngine(Engine):
         """Ask the hosts of these running slots to read their output controls into
         ``slot.readings`` soon (their answers arrive on the loop). Never waits."""
 
-    def _changer(self) -> Changer | None:
-        """Who makes the connections: None for the wiring client itself (see :class:`Changer`)."""
-        return None
-
-    def _host_lost(self, exc: BaseException) -> bool:
-        """True when a start failed only because the plugins' host went away, and the
-        engine brings every plugin back once it has a host again (the slot joins down)."""
-        return False
-
-    def _joined_down(self, slot: Slot) -> None:
-        """A slot joined its chain down (its host went away as it started); bring it back."""
-
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -326,33 +309,16 @@ class JackChainEngine(Engine):
             return
         self._started = True
         try:
-            if self._dummy_settings is not None and self._server is None:
-                self._server = JackServer(self.server_name or unique_server_name("box"), self._dummy_settings)
-                await self._server.start()
-                self.server_name = self._server.name
-            self._wiring = JackWiring(
-                f"{self.prefix}-wire",
-                self.server_name,
-                self._port_changed,
-                self._server_gone,
-                self._graph_fault,
-                self._jack_timeout,
-                on_stall=self._graph_stalled,
-            )
-            await asyncio.wait_for(self._wiring.open(), ENGINE_START_TIMEOUT)
-            if self._server is None:
-                self._dry_path = DryPathKeeper(self.server_name, self.tracks.values())
-                await self._dry_path.start()
-            await self._start_host()
+            await self._graph.open()
         except BaseException:
             await self.stop()
             raise
-        self._running = True
+        self._graph.running = True
         self._faders = await self._start_faders(opened=True)
         await self._start_meters()
         log.info("%s engine up on jack server %s", self.name, self.server_name or "(default)")
         async with self._lock:
-            await self._rewire()
+            await self._graph.rewire()
 
     async def stop(self) -> None:
         """Stop every plugin, the host, the wiring client and a private server.
@@ -362,11 +328,8 @@ class JackChainEngine(Engine):
         if not self._started:
             return
         self._started = False
-        was_running, self._running = self._running, False
-        rewire_task, self._rewire_task = self._rewire_task, None
-        if rewire_task is not None:
-            rewire_task.cancel()
-            await asyncio.gather(rewire_task, return_exceptions=True)
+        was_running, self._graph.running = self._graph.running, False
+        await self._graph.cancel_rewires()
         try:
             await asyncio.wait_for(self._lock.acquire(), PLUGIN_START_TIMEOUT)
             locked = True
@@ -380,20 +343,14 @@ class JackChainEngine(Engine):
             for slot in slots:
                 slot.retired = True
             await asyncio.gather(*(self._release_quietly(s) for s in slots))
-            if self._dry_path is not None:  # the chains are gone: the tracks play dry from now on
-                await self._dry_path.release()
-                self._dry_path = None
             self._plugins.clear()
             self._faders.clear()
             self._listeners.clear()
             self._muted = False
             self._fading.clear()
-            self._stale_ports.clear()
             for chain in self._chains.values():
                 chain.clear()
-            await self._stop_host()
-            if self._wiring is not None:
-                await self._wiring.close()
+            await self._graph.close()  # the chains are gone: the tracks play dry from now on
         finally:
             if locked:
                 self._lock.release()
@@ -401,9 +358,7 @@ class JackChainEngine(Engine):
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
-        if self._server is not None:
-            await self._server.stop()
-            self._server = None
+        await self._graph.stop_server()
         if was_running:
             log.info("%s engine stopped", self.name)
 
@@ -440,8 +395,6 @@ class JackChainEngine(Engine):
         except BaseException:
             await self._abandon(slot)
             raise
-        if slot.state == "down":  # its host went away during the pre-roll
-            self._joined_down(slot)
         log.debug("added %s (%s) to %s", plugin_id, plugin_type.uri, track_id)
 
     async def load_board(self, plugins: Sequence[SavedPlugin]) -> dict[str, ApplianceError]:
@@ -465,10 +418,7 @@ class JackChainEngine(Engine):
         results = await asyncio.gather(*(self._bring_up(slot) for slot in slots), return_exceptions=True)
         started: list[Slot] = []
         for slot, result in zip(slots, results, strict=True):
-            if isinstance(result, ApplianceError) and self._host_lost(result) and not slot.retired:
-                slot.state = "down"
-                started.append(slot)
-            elif isinstance(result, ApplianceError):
+            if isinstance(result, ApplianceError):
                 failed[slot.id] = result
                 await self._abandon(slot)
             elif isinstance(result, BaseException):
@@ -503,9 +453,6 @@ class JackChainEngine(Engine):
                     raise
                 failed.update((slot.id, exc) for slot in joined)
                 return failed
-        for slot in joined:
-            if slot.state == "down":
-                self._joined_down(slot)
         return failed
 
     async def remove_plugin(self, plugin_id: str) -> None:
@@ -521,7 +468,7 @@ class JackChainEngine(Engine):
             await self._change_chain(slot.track_id, without, retired=[slot])
             self._plugins.pop(plugin_id, None)  # stop() may have cleared them meanwhile
             slot.retired = True
-            self._stale_ports.update(slot.ports)
+            self._graph.stale_ports.update(slot.ports)
         await self._release_quietly(slot)
 
     async def move_plugin(self, plugin_id: str, position: int) -> None:
@@ -595,7 +542,7 @@ class JackChainEngine(Engine):
                 except BaseException:
                     self._unswap(old, new)
                     old = None
-                    self._request_rewire()
+                    self._graph.request_rewire()
                     raise
                 commit()
         finally:
@@ -792,13 +739,13 @@ class JackChainEngine(Engine):
         async with self._lock:
             self._listeners.pop(slot.id, None)
             slot.retired = True
-            self._stale_ports.update(slot.ports)
+            self._graph.stale_ports.update(slot.ports)
             if self._running:
                 try:
                     await self._rewire([slot])
                 except EngineError as exc:
                     log.error("unwiring %s failed: %s; retrying", slot.id, exc)
-                    self._request_rewire()
+                    self._graph.request_rewire()
         await self._release_quietly(slot)
 
     def _hosted_slots(self) -> list[Slot]:
@@ -831,13 +778,13 @@ class JackChainEngine(Engine):
             if old in self._fading:
                 self._fading.remove(old)
             slots = old.slots()
-            self._stale_ports.update(p for s in slots for p in s.ports)
+            self._graph.stale_ports.update(p for s in slots for p in s.ports)
             if self._running:
                 try:
                     await self._rewire(slots)
                 except EngineError as exc:
                     log.error("unwiring the old board failed: %s; retrying", exc)
-                    self._request_rewire()
+                    self._graph.request_rewire()
         await asyncio.gather(*(self._release_quietly(s) for s in slots))
 
     # -- the engine port: values and bypass (never wait for a structural change) -----
@@ -883,7 +830,7 @@ class JackChainEngine(Engine):
             await self._rewire()
         except BaseException:
             slot.bypass = before
-            self._request_rewire()
+            self._graph.request_rewire()
             raise
 
     # -- the engine port: reads ------------------------------------------------------
@@ -891,28 +838,12 @@ class JackChainEngine(Engine):
     def info(self) -> EngineInfo:
         """Rate, buffer, DSP load and xruns from the wiring's snapshot. Never blocks."""
         details: dict[str, object] = {
-            "server": self.server_name or "default",
             "plugins": len(self._plugins),
             "plugins_running": sum(1 for s in self._plugins.values() if s.state == "up"),
             "starting": len(self._loading),
             **self._details(),
         }
-        if self._server is not None:
-            details["realtime"] = self._server.is_realtime
-        wiring = self._wiring.info() if self._wiring is not None else None
-        if wiring is not None and wiring.stalled:
-            details["graph"] = "stalled"
-        if wiring is None or not (self._running and wiring.running) or wiring.stalled:
-            return EngineInfo(self.name, False, xruns=wiring.xruns if wiring else 0, details=details)
-        return EngineInfo(
-            self.name,
-            True,
-            sample_rate=wiring.sample_rate,
-            buffer_size=wiring.buffer_size,
-            dsp_load=wiring.dsp_load,
-            xruns=wiring.xruns,
-            details=details,
-        )
+        return self._graph.info(True, details)
 
     def chain(self, track_id: str) -> list[str]:
         """Plugin ids of a track in chain order.
@@ -978,7 +909,7 @@ class JackChainEngine(Engine):
         """Undo :meth:`_join` after a failed rewire; its ports may be wired: ours to undo."""
         self._chains[slot.track_id].remove(slot)
         del self._plugins[slot.id]
-        self._stale_ports.update(slot.ports)
+        self._graph.stale_ports.update(slot.ports)
 
     async def _abandon(self, slot: Slot) -> None:
         """A slot that did not make it: forgotten and stopped."""
@@ -1006,7 +937,7 @@ class JackChainEngine(Engine):
             slot.lost = True
             if slot.state == "up":
                 slot.state = "down"
-        self._request_rewire()
+        self._graph.request_rewire()
 
     async def _set_up(self, slot: Slot) -> None:
         """A slot's host runs it again: wire it back in (retried in the background if JACK fails)."""
@@ -1018,7 +949,7 @@ class JackChainEngine(Engine):
                 await self._rewire()
             except EngineError as exc:
                 log.error("rewiring %s back in failed: %s; retrying", slot.id, exc)
-                self._request_rewire()
+                self._graph.request_rewire()
 
     def _slot(self, plugin_id: str) -> Slot:
         """A slot in a chain or starting, by plugin id; UnknownPlugin otherwise."""
@@ -1057,7 +988,7 @@ class JackChainEngine(Engine):
         ``still_starting`` raises when the client cannot appear any more (its
         process exited).
         """
-        wiring = self._require_wiring()
+        wiring = self._graph.wiring
         while True:
             self._ports_changed.clear()
             inputs, outputs = await wiring.client_ports(client_name)
@@ -1077,38 +1008,10 @@ class JackChainEngine(Engine):
             return False
         return True
 
-    def _require_wiring(self) -> JackWiring:
-        if self._wiring is None:
-            raise EngineError(f"the {self.name} engine is not running")
-        return self._wiring
-
     # -- wiring ----------------------------------------------------------------------
 
     def _port_changed(self, name: str, register: bool) -> None:
-        self._ports_changed.set()
-        if not register:
-            self._stale_ports.discard(name)
-        if (
-            register
-            and self._running
-            and any(name in track.inputs or name in track.outputs for track in self.tracks.values())
-        ):
-            self._request_rewire()
-
-    def _server_gone(self, reason: str) -> None:
-        if not self._running:
-            return
-        self._running = False
-        log.error("jack server %s shut the %s engine down: %s", self.server_name, self.name, reason)
-        self._emit(EngineEvent("engine-died", None, f"JACK server gone: {reason}", needs_restart=True))
-
-    def _graph_stalled(self, stalled: bool) -> None:
-        if not self._running:
-            return
-        if stalled:
-            self._emit(EngineEvent("engine-stalled", None, "the JACK server runs no cycle"))
-        else:
-            self._emit(EngineEvent("engine-restored", None, "the JACK server runs cycles again"))
+        self._ports_changed.set()  # a starting plugin's ports may be there now
 
     async def _rewire_or_undo(self, undo: Callable[[], object], retired: Iterable[Slot] = ()) -> None:
         """Rewire after a change to the chains; if that fails, undo the change (lock held).
@@ -1122,12 +1025,12 @@ class JackChainEngine(Engine):
             await self._rewire(retired)
         except BaseException:
             undo()
-            self._request_rewire()
+            self._graph.request_rewire()
             raise
 
     def _plan(self, retired: Iterable[Slot] = ()) -> WiringPlan:
         """The connections the chains want; retired slots' ports are still ours to undo."""
-        owned = set(self._stale_ports)
+        owned = set(self._graph.stale_ports)
         for slot in retired:
             owned.update(slot.ports)
         current = Generation(self._chains, self._faders)
@@ -1137,35 +1040,14 @@ class JackChainEngine(Engine):
         )
 
     async def _rewire(self, retired: Iterable[Slot] = ()) -> None:
-        """Bring the graph to the chains (lock held)."""
-        failures = await self._require_wiring().apply(self._plan(retired), self._changer())
-        if failures:
-            log.debug("rewire left %d connection(s) for later: %s", len(failures), failures)
-            self._request_rewire()
+        """Bring the graph to the chains (lock held); retired slots' ports are still ours to undo."""
+        await self._graph.rewire(self._plan(retired))
 
-    def _request_rewire(self) -> None:
-        """Ask for a rewire soon; requests made meanwhile coalesce into one."""
-        self._rewire_wanted = True
-        if self._running and (self._rewire_task is None or self._rewire_task.done()):
-            self._rewire_task = asyncio.get_running_loop().create_task(self._rewire_later())
+    @property
+    def _running(self) -> bool:
+        return self._graph.running
 
-    async def _rewire_later(self) -> None:
-        attempts = 0
-        try:
-            while self._rewire_wanted and self._running:
-                self._rewire_wanted = False
-                async with self._lock:
-                    if not self._running:
-                        return
-                    failures = await self._require_wiring().apply(self._plan(), self._changer())
-                if not failures:
-                    attempts = 0
-                    continue  # done, unless another request came in meanwhile
-                attempts += 1
-                if attempts >= REWIRE_RETRY_LIMIT:
-                    log.warning("giving up on %d connection(s): %s", len(failures), failures[:4])
-                    return
-                await asyncio.sleep(REWIRE_RETRY_INTERVAL)
-                self._rewire_wanted = True
-        except EngineError as exc:
-            log.error("rewiring failed: %s", exc)
+    @property
+    def server_name(self) -> str | None:
+        """The JACK server (its name once a private one has started)."""
+        return self._graph.server_name

@@ -209,7 +209,7 @@ class JalvEngine(JackChainEngine):
     def _rename(self, slot: Slot) -> None:
         """A fresh client name for the respawn; the old ports stay ours until they go."""
         old = slot.client_name
-        self._stale_ports.update(slot.ports)
+        self._graph.stale_ports.update(slot.ports)
         self._client_names.discard(old)
         slot.client_name = self._client_name_for(f"{slot.id}.{secrets.token_hex(2)}")
         log.warning("client %s lingers in JACK; respawning as %s", old, slot.client_name)

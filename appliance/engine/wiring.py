@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -52,9 +52,6 @@ INFO_INTERVAL = 0.2
 STALLED_AFTER = 2
 
 Connection = tuple[str, str]
-#: Makes connections and undoes others; returns what failed. Where a plugin host
-#: must make the connections itself (Carla, see :mod:`appliance.engine.carla.host`).
-Changer = Callable[[list[Connection], list[Connection]], Awaitable[list[str]]]
 
 
 @dataclass(frozen=True)
@@ -258,12 +255,12 @@ class JackWiring:
 
     # -- the graph (loop thread) -------------------------------------------------
 
-    async def apply(self, plan: WiringPlan, change: Changer | None = None) -> list[str]:
+    async def apply(self, plan: WiringPlan) -> list[str]:
         """Connect what is missing, then disconnect what is unwanted.
 
-        What is there is read here (libjack reads the graph from shared
-        memory: no server round trip). The changes are made by ``change`` if
-        given, else by this client's worker.
+        What is there is read and changed in one step of the worker thread
+        (libjack reads the graph from shared memory: no server round trip),
+        so two plans applied at once never interleave.
 
         Returns:
             Descriptions of connections that could not be made or undone yet
@@ -273,15 +270,17 @@ class JackWiring:
         Raises:
             EngineError: JACK did not answer, or the client is closed.
         """
-        diff = await self.call(self._diff, plan)
+        return await self.call(self._apply, plan)
+
+    def _apply(self, plan: WiringPlan) -> list[str]:
+        """:meth:`apply` on the worker thread."""
+        diff = self._diff(plan)
         if isinstance(diff, str):
             return [diff]
         connect, disconnect = diff
         if not connect and not disconnect:
             return []
-        if change is not None:
-            return await change(connect, disconnect)
-        return await self.call(change_graph, self._require_client(), connect, disconnect)
+        return change_graph(self._require_client(), connect, disconnect)
 
     async def client_ports(self, client_name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """A client's audio inputs and outputs, each in registration order."""

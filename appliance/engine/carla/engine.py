@@ -49,7 +49,6 @@ from ...config import CarlaConfig, JackConfig
 from ...controls import Control, Kind, PluginType
 from ...errors import ApplianceError, EngineError, HardwareError, PluginLoadFailed, UnknownPlugin
 from .. import (
-    ENGINE_START_TIMEOUT,
     NO_OWN_PLUGINS,
     PLUGIN_START_TIMEOUT,
     Engine,
@@ -63,12 +62,12 @@ from .. import (
     find_plugin,
 )
 from ..chain import Stage
-from ..drypath import DryPathKeeper
 from ..faders import FADE_STEPS, FADE_TIME, FADER_CONTROL, fader_type, fader_values, ramp
-from ..jackserver import DummySettings, JackServer, unique_server_name
+from ..graph import JackGraph
+from ..jackserver import DummySettings
 from ..meters import meter_level, tuner_reading
 from ..respawn import DEFAULT_RESPAWN, RespawnPolicy, RespawnSettings
-from ..wiring import JACK_CALL_TIMEOUT, JackWiring, WiringPlan, plan_wiring
+from ..wiring import JACK_CALL_TIMEOUT, WiringPlan, plan_wiring
 from .install import BRIDGE_BINARY, CarlaPaths, find_carla
 from .process import CarlaHostProcess
 
@@ -84,10 +83,6 @@ HOST_HANG_TIMEOUT = 5.0
 HANG_CHECK_INTERVAL = 1.0
 #: How many racks may wait in warm standby (the setlist's next and previous board, per track).
 WARM_LIMIT = 2
-#: Pause before retrying connections that failed.
-REWIRE_RETRY_INTERVAL = 0.1
-#: Retries of failed connections before giving up until the next change.
-REWIRE_RETRY_LIMIT = 50
 #: JACK client names are at most this long.
 CLIENT_NAME_MAX = 63
 
@@ -225,8 +220,7 @@ class CarlaEngine(Engine):
     ) -> None:
         super().__init__(tracks, on_event)
         dummy = jack.dummy
-        self.server_name = jack.server
-        self._dummy_settings = DummySettings(dummy.rate, dummy.period, dummy.realtime) if dummy else None
+        settings = DummySettings(dummy.rate, dummy.period, dummy.realtime) if dummy else None
         self.carla = carla
         self.hang_timeout = hang_timeout
         self.preroll = preroll
@@ -234,14 +228,23 @@ class CarlaEngine(Engine):
         self.prefix = "".join(c if c.isalnum() or c in "_.-" else "_" for c in prefix)[:40]
         self._graph_fault = graph_fault
         self._jack_timeout = jack_timeout
+        self._lock = asyncio.Lock()  # structural changes, one at a time
+        self._graph = JackGraph(
+            self.name,
+            self.tracks,
+            jack.server,
+            settings,
+            f"{self.prefix}-wire",
+            self._plan,
+            self._lock,
+            self._emit,
+            self._port_changed,
+            jack_timeout=jack_timeout,
+        )
         self._respawn = respawn
         self._own = own
         self._fader = fader_type(own.fader) if own.fader is not None else None
-        self._server: JackServer | None = None
-        self._wiring: JackWiring | None = None
-        self._dry_path: DryPathKeeper | None = None
         self._paths: CarlaPaths | None = None
-        self._lock = asyncio.Lock()  # structural changes, one at a time
         self._live: dict[str, Rack] = {}
         self._ringing: list[Rack] = []
         self._warm: list[Rack] = []
@@ -250,7 +253,6 @@ class CarlaEngine(Engine):
         self._plugins: dict[str, tuple[Rack, Member]] = {}  # the playing board's
         self._loading: dict[str, tuple[Rack, Member]] = {}  # being added
         self._unsent: dict[Member, tuple[Rack, dict[str, float]]] = {}
-        self._stale_ports: set[str] = set()
         self._muted = False
         self._names = itertools.count(1)
         self._track_policies: dict[str, RespawnPolicy] = {}
@@ -259,10 +261,7 @@ class CarlaEngine(Engine):
         self._woken = 0  # switches that woke a warm rack instead of loading one
         self._last_gap: float | None = None
         self._down_since: dict[str, float] = {}
-        self._running = False
         self._started = False
-        self._rewire_task: asyncio.Task[None] | None = None
-        self._rewire_wanted = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- diagnostics (tests and hil/ play crashes with these) ------------------------
@@ -359,24 +358,8 @@ class CarlaEngine(Engine):
         self._started = True
         try:
             self._paths = find_carla(self.carla.prefix)
-            if self._dummy_settings is not None and self._server is None:
-                self._server = JackServer(self.server_name or unique_server_name("box"), self._dummy_settings)
-                await self._server.start()
-                self.server_name = self._server.name
-            self._wiring = JackWiring(
-                f"{self.prefix}-wire",
-                self.server_name,
-                self._port_changed,
-                self._server_gone,
-                None,
-                self._jack_timeout,
-                on_stall=self._graph_stalled,
-            )
-            await asyncio.wait_for(self._wiring.open(), ENGINE_START_TIMEOUT)
-            if self._server is None:
-                self._dry_path = DryPathKeeper(self.server_name, self.tracks.values())
-                await self._dry_path.start()
-            self._running = True
+            await self._graph.open()
+            self._graph.running = True
             for track_id in self.tracks:
                 rack = Rack(track_id, "live")
                 await self._open_rack(rack, [], head_open=True)
@@ -387,7 +370,7 @@ class CarlaEngine(Engine):
         self._background(self._watch_heartbeats())
         log.info("carla engine up on jack server %s (rack mode)", self.server_name or "(default)")
         async with self._lock:
-            await self._rewire()
+            await self._graph.rewire()
         self._kick_warming()  # what was prepared before a restart
 
     async def stop(self) -> None:
@@ -395,12 +378,12 @@ class CarlaEngine(Engine):
         if not self._started:
             return
         self._started = False
-        was_running, self._running = self._running, False
-        for task in (self._rewire_task, self._warming):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        self._rewire_task = self._warming = None
+        was_running, self._graph.running = self._graph.running, False
+        await self._graph.cancel_rewires()
+        if self._warming is not None:
+            self._warming.cancel()
+            await asyncio.gather(self._warming, return_exceptions=True)
+        self._warming = None
         try:
             await asyncio.wait_for(self._lock.acquire(), PLUGIN_START_TIMEOUT)
             locked = True
@@ -417,11 +400,7 @@ class CarlaEngine(Engine):
             self._unsent.clear()
             self._muted = False
             await asyncio.gather(*(self._close_rack(rack) for rack in racks))
-            if self._dry_path is not None:  # the racks are gone: the tracks play dry from now on
-                await self._dry_path.release()
-                self._dry_path = None
-            if self._wiring is not None:
-                await self._wiring.close()
+            await self._graph.close()  # the racks are gone: the tracks play dry from now on
         finally:
             if locked:
                 self._lock.release()
@@ -429,9 +408,7 @@ class CarlaEngine(Engine):
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
-        if self._server is not None:
-            await self._server.stop()
-            self._server = None
+        await self._graph.stop_server()
         if was_running:
             log.info("carla engine stopped")
 
@@ -565,7 +542,7 @@ class CarlaEngine(Engine):
     async def _close_rack(self, rack: Rack) -> None:
         """Stop a rack's host (its JACK client leaves the graph); its ports are stale till gone."""
         host, rack.host = rack.host, None
-        self._stale_ports.update(rack.ports)
+        self._graph.stale_ports.update(rack.ports)
         for member in rack.sequence():
             member.up = False
             if member.ramp is not None:
@@ -774,7 +751,7 @@ class CarlaEngine(Engine):
                     self._ringing.extend(old.values())
                 self._plugins = {m.id: (rack, m) for rack in new.values() for m in rack.members}
                 swapped = True
-                await self._rewire()
+                await self._graph.rewire()
                 commit()
         except BaseException:
             if swapped:
@@ -784,7 +761,7 @@ class CarlaEngine(Engine):
                     if rack in self._ringing:
                         self._ringing.remove(rack)
                 self._plugins = {m.id: (rack, m) for rack in old.values() for m in rack.members}
-                self._request_rewire()
+                self._graph.request_rewire()
             await asyncio.gather(*(self._close_rack(rack) for rack in new.values()))
             raise
         self._kick_warming()
@@ -814,10 +791,10 @@ class CarlaEngine(Engine):
             await asyncio.gather(*(self._close_rack(rack) for rack in old))
             if self._running:
                 try:
-                    await self._rewire()
+                    await self._graph.rewire()
                 except EngineError as exc:
                     log.error("unwiring the old board failed: %s; retrying", exc)
-                    self._request_rewire()
+                    self._graph.request_rewire()
 
     # -- warm standby ----------------------------------------------------------------
 
@@ -858,7 +835,7 @@ class CarlaEngine(Engine):
             for rack in spare:
                 self._warm.remove(rack)
                 await self._close_rack(rack)
-                self._request_rewire()
+                self._graph.request_rewire()
             if not missing:
                 return
             track_id, saved = missing[0]
@@ -872,7 +849,7 @@ class CarlaEngine(Engine):
                 await self._close_rack(rack)
                 return
             self._warm.append(rack)
-            self._request_rewire()
+            self._graph.request_rewire()
             log.debug("warm standby: %d plugin(s) ready on %s", len(saved), track_id)
 
     def _take_warm(self, track_id: str, saved: Sequence[SavedPlugin]) -> Rack | None:
@@ -1079,7 +1056,6 @@ class CarlaEngine(Engine):
         """Rate, buffer, DSP load and xruns from the wiring's snapshot. Never blocks."""
         racks = list(self._live.values())
         details: dict[str, object] = {
-            "server": self.server_name or "default",
             "mode": "rack",
             "plugins": len(self._plugins),
             "plugins_running": sum(1 for _r, m in self._plugins.values() if m.up),
@@ -1093,23 +1069,7 @@ class CarlaEngine(Engine):
         }
         if self._last_gap is not None:
             details["last_gap_ms"] = round(self._last_gap * 1000)
-        if self._server is not None:
-            details["realtime"] = self._server.is_realtime
-        wiring = self._wiring.info() if self._wiring is not None else None
-        if wiring is not None and wiring.stalled:
-            details["graph"] = "stalled"
-        up = bool(racks) and all(r.is_up for r in racks)
-        if wiring is None or not (self._running and wiring.running) or wiring.stalled or not up:
-            return EngineInfo(self.name, False, xruns=wiring.xruns if wiring else 0, details=details)
-        return EngineInfo(
-            self.name,
-            True,
-            sample_rate=wiring.sample_rate,
-            buffer_size=wiring.buffer_size,
-            dsp_load=wiring.dsp_load,
-            xruns=wiring.xruns,
-            details=details,
-        )
+        return self._graph.info(bool(racks) and all(r.is_up for r in racks), details)
 
     def chain(self, track_id: str) -> list[str]:
         """Plugin ids of a track in chain order.
@@ -1133,6 +1093,15 @@ class CarlaEngine(Engine):
     def _host_lost(exc: BaseException, rack: Rack) -> bool:
         """True when a load failed only because the rack's host went away (the restart loads it)."""
         return type(exc) is EngineError and not rack.is_up
+
+    @property
+    def _running(self) -> bool:
+        return self._graph.running
+
+    @property
+    def server_name(self) -> str | None:
+        """The JACK server (its name once a private one has started)."""
+        return self._graph.server_name
 
     def _require_running(self) -> None:
         if not self._running:
@@ -1240,7 +1209,7 @@ class CarlaEngine(Engine):
         for member in rack.sequence():
             member.up = False
         rack.down = True
-        self._stale_ports.update(rack.ports)
+        self._graph.stale_ports.update(rack.ports)
         if rack in self._warm:
             self._warm.remove(rack)
             log.warning("a warm standby host ended (%s); it is loaded again", why)
@@ -1248,11 +1217,11 @@ class CarlaEngine(Engine):
             return
         if rack in self._ringing:
             self._ringing.remove(rack)
-            self._request_rewire()
+            self._graph.request_rewire()
             return
         self._down_since.setdefault(rack.track_id, asyncio.get_running_loop().time())
         self._emit(EngineEvent("engine-died", None, why))
-        self._request_rewire()  # the track plays dry meanwhile
+        self._graph.request_rewire()  # the track plays dry meanwhile
         self._background(self._restart(rack))
 
     async def _restart(self, rack: Rack) -> None:
@@ -1286,10 +1255,10 @@ class CarlaEngine(Engine):
                     log.error("plugin %s did not come back: %s", plugin_id, error)
                     self._emit(EngineEvent("plugin-died", plugin_id, f"not restarted: {error}"))
                 try:
-                    await self._rewire()
+                    await self._graph.rewire()
                 except EngineError as exc:
                     log.error("rewiring after the restart failed: %s; retrying", exc)
-                    self._request_rewire()
+                    self._graph.request_rewire()
             self._report_restored(rack.track_id)
             return
         self._emit(EngineEvent("engine-died", None, "not restarted: the Carla host did not start"))
@@ -1323,7 +1292,7 @@ class CarlaEngine(Engine):
         """Each playing rack between its track's endpoints, with old racks ringing and warm
         ones waiting beside it (a warm rack is silent: its plugins run no DSP and its head
         fader is closed); a dead rack's track plays dry."""
-        owned = set(self._stale_ports)
+        owned = set(self._graph.stale_ports)
         current = {track_id: [rack.stage] for track_id, rack in self._live.items()}
         beside = []
         for rack in [*self._ringing, *self._warm]:
@@ -1332,68 +1301,7 @@ class CarlaEngine(Engine):
                 beside.append({rack.track_id: [rack.stage]})
         return plan_wiring(self.tracks.values(), current, owned, beside)
 
-    async def _rewire(self) -> None:
-        """Bring the graph to the racks (lock held)."""
-        wiring = self._wiring
-        if wiring is None:
-            raise EngineError("the carla engine is not running")
-        failures = await wiring.apply(self._plan())
-        if failures:
-            log.debug("rewire left %d connection(s) for later: %s", len(failures), failures)
-            self._request_rewire()
-
-    def _request_rewire(self) -> None:
-        """Ask for a rewire soon; requests made meanwhile coalesce into one."""
-        self._rewire_wanted = True
-        if self._running and (self._rewire_task is None or self._rewire_task.done()):
-            self._rewire_task = asyncio.get_running_loop().create_task(self._rewire_later())
-
-    async def _rewire_later(self) -> None:
-        attempts = 0
-        try:
-            while self._rewire_wanted and self._running:
-                self._rewire_wanted = False
-                wiring = self._wiring
-                if wiring is None:
-                    return
-                async with self._lock:
-                    if not self._running:
-                        return
-                    failures = await wiring.apply(self._plan())
-                if not failures:
-                    attempts = 0
-                    continue
-                attempts += 1
-                if attempts >= REWIRE_RETRY_LIMIT:
-                    log.warning("giving up on %d connection(s): %s", len(failures), failures[:4])
-                    return
-                await asyncio.sleep(REWIRE_RETRY_INTERVAL)
-                self._rewire_wanted = True
-        except EngineError as exc:
-            log.error("rewiring failed: %s", exc)
-
     def _port_changed(self, name: str, register: bool) -> None:
-        if not register:
-            self._stale_ports.discard(name)
-            return
-        if not self._running:
-            return
-        endpoints = any(name in track.inputs or name in track.outputs for track in self.tracks.values())
-        if endpoints or any(name in rack.ports for rack in self._racks()):
-            self._request_rewire()
-
-    def _server_gone(self, reason: str) -> None:
-        if not self._running:
-            return
-        self._running = False
-        log.error("jack server %s shut the carla engine down: %s", self.server_name, reason)
-        self._emit(EngineEvent("engine-died", None, f"JACK server gone: {reason}", needs_restart=True))
-
-    def _graph_stalled(self, stalled: bool) -> None:
-        if not self._running:
-            return
-        if stalled:
-            self._emit(EngineEvent("engine-stalled", None, "the JACK server runs no cycle"))
-        else:
-            self._emit(EngineEvent("engine-restored", None, "the JACK server runs cycles again"))
-
+        """A rack's port came (back): wire it (the graph wires the tracks' own)."""
+        if register and self._graph.running and any(name in rack.ports for rack in self._racks()):
+            self._graph.request_rewire()
