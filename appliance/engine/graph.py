@@ -92,6 +92,7 @@ class JackGraph:
         self._dry_path: DryPathKeeper | None = None
         self._rewire_task: asyncio.Task[None] | None = None
         self._rewire_wanted = False
+        self._gone: str | None = None  # why the server went, if it did since open()
 
     @property
     def wiring(self) -> JackWiring:
@@ -116,6 +117,7 @@ class JackGraph:
             EngineError: the server cannot be started or reached (what was
                 started is left for :meth:`close` and :meth:`stop_server`).
         """
+        self._gone = None
         if self._dummy is not None and self._server is None:
             self._server = JackServer(self.server_name or unique_server_name("box"), self._dummy)
             await self._server.start()
@@ -133,6 +135,17 @@ class JackGraph:
         if self._server is None:
             self._dry_path = DryPathKeeper(self.server_name, self.tracks.values())
             await self._dry_path.start()
+
+    def start_running(self) -> None:
+        """The engine's hosts are up: it plays from now on (until :meth:`close` or the server goes).
+
+        Raises:
+            EngineError: the server went away since :meth:`open` (nobody
+                was told yet: the engine's start fails with this).
+        """
+        if self._gone is not None:
+            raise EngineError(f"JACK server gone: {self._gone}")
+        self.running = True
 
     async def cancel_rewires(self) -> None:
         """Stop a rewire waiting to run (the engine stops)."""
@@ -231,8 +244,9 @@ class JackGraph:
             self.request_rewire()  # a track's port came (back): wire it
 
     def _server_gone(self, reason: str) -> None:
+        self._gone = reason
         if not self.running:
-            return
+            return  # still starting: the start fails (start_running)
         self.running = False
         log.error("jack server %s shut the %s engine down: %s", self.server_name, self.engine, reason)
         self._emit(EngineEvent("engine-died", None, f"JACK server gone: {reason}", needs_restart=True))

@@ -310,10 +310,10 @@ class JackChainEngine(Engine):
         self._started = True
         try:
             await self._graph.open()
+            self._graph.start_running()
         except BaseException:
             await self.stop()
             raise
-        self._graph.running = True
         self._faders = await self._start_faders(opened=True)
         await self._start_meters()
         log.info("%s engine up on jack server %s", self.name, self.server_name or "(default)")

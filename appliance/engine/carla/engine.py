@@ -359,7 +359,7 @@ class CarlaEngine(Engine):
         try:
             self._paths = find_carla(self.carla.prefix)
             await self._graph.open()
-            self._graph.running = True
+            self._graph.start_running()
             for track_id in self.tracks:
                 rack = Rack(track_id, "live")
                 await self._open_rack(rack, [], head_open=True)
