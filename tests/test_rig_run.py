@@ -17,9 +17,10 @@ by :data:`INTERFACE_DELAY` frames as a real interface's converters would::
     rig ─▶ iface-out:playback_1 ─[delay]▶ line_out_1 ─▶ box ─▶ iface-in:line_in_1 ─▶ capture_1 ─▶ rig
 
 Only behaviour is asserted: both files written, every section there (or
-skipped with a reason), latencies, no change missed, a clean flat dry path,
-and no take spoiled by an xrun of the test's own server (a spoiled take is
-marked in the report, never retaken; the runs use the suite's period).
+skipped with a reason), latencies, no change missed, no gap in the dropout
+recording, a clean flat dry path, and no take spoiled by an xrun of the
+test's own server (a spoiled take is marked in the report, never retaken;
+the runs use the suite's period).
 Never wall-clock speed. Each test's docstring says what a person using the
 rig would notice if it broke.
 """
@@ -148,6 +149,8 @@ def _assert_box_figures(data: dict[str, Any], settings: RunSettings, interface: 
     dropouts = data["dropouts"]
     assert dropouts["seconds"] > 0.9 * settings.dropout_seconds, dropouts
     assert dropouts["clients"] == 20 and isinstance(dropouts["box_xruns"], int), dropouts
+    assert dropouts["rig_xruns"] == 0, dropouts
+    assert dropouts["gaps"] == 0, f"the tone dropped out while 20 clients swept a control: {dropouts['events']}"
     dry = data["dry_path"]
     assert dry["thd_n_db"] < CLEAN_THD_N_DB, dry
     assert -FLAT_DB < dry["response_min_db"] <= dry["response_max_db"] < FLAT_DB, dry
