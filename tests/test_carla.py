@@ -384,6 +384,7 @@ async def test_structure_changes_while_playing_never_crash_or_drop_out(
 
     carla.preroll = 0.0
     reference, recorded, outcome = await rig.record_during(sine(1000.0, 48000 * 8, 48000, -12.0), storm)
+    rig.require_clean("the storm's recording")
     assert outcome is None, outcome
     assert not [e for e in events if e.kind in ("engine-died", "plugin-died")], events
     gains = window_gains(recorded[:, 0], reference)
@@ -456,6 +457,7 @@ async def test_a_crashed_bridge_is_reloaded_with_its_values_and_the_chain_plays_
                 await engine.set_parameters("first", {"gain": gain})
                 # The second amp alone while the first is down: −3 dB, not silence.
                 _, recorded = await rig.play_and_record(PROBE)
+                rig.require_clean()
                 restored = await _wait_for(events, "plugin-restored", after=seen)
                 assert restored.plugin_id == "first"
                 assert await rig.gain_until(_near(gain - 3.0), PROBE) == pytest.approx(gain - 3.0, abs=TOLERANCE_DB)
@@ -491,6 +493,7 @@ async def test_a_warm_board_wakes_in_its_host_instead_of_loading(
             await engine.switch_board([SavedPlugin(TRACK, "new", AMP, {"gain": -12.0})], 0.0, lambda: None)
 
         reference, recorded, outcome = await rig.record_during(sine(1000.0, 24000, 48000, -12.0), switch)
+        rig.require_clean("the switch's recording")
         assert outcome is None, outcome
         assert engine.host_pids()["live"] == [warm], "the switch did not wake the warm host"
         assert engine.chain(TRACK) == ["new"]
@@ -575,6 +578,7 @@ async def test_a_switch_while_tuning_stays_silent_and_keeps_the_tuner(
             await engine.switch_board(board, 0.0, lambda: None)
             assert engine.is_tuning
             _, recorded = await rig.play_and_record(sine(110.0, 48000, 48000, -12.0))
+            rig.require_clean()
             assert rms_db(recorded) < -60.0, "a switch while tuning was heard"
             async with asyncio.timeout(EVENT_TIMEOUT):
                 while engine.tuner() is None:

@@ -21,6 +21,7 @@ from appliance.engine.carla.ownerloop import OwnerLoop
 from appliance.engine.chain import Stage
 from appliance.engine.jackserver import DummySettings, JackServer, unique_server_name
 from appliance.engine.jalvproc import STDIN_BACKLOG_LIMIT, JalvProcess, jalv_argv
+from appliance.engine.processes import Child
 from appliance.engine.respawn import RespawnPolicy, RespawnSettings
 from appliance.engine.wiring import JackWiring, plan_wiring
 from appliance.errors import EngineError, PluginLoadFailed, UnknownPlugin
@@ -236,6 +237,7 @@ async def test_wiring_leaves_other_connections_to_the_track_alone(jack_server: J
         down = Stage(("gone:in",), ("gone:out",), in_path=False)
         assert await wiring.apply(plan_wiring([track], {"t": [down]})) == []
         reference, recorded = await rig.play_and_record(sine(frames=2400))
+        rig.require_clean()
         assert rms_db(reference) > -20.0  # the reference connection is still there
         assert gain_db(recorded[:, 0], reference) == pytest.approx(0.0, abs=0.1)
     finally:
@@ -288,3 +290,26 @@ async def test_a_server_that_will_not_stop_is_killed_and_gives_back_its_slot() -
     await server.stop()
     assert not server.is_running
     assert not _registered(server.name), "the killed server's slot is still taken"
+
+
+async def test_a_plugin_process_is_deaf_to_sigterm_and_ends_when_its_stdin_closes() -> None:
+    """A plugin process (jalv) takes no SIGTERM, which could land on its JACK audio thread and
+    hold JACK's whole graph while it closes (the dry path came 3.8 s after a crash so): the box's
+    death, or systemd's SIGTERM to every process of the box, leaves it playing until its stdin
+    closes, and then it ends by itself."""
+    child = Child(["cat"], "deaf", os.environ, stdin=True, deaf=True)
+    await child.start()
+    try:
+        async with asyncio.timeout(5):  # until it is cat (the deaf launcher has exec'd it)
+            while Path(f"/proc/{child.pid}/comm").read_text().strip() != "cat":
+                await asyncio.sleep(0.005)
+        child.signal(signal.SIGTERM)
+        child.signal(signal.SIGINT)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(child.exited()), 0.3)
+        stdin = child.stdin
+        assert stdin is not None
+        stdin.close()
+        assert await asyncio.wait_for(child.wait(), 5) == 0
+    finally:
+        await child.end(None, 1.0)

@@ -77,7 +77,9 @@ class JalvProcess:
         self.monitors = frozenset(monitors)
         self.stuck = False
         env = jack_environment(server_name)
-        self._child = Child(argv, name, env, stdin=True, on_line=self._line, tail=OUTPUT_LINES, logger=log)
+        self._child = Child(
+            argv, name, env, stdin=True, on_line=self._line, tail=OUTPUT_LINES, logger=log, deaf=True
+        )
 
     @property
     def output(self) -> collections.deque[str]:
