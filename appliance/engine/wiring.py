@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -204,6 +205,11 @@ class JackWiring:
         self._last_cycle = -1
         self._still = 0
         self._refresh: asyncio.Task[None] | None = None
+        # The stall check has a thread of its own: a graph change stuck on a stopped server
+        # must not keep it from seeing that the server runs no cycle. It only reads shared
+        # memory; the lock keeps the client from closing under it.
+        self._sampler: ThreadPoolExecutor | None = None
+        self._client_lock = threading.Lock()
 
     # -- lifecycle (loop thread) ---------------------------------------------------
 
@@ -215,6 +221,7 @@ class JackWiring:
         """
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jack-wiring")
+        self._sampler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jack-stall-check")
         try:
             await self.call(self._open_client)
         except BaseException:
@@ -229,6 +236,9 @@ class JackWiring:
             refresh.cancel()
             await asyncio.gather(refresh, return_exceptions=True)
         executor, self._executor = self._executor, None
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.shutdown(wait=False)
         self._info = WiringInfo(xruns=self._xruns)
         if executor is None:
             return
@@ -304,10 +314,14 @@ class JackWiring:
             raise EngineError(f"JACK: {exc}") from exc
 
     async def _refresh_info(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(INFO_INTERVAL)
-            with contextlib.suppress(EngineError):
-                await self.call(self._sample)
+            sampler = self._sampler
+            if sampler is None:
+                return
+            with contextlib.suppress(TimeoutError, jack.JackError):
+                await asyncio.wait_for(loop.run_in_executor(sampler, self._sample), self.call_timeout)
 
     # -- the worker thread ---------------------------------------------------------
 
@@ -330,13 +344,19 @@ class JackWiring:
         self._info = WiringInfo(True, int(client.samplerate), int(client.blocksize), 0.0, self._xruns)
 
     def _close_client(self) -> None:
-        client, self._client = self._client, None
+        with self._client_lock:
+            client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(jack.JackError):
                 client.deactivate()
             client.close()
 
     def _sample(self) -> None:
+        """The stall check's thread: has the server run a cycle since the last look?"""
+        with self._client_lock:
+            self._sample_locked()
+
+    def _sample_locked(self) -> None:
         client = self._client
         if client is None or not self._info.running:
             return
