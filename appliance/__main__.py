@@ -21,9 +21,9 @@ import urllib.parse
 from pathlib import Path
 
 from . import config as config_module
-from . import logs
 from .app import default_config_path, pin_factory, read_token, run
-from .errors import ApplianceError, ConfigError
+from .core.errors import ApplianceError, ConfigError
+from .system import logs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +125,7 @@ def _pair(path: Path, config: config_module.Config, host: str | None) -> int:
 
 def _gpio_test(path: Path, config: config_module.Config) -> int:
     """``appliance gpio-test``: the GPIO map's devices on the real pins, every event printed."""
-    from . import gpio, gpiomap
+    from .frontends import gpio, gpiomap
 
     if config.gpio is None:
         print(f"appliance: {path} names no GPIO map (gpio:)")

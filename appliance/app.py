@@ -19,25 +19,25 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import gpio, gpiomap
-from .board import Board
-from .catalog import Catalog
 from .config import Config
-from .control import Controller
-from .controls import PluginType
+from .control.controller import Controller
+from .control.library import Library
+from .core.board import Board
+from .core.controls import PluginType
+from .core.errors import ApplianceError, ConfigError, EngineError
 from .engine import NO_OWN_PLUGINS, Engine, EngineEvent, OwnPlugins, SavedPlugin, TrackPorts
 from .engine.faders import FADER_URI
 from .engine.meters import METER_URI, TUNER_URI
-from .errors import ApplianceError, ConfigError, EngineError
-from .files import write_atomic
-from .library import Library
-from .logs import fields
-from .mixer import Mixer, MixerService
-from .net import ControlServer
-from .pedalboards import PedalboardStore
-from .readings import MeterFeed, Tuner
-from .store import BoardStore, DebouncedSaver
-from .watchdog import LoopLag, SystemdNotifier, watchdog_loop
+from .frontends import gpio, gpiomap
+from .frontends.mixer import Mixer, MixerService
+from .frontends.net import ControlServer
+from .frontends.readings import MeterFeed, Tuner
+from .plugins.catalog import Catalog
+from .store.boards import BoardStore, DebouncedSaver
+from .store.files import write_atomic
+from .store.pedalboards import PedalboardStore
+from .system.logs import fields
+from .system.watchdog import LoopLag, SystemdNotifier, watchdog_loop
 
 log = logging.getLogger("appliance.app")
 
@@ -70,8 +70,8 @@ def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS)
         log.info("engine: jalv (Carla not used: %s)", reason, extra=fields(engine="jalv"))
     else:
         log.info("engine: jalv (configured)", extra=fields(engine="jalv"))
-    from .engine.jackserver import DummySettings
-    from .engine.jalv import JalvEngine
+    from .engine.jack.server import DummySettings
+    from .engine.jalv.engine import JalvEngine
 
     dummy = jack.dummy
     settings = DummySettings(dummy.rate, dummy.period, dummy.realtime) if dummy else None

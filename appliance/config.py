@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 DEFAULT_PORT = 8000
 

@@ -166,10 +166,10 @@ def _real_engine(kind: str, tracks: Sequence[Any]) -> tuple[Any, str]:
         NotReady: the engine cannot run here (Carla not installed, say).
     """
     from appliance.config import CarlaConfig, DummyServer, JackConfig
-    from appliance.engine.jackserver import DummySettings
+    from appliance.engine.jack.server import DummySettings
 
     if kind == "jalv":
-        from appliance.engine.jalv import JalvEngine
+        from appliance.engine.jalv.engine import JalvEngine
 
         return JalvEngine(tracks, dummy_server=DummySettings(48000, 128, realtime=True)), (
             "JalvEngine on a private dummy JACK server (48000 Hz, 128 frames, realtime if allowed)"
@@ -188,11 +188,11 @@ def _real_engine(kind: str, tracks: Sequence[Any]) -> tuple[Any, str]:
 
 
 async def _serve_box(engine_kind: str) -> tuple[Any, dict[str, Any]]:
-    from appliance.board import Board
     from appliance.config import RateLimit, ServerConfig
-    from appliance.control import Controller
+    from appliance.control.controller import Controller
+    from appliance.core.board import Board
     from appliance.engine import TrackPorts
-    from appliance.net import ControlServer
+    from appliance.frontends.net import ControlServer
 
     catalog: Any
     engine: Any
@@ -203,7 +203,7 @@ async def _serve_box(engine_kind: str) -> tuple[Any, dict[str, Any]]:
         catalog = FakeCatalog()
         engine_note = "FakeEngine (tests/fakes.py, in memory: measures the control plane alone)"
     else:
-        from appliance.catalog import Catalog
+        from appliance.plugins.catalog import Catalog
 
         catalog = await asyncio.to_thread(Catalog.load, ROOT / "config" / "plugins.yaml", False)
         if catalog.lookup("gain") is None:

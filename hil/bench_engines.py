@@ -5,7 +5,7 @@ Each engine configuration (``jalv``, ``carla``, and with ``--bridges``
 ``carla+bridges``: Carla with ``engine.carla.bridges: true``, every plugin in
 its own ``carla-bridge-native`` process) is measured the same way, one after
 the other, on a private realtime JACK dummy server (48 kHz, 128 frames; the
-box's :class:`appliance.engine.jackserver.JackServer` tries ``-R -P 70`` first
+box's :class:`appliance.engine.jack.server.JackServer` tries ``-R -P 70`` first
 and the report says when it fell back).
 
 The board is the box's demo-like chain on ``track_001``: gate, overdrive,
@@ -168,7 +168,7 @@ def free_port() -> int:
 
 def board_document(catalog: Any) -> dict[str, Any]:
     """``board.json`` for :data:`BOARD` (ids plugin_1..plugin_7), as BoardStore writes it."""
-    from appliance.board import Board, conform_values
+    from appliance.core.board import Board, conform_values
 
     board = Board([TRACK])
     for key in BOARD:
@@ -919,9 +919,9 @@ async def engine_level_main(config_path: Path, board_path: Path, adds: int) -> d
     """Time the engine that make_engine builds from the box's config; returns the figures."""
     from appliance import config as config_module
     from appliance.app import make_engine
-    from appliance.board import Board
-    from appliance.catalog import Catalog
+    from appliance.core.board import Board
     from appliance.engine import SavedPlugin
+    from appliance.plugins.catalog import Catalog
 
     config = config_module.load(config_path)
     catalog = await asyncio.to_thread(Catalog.load, config.catalog, cache=config.data_dir / "lv2-scan.json")
@@ -1085,7 +1085,7 @@ def _header(args: argparse.Namespace, columns: list[Column]) -> str:
 
 async def prepare(args: argparse.Namespace, shared: Path) -> str | None:
     """Build the LV2 scan cache, the board and the sweep's controls; None or why not."""
-    from appliance.catalog import Catalog
+    from appliance.plugins.catalog import Catalog
 
     cache = shared / "lv2-scan.json"
     catalog = await asyncio.to_thread(Catalog.load, ROOT / "config" / "plugins.yaml", cache=cache)

@@ -59,7 +59,7 @@ import yaml
 
 from appliance.app import private_server_name
 from appliance.engine.carla import unavailable as carla_unavailable
-from appliance.engine.jackserver import DummySettings, JackServer
+from appliance.engine.jack.server import DummySettings, JackServer
 from hil.figures import spread
 from tests.boxproc import BoxProcess, virtual_config
 
@@ -83,9 +83,9 @@ SERVER_END_TIMEOUT = 10.0
 #: What every box of the run imports, compiled before the first start.
 WARM_IMPORTS = (
     "appliance.__main__",
-    "appliance.lilv",
-    "appliance.engine.jalv",
-    "appliance.engine.drypath",
+    "appliance.plugins.lilv",
+    "appliance.engine.jalv.engine",
+    "appliance.engine.jack.drypath",
     "appliance.engine.carla.engine",
     "appliance.engine.carla.host",
 )
@@ -187,7 +187,7 @@ def _what(pid: int) -> str:
         return {
             "appliance": "box (control process)",
             "appliance.engine.carla.host": "Carla host",
-            "appliance.engine.drypath": "dry-path keeper",
+            "appliance.engine.jack.drypath": "dry-path keeper",
         }.get(module, module)
     return " ".join(argv)[:60]
 

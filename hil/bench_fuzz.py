@@ -43,9 +43,9 @@ from hypothesis.errors import NonInteractiveExampleWarning
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from appliance import protocol
-from appliance.errors import ERROR_CODES, ApplianceError
-from appliance.library import SWITCHING
+from appliance.control.library import SWITCHING
+from appliance.core import protocol
+from appliance.core.errors import ERROR_CODES, ApplianceError
 from tests import fuzz
 from tests.boxproc import BoxProcess, virtual_config
 from tests.fakes import ControlStack

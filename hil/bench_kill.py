@@ -32,7 +32,7 @@ from pathlib import Path
 from hil.figures import spread
 from tests.killloop import PROMISE, SEED_VARIABLE, rounds, seed_from_environment
 
-#: What the box logs when its JACK server waits for the killed box's (appliance.engine.jackserver).
+#: What the box logs when its JACK server waits for the killed box's (appliance.engine.jack.server).
 STILL_ENDING = "waiting for the old jackd"
 
 

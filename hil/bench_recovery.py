@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from appliance.catalog import Catalog
 from appliance.config import CarlaConfig, JackConfig
 from appliance.engine import Engine, EngineEvent, TrackPorts
-from appliance.engine.jackserver import DummySettings, JackServer
+from appliance.engine.jack.server import DummySettings, JackServer
 from appliance.engine.respawn import RespawnSettings
+from appliance.plugins.catalog import Catalog
 from hil.figures import spread
 from tests.rig import Rig, sine, window_gains
 
@@ -71,7 +71,7 @@ def _engine(kind: str, server: str, rig: Rig, events: list[EngineEvent], rounds:
     respawn = RespawnSettings(limit=rounds + 1)
     tracks = [TrackPorts(TRACK, rig.play_ports, rig.rec_ports)]
     if kind == "jalv":
-        from appliance.engine.jalv import JalvEngine
+        from appliance.engine.jalv.engine import JalvEngine
 
         return JalvEngine(tracks, server_name=server, on_event=events.append, respawn=respawn)
     from appliance.engine.carla.engine import CarlaEngine

@@ -33,10 +33,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.catalog import Catalog
 from appliance.engine import TrackPorts
-from appliance.engine.jackserver import DummySettings, JackServer
-from appliance.engine.jalv import JalvEngine
+from appliance.engine.jack.server import DummySettings, JackServer
+from appliance.engine.jalv.engine import JalvEngine
+from appliance.plugins.catalog import Catalog
 from tests.rig import Rig, sine
 
 ROOT = Path(__file__).resolve().parent.parent

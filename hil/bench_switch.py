@@ -33,13 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance import lilv
-from appliance.catalog import Catalog
 from appliance.config import CarlaConfig, JackConfig
-from appliance.controls import PluginType
+from appliance.core.controls import PluginType
 from appliance.engine import Engine, OwnPlugins, SavedPlugin, TrackPorts
 from appliance.engine.faders import FADER_URI
-from appliance.engine.jackserver import DummySettings, JackServer
+from appliance.engine.jack.server import DummySettings, JackServer
+from appliance.plugins import lilv
+from appliance.plugins.catalog import Catalog
 from hil.bench_engines import BOARD, BOARD_VALUES
 from hil.figures import spread
 from tests.rig import Rig, longest_gap, sine
@@ -58,7 +58,7 @@ SAMPLE_EVERY = 0.05
 def _engine(kind: str, server: str, rig: Rig, fader: PluginType) -> Engine:
     tracks = [TrackPorts(TRACK, rig.play_ports, rig.rec_ports)]
     if kind == "jalv":
-        from appliance.engine.jalv import JalvEngine
+        from appliance.engine.jalv.engine import JalvEngine
 
         return JalvEngine(tracks, server_name=server, own=OwnPlugins(fader=fader))
     from appliance.engine.carla.engine import CarlaEngine

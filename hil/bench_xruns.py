@@ -230,7 +230,7 @@ def variant_b(catalog: Any, entries: list[Entry]) -> list[Entry]:
 def carla_spec(catalog: Any, entries: list[Entry]) -> list[dict[str, Any]]:
     """What the carla-multi child loads: per plugin its URI, port counts and LV2 values
     (the enable control included, as the box would set it)."""
-    from appliance.board import conform_values
+    from appliance.core.board import conform_values
 
     spec = []
     for entry in entries:
@@ -369,7 +369,7 @@ class RigChild:
 
 def child_env(server: str) -> dict[str, str]:
     """Environment for a child on ``server`` (never starts a server of its own)."""
-    from appliance.engine.jackserver import jack_environment
+    from appliance.engine.jack.server import jack_environment
 
     return jack_environment(server)
 
@@ -875,7 +875,7 @@ class Run:
         self.spillover = 3.0
 
     async def cell(self, setup: str, board: str, period: int) -> Cell:
-        from appliance.engine.jackserver import DummySettings, JackServer
+        from appliance.engine.jack.server import DummySettings, JackServer
 
         cell = Cell(setup, board, period, load_avg=(os.getloadavg()[0], 0.0))
         folder = self.folder / f"{setup}-{board}-{period}"
@@ -1400,12 +1400,12 @@ def header(args: argparse.Namespace, before: tuple[float, float, float]) -> str:
 
 
 async def bench_main(args: argparse.Namespace) -> int:
-    from appliance.catalog import Catalog
+    from appliance.plugins.catalog import Catalog
 
     before = os.getloadavg()
     started = time.monotonic()
     cells: list[Cell] = []
-    counter_logger = logging.getLogger("appliance.engine.jackserver")
+    counter_logger = logging.getLogger("appliance.engine.jack.server")
     try:
         with contextlib.ExitStack() as stack:
             if args.logs is not None:

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from appliance import lilv
-from appliance.catalog import Catalog
 from appliance.engine import OwnPlugins
 from appliance.engine.carla import unavailable as carla_unavailable
 from appliance.engine.faders import FADER_URI
-from appliance.engine.jackserver import DummySettings, JackServer, unique_server_name
+from appliance.engine.jack.server import DummySettings, JackServer, unique_server_name
 from appliance.engine.meters import METER_URI, TUNER_URI
+from appliance.plugins import lilv
+from appliance.plugins.catalog import Catalog
 from tests.boxproc import SERVER_PERIOD
 from tests.notify import listen
 from tests.rig import Rig, end_leftovers, leftovers

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from appliance.config import CarlaConfig, DummyServer, JackConfig
+from appliance.core.errors import EngineError
 from appliance.engine import Engine, EventSink, TrackPorts
-from appliance.errors import EngineError
 from tests.conftest import require_jalv_tools
 
 
@@ -53,7 +53,7 @@ class GraphFault:
 
 def _jalv_factory(server: str | None) -> EngineFactory:
     require_jalv_tools()
-    from appliance.engine.jalv import JalvEngine
+    from appliance.engine.jalv.engine import JalvEngine
 
     def make(tracks: Sequence[TrackPorts], on_event: EventSink, **options: Any) -> Engine:
         return JalvEngine(tracks, server_name=server, on_event=on_event, **options)

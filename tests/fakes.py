@@ -8,17 +8,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from appliance.board import Board
-from appliance.catalog import Catalog
-from appliance.control import Controller, Event
-from appliance.controls import Alias, Control, PluginType
+from appliance.control.controller import Controller, Event
+from appliance.control.library import Library
+from appliance.core.board import Board
+from appliance.core.controls import Alias, Control, PluginType
+from appliance.core.errors import EngineError, PluginLoadFailed, PluginNotAllowed
+from appliance.core.protocol import Request
 from appliance.engine import Engine, EngineInfo, TrackPorts
-from appliance.errors import EngineError, PluginLoadFailed, PluginNotAllowed
-from appliance.library import Library
-from appliance.mixer import MixerService
-from appliance.pedalboards import PedalboardStore
-from appliance.protocol import Request
-from appliance.readings import Tuner
+from appliance.frontends.mixer import MixerService
+from appliance.frontends.readings import Tuner
+from appliance.plugins.catalog import Catalog
+from appliance.store.pedalboards import PedalboardStore
 
 
 class FakeEngine(Engine):

@@ -14,7 +14,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from appliance import protocol
+from appliance.core import protocol
 
 #: Request types fuzzed; AUTH is left out (its refusal closes the connection, by design).
 KINDS = sorted(protocol.REQUESTS - {"AUTH"})

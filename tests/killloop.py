@@ -37,7 +37,7 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection, connect
 
 from appliance.app import private_server_name
-from appliance.engine.jackserver import DummySettings, JackServer
+from appliance.engine.jack.server import DummySettings, JackServer
 from tests.boxproc import BoxProcess, virtual_config
 
 TRACK = "track_001"

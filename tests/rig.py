@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.engine.jackserver import jack_environment
+from appliance.engine.jack.server import jack_environment
 from appliance.engine.processes import describe_exit, dies_with_parent
 from hil.rig.analysis import find_gaps
 from hil.rig.analysis import gain_db as gain_db

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from appliance.board import Board
-from appliance.errors import InvalidMessage, InvalidValue, UnknownParameter, UnknownPlugin, UnknownTrack
+from appliance.core.board import Board
+from appliance.core.errors import InvalidMessage, InvalidValue, UnknownParameter, UnknownPlugin, UnknownTrack
 from tests.fakes import AMP, COMP, FakeCatalog
 
 

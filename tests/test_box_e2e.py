@@ -39,7 +39,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from appliance.engine.carla import HIDE_CARLA_ENV
-from appliance.engine.jackserver import JackServer
+from appliance.engine.jack.server import JackServer
 from tests.boxproc import BoxProcess, virtual_config
 from tests.notify import received
 from tests.rig import Rig, gain_db, gaps, latency_frames, longest_gap, noise, rms_db, sine, window_gains

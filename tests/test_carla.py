@@ -21,14 +21,14 @@ import jack
 import pytest
 import pytest_asyncio
 
-from appliance.catalog import Catalog
 from appliance.config import CarlaConfig, JackConfig
-from appliance.controls import Control, PluginType
+from appliance.core.controls import Control, PluginType
+from appliance.core.errors import EngineError
 from appliance.engine import EngineEvent, OwnPlugins, SavedPlugin, TrackPorts
 from appliance.engine.carla.engine import CarlaEngine
-from appliance.engine.jackserver import JackServer
+from appliance.engine.jack.server import JackServer
 from appliance.engine.respawn import RespawnSettings
-from appliance.errors import EngineError
+from appliance.plugins.catalog import Catalog
 from tests.fakes import AMP, TS9
 from tests.rig import Rig, rms_db, sine, window_gains
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from appliance import lilv
-from appliance.catalog import Catalog, parse
-from appliance.controls import PluginType
-from appliance.errors import ConfigError, InvalidMessage, PluginNotAllowed
+from appliance.core.controls import PluginType
+from appliance.core.errors import ConfigError, InvalidMessage, PluginNotAllowed
+from appliance.plugins import lilv
+from appliance.plugins.catalog import Catalog, parse
 
 pytestmark = pytest.mark.skipif(not lilv.is_available(), reason="liblilv-0 is not installed")
 
@@ -169,7 +169,7 @@ def test_a_damaged_cache_entry_is_logged_and_left_out(tmp_path: Path, caplog: py
     data = json.loads(cache.read_text())
     data["plugins"][0][3] = data["plugins"][0][3][:-12] + "AAAAAAAAAAAA"
     cache.write_text(json.dumps(data))
-    with caplog.at_level(logging.ERROR, logger="appliance.lilv"):
+    with caplog.at_level(logging.ERROR, logger="appliance.plugins.lilv"):
         assert lilv.load_plugins(cache, [str(folder)]).get(AMP) is None
     assert "damaged" in caplog.text
 
@@ -184,7 +184,7 @@ def test_a_scan_that_crashes_is_an_empty_catalog_not_a_crash(
         return real_run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], **kwargs)
 
     monkeypatch.setattr(subprocess, "run", crashing)
-    with caplog.at_level(logging.ERROR, logger="appliance.catalog"):
+    with caplog.at_level(logging.ERROR, logger="appliance.plugins.catalog"):
         catalog = Catalog.load(CATALOG_FILE, cache=tmp_path / "scan.json")
     assert catalog.entries == {} and catalog.installed() == []
     assert "SIGSEGV" in caplog.text
@@ -392,7 +392,7 @@ def test_missing_plugin_is_logged_and_left_out(tmp_path: Path, caplog: pytest.Lo
             }
         },
     )
-    with caplog.at_level(logging.WARNING, logger="appliance.catalog"):
+    with caplog.at_level(logging.WARNING, logger="appliance.plugins.catalog"):
         catalog = Catalog.load(path, scan=False)
     assert list(catalog.entries) == ["gain"]
     assert "ghost" in caplog.text

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from appliance import config
-from appliance.errors import ConfigError
+from appliance.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.catalog import Catalog
+from appliance.core.errors import UnknownPlugin
 from appliance.engine import TrackPorts
-from appliance.errors import UnknownPlugin
+from appliance.plugins.catalog import Catalog
 from tests.fakes import ControlStack, FakeEngine
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

@@ -27,12 +27,12 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from appliance.catalog import Catalog
-from appliance.controls import Control, PluginType
+from appliance.core.controls import Control, PluginType
+from appliance.core.errors import EngineError, PluginLoadFailed
 from appliance.engine import Engine, EngineEvent, SavedPlugin, TrackPorts
 from appliance.engine.chain import Stage, chain_connections, connection_changes
-from appliance.engine.jackserver import DummySettings, JackServer
-from appliance.errors import EngineError, PluginLoadFailed
+from appliance.engine.jack.server import DummySettings, JackServer
+from appliance.plugins.catalog import Catalog
 from tests import fakes
 from tests.conftest import RIG_PERIOD, require_jalv_tools
 from tests.engines import ENGINE_ADAPTERS, EngineFactory, GraphFault

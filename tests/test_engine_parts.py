@@ -15,16 +15,16 @@ from typing import Any, ClassVar
 import jack
 import pytest
 
+from appliance.core.errors import EngineError, PluginLoadFailed, UnknownPlugin
 from appliance.engine import TrackPorts
 from appliance.engine.carla import pipe
 from appliance.engine.carla.ownerloop import OwnerLoop
 from appliance.engine.chain import Stage
-from appliance.engine.jackserver import DummySettings, JackServer, unique_server_name
-from appliance.engine.jalvproc import STDIN_BACKLOG_LIMIT, JalvProcess, jalv_argv
+from appliance.engine.jack.server import DummySettings, JackServer, unique_server_name
+from appliance.engine.jack.wiring import JackWiring, plan_wiring
+from appliance.engine.jalv.process import STDIN_BACKLOG_LIMIT, JalvProcess, jalv_argv
 from appliance.engine.processes import Child
 from appliance.engine.respawn import RespawnPolicy, RespawnSettings
-from appliance.engine.wiring import JackWiring, plan_wiring
-from appliance.errors import EngineError, PluginLoadFailed, UnknownPlugin
 from tests.rig import Rig, gain_db, rms_db, sine
 
 # -- the owner loop -------------------------------------------------------------------------

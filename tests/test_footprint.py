@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from appliance import lilv
+from appliance.plugins import lilv
 from tests.boxproc import BoxProcess, virtual_config
 
 pytestmark = [
@@ -33,9 +33,9 @@ START_PATH = """
 import json, sys
 from pathlib import Path
 import appliance.__main__, appliance.app
-import appliance.engine.jalv, appliance.engine.jackengine, appliance.engine.drypath
+import appliance.engine.jalv.engine, appliance.engine.jalv.chains, appliance.engine.jack.drypath
 import appliance.engine.carla.engine
-from appliance.catalog import Catalog
+from appliance.plugins.catalog import Catalog
 catalog = Catalog.load(Path(sys.argv[1]), cache=Path(sys.argv[2]))
 assert catalog.lookup("reverb") and catalog.lookup("http://plugin.org.uk/swh-plugins/plate")
 print(json.dumps({"modules": sorted(sys.modules), "maps": Path("/proc/self/maps").read_text()}))

@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 
-from appliance import protocol
-from appliance.catalog import Catalog
 from appliance.config import RateLimit, ServerConfig
-from appliance.errors import ERROR_CODES
-from appliance.net import ControlServer
+from appliance.core import protocol
+from appliance.core.errors import ERROR_CODES
+from appliance.frontends.net import ControlServer
+from appliance.plugins.catalog import Catalog
 from tests import fuzz
 from tests.fakes import ControlStack
 

@@ -23,15 +23,15 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 from websockets.asyncio.client import connect
 
-from appliance import gpio, gpiomap
 from appliance.app import pin_factory
-from appliance.catalog import Catalog
 from appliance.config import ServerConfig
+from appliance.core.errors import ConfigError
 from appliance.engine import Engine, OwnPlugins, TrackPorts
-from appliance.engine.jackserver import JackServer
-from appliance.errors import ConfigError
-from appliance.net import ControlServer
-from appliance.readings import MeterFeed
+from appliance.engine.jack.server import JackServer
+from appliance.frontends import gpio, gpiomap
+from appliance.frontends.net import ControlServer
+from appliance.frontends.readings import MeterFeed
+from appliance.plugins.catalog import Catalog
 from tests.engines import ENGINE_ADAPTERS
 from tests.fakes import ControlStack
 from tests.rig import Rig, rms_db, sine

@@ -29,11 +29,11 @@ import pytest
 
 from appliance import config as config_module
 from appliance.app import Box, private_server_name
-from appliance.board import BOARD_FORMAT
 from appliance.config import Config
+from appliance.core.board import BOARD_FORMAT
 from appliance.engine import EngineEvent, OwnPlugins, TrackPorts
-from appliance.engine.jackserver import DummySettings, JackServer, jack_environment, unique_server_name
-from appliance.store import BoardStore
+from appliance.engine.jack.server import DummySettings, JackServer, jack_environment, unique_server_name
+from appliance.store.boards import BoardStore
 from tests.boxproc import BoxProcess, free_port, virtual_config
 from tests.conftest import require_jalv_tools
 from tests.fakes import FakeEngine

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from appliance.catalog import Catalog
-from appliance.errors import ApplianceError
-from appliance.pedalboards import MAX_SNAPSHOTS
+from appliance.core.errors import ApplianceError
+from appliance.core.pedalboards import MAX_SNAPSHOTS
+from appliance.plugins.catalog import Catalog
 from tests.fakes import ControlStack
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from appliance.catalog import Catalog
-from appliance.controls import PluginType
+from appliance.core.controls import PluginType
 from appliance.engine import Engine, OwnPlugins, TrackPorts
-from appliance.engine.jackserver import JackServer
+from appliance.engine.jack.server import JackServer
+from appliance.plugins.catalog import Catalog
 from tests.engines import ENGINE_ADAPTERS, EngineFactory
 from tests.rig import Rig, rms_db, sine
 

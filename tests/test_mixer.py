@@ -29,14 +29,14 @@ from typing import Any
 
 import pytest
 
-from appliance.board import Board
-from appliance.catalog import Catalog
 from appliance.config import MixerConfig
-from appliance.control import Controller
+from appliance.control.controller import Controller
+from appliance.core.board import Board
+from appliance.core.errors import ApplianceError, ConfigError
+from appliance.core.protocol import Request
 from appliance.engine import TrackPorts
-from appliance.errors import ApplianceError, ConfigError
-from appliance.mixer import Mixer, MixerService
-from appliance.protocol import Request
+from appliance.frontends.mixer import Mixer, MixerService
+from appliance.plugins.catalog import Catalog
 from tests.fakes import FakeEngine
 
 DEVICE = "boxmixer"
@@ -133,7 +133,7 @@ def test_a_control_the_device_lacks_names_the_key_and_what_there_is(pulse: dict[
 
 def test_without_any_sound_card_the_mixer_is_absent(caplog: pytest.LogCaptureFixture) -> None:
     """This machine has no card: a configured card is reported absent and nothing fails."""
-    with caplog.at_level(logging.INFO, logger="appliance.mixer"):
+    with caplog.at_level(logging.INFO, logger="appliance.frontends.mixer"):
         assert Mixer.open(MixerConfig("hw:CARD=sndrpihifiberry", CONTROLS)) is None
     assert any("mixer is absent" in r.getMessage() for r in caplog.records)
 
@@ -207,7 +207,7 @@ async def test_an_encoder_turns_the_output_volume(pulse: dict[str, str]) -> None
     from gpiozero import Device
     from gpiozero.pins.mock import MockFactory
 
-    from appliance import gpio, gpiomap
+    from appliance.frontends import gpio, gpiomap
 
     controller, service, _ = _service(Mixer.open(MixerConfig(DEVICE, CONTROLS)))
     await service.start({"output_volume": 40})

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance import protocol
-from appliance.errors import ApplianceError, InvalidMessage, InvalidValue, UnknownType
+from appliance.core import protocol
+from appliance.core.errors import ApplianceError, InvalidMessage, InvalidValue, UnknownType
 
 
 def test_decodes_example_message() -> None:

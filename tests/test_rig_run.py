@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from appliance.engine.jackserver import JackServer
+from appliance.engine.jack.server import JackServer
 from hil.rig.report import HTML_NAME, JSON_NAME, write_report
 from hil.rig.runner import SAVED_BOARD, RunSettings, run_virtual
 from hil.rig.setups import Box, RigError

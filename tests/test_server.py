@@ -21,12 +21,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from appliance.app import health_report
-from appliance.board import MAX_CHAIN, Board
 from appliance.config import RateLimit, ServerConfig
-from appliance.control import ENGINE_EVENT_SENTENCES, Controller
+from appliance.control.controller import ENGINE_EVENT_SENTENCES, Controller
+from appliance.core.board import MAX_CHAIN, Board
+from appliance.core.errors import ERROR_CODES
 from appliance.engine import EngineEvent, TrackPorts
-from appliance.errors import ERROR_CODES
-from appliance.net import RATE_ABUSE_LIMIT, ControlServer
+from appliance.frontends.net import RATE_ABUSE_LIMIT, ControlServer
 from tests.fakes import FakeCatalog, FakeEngine
 
 TRACK = "track_001"

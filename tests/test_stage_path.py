@@ -18,13 +18,13 @@ import pytest
 import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
-from appliance.board import Board
-from appliance.catalog import Catalog
 from appliance.config import ServerConfig
-from appliance.control import Controller
+from appliance.control.controller import Controller
+from appliance.core.board import Board
 from appliance.engine import Engine, TrackPorts
-from appliance.engine.jackserver import JackServer
-from appliance.net import ControlServer
+from appliance.engine.jack.server import JackServer
+from appliance.frontends.net import ControlServer
+from appliance.plugins.catalog import Catalog
 from tests.engines import ENGINE_ADAPTERS
 from tests.rig import Rig, sine
 

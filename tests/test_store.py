@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from appliance.errors import StoreError
-from appliance.store import BoardStore, DebouncedSaver
+from appliance.core.errors import StoreError
+from appliance.store.boards import BoardStore, DebouncedSaver
 
 
 def test_save_then_load(tmp_path: Path) -> None:
@@ -200,7 +200,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from appliance.store import BoardStore
+    from appliance.store.boards import BoardStore
     store = BoardStore(Path(sys.argv[1]))
     i = 0
     while True:

@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from appliance.catalog import Catalog
-from appliance.controls import PluginType
+from appliance.core.controls import PluginType
+from appliance.core.errors import PluginLoadFailed
 from appliance.engine import Engine, EngineEvent, OwnPlugins, SavedPlugin, TrackPorts
 from appliance.engine.faders import FADE_STEPS, FADE_TIME
-from appliance.engine.jackserver import JackServer
-from appliance.errors import PluginLoadFailed
+from appliance.engine.jack.server import JackServer
+from appliance.plugins.catalog import Catalog
 from tests.conftest import RIG_PERIOD
 from tests.engines import ENGINE_ADAPTERS, EngineFactory
 from tests.rig import Rig, gaps, rms_db, sine, window_gains

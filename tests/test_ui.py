@@ -39,13 +39,13 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 from websockets.sync.client import ClientConnection, connect
 
-from appliance.engine.jackserver import DummySettings, JackServer, unique_server_name
+from appliance.engine.jack.server import DummySettings, JackServer, unique_server_name
 from tests.boxproc import ROOT, BoxProcess, virtual_config
 from tests.conftest import RIG_PERIOD, RIG_SAMPLE_RATE, require_jalv_tools
 from tests.rig import Rig, sine
 
 CHROMIUM = "/usr/bin/chromium"
-STATIC = ROOT / "appliance" / "ui" / "static"
+STATIC = ROOT / "appliance" / "frontends" / "ui" / "static"
 SHOTS = ROOT / "out" / "ui"
 TRACK = "track_001"
 PHONE: dict[str, Any] = {"viewport": {"width": 390, "height": 844}, "has_touch": True, "is_mobile": True}

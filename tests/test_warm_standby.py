@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.catalog import Catalog
 from appliance.engine import SavedPlugin, TrackPorts
+from appliance.plugins.catalog import Catalog
 from tests.fakes import ControlStack, FakeEngine
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from appliance import logs
 from appliance.app import status_line
-from appliance.board import Board
-from appliance.catalog import Catalog
-from appliance.control import Controller
+from appliance.control.controller import Controller
+from appliance.core.board import Board
 from appliance.engine import EngineEvent, TrackPorts
-from appliance.engine.jackserver import jack_environment
-from appliance.watchdog import LoopLag, SystemdNotifier, watchdog_loop
+from appliance.engine.jack.server import jack_environment
+from appliance.plugins.catalog import Catalog
+from appliance.system import logs
+from appliance.system.watchdog import LoopLag, SystemdNotifier, watchdog_loop
 from tests.fakes import FakeEngine
 from tests.notify import received
 

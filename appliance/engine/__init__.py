@@ -1,6 +1,6 @@
 """The engine port: the one interface the board drives, whatever hosts the plugins.
 
-Adapters: :class:`appliance.engine.jalv.JalvEngine` (each plugin a ``jalv``
+Adapters: :class:`appliance.engine.jalv.engine.JalvEngine` (each plugin a ``jalv``
 process on JACK, chained by JACK connections, Debian packages only) and
 :class:`appliance.engine.carla.engine.CarlaEngine` (each track's chain in one
 Carla host process in rack mode: one JACK client, one realtime callback). Only
@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from ..controls import PluginType
-from ..errors import ApplianceError, HardwareError, UnknownPlugin, UnknownTrack
+from ..core.controls import PluginType
+from ..core.errors import ApplianceError, HardwareError, UnknownPlugin, UnknownTrack
 
 __all__ = [
     "ENGINE_START_TIMEOUT",

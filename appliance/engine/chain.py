@@ -1,7 +1,7 @@
 """The chain walk both engine adapters share: which connections a track wants.
 
 Pure: no JACK, no Carla, no asyncio. A port is whatever gets wired (a JACK
-port name, for both engines); :mod:`appliance.engine.wiring` turns the chains
+port name, for both engines); :mod:`appliance.engine.jack.wiring` turns the chains
 into :class:`Stage` lists, asks :func:`chain_connections` for the connections
 it wants and :func:`connection_changes` for what to do about the ones it has::
 

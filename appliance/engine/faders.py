@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..controls import PluginType
+from ..core.controls import PluginType
 
 #: x42-xfade: ``xfade`` −1 passes input A, +1 input B (never wired here: silence).
 FADER_URI = "http://gareus.org/oss/lv2/xfade"

@@ -8,7 +8,7 @@ out, and the tuner listens to the first track's input while it is on::
                   └─▶ tuner (while on; the tail faders close: the box is silent)
 
 They are LV2 plugins like any other (x42's true-peak meter and tuner, from
-``x42-plugins``), wired as :class:`~appliance.engine.wiring.Tap` s, so no
+``x42-plugins``), wired as :class:`~appliance.engine.jack.wiring.Tap` s, so no
 Python runs on the audio thread. Their readings are output controls, which
 the hosts read on request (jalv's ``monitors`` command, Carla's parameter
 values). Pure: no JACK, no asyncio.

@@ -119,7 +119,7 @@ class Child:
     Args:
         argv: the command line (run under :func:`dies_with_parent`).
         name: for log lines.
-        env: its environment (a JACK client's: ``jackserver.jack_environment``).
+        env: its environment (a JACK client's: ``jack.server.jack_environment``).
         stdin: give it a pipe (:attr:`stdin`), else ``/dev/null``.
         output: read its stdout and stderr (merged), else discard them.
         on_line: gets each output line (stripped) and says whether it was

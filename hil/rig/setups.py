@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import jack
 
 import appliance
-from appliance.engine.jackserver import DummySettings, JackServer
+from appliance.engine.jack.server import DummySettings, JackServer
 from hil.wsprobe import ProbeClient
 from tests.boxproc import BoxProcess, virtual_config
 from tests.rig import Rig

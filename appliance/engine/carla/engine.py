@@ -7,7 +7,7 @@ with the box's own plugins around the board's::
     track inputs ─▶ RACK:audio-in1/2 ─▶ meter · [tuner] · head fader · plugins… · tail fader · meter
                                                                        ─▶ RACK:audio-out1/2 ─▶ track outputs
 
-The box's wiring client (:mod:`appliance.engine.wiring`) connects each
+The box's wiring client (:mod:`appliance.engine.jack.wiring`) connects each
 rack to its track's endpoints; nothing else changes in JACK's graph while
 a board plays. What lives where:
 
@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ...config import CarlaConfig, JackConfig
-from ...controls import Control, Kind, PluginType
-from ...errors import ApplianceError, EngineError, HardwareError, PluginLoadFailed, UnknownPlugin
+from ...core.controls import Control, Kind, PluginType
+from ...core.errors import ApplianceError, EngineError, HardwareError, PluginLoadFailed, UnknownPlugin
 from .. import (
     NO_OWN_PLUGINS,
     PLUGIN_START_TIMEOUT,
@@ -63,11 +63,11 @@ from .. import (
 )
 from ..chain import Stage
 from ..faders import FADE_STEPS, FADE_TIME, FADER_CONTROL, fader_type, fader_values, ramp
-from ..graph import JackGraph
-from ..jackserver import DummySettings
+from ..jack.graph import JackGraph
+from ..jack.server import DummySettings
+from ..jack.wiring import JACK_CALL_TIMEOUT, WiringPlan, plan_wiring
 from ..meters import meter_level, tuner_reading
 from ..respawn import DEFAULT_RESPAWN, RespawnPolicy, RespawnSettings
-from ..wiring import JACK_CALL_TIMEOUT, WiringPlan, plan_wiring
 from .install import BRIDGE_BINARY, CarlaPaths, find_carla
 from .process import CarlaHostProcess
 

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...errors import EngineError, PluginLoadFailed, UnknownPlugin
+from ...core.errors import EngineError, PluginLoadFailed, UnknownPlugin
 from . import pipe
 from .install import BRIDGE_BINARY, CarlaPaths, load_backend
 from .ownerloop import OwnerLoop

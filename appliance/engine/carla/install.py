@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import EngineError
+from ...core.errors import EngineError
 
 #: Set to a non-empty value, this environment variable hides every Carla installation:
 #: the box and the suite then behave as on a machine without Carla (README "Carla").

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from typing import Any, NoReturn
 
-from ...errors import ApplianceError, EngineError, PluginLoadFailed, UnknownPlugin
+from ...core.errors import ApplianceError, EngineError, PluginLoadFailed, UnknownPlugin
 
 #: How often the host says it is alive (with DSP load and xruns).
 HEARTBEAT_INTERVAL = 0.5

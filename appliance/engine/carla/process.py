@@ -21,8 +21,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ...errors import EngineError
-from ..jackserver import jack_environment
+from ...core.errors import EngineError
+from ..jack.server import jack_environment
 from ..processes import Child, describe_exit
 from . import pipe
 from .install import CarlaPaths

@@ -1,6 +1,6 @@
 """What a plugin looks like from outside: its controls, their ranges and kinds.
 
-Pure data, no I/O. :mod:`appliance.catalog` builds these from the plugins' own
+Pure data, no I/O. :mod:`appliance.plugins.catalog` builds these from the plugins' own
 LV2 data; the board and the engines read them.
 
 A control has one *engine* id (its LV2 port symbol) and one *canonical* id,

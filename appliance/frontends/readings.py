@@ -2,7 +2,7 @@
 
 * ``TUNER_SET`` turns the tuner on or off (a footswitch does the same); every
   client is told with ``TUNER``, and each one that connects is told too.
-* ``METERS_SUBSCRIBE`` (handled by :mod:`appliance.net`, per connection)
+* ``METERS_SUBSCRIBE`` (handled by :mod:`appliance.frontends.net`, per connection)
   asks for ``METERS``: :class:`MeterFeed` asks the engine for readings at
   :data:`METER_RATE` while any client wants them, and sends each frame, encoded
   once, to those clients only. Nobody subscribed: no readings are asked for.
@@ -17,12 +17,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .control import Controller, Event, Outcome
-from .engine import Engine
-from .errors import InvalidValue
-from .protocol import Request
+from ..control.controller import Controller, Event, Outcome
+from ..core.errors import InvalidValue
+from ..core.protocol import Request
+from ..engine import Engine
 
-log = logging.getLogger("appliance.readings")
+log = logging.getLogger("appliance.frontends.readings")
 
 #: ``METERS`` frames per second to a subscribed client.
 METER_RATE = 15.0

@@ -6,7 +6,7 @@ track would fall silent until it is back. This small process, started with
 the engine, waits for the box to end and then connects each track's inputs
 straight to its outputs, so that the player hears the dry guitar meanwhile::
 
-    python -m appliance.engine.drypath --server NAME --pair SRC=DST ...
+    python -m appliance.engine.jack.drypath --server NAME --pair SRC=DST ...
 
 It ends the moment the box does: its stdin (the box's pipe) closes, or it
 gets SIGTERM (``setpriv --pdeathsig`` when the box dies, systemd when the
@@ -35,12 +35,12 @@ from typing import Any
 
 import jack  # type: ignore[import-untyped]
 
-from . import TrackPorts
-from .chain import wire_pairs
-from .jackserver import jack_environment
-from .processes import Child
+from .. import TrackPorts
+from ..chain import wire_pairs
+from ..processes import Child
+from .server import jack_environment
 
-log = logging.getLogger("appliance.engine.drypath")
+log = logging.getLogger("appliance.engine.jack.drypath")
 
 #: How long the keeper may take to wire the dry path and exit once told.
 KEEPER_STOP_TIMEOUT = 2.0
@@ -59,7 +59,7 @@ def dry_pairs(tracks: Iterable[TrackPorts]) -> list[Pair]:
 
 def argv(server: str | None, pairs: Sequence[Pair]) -> list[str]:
     """The keeper's command line."""
-    command = [sys.executable, "-m", "appliance.engine.drypath"]
+    command = [sys.executable, "-m", "appliance.engine.jack.drypath"]
     if server is not None:
         command += ["--server", server]
     for source, destination in pairs:
@@ -126,7 +126,7 @@ def _connect(client: Any, pairs: Sequence[tuple[str, ...]], deadline: float) -> 
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="appliance.engine.drypath")
+    parser = argparse.ArgumentParser(prog="appliance.engine.jack.drypath")
     parser.add_argument("--server")
     parser.add_argument("--pair", action="append", default=[], help="SOURCE=DESTINATION port names")
     options = parser.parse_args(args)

@@ -1,13 +1,13 @@
 """The JACK/jalv engine: each plugin a ``jalv`` process, wired in series by JACK.
 
 Debian's packages only: ``jackd2``, ``jalv`` and the LV2 plugins. Every plugin
-runs in its own process (:mod:`appliance.engine.jalvproc`), so a crashing
+runs in its own process (:mod:`appliance.engine.jalv.process`), so a crashing
 plugin takes nothing else down: the engine notices, routes the track around it
 (dry), respawns it with its last values as :mod:`appliance.engine.respawn`
 allows, and puts it back in the chain. Bypass is the plugin's own enable
 control where it has one (``set`` on its stdin: heard at its next cycle),
 else the chain routes around the plugin. Chains, wiring and the two speeds
-of change are :mod:`appliance.engine.jackengine`'s.
+of change are :mod:`appliance.engine.jalv.chains`'s.
 
 Loop thread only.
 """
@@ -19,16 +19,16 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 
-from ..errors import EngineError, PluginLoadFailed
-from ..logs import fields
-from . import NO_OWN_PLUGINS, EngineEvent, EventSink, OwnPlugins, TrackPorts
-from .jackengine import CLIENT_NAME_MAX, JackChainEngine, Slot, safe_name
-from .jackserver import DummySettings
-from .jalvproc import JalvProcess, jalv_argv
-from .respawn import DEFAULT_RESPAWN, RespawnPolicy, RespawnSettings
-from .wiring import JACK_CALL_TIMEOUT
+from ...core.errors import EngineError, PluginLoadFailed
+from ...system.logs import fields
+from .. import NO_OWN_PLUGINS, EngineEvent, EventSink, OwnPlugins, TrackPorts
+from ..jack.server import DummySettings
+from ..jack.wiring import JACK_CALL_TIMEOUT
+from ..respawn import DEFAULT_RESPAWN, RespawnPolicy, RespawnSettings
+from .chains import CLIENT_NAME_MAX, JackChainEngine, Slot, safe_name
+from .process import JalvProcess, jalv_argv
 
-log = logging.getLogger("appliance.engine.jalv")
+log = logging.getLogger("appliance.engine.jalv.engine")
 
 #: How long a dead plugin's JACK client may take to vanish before its respawn.
 CLIENT_GONE_TIMEOUT = 5.0

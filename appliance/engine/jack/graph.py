@@ -11,7 +11,7 @@ engine is everything between those clients and JACK::
                              play dry once the box has gone
 
 The engine says which connections it wants (``plan``: a
-:class:`~appliance.engine.wiring.WiringPlan`, computed on the loop); the
+:class:`~appliance.engine.jack.wiring.WiringPlan`, computed on the loop); the
 graph makes them, now (:meth:`JackGraph.rewire`, the engine's structural
 lock held) or soon (:meth:`JackGraph.request_rewire`: requests coalesce and
 failed connections are retried). Loop thread only.
@@ -23,10 +23,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
-from ..errors import EngineError
-from . import ENGINE_START_TIMEOUT, EngineEvent, EngineInfo, TrackPorts
+from ...core.errors import EngineError
+from .. import ENGINE_START_TIMEOUT, EngineEvent, EngineInfo, TrackPorts
 from .drypath import DryPathKeeper
-from .jackserver import DummySettings, JackServer, unique_server_name
+from .server import DummySettings, JackServer, unique_server_name
 from .wiring import JACK_CALL_TIMEOUT, JackWiring, WiringPlan
 
 log = logging.getLogger("appliance.engine")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 from systemd.daemon import notify as sd_notify
 
-log = logging.getLogger("appliance.watchdog")
+log = logging.getLogger("appliance.system.watchdog")
 
 #: The longest the STATUS line goes without a refresh, seconds.
 STATUS_EVERY = 5.0

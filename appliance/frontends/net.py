@@ -29,14 +29,14 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response
 from websockets.protocol import State
 
-from . import protocol
-from .config import RateLimit, ServerConfig
-from .control import Controller, Event
-from .errors import ApplianceError, EngineError, InvalidValue, RateLimited, Unauthorized
-from .logs import fields
+from ..config import RateLimit, ServerConfig
+from ..control.controller import Controller, Event
+from ..core import protocol
+from ..core.errors import ApplianceError, EngineError, InvalidValue, RateLimited, Unauthorized
+from ..system.logs import fields
 from .readings import METER_RATE
 
-log = logging.getLogger("appliance.net")
+log = logging.getLogger("appliance.frontends.net")
 
 STATIC_DIR = Path(__file__).parent / "ui" / "static"
 #: Close codes (docs/protocol.md "Close codes").

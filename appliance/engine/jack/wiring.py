@@ -36,11 +36,11 @@ from typing import Any, TypeVar
 
 import jack  # type: ignore[import-untyped]
 
-from ..errors import EngineError
-from . import TrackPorts
-from .chain import Stage, chain_connections, connection_changes
+from ...core.errors import EngineError
+from .. import TrackPorts
+from ..chain import Stage, chain_connections, connection_changes
 
-log = logging.getLogger("appliance.engine.wiring")
+log = logging.getLogger("appliance.engine.jack.wiring")
 
 T = TypeVar("T")
 

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import StoreError
+from ..core.errors import StoreError
 from .files import stale_temporaries, write_atomic
 
-log = logging.getLogger("appliance.store")
+log = logging.getLogger("appliance.store.boards")
 
 #: How long a save may take before shutdown gives up waiting for it.
 SAVE_TIMEOUT = 10.0

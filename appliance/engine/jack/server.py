@@ -32,10 +32,10 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EngineError
-from .processes import Child
+from ...core.errors import EngineError
+from ..processes import Child
 
-log = logging.getLogger("appliance.engine.jackserver")
+log = logging.getLogger("appliance.engine.jack.server")
 
 #: How long a fresh server may take to answer (it is ready in ~150 ms here).
 SERVER_START_TIMEOUT = 10.0

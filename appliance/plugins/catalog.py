@@ -2,7 +2,7 @@
 
 Built once at start from ``config/plugins.yaml`` (curated entries with
 friendly keys and the examples' parameter aliases) and the box's own scan of
-its system LV2 folders (:mod:`appliance.lilv`). Every control's range,
+its system LV2 folders (:mod:`appliance.plugins.lilv`). Every control's range,
 default, unit and kind come from the plugin's real LV2 data; the YAML only
 names things.
 
@@ -14,7 +14,7 @@ ever opened.
 
 A :class:`Catalog` is immutable once built: any thread may read it. It keeps
 the curated entries built, and every other installed plugin packed
-(:class:`appliance.lilv.InstalledPlugins`) until a lookup asks for it; the
+(:class:`appliance.plugins.lilv.InstalledPlugins`) until a lookup asks for it; the
 last :data:`RAW_TYPES_KEPT` of those stay built.
 :meth:`Catalog.load` blocks (file read, LV2 scan): run it in a worker.
 """
@@ -32,11 +32,11 @@ from typing import Any, Literal
 
 import yaml
 
+from ..core.controls import Alias, Control, FactoryPreset, PluginType
+from ..core.errors import ConfigError, InvalidMessage, PluginNotAllowed
 from . import lilv
-from .controls import Alias, Control, FactoryPreset, PluginType
-from .errors import ConfigError, InvalidMessage, PluginNotAllowed
 
-logger = logging.getLogger("appliance.catalog")
+logger = logging.getLogger("appliance.plugins.catalog")
 
 #: Catalog keys: lowercase, no dots (a path stem is matched against them).
 KEY_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,63}")
@@ -88,11 +88,11 @@ class Catalog:
             path: the catalog YAML (``config/plugins.yaml``).
             scan: every installed plugin, so that any of them can be added
                 by URI: from the cache, or scanned in a child process
-                (:func:`appliance.lilv.load_plugins`). False scans only the
+                (:func:`appliance.plugins.lilv.load_plugins`). False scans only the
                 catalog entries' plugins, in this process (fast; tests and
                 tools); then only those URIs resolve.
             cache: optional JSON file for the full scan
-                (:func:`appliance.lilv.load_plugins`).
+                (:func:`appliance.plugins.lilv.load_plugins`).
 
         Returns:
             The catalog. Entries whose plugin is not installed are logged and

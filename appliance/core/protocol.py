@@ -2,7 +2,7 @@
 
 Text in, :class:`Request` out; events in, text out. Field checks that do not
 need the board live here; rules that do (which tracks exist, ranges) live in
-:mod:`appliance.board`.
+:mod:`appliance.core.board`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""What both engines share: plugins that are JACK clients, chained by JACK connections.
+"""Chains of plugins that are JACK clients of their own, chained by JACK connections.
 
-Each plugin is a :class:`Slot`: hosted by a ``jalv`` process
-(:mod:`appliance.engine.jalv`) or by the Carla host process
-(:mod:`appliance.engine.carla`), with JACK ports of its own. A track's chain is
-a list of slots; :class:`JackChainEngine` keeps the chains, turns them into
-connections (:mod:`appliance.engine.wiring`) and leaves hosting to its
+Each plugin is a :class:`Slot`: a process with JACK ports of its own (a
+``jalv``, :mod:`appliance.engine.jalv.engine`). A track's chain is a list of
+slots between the box's own faders, meters beside them; :class:`JackChainEngine`
+keeps the chains, turns them into connections (:mod:`appliance.engine.jack.wiring`,
+on the graph of :mod:`appliance.engine.jack.graph`) and leaves hosting to its
 subclass through four hooks: :meth:`~JackChainEngine._instantiate`,
 :meth:`~JackChainEngine._release`, :meth:`~JackChainEngine._deliver_values` and
 :meth:`~JackChainEngine._send_bypass`.
@@ -42,9 +42,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..controls import PluginType
-from ..errors import ApplianceError, EngineError, HardwareError, PluginLoadFailed
-from . import (
+from ...core.controls import PluginType
+from ...core.errors import ApplianceError, EngineError, HardwareError, PluginLoadFailed
+from .. import (
     NO_OWN_PLUGINS,
     PLUGIN_START_TIMEOUT,
     Engine,
@@ -57,12 +57,12 @@ from . import (
     find_chain,
     find_plugin,
 )
-from .chain import Stage
-from .faders import FADE_STEPS, FADE_TIME, FADER_CONTROL, fader_type, fader_values, ramp
-from .graph import JackGraph
-from .jackserver import DummySettings
-from .meters import listened, meter_level, tuner_reading
-from .wiring import JACK_CALL_TIMEOUT, Tap, WiringPlan, plan_wiring
+from ..chain import Stage
+from ..faders import FADE_STEPS, FADE_TIME, FADER_CONTROL, fader_type, fader_values, ramp
+from ..jack.graph import JackGraph
+from ..jack.server import DummySettings
+from ..jack.wiring import JACK_CALL_TIMEOUT, Tap, WiringPlan, plan_wiring
+from ..meters import listened, meter_level, tuner_reading
 
 log = logging.getLogger("appliance.engine")
 

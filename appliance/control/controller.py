@@ -26,15 +26,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .board import Board, ParameterPlan, PluginInstance, conform_values
-from .controls import PluginType
-from .engine import Engine, EngineEvent, SavedPlugin
-from .errors import EngineError, InvalidMessage, PluginLoadFailed, UnknownPlugin
-from .logs import fields
-from .pedalboards import Recall
-from .protocol import Request, batch_values
+from ..core.board import Board, ParameterPlan, PluginInstance, conform_values
+from ..core.controls import PluginType
+from ..core.errors import EngineError, InvalidMessage, PluginLoadFailed, UnknownPlugin
+from ..core.pedalboards import Recall
+from ..core.protocol import Request, batch_values
+from ..engine import Engine, EngineEvent, SavedPlugin
+from ..system.logs import fields
 
-log = logging.getLogger("appliance.control")
+log = logging.getLogger("appliance.control.controller")
 
 Event = tuple[str, dict[str, Any]]
 
@@ -123,7 +123,7 @@ class Controller:
         }
 
     def register(self, kind: str, handler: Handler, structural: bool = False) -> None:
-        """Handle another request type (pedalboards, setlists: :mod:`appliance.library`).
+        """Handle another request type (pedalboards, setlists: :mod:`appliance.control.library`).
 
         ``structural`` requests may take long (a board switch): the server runs
         them beside the client's other messages.

@@ -21,11 +21,11 @@ import re
 import signal
 from collections.abc import Callable, Iterable, Mapping
 
-from ..errors import PluginLoadFailed
-from .jackserver import jack_environment
-from .processes import Child
+from ...core.errors import PluginLoadFailed
+from ..jack.server import jack_environment
+from ..processes import Child
 
-log = logging.getLogger("appliance.engine.jalv")
+log = logging.getLogger("appliance.engine.jalv.engine")
 
 #: How long a jalv may take to exit after EOF, and again after SIGTERM.
 PLUGIN_STOP_TIMEOUT = 2.0

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from .board import Board
-from .errors import ApplianceError, ConfigError
+from ..core.board import Board
+from ..core.errors import ApplianceError, ConfigError
 
 #: BCM numbers of the GPIO pins on the Raspberry Pi's 40-pin header.
 PINS = range(2, 28)

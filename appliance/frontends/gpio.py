@@ -32,13 +32,13 @@ from typing import Any
 
 from gpiozero import Button, Device, RotaryEncoder
 
-from .control import Controller
-from .controls import Parameter
-from .errors import ApplianceError
+from ..control.controller import Controller
+from ..core.controls import Parameter
+from ..core.errors import ApplianceError
+from ..core.protocol import Request
 from .gpiomap import Action, Encoder, EncoderControl, Footswitch, GpioMap
-from .protocol import Request
 
-log = logging.getLogger("appliance.gpio")
+log = logging.getLogger("appliance.frontends.gpio")
 
 #: Detents closer together than this accelerate (Zynthian's figure).
 ACCEL_WINDOW = 0.040

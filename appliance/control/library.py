@@ -21,14 +21,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .board import Board
-from .control import Controller, Event, Outcome
-from .engine import SavedPlugin
-from .errors import ApplianceError, InvalidValue, NameTaken, UnknownPedalboard
-from .pedalboards import (
+from ..core.board import Board
+from ..core.errors import ApplianceError, InvalidValue, NameTaken, UnknownPedalboard
+from ..core.pedalboards import (
     MAX_SNAPSHOTS,
     Pedalboard,
-    PedalboardStore,
     Setlist,
     Snapshot,
     check_name,
@@ -36,9 +33,12 @@ from .pedalboards import (
     plan_recall,
     take_snapshot,
 )
-from .protocol import Request
+from ..core.protocol import Request
+from ..engine import SavedPlugin
+from ..store.pedalboards import PedalboardStore
+from .controller import Controller, Event, Outcome
 
-log = logging.getLogger("appliance.library")
+log = logging.getLogger("appliance.control.library")
 
 #: Requests that may load a pedalboard: they run beside the client's other messages.
 SWITCHING = ("PEDALBOARD_LOAD", "SETLIST_NEXT", "SETLIST_PREVIOUS", "SETLIST_GO")

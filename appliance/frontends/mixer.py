@@ -22,12 +22,12 @@ from typing import Any
 
 import alsaaudio
 
-from .config import MixerConfig
-from .control import Controller, Outcome
-from .errors import ConfigError, HardwareError, InvalidValue, UnknownParameter
-from .protocol import Request
+from ..config import MixerConfig
+from ..control.controller import Controller, Outcome
+from ..core.errors import ConfigError, HardwareError, InvalidValue, UnknownParameter
+from ..core.protocol import Request
 
-log = logging.getLogger("appliance.mixer")
+log = logging.getLogger("appliance.frontends.mixer")
 
 
 @dataclass(frozen=True)

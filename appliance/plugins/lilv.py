@@ -12,7 +12,7 @@ but nothing here is shared between calls).
 A full scan of ~500 plugins takes a few seconds and leaves liblilv and the
 whole LV2 world (~80 MB that the allocator keeps) in the process that made
 it. So the full scan never runs in the box's process: :func:`load_plugins`
-runs it in a short-lived child (``python -m appliance.lilv``, which also
+runs it in a short-lived child (``python -m appliance.plugins.lilv``, which also
 keeps a bundle that crashes lilv from taking the box down), keeps the result
 in a JSON cache file, invalidated when the modification times of the LV2
 folders, their bundles or the bundles' Turtle files change, and hands back
@@ -52,9 +52,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from .files import write_atomic
+from ..store.files import write_atomic
 
-logger = logging.getLogger("appliance.lilv")
+logger = logging.getLogger("appliance.plugins.lilv")
 
 Kind = Literal["float", "integer", "toggle", "enum"]
 
@@ -832,7 +832,7 @@ def load_plugins(cache: Path | None = None, lv2_path: Sequence[str] | None = Non
 
 
 def scan_in_child(folders: Sequence[str], stamp: str, timeout: float = SCAN_TIMEOUT) -> str:
-    """Scan ``folders`` in a child process (``python -m appliance.lilv``); the cache file's text.
+    """Scan ``folders`` in a child process (``python -m appliance.plugins.lilv``); the cache file's text.
 
     What the child says on stderr (lilv's complaints about a broken bundle,
     a plugin skipped) goes to this process's log. Blocking: call from a worker.
@@ -841,10 +841,10 @@ def scan_in_child(folders: Sequence[str], stamp: str, timeout: float = SCAN_TIME
         LilvUnavailable: the child could not load liblilv-0.
         ScanError: the child crashed, failed or took longer than ``timeout``.
     """
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds the appliance package
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    argv = [sys.executable, "-m", "appliance.lilv", stamp, *folders]
+    argv = [sys.executable, "-m", "appliance.plugins.lilv", stamp, *folders]
     try:
         done = subprocess.run(argv, capture_output=True, env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -871,7 +871,7 @@ def _how_it_ended(returncode: int) -> str:
 
 
 def _main(argv: Sequence[str]) -> int:
-    """The scan's child: ``python -m appliance.lilv STAMP FOLDER...`` prints the cache file's text."""
+    """The scan's child: ``python -m appliance.plugins.lilv STAMP FOLDER...`` prints the cache file's text."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     stamp, folders = argv[0], list(argv[1:])
     try:

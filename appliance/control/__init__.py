@@ -1,0 +1,3 @@
+"""The box's one control interface (the controller) and the services on it:
+pedalboards, snapshots and the setlist.
+"""

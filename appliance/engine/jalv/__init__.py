@@ -1,0 +1,1 @@
+"""The jalv engine: each plugin a jalv process, chained by JACK connections."""

@@ -1,0 +1,1 @@
+"""The box's side of the system: logging, systemd's watchdog."""
