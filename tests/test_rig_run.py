@@ -137,8 +137,13 @@ def _assert_box_figures(data: dict[str, Any], settings: RunSettings, interface: 
         assert entry["ms"]["min"] >= 0 and entry["ms"]["max"] > 0, entry
         assert entry["ms"]["p50"] is not None and entry["ms"]["p99"] >= entry["ms"]["p50"], entry
     switching = {s["name"]: s for s in data["switching"]}
-    assert switching.keys() == {"snapshot recall", "pedalboard switch", "pedalboard switch, tail"}
-    for name in ("snapshot recall", "pedalboard switch"):
+    assert switching.keys() == {
+        "snapshot recall",
+        "pedalboard switch",
+        "setlist step (warm standby)",
+        "pedalboard switch, tail",
+    }
+    for name in ("snapshot recall", "pedalboard switch", "setlist step (warm standby)"):
         switch = switching[name]
         assert switch["count"] == settings.switches, switch
         assert switch["to_new_sound_ms"]["count"] == settings.switches, switch  # every switch heard

@@ -106,6 +106,8 @@ RIG_PEDALBOARDS = ("rig a", "rig b", "rig tail")
 TAIL_DELAY = {"time": 120.0, "feedback": 0.5, "wet_dry": 0.5}
 #: After loading the board with the delay: its plugins started and the last board's tail gone.
 SETTLE_BEFORE_TAIL = 1.0
+#: Before a setlist step: the next board loaded in warm standby (where the engine has one).
+WARM_SETTLE = 2.0
 #: Below this level a recording holds nothing that came back, dBFS.
 SILENT_DB = -90.0
 #: Why power cuts are not measured.
@@ -539,6 +541,7 @@ async def measure_switches(
     targets: list[tuple[dict[str, Any], float | None]],
     seconds: float,
     before: dict[str, Any] | None = None,
+    settle: float = 0.0,
 ) -> SwitchResult:
     """``settings.switches`` switches with ``kind`` requests, cycling through ``targets``.
 
@@ -547,6 +550,7 @@ async def measure_switches(
     ``seconds``. With a level of None the tone stops as the switch is asked
     for: what follows is the old board's tail, if it rings on (spillover).
     ``before``: a ``PEDALBOARD_LOAD`` sent before each take, not measured.
+    ``settle``: seconds to wait before each take (a warm standby loading).
     """
     rate = s.settings.rate
     analyses = []
@@ -558,6 +562,8 @@ async def measure_switches(
         if before is not None:
             await s.request("PEDALBOARD_LOAD", **before)
             await asyncio.sleep(SETTLE_BEFORE_TAIL)
+        if settle:
+            await asyncio.sleep(settle)
         signal = s.tone(seconds)
         if level is None:
             signal[rate // 5 :] = 0.0
@@ -614,7 +620,33 @@ async def measure_switching(s: Session) -> list[SwitchResult]:
         ],
         2.0,
     )
-    return [snapshots, boards, await measure_spillover(s)]
+    return [snapshots, boards, await measure_setlist_steps(s), await measure_spillover(s)]
+
+
+async def measure_setlist_steps(s: Session) -> SwitchResult:
+    """The same two pedalboards as setlist entries, stepped through with NEXT and PREVIOUS:
+    where the engine keeps the setlist's neighbours loaded (warm standby, Carla), a step
+    wakes one instead of loading it. The player's setlist is put back afterwards."""
+    saved = (await s.request("SETLIST_GET"))["data"]["setlist"]
+    entries = [
+        {"pedalboard": RIG_PEDALBOARDS[0], "snapshot": "loud"},
+        {"pedalboard": RIG_PEDALBOARDS[1], "snapshot": "quiet"},
+    ]
+    await s.request("PEDALBOARD_LOAD", name=RIG_PEDALBOARDS[0], snapshot="loud")
+    await s.request("SETLIST_SET", entries=entries, position=0)
+    try:
+        return await measure_switches(
+            s,
+            "setlist step (warm standby)",
+            "SETLIST_NEXT",
+            [({}, STEP_DB)],
+            2.0,
+            before={"name": RIG_PEDALBOARDS[0], "snapshot": "loud"},
+            settle=WARM_SETTLE,
+        )
+    finally:
+        with contextlib.suppress(ProbeError, TimeoutError):
+            await s.request("SETLIST_SET", entries=saved["entries"], position=saved["position"])
 
 
 async def measure_spillover(s: Session) -> SwitchResult:
