@@ -64,6 +64,9 @@ def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS)
 
             why = "configured" if kind == "carla" else "found by auto"
             log.info("engine: Carla (%s)", why, extra=fields(engine="carla"))
+            if jack.dummy is not None:  # the rack's own period on the virtual box
+                rack = dataclasses.replace(jack.dummy, period=jack.dummy.period_for("carla"))
+                jack = dataclasses.replace(jack, dummy=rack)
             return CarlaEngine(tracks, config.engine.carla, jack, on_event=on_event, own=own)
         if kind == "carla":
             raise EngineError(f"engine.kind is carla but Carla cannot be used: {reason}")
@@ -74,7 +77,7 @@ def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS)
     from .engine.jalv.engine import JalvEngine
 
     dummy = jack.dummy
-    settings = DummySettings(dummy.rate, dummy.period, dummy.realtime) if dummy else None
+    settings = DummySettings(dummy.rate, dummy.period_for("jalv"), dummy.realtime) if dummy else None
     return JalvEngine(tracks, jack.server, on_event=on_event, dummy_server=settings, own=own)
 
 

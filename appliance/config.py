@@ -44,11 +44,21 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class DummyServer:
-    """A JACK server the box starts itself on the dummy backend (the virtual box)."""
+    """A JACK server the box starts itself on the dummy backend (the virtual box).
+
+    ``period`` is one number for every engine, or ``periods`` says it per
+    engine (``{carla: 128, jalv: 256}``): a chain of one JACK client per
+    plugin needs a longer period than a Carla rack to run without dropouts.
+    """
 
     rate: int = 48000
     period: int = 128
     realtime: bool = False
+    periods: tuple[tuple[str, int], ...] = ()
+
+    def period_for(self, engine: str) -> int:
+        """The period the engine ``engine`` (``carla``, ``jalv``) runs at."""
+        return dict(self.periods).get(engine, self.period)
 
 
 @dataclass(frozen=True)
@@ -225,9 +235,16 @@ def parse(data: object, path: Path) -> Config:
     dummy = None
     if j.data.get("dummy") is not None:
         d = j.child("dummy")
-        dummy = DummyServer(
-            _positive(d, "rate", int, 48000), _positive(d, "period", int, 128), d.get("realtime", bool, False)
-        )
+        rate = _positive(d, "rate", int, 48000)
+        realtime = d.get("realtime", bool, False)
+        if isinstance(d.data.get("period"), dict):
+            p = d.child("period")
+            named = [name for name in ("carla", "jalv") if name in p.data]
+            periods = tuple((name, _positive(p, name, int, 128)) for name in named)
+            p.done()
+            dummy = DummyServer(rate, 128, realtime, periods)
+        else:
+            dummy = DummyServer(rate, _positive(d, "period", int, 128), realtime)
         d.done()
     else:
         j.seen.add("dummy")

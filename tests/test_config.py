@@ -21,6 +21,18 @@ def test_shipped_configs_load(name: str) -> None:
     assert loaded.catalog == ROOT / "config" / "plugins.yaml"
 
 
+def test_the_virtual_box_has_a_period_per_engine() -> None:
+    """``period`` may name a period per engine: a Carla rack keeps the short one, a chain of jalv
+    processes gets the longer one it needs to run without dropouts; a plain number serves both."""
+    data = {"tracks": [{"id": "t", "inputs": ["a:in"], "outputs": ["a:out"]}]}
+    data["engine"] = {"jack": {"dummy": {"period": {"carla": 128, "jalv": 512}}}}
+    dummy = config.parse(data, ROOT / "config" / "x.yaml").engine.jack.dummy
+    assert dummy is not None and (dummy.period_for("carla"), dummy.period_for("jalv")) == (128, 512)
+    data["engine"] = {"jack": {"dummy": {"period": 256}}}
+    dummy = config.parse(data, ROOT / "config" / "x.yaml").engine.jack.dummy
+    assert dummy is not None and (dummy.period_for("carla"), dummy.period_for("jalv")) == (256, 256)
+
+
 def test_virtual_config_has_plain_overridable_keys() -> None:
     """The virtual box names its JACK server and track ports as plain keys."""
     data = yaml.safe_load((ROOT / "config" / "virtual.yaml").read_text())
@@ -43,6 +55,8 @@ def test_virtual_config_has_plain_overridable_keys() -> None:
         ({"server": {"rate_limit": {"rate": -1}}}, "server.rate_limit.rate"),
         ({"engine": {"kind": "pd"}}, "engine.kind"),
         ({"engine": {"jack": {"dummy": {"rate": 0}}}}, "engine.jack.dummy.rate"),
+        ({"engine": {"jack": {"dummy": {"period": {"jalv": 0}}}}}, "engine.jack.dummy.period.jalv"),
+        ({"engine": {"jack": {"dummy": {"period": {"pd": 256}}}}}, "engine.jack.dummy.period.pd"),
         ({"tracks": []}, "tracks"),
         ({"tracks": [{"id": "t", "inputs": ["nocolon"], "outputs": ["a:b"]}]}, "tracks[0].inputs"),
         ({"tracks": [{"id": "t", "inputs": ["a:b"]}]}, "tracks[0].outputs"),
@@ -82,3 +96,15 @@ def test_cli_names_missing_file(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "cannot read" in result.stderr
+
+
+def test_each_engine_starts_its_server_at_its_own_period() -> None:
+    """The virtual box starts its JACK server at the period named for the engine it runs."""
+    from appliance.app import make_engine
+    from appliance.engine.jack.server import DummySettings
+
+    data = {"tracks": [{"id": "t", "inputs": ["a:in"], "outputs": ["a:out"]}], "data_dir": "/tmp/x"}
+    data["engine"] = {"kind": "jalv", "jack": {"dummy": {"period": {"carla": 128, "jalv": 512}}}}
+    engine = make_engine(config.parse(data, ROOT / "config" / "x.yaml"), lambda event: None)
+    settings = engine._graph._dummy  # type: ignore[attr-defined]
+    assert isinstance(settings, DummySettings) and settings.period == 512

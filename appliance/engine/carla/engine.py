@@ -729,6 +729,7 @@ class CarlaEngine(Engine):
             for track_id, board in by_track.items():
                 rack = self._take_warm(track_id, board)
                 if rack is not None:
+                    new[track_id] = rack  # closed again if the switch fails
                     await self._wake(rack, board)
                     self._woken += 1
                 else:
@@ -1219,6 +1220,8 @@ class CarlaEngine(Engine):
             self._ringing.remove(rack)
             self._graph.request_rewire()
             return
+        if self._live.get(rack.track_id) is not rack:
+            return  # a new board's rack, not playing yet: its switch fails and says why
         self._down_since.setdefault(rack.track_id, asyncio.get_running_loop().time())
         self._emit(EngineEvent("engine-died", None, why))
         self._graph.request_rewire()  # the track plays dry meanwhile
