@@ -186,7 +186,8 @@ async def test_virtual_run_reports_every_section(engine_kind: str, tmp_path: Pat
     titles = " ".join(plot["title"] for plot in data["plots"])
     for plot in ("Impulse response", "Latency per take", "Knob-to-sound", "Frequency response"):
         assert plot in titles, titles
-    assert sum(plot["section"] == "switching" for plot in data["plots"]) == 3 * settings.switches  # recall, switch, tail
+    # one excerpt per switch of each kind: recall, switch, setlist step, tail
+    assert sum(plot["section"] == "switching" for plot in data["plots"]) == 4 * settings.switches
 
 
 # -- the real-box path, without hardware ---------------------------------------------

@@ -74,6 +74,23 @@ SWITCH_INTERVAL = 0.0005
 EXIT_SHUTDOWN = 3
 
 _WRAP = 1 << 32
+#: mlockall(2)'s flags: what is mapped now, and whatever is mapped later (populated at once).
+_MCL_CURRENT, _MCL_FUTURE = 1, 2
+
+
+def lock_memory() -> str | None:
+    """Lock this process's memory, present and future, so that JACK's audio threads here never
+    wait for a page: one paged out, or one first touched (a fault takes the process's memory
+    lock, which the main thread may hold while it maps a take's buffers, and a busy machine may
+    not run it again for longer than a period). Returns why not, where locking is not allowed.
+    """
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.mlockall(_MCL_CURRENT | _MCL_FUTURE) == 0:
+        return None
+    return os.strerror(ctypes.get_errno())
 
 
 def frames_since(now: int, start: int) -> int:
@@ -265,8 +282,10 @@ class RigClients(Clients):
             id=take_id,
             start=start,
             signal=data,
-            reference=np.zeros(length, dtype=np.float32),
-            recorded=np.zeros((length, self.channels), dtype=np.float32),
+            # written here, not first in the audio thread: a first touch page-faults, and a
+            # fault can wait for this process's memory lock while the main thread holds it
+            reference=np.full(length, 0.0, dtype=np.float32),
+            recorded=np.full((length, self.channels), 0.0, dtype=np.float32),
         )
         self.conn.send(("started", take_id, start))
 
@@ -452,6 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _ended)
     sys.setswitchinterval(SWITCH_INTERVAL)
+    refused = lock_memory()
+    if refused:
+        print(f"rig clients: memory not locked ({refused}); a page fault may cost a cycle", file=sys.stderr)
     os.environ.setdefault("JACK_NO_AUDIO_RESERVATION", "1")
     clock = SharedClock(mmap.mmap(args.clock, SharedClock.SIZE))
     with Connection(args.fd) as conn:
