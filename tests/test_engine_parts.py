@@ -292,6 +292,20 @@ async def test_a_server_that_will_not_stop_is_killed_and_gives_back_its_slot() -
     assert not _registered(server.name), "the killed server's slot is still taken"
 
 
+async def test_a_server_killed_from_outside_gives_back_its_slot_when_stopped() -> None:
+    """A jackd that some other hand killed outright (kill -9, the OOM killer, a crash) leaves its
+    slot taken: stopping it afterwards gives the slot back. Left taken, each such server costs
+    one of JACK's eight slots on the machine until it is rebooted (three suite runs in a row on
+    one machine once ended with no JACK server able to start)."""
+    server = JackServer(unique_server_name("killed"), DummySettings())
+    await server.start()
+    assert server.pid is not None and _registered(server.name)
+    os.kill(server.pid, signal.SIGKILL)
+    await server.stop()
+    assert not server.is_running
+    assert not _registered(server.name), "the killed server's slot is still taken"
+
+
 async def test_a_plugin_process_is_deaf_to_sigterm_and_ends_when_its_stdin_closes() -> None:
     """A plugin process (jalv) takes no SIGTERM, which could land on its JACK audio thread and
     hold JACK's whole graph while it closes (the dry path came 3.8 s after a crash so): the box's

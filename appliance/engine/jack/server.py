@@ -306,11 +306,15 @@ class JackServer:
         self._last_words = list(child.output)
         if killed:
             log.warning("jack server %s ignored SIGTERM and was killed", self.name)
-            if reclaim:
-                await self._reclaim_slot()
+        elif (child.returncode or 0) < 0:  # a signal it cannot catch (SIGKILL, a crash)
+            log.warning("jack server %s had ended by %s", self.name, child.exit_reason())
+        else:
+            return
+        if reclaim:
+            await self._reclaim_slot()
 
     async def _reclaim_slot(self) -> None:
-        """Give back the slot of a server just killed outright (JACK keeps it until a server
+        """Give back the slot of a server that ended by a signal it cannot catch (JACK keeps it until a server
         of the same name starts again): start one, and stop it cleanly. Its last words stay
         in :meth:`output_tail`."""
         last_words = self._last_words
