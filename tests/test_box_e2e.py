@@ -39,8 +39,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from appliance.engine.carla import HIDE_CARLA_ENV
+from appliance.engine.faders import fade_time
 from appliance.engine.jack.server import JackServer
-from tests.boxproc import BoxProcess, virtual_config
+from tests.boxproc import SERVER_PERIOD, BoxProcess, virtual_config
 from tests.notify import received
 from tests.rig import Rig, gain_db, gaps, latency_frames, longest_gap, noise, rms_db, sine, window_gains
 
@@ -427,7 +428,7 @@ def _get_json(url: str) -> dict[str, Any]:
 
 
 #: 8 s of 1 kHz at −12 dBFS: long enough to step through a whole setlist while recording.
-SONG = sine(1000.0, 8 * 48000, 48000, -12.0)
+SONG = sine(1000.0, 10 * 48000, 48000, -12.0)
 
 
 async def _save_three_pedalboards(phone: Phone) -> None:
@@ -475,7 +476,7 @@ async def test_a_setlist_of_three_pedalboards_plays_through_without_a_gap(
                 state = await phone.ask("SETLIST_NEXT")
                 marks.append((start, rig.position()))
                 assert state["data"]["modified"] is False
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.45)
 
         reference, recorded, outcome = await rig.record_during(SONG, step_through, lead_frames=24000)
         rig.require_clean("the setlist's recording")
@@ -484,8 +485,9 @@ async def test_a_setlist_of_three_pedalboards_plays_through_without_a_gap(
     silent = gaps(out[480:-480], offset=480)
     assert not silent, f"gaps (start, samples) {silent} (steps at {marks})"
     ends = [start for start, _done in marks[1:]] + [len(out) - 4800]
+    settled = round(fade_time(48000, SERVER_PERIOD) * 48000) + 2 * SERVER_PERIOD + 960
     for (board, snapshot, db), (_start, done), end in zip(steps, marks, ends, strict=True):
-        window = slice(done + 4800, end)  # 0.1 s after the step was answered, to the next step
+        window = slice(done + settled, end)  # once the step's fade is heard through, to the next step
         level = gain_db(out[window], reference[window])
         assert level == pytest.approx(db, abs=0.2), f"{board}/{snapshot} read {level:.2f} dB, saved {db}"
 

@@ -25,7 +25,7 @@ import pytest_asyncio
 from appliance.core.controls import PluginType
 from appliance.core.errors import PluginLoadFailed
 from appliance.engine import Engine, EngineEvent, OwnPlugins, SavedPlugin, TrackPorts
-from appliance.engine.faders import FADE_STEPS, FADE_TIME
+from appliance.engine.faders import FADE_STEPS, fade_time
 from appliance.engine.jack.server import JackServer
 from appliance.plugins.catalog import Catalog
 from tests.conftest import RIG_PERIOD
@@ -50,7 +50,7 @@ SWITCH_TONE = sine(1000.0, 4 * RATE, RATE, -12.0)
 #: The windows :func:`window_gains` reads levels in, frames (10 ms).
 WINDOW = 480
 #: After ``switch_board`` returns, its last fade step is heard within this many frames.
-SETTLED = round(FADE_TIME * RATE) + 2 * PERIOD
+SETTLED = round(fade_time(RATE, PERIOD) * RATE) + 2 * PERIOD
 #: Tone bursts (30 ms every 400 ms): the gaps between them hear only a delay's repeats.
 BURST_EVERY = RATE * 4 // 10
 BURST = RATE * 3 // 100
@@ -202,7 +202,7 @@ async def _switch_during_bursts(
     echo = int(DELAY_MS * RATE / 1000)
     before = [rms_db(out[i * BURST_EVERY + echo : i * BURST_EVERY + echo + BURST]) for i in (1, 2)]
     assert min(before) > -40.0, f"the delay board did not repeat before the switch: {before}"
-    done = switched[0] + RATE // 20  # the fade is over 50 ms after the commit
+    done = switched[0] + SETTLED + RATE // 50  # the fade is over (its last step heard), 20 ms after
     after = [i for i in range(len(signal) // BURST_EVERY) if i * BURST_EVERY >= done]
     assert len(after) >= 2, f"the switch took too long for the test (done at frame {done})"
     echoes = [rms_db(out[i * BURST_EVERY + echo : i * BURST_EVERY + echo + BURST]) for i in after]
@@ -217,6 +217,8 @@ async def test_a_switch_that_cannot_be_built_leaves_the_old_board_playing(
     """A missing plugin on the new board: an error naming it, the old sound unchanged
     throughout, and the old board still answers: a knob on it is heard."""
     await engine.load_board([amp(plugin_type, "a1", -3.0)])
+    # the old board as the player hears it (under Carla a loaded plugin fades in after load_board)
+    assert await rig.gain_until(lambda g: abs(g + 3.0) <= 0.1, TONE[: RATE // 10]) == pytest.approx(-3.0, abs=0.1)
     broken = plugin_type(AMP).__class__(
         key="nothing", uri=BAD, name="Nothing", controls=(), audio_inputs=("in",), audio_outputs=("out",)
     )

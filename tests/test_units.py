@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.engine.faders import FADE_STEPS, FADE_TIME, fade_step, fade_time
+
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
 
@@ -75,3 +77,14 @@ def test_the_box_waits_for_jack() -> None:
     unit = (ROOT / "systemd" / "appliance.service").read_text()
     assert re.search(r"^After=.*appliance-jack\.service", unit, re.M)
     assert re.search(r"^Wants=.*appliance-jack\.service", unit, re.M)
+
+
+def test_a_fade_never_steps_faster_than_the_period() -> None:
+    """A plugin reads its controls once a period: at 1,024 frames (21 ms) a fade of 8 steps in
+    20 ms landed in one period and was heard as a click (test_switching, jalv). The steps are
+    a period apart at least; at 128 frames the fade keeps about its 20 ms."""
+    assert fade_step(48000, 1024) == pytest.approx(1024 / 48000)
+    assert fade_time(48000, 1024) == pytest.approx(8 * 1024 / 48000)
+    assert fade_step(48000, 128) == pytest.approx(128 / 48000)
+    assert fade_step(48000, 64) == pytest.approx(FADE_TIME / FADE_STEPS)
+    assert fade_step(0, 0) == pytest.approx(FADE_TIME / FADE_STEPS)  # before JACK has said

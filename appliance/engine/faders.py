@@ -16,7 +16,10 @@ tail (no spillover: the old sound fades out in :data:`FADE_TIME`).
 The fader is x42's stereo cross-fader (``x42-plugins``) with only its A
 inputs wired: its gain moves over 64 samples whenever the control changes,
 and the box moves the control in :data:`FADE_STEPS` steps, so a fade is a
-ramp, not a step. Pure: no JACK, no asyncio.
+ramp, not a step. A plugin reads a control once a period, so the steps are
+at least a period apart (:func:`fade_step`): at a period as long as the
+whole fade (1,024 frames is 21 ms) they would otherwise all land in one
+period and the fade would be a 64-sample step. Pure: no JACK, no asyncio.
 """
 
 from __future__ import annotations
@@ -43,6 +46,18 @@ def fader_type(xfade: PluginType) -> PluginType:
 def fader_values(opened: bool) -> dict[str, float]:
     """Every control of a fader, open or closed (linear shape, cross-fade mode)."""
     return {FADER_CONTROL: OPEN if opened else CLOSED, "shape": 0.0, "mode": 0.0}
+
+
+def fade_step(sample_rate: int, buffer_size: int) -> float:
+    """Seconds between two steps of a fade: :data:`FADE_TIME` over :data:`FADE_STEPS`, and no
+    less than one period (where the period is known), so that every step is heard."""
+    period = buffer_size / sample_rate if sample_rate > 0 and buffer_size > 0 else 0.0
+    return max(FADE_TIME / FADE_STEPS, period)
+
+
+def fade_time(sample_rate: int, buffer_size: int) -> float:
+    """How long a whole fade takes, seconds: :data:`FADE_STEPS` steps of :func:`fade_step`."""
+    return FADE_STEPS * fade_step(sample_rate, buffer_size)
 
 
 def ramp(opening: bool, steps: int = FADE_STEPS) -> list[float]:

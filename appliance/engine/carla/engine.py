@@ -62,7 +62,7 @@ from .. import (
     find_plugin,
 )
 from ..chain import Stage
-from ..faders import FADE_STEPS, FADE_TIME, FADER_CONTROL, fader_type, fader_values, ramp
+from ..faders import FADER_CONTROL, fader_type, fader_values, ramp
 from ..jack.graph import JackGraph
 from ..jack.server import DummySettings
 from ..jack.wiring import JACK_CALL_TIMEOUT, WiringPlan, plan_wiring
@@ -952,7 +952,7 @@ class CarlaEngine(Engine):
             if host is None:
                 return
             host.send("drywet", plugin=member.hosted, value=(1.0 - value) / 2.0)
-            await asyncio.sleep(FADE_TIME / FADE_STEPS)
+            await asyncio.sleep(self._graph.fade_step())
         if rack.host is not None:
             rack.host.send("bypass", plugin=member.hosted, bypass=bypass)
 
@@ -1042,14 +1042,14 @@ class CarlaEngine(Engine):
     async def _fade(
         self, opening: Iterable[tuple[Rack, Member]], closing: Iterable[tuple[Rack, Member]]
     ) -> None:
-        """Open some faders while closing others, in :data:`FADE_STEPS` steps over :data:`FADE_TIME`."""
+        """Open some faders while closing others, step by step (:meth:`JackGraph.fade_step` apart)."""
         opening, closing = list(opening), list(closing)
         for up, down in zip(ramp(True), ramp(False), strict=True):
             for (rack, member), value in [*((o, up) for o in opening), *((c, down) for c in closing)]:
                 member.values[FADER_CONTROL] = value
                 if member.up and rack.host is not None:
                     rack.host.send("set", plugin=member.hosted, values={FADER_CONTROL: value})
-            await asyncio.sleep(FADE_TIME / FADE_STEPS)
+            await asyncio.sleep(self._graph.fade_step())
 
     # -- the engine port: reads ------------------------------------------------------
 

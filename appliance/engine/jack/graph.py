@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 
 from ...core.errors import EngineError
 from .. import ENGINE_START_TIMEOUT, EngineEvent, EngineInfo, TrackPorts
+from ..faders import fade_step
 from .drypath import DryPathKeeper
 from .server import DummySettings, JackServer, unique_server_name
 from .wiring import JACK_CALL_TIMEOUT, JackWiring, WiringPlan
@@ -234,6 +235,11 @@ class JackGraph:
             xruns=wiring.xruns,
             details=details,
         )
+
+    def fade_step(self) -> float:
+        """Seconds between two steps of a fade on this server (:func:`~appliance.engine.faders.fade_step`)."""
+        wiring = self._wiring.info() if self._wiring is not None else None
+        return fade_step(wiring.sample_rate, wiring.buffer_size) if wiring is not None else fade_step(0, 0)
 
     def _port_changed(self, name: str, register: bool) -> None:
         if not register:

@@ -58,7 +58,7 @@ from .. import (
     find_plugin,
 )
 from ..chain import Stage
-from ..faders import FADE_STEPS, FADE_TIME, FADER_CONTROL, fader_type, fader_values, ramp
+from ..faders import FADER_CONTROL, fader_type, fader_values, ramp
 from ..jack.graph import JackGraph
 from ..jack.server import DummySettings
 from ..jack.wiring import JACK_CALL_TIMEOUT, Tap, WiringPlan, plan_wiring
@@ -757,14 +757,14 @@ class JackChainEngine(Engine):
         return [*fader_slots(self._faders), *(listener.slot for listener in self._listeners.values())]
 
     async def _fade(self, opening: Iterable[Slot], closing: Iterable[Slot]) -> None:
-        """Open some faders while closing others, in :data:`FADE_STEPS` steps over :data:`FADE_TIME`."""
+        """Open some faders while closing others, step by step (:meth:`JackGraph.fade_step` apart)."""
         opening, closing = list(opening), list(closing)
         for up, down in zip(ramp(True), ramp(False), strict=True):
             for slot, value in [*((s, up) for s in opening), *((s, down) for s in closing)]:
                 slot.values[FADER_CONTROL] = value
                 if slot.state == "up":
                     self._send_values(slot, {FADER_CONTROL: value})
-            await asyncio.sleep(FADE_TIME / FADE_STEPS)
+            await asyncio.sleep(self._graph.fade_step())
 
     async def _ring_out(self, old: Generation, seconds: float) -> None:
         """Let an old board's tails ring with no input, then fade it out and tear it down."""
