@@ -560,7 +560,9 @@ class CarlaEngine(Engine):
         for member in members:
             member.prerolling = False
             if member.up and rack.host is not None:
-                self._send_bypass(rack, member, member.bypass)
+                # it pre-rolled dry: to stay bypassed is no change (a ramp would start from wet and
+                # let it be heard for a moment); to be heard, it ramps up from dry
+                self._send_bypass(rack, member, member.bypass, ramped=not member.bypass)
 
     # -- the engine port: structure --------------------------------------------------
 
