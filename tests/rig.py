@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from appliance.engine.faders import fade_time
 from appliance.engine.jack.server import jack_environment
 from appliance.engine.processes import describe_exit, dies_with_parent
 from hil.rig.analysis import find_gaps
@@ -99,6 +100,13 @@ class SpoiledTake(Exception):
     Not an :class:`AssertionError`, so that no polling helper that retries
     failed assertions takes it again.
     """
+
+
+def fade_heard_frames(rate: int, period: int) -> int:
+    """Frames from a fade's first step until its last is heard: the steps (a period apart at
+    least, :func:`appliance.engine.faders.fade_time`), then up to two periods before a plugin
+    has read the last value."""
+    return round(fade_time(rate, period) * rate) + 2 * period
 
 
 def difference_db(a: np.ndarray, b: np.ndarray) -> float:

@@ -39,11 +39,21 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from appliance.engine.carla import HIDE_CARLA_ENV
-from appliance.engine.faders import fade_time
 from appliance.engine.jack.server import JackServer
 from tests.boxproc import SERVER_PERIOD, BoxProcess, virtual_config
 from tests.notify import received
-from tests.rig import Rig, gain_db, gaps, latency_frames, longest_gap, noise, rms_db, sine, window_gains
+from tests.rig import (
+    Rig,
+    fade_heard_frames,
+    gain_db,
+    gaps,
+    latency_frames,
+    longest_gap,
+    noise,
+    rms_db,
+    sine,
+    window_gains,
+)
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(120)]
 
@@ -485,7 +495,7 @@ async def test_a_setlist_of_three_pedalboards_plays_through_without_a_gap(
     silent = gaps(out[480:-480], offset=480)
     assert not silent, f"gaps (start, samples) {silent} (steps at {marks})"
     ends = [start for start, _done in marks[1:]] + [len(out) - 4800]
-    settled = round(fade_time(48000, SERVER_PERIOD) * 48000) + 2 * SERVER_PERIOD + 960
+    settled = fade_heard_frames(48000, SERVER_PERIOD) + 960
     for (board, snapshot, db), (_start, done), end in zip(steps, marks, ends, strict=True):
         window = slice(done + settled, end)  # once the step's fade is heard through, to the next step
         level = gain_db(out[window], reference[window])

@@ -27,7 +27,6 @@ from appliance.app import pin_factory
 from appliance.config import ServerConfig
 from appliance.core.errors import ConfigError
 from appliance.engine import Engine, OwnPlugins, TrackPorts
-from appliance.engine.faders import fade_time
 from appliance.engine.jack.server import JackServer
 from appliance.frontends import gpio, gpiomap
 from appliance.frontends.net import ControlServer
@@ -36,7 +35,7 @@ from appliance.plugins.catalog import Catalog
 from tests.boxproc import SERVER_PERIOD
 from tests.engines import ENGINE_ADAPTERS
 from tests.fakes import ControlStack
-from tests.rig import Rig, rms_db, sine
+from tests.rig import Rig, fade_heard_frames, rms_db, sine
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,7 +46,7 @@ HOLD = 0.15
 #: The tuner footswitch silences the box within this many frames of the press, on the
 #: recording's clock (the fade's steps, a period apart at least, then two periods; the tuner takes hundreds of ms
 #: to start, and the box is silent before it does).
-TUNER_SILENT_WITHIN = round(fade_time(48000, SERVER_PERIOD) * 48000) + 2 * SERVER_PERIOD + 2400
+TUNER_SILENT_WITHIN = fade_heard_frames(48000, SERVER_PERIOD) + 2400
 #: How long a test waits for what the loop does within a few turns before failing (a guard
 #: against waiting for good, never a speed claim).
 GUARD = 5.0

@@ -25,12 +25,12 @@ import pytest_asyncio
 from appliance.core.controls import PluginType
 from appliance.core.errors import PluginLoadFailed
 from appliance.engine import Engine, EngineEvent, OwnPlugins, SavedPlugin, TrackPorts
-from appliance.engine.faders import FADE_STEPS, fade_time
+from appliance.engine.faders import FADE_STEPS
 from appliance.engine.jack.server import JackServer
 from appliance.plugins.catalog import Catalog
 from tests.conftest import RIG_PERIOD
 from tests.engines import ENGINE_ADAPTERS, EngineFactory
-from tests.rig import Rig, gaps, rms_db, sine, window_gains
+from tests.rig import Rig, fade_heard_frames, gaps, rms_db, sine, window_gains
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(90)]
 
@@ -50,7 +50,7 @@ SWITCH_TONE = sine(1000.0, 4 * RATE, RATE, -12.0)
 #: The windows :func:`window_gains` reads levels in, frames (10 ms).
 WINDOW = 480
 #: After ``switch_board`` returns, its last fade step is heard within this many frames.
-SETTLED = round(fade_time(RATE, PERIOD) * RATE) + 2 * PERIOD
+SETTLED = fade_heard_frames(RATE, PERIOD)
 #: Tone bursts (30 ms every 400 ms): the gaps between them hear only a delay's repeats.
 BURST_EVERY = RATE * 4 // 10
 BURST = RATE * 3 // 100
