@@ -29,6 +29,7 @@ from .engine import NO_OWN_PLUGINS, Engine, EngineEvent, OwnPlugins, SavedPlugin
 from .engine.faders import FADER_URI
 from .engine.meters import METER_URI, TUNER_URI
 from .frontends import gpio, gpiomap
+from .frontends.midi import MIDI_FILE, MidiService
 from .frontends.mixer import Mixer, MixerService
 from .frontends.net import ControlServer
 from .frontends.readings import MeterFeed, Tuner
@@ -53,9 +54,7 @@ def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS)
     ``own``: the plugins the engine hosts for the box (faders, meters, tuner).
     """
     tracks = [TrackPorts(t.id, t.inputs, t.outputs) for t in config.tracks]
-    jack = config.engine.jack
-    if jack.dummy is not None and jack.server is None:
-        jack = dataclasses.replace(jack, server=private_server_name(config.data_dir))
+    jack = dataclasses.replace(config.engine.jack, server=jack_server_name(config))
     kind = config.engine.kind
     if kind in ("auto", "carla"):
         reason = carla_unavailable(config)
@@ -97,6 +96,15 @@ def own_plugins(catalog: Catalog) -> OwnPlugins:
         if found[role] is None:
             log.warning("%s (x42-plugins) is missing: %s", uri, cost)
     return OwnPlugins(**found)
+
+
+def jack_server_name(config: Config) -> str | None:
+    """The JACK server the box plays on: the configured one, the virtual box's own, or
+    (None) JACK's default."""
+    jack = config.engine.jack
+    if jack.dummy is not None and jack.server is None:
+        return private_server_name(config.data_dir)
+    return jack.server
 
 
 def private_server_name(data_dir: Path) -> str:
@@ -229,6 +237,7 @@ class Box:
         self.library: Library | None = None
         self.hardware: gpio.Hardware | None = None
         self.mixer: MixerService | None = None
+        self.midi: MidiService | None = None
         self.meters: asyncio.Task[None] | None = None
         self.restarting: asyncio.Task[None] | None = None
         #: The engine said it must be started again, and has not been yet.
@@ -293,6 +302,8 @@ class Box:
             self.restarting = None
         back = f"back on the JACK server after {time.monotonic() - lost:.1f} s"
         controller.engine_event(EngineEvent("engine-restored", None, back))
+        if self.midi is not None:  # its monitor and patch client went with the old server
+            await self.midi.listen()
         if fresh:
             await self._load_demo()
 
@@ -344,6 +355,7 @@ class Box:
         await self._start_mixer(saved.get("mixer") if saved else None)
         Tuner(self.controller)
         await self._start_gpio(board)
+        await self._start_midi()
         self.server = ControlServer(config.server, self.controller, self.health, token)
         await self.server.start()
         feed = MeterFeed(self.engine, self.server.metering, self.server.send_meters)
@@ -378,6 +390,16 @@ class Box:
         assert self.controller is not None
         self.hardware = gpio.Hardware(gpio_map, self.controller, factory)
         await self.hardware.start()
+
+    async def _start_midi(self) -> None:
+        """MIDI controllers on the box's JACK server (``midi: false`` turns them off)."""
+        if not self.config.midi:
+            return
+        assert self.controller is not None and self.engine is not None
+        server = jack_server_name(self.config)
+        own = str(getattr(self.engine, "prefix", ""))
+        self.midi = MidiService(self.controller, self.config.data_dir / MIDI_FILE, server, own)
+        await self.midi.start()
 
     async def _load_engine(self, board: Board) -> None:
         """Put the board into the engine (no structural change may run meanwhile).
@@ -430,6 +452,7 @@ class Box:
                 await asyncio.gather(task, return_exceptions=True)
         steps: list[tuple[str, Callable[[], Awaitable[object]] | None]] = [
             ("gpio", self.hardware.stop if self.hardware else None),
+            ("midi", self.midi.stop if self.midi else None),
             ("server", self.server.stop if self.server else None),
             ("save", self.saver.flush if self.saver else None),
             ("engine", self.engine.stop if self.engine else None),

@@ -130,6 +130,8 @@ class Config:
     gpio: Path | None = None
     #: The HAT's mixer, or None.
     mixer: MixerConfig | None = None
+    #: Listen to MIDI controllers on the box's JACK server (appliance.frontends.midi).
+    midi: bool = True
 
 
 class _Reader:
@@ -307,6 +309,7 @@ def parse(data: object, path: Path) -> Config:
     if not 0 < ceiling <= 100:
         raise ConfigError("switch_ceiling", "must be a DSP load between 0 and 100 (%)")
     gpio = _resolve(base, top.get("gpio", str, None))
+    midi = top.get("midi", bool, True)
     mixer = None
     if top.get("mixer", dict, None) is not None:
         m = _Reader(top.data["mixer"], "mixer")
@@ -334,6 +337,7 @@ def parse(data: object, path: Path) -> Config:
         switch_ceiling=ceiling,
         gpio=gpio,
         mixer=mixer,
+        midi=midi,
     )
 
 

@@ -693,3 +693,48 @@ class MockInterface:
         if self._process is None:
             raise RuntimeError("interface is not open")
         await self._process.request(kind, self.line_out, self.line_in)
+
+
+class MidiController:
+    """A MIDI foot controller on a test's JACK server: one JACK client with a MIDI out
+    (``midi-XXXX:midi_out``), run in a child process as the rig's clients are.
+
+    Args:
+        server_name: the JACK server (the box's, so that the box hears it).
+    """
+
+    def __init__(self, server_name: str) -> None:
+        self.server_name = server_name
+        self.name = f"midi-{secrets.token_hex(2)}"
+        self._process: ClientsProcess | None = None
+
+    @property
+    def port(self) -> str:
+        return f"{self.name}:midi_out"
+
+    async def open(self) -> None:
+        process = ClientsProcess(
+            f"the MIDI controller {self.name}",
+            {"kind": "midi", "server": self.server_name, "name": self.name},
+        )
+        await process.start()
+        self._process = process
+
+    async def close(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            await process.close()
+
+    async def send(self, *messages: bytes | list[int], per_cycle: int = 1) -> int:
+        """Send ``messages``, ``per_cycle`` a period; the JACK frame time of the first one's cycle."""
+        if self._process is None:
+            raise RuntimeError("the MIDI controller is not open")
+        events = [bytes(m) for m in messages]
+        (frame,) = await self._process.request("send", events, per_cycle, timeout=30.0)
+        return int(frame)
+
+    async def cc(self, controller: int, value: int, channel: int = 1) -> int:
+        return await self.send([0xB0 | (channel - 1), controller, value])
+
+    async def pc(self, program: int, channel: int = 1) -> int:
+        return await self.send([0xC0 | (channel - 1), program])

@@ -43,6 +43,7 @@ from appliance.engine.jack.server import JackServer
 from tests.boxproc import SERVER_PERIOD, BoxProcess, virtual_config
 from tests.notify import received
 from tests.rig import (
+    MidiController,
     Rig,
     fade_heard_frames,
     gain_db,
@@ -178,6 +179,13 @@ class Phone:
                 if message["type"] == answer:
                     return message
 
+    async def heard(self, kind: str) -> dict[str, Any]:
+        """The next message of type ``kind`` this phone is sent (whoever caused it)."""
+        async with asyncio.timeout(REPLY_TIMEOUT):
+            while (message := await self._receive())["type"] != kind:
+                pass
+        return message
+
     async def add(self, plugin: str, track_id: str = TRACK, **values: float) -> str:
         """Add ``plugin`` by catalog key, set ``values``; its plugin_id."""
         added = await self.request("PLUGIN_ADD", track_id=track_id, name=plugin)
@@ -307,6 +315,41 @@ async def test_gain_bypass_and_remove_over_websocket(
         await phone.request("PLUGIN_REMOVE", plugin_id=gain)
         assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)
         assert await _latency(rig) == 0
+
+
+async def test_a_foot_controller_learned_from_a_phone_drives_the_gain_heard_while_two_phones_watch(
+    engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """A controller plugged in while the box plays; one phone starts a learn on the amp's gain,
+    the controller's pedal moves, and the other phone sees the mapping appear; it narrows the
+    range to −20..0 dB, and the pedal's heel and toe are heard at −20 and 0 dB, told to both."""
+    config = _config(tmp_path, jack_server, engine_kind, _one_track(rig))
+    pedal = MidiController(jack_server.name)
+    async with _box(config) as box, _phone(box) as player, _phone(box) as watcher:
+        await player.replay()
+        await watcher.replay()
+        gain = await player.add("gain", gain=-6.0)
+        await pedal.open()
+        try:
+            async with asyncio.timeout(REPLY_TIMEOUT):
+                while pedal.port not in (await player.ask("MIDI_GET", "MIDI_STATE"))["data"]["inputs"]:
+                    await asyncio.sleep(0.05)
+            learning = {"action": "parameter", "plugin_id": gain, "parameter_id": "gain"}
+            await player.ask("MIDI_LEARN", "MIDI_STATE", mapping=learning)
+            assert (await watcher.heard("MIDI_STATE"))["data"]["learning"]["plugin_id"] == gain
+            await pedal.cc(7, 100, channel=3)
+            learned = (await watcher.heard("MIDI_LEARNED"))["data"]["mapping"]
+            assert (learned["message"], learned["number"], learned["channel"]) == ("cc", 7, 3)
+            narrowed = {**learned, "minimum": -20.0, "maximum": 0.0}
+            await watcher.ask("MIDI_MAP_SET", "MIDI_STATE", mapping=narrowed)
+            for value, level in ((0, -20.0), (127, 0.0)):
+                await pedal.cc(7, value, channel=3)
+                told = await player.heard("PLUGIN_PARAMETER")
+                assert told["data"]["parameter_value"] == pytest.approx(level), told
+                heard = await rig.gain_until(_near(level), PROBE)
+                assert heard == pytest.approx(level, abs=TOLERANCE_DB)
+        finally:
+            await pedal.close()
 
 
 async def _build_board(phone: Phone) -> tuple[str, str, str]:

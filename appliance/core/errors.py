@@ -120,6 +120,10 @@ class UnknownSnapshot(ProtocolError, KeyError):
     code = "UNKNOWN_SNAPSHOT"
 
 
+class UnknownMapping(ProtocolError, KeyError):
+    code = "UNKNOWN_MAPPING"
+
+
 class NameTaken(ProtocolError):
     code = "NAME_TAKEN"
 
@@ -155,6 +159,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "UNKNOWN_PRESET",
         "UNKNOWN_PEDALBOARD",
         "UNKNOWN_SNAPSHOT",
+        "UNKNOWN_MAPPING",
         "NAME_TAKEN",
         "STORE_FAILED",
         "HARDWARE_UNAVAILABLE",

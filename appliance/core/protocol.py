@@ -58,6 +58,11 @@ EXTENSION_REQUESTS = frozenset(
         "PRESET_LOAD",
         "METERS_SUBSCRIBE",
         "TUNER_SET",
+        "MIDI_GET",
+        "MIDI_MAP_SET",
+        "MIDI_MAP_DELETE",
+        "MIDI_LEARN",
+        "MIDI_LEARN_CANCEL",
     }
 )
 REQUESTS = EXAMPLE_REQUESTS | EXTENSION_REQUESTS
@@ -85,6 +90,9 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "SETLIST_GO": {"position": int},
     "PRESET_LIST": {"plugin": str},
     "PRESET_LOAD": {"track_id": str, "plugin_id": str, "preset": str},
+    "MIDI_MAP_SET": {"mapping": dict},
+    "MIDI_MAP_DELETE": {"id": str},
+    "MIDI_LEARN": {"mapping": dict},
 }
 _STRING_FIELDS = ("id", "user_id", "session_id")
 #: Deepest nesting of arrays and objects a message may have (the deepest real one has 4).

@@ -128,6 +128,7 @@ class Child:
         pass_fds: file descriptors it inherits.
         deaf: run it :func:`shielded` (it ends when its stdin closes) instead
             of :func:`dies_with_parent`; only with ``stdin``.
+        line_limit: the longest output line it may write, bytes.
         logger: where its output goes, at debug level.
     """
 
@@ -144,6 +145,7 @@ class Child:
         pass_fds: Sequence[int] = (),
         logger: logging.Logger = log,
         deaf: bool = False,
+        line_limit: int = 1 << 16,
     ) -> None:
         if deaf and not stdin:
             raise ValueError("a child deaf to signals must have a stdin to end it by")
@@ -157,6 +159,7 @@ class Child:
         self._pass_fds = tuple(pass_fds)
         self._log = logger
         self._deaf = deaf
+        self._line_limit = line_limit
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
 
@@ -174,6 +177,7 @@ class Child:
             stderr=asyncio.subprocess.STDOUT if self._output else devnull,
             env=self.env,
             pass_fds=self._pass_fds,
+            limit=self._line_limit,
         )
         if self._proc.stdout is not None:
             self._pump = asyncio.get_running_loop().create_task(self._read(self._proc.stdout))

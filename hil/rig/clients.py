@@ -39,6 +39,7 @@ SIGTERM (``setpriv --pdeathsig``), or when JACK shuts its clients down.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import mmap
 import os
@@ -424,7 +425,66 @@ class InterfaceClients(Clients):
         self._ports["capture"].get_array()[:] = self._ports["line_in"].get_array()
 
 
-KINDS: dict[str, type[Clients]] = {"rig": RigClients, "interface": InterfaceClients}
+class MidiClients(Clients):
+    """:class:`tests.rig.MidiController`'s client: a foot controller's MIDI out on the server.
+
+    ``send`` queues messages; the audio thread writes up to ``per_cycle`` of them a period
+    (a flood: many), and the request is answered once the last is written, with the frame
+    time of the cycle that carried the first (the rig's frame clock, on the same server).
+    """
+
+    def __init__(self, conn: Connection, clock: SharedClock, config: dict[str, Any]) -> None:
+        super().__init__(conn, clock, config)
+        #: (request, message, per cycle, is the request's last): appended here, taken by JACK's thread.
+        self._queue: collections.deque[tuple[Any, bytes, int, bool]] = collections.deque()
+        #: (request, frame time of its first message): appended by JACK's thread, answered here.
+        self._written: collections.deque[tuple[Any, int]] = collections.deque()
+        self._first: dict[Any, int] = {}  # JACK's thread only
+        self._port: jack.OwnMidiPort | None = None
+
+    def open(self) -> tuple[int, int]:
+        import jack
+
+        client = jack.Client(self.config["name"], servername=self.config["server"], no_start_server=True)
+        self.clients = (client,)
+        self._port = client.midi_outports.register("midi_out")
+        client.set_process_callback(self._process)
+        client.set_shutdown_callback(self._shutdown)
+        client.activate()
+        return client.samplerate, client.blocksize
+
+    def handle(self, message: tuple[Any, ...]) -> None:
+        if message[0] != "send":
+            super().handle(message)
+            return
+        _, request, events, per_cycle = message
+        for i, data in enumerate(events):
+            self._queue.append((request, bytes(data), max(1, int(per_cycle)), i == len(events) - 1))
+
+    def tick(self) -> float:
+        while self._written:
+            request, frame = self._written.popleft()
+            self.conn.send(("done", request, frame))
+        return 0.002 if self._queue else IDLE_POLL
+
+    # -- JACK's audio thread ---------------------------------------------------------
+
+    def _process(self, frames: int) -> None:
+        port = self._port
+        assert port is not None
+        port.clear_buffer()
+        now = self.clients[0].last_frame_time
+        written = 0
+        while self._queue and not self.closing and written < self._queue[0][2]:
+            request, data, _, last = self._queue.popleft()
+            port.write_midi_event(min(written, frames - 1), data)
+            written += 1
+            first = self._first.setdefault(request, now)
+            if last:
+                self._written.append((request, self._first.pop(request, first)))
+
+
+KINDS: dict[str, type[Clients]] = {"rig": RigClients, "interface": InterfaceClients, "midi": MidiClients}
 
 
 def serve(conn: Connection, clock: SharedClock) -> int:
