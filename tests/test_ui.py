@@ -42,7 +42,7 @@ from websockets.sync.client import ClientConnection, connect
 from appliance.engine.jack.server import DummySettings, JackServer, unique_server_name
 from tests.boxproc import ROOT, BoxProcess, virtual_config
 from tests.conftest import RIG_PERIOD, RIG_SAMPLE_RATE, require_jalv_tools
-from tests.rig import Rig, sine
+from tests.rig import MidiController, Rig, sine
 
 CHROMIUM = "/usr/bin/chromium"
 STATIC = ROOT / "appliance" / "frontends" / "ui" / "static"
@@ -226,6 +226,9 @@ def reset(raw: Raw) -> None:
         raw.ask("PEDALBOARD_DELETE", "PEDALBOARD_STATE", name=board["name"])
     for plugin in raw.board():
         raw.ask("PLUGIN_REMOVE", "PLUGIN_REMOVE", track_id=TRACK, plugin_id=plugin["plugin_id"])
+    raw.ask("MIDI_LEARN_CANCEL", "MIDI_STATE")
+    for mapping in raw.ask("MIDI_GET", "MIDI_STATE")["data"]["mappings"]:
+        raw.ask("MIDI_MAP_DELETE", "MIDI_STATE", id=mapping["id"])
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -825,6 +828,35 @@ def _near(level: float, value: float) -> None:
 
 
 # -- meters and the tuner ------------------------------------------------------------------------
+
+
+def test_learn_a_pedal_on_an_effect_s_page_and_forget_it(rigged: Rigged, raw: Raw, phone: Phone) -> None:
+    """Without this, a player with a MIDI pedal cannot make it drive a knob from the phone, nor
+    see or undo what it drives."""
+    gain = raw.add("gain")
+    pedal_board = MidiController(rigged.server.name)
+    rigged.loop.run(pedal_board.open(), RIG_TIMEOUT)
+    try:
+        eventually(lambda: _equal(pedal_board.port in raw.ask("MIDI_GET", "MIDI_STATE")["data"]["inputs"], True))
+        page = phone.page
+        open_ui(page, rigged.base, f"#/plugin/{gain}")
+        page.get_by_role("button", name="MIDI learn").tap()
+        page.locator("#dialog").get_by_role("button", name="Gain").tap()
+        expect(page.locator("#dialog")).to_contain_text("Move a pedal or press a switch")
+        rigged.loop.run(pedal_board.cc(7, 127, channel=2), RIG_TIMEOUT)
+        expect(page.locator("#dialog")).to_be_hidden()
+        expect(page.locator("#toasts")).to_contain_text("CC 7 · ch 2 → Gain")  # what it learned, said
+        chip = page.get_by_role("list", name="MIDI controls").get_by_role("listitem")
+        expect(chip).to_have_text(re.compile(r"CC 7 · ch 2 → Gain"))
+        screenshot(page, "midi-learn")
+        rigged.loop.run(pedal_board.cc(7, 0, channel=2), RIG_TIMEOUT)
+        eventually(lambda: _equal(raw.board()[0]["parameters"]["gain"], -90.0))
+        expect(slider(page, "gain")).to_have_attribute("aria-valuenow", "-90")
+        chip.get_by_role("button", name=re.compile("Forget")).tap()
+        expect(chip).to_have_count(0)
+        assert raw.ask("MIDI_GET", "MIDI_STATE")["data"]["mappings"] == []
+    finally:
+        rigged.loop.run(pedal_board.close(), RIG_TIMEOUT)
 
 
 def test_tuner_view_turns_the_tuner_on_and_reads_a_note(rigged: Rigged, raw: Raw, phone: Phone) -> None:

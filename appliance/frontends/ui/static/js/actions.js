@@ -67,6 +67,19 @@ export class Actions {
     return this.conn.send("PEDALBOARD_LIST", undefined, { quiet: true });
   }
 
+  /** Start a MIDI learn for `mapping` (its action and target); answered by MIDI_STATE. */
+  midiLearn(mapping) {
+    return this.ask("MIDI_LEARN", { mapping }, "MIDI_STATE");
+  }
+
+  midiCancel() {
+    return this.conn.send("MIDI_LEARN_CANCEL", undefined, { quiet: true });
+  }
+
+  midiForget(id) {
+    return this.ask("MIDI_MAP_DELETE", { id }, "MIDI_STATE");
+  }
+
   setTuner(on) {
     return this.conn.send("TUNER_SET", { on }, { quiet: true });
   }

@@ -109,6 +109,24 @@ export function chooseAction({ title, actions }) {
   );
 }
 
+/**
+ * Say what the page waits for, until `until` settles or the player cancels.
+ *
+ * @returns {Promise<boolean>} true when `until` came first.
+ */
+export function waitFor({ title, message, until }) {
+  return ask((finish) => {
+    until.then(() => finish(true), () => finish(false));
+    return h(
+      "div",
+      { class: "sheet", role: "status" },
+      h("h2", { id: "dialog-title" }, title),
+      h("p", {}, message),
+      h("button", { type: "button", class: "quiet", onclick: () => finish(false) }, "Cancel"),
+    );
+  }).then((answer) => answer === true);
+}
+
 /** A short notice at the bottom of the screen. */
 export function toast(text, { bad = false } = {}) {
   const box = document.getElementById("toasts");

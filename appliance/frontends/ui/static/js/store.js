@@ -14,6 +14,8 @@
  *   tuner      the stage tuner went on or off
  *   health     engine report (BOARD_STATE's engine, HEALTH, engine events)
  *   mixer      the HAT's mixer
+ *   midi       the MIDI mappings, inputs or the learn under way
+ *   midi-learned  a learn made a mapping (`mapping`)
  *   plugin-state  a plugin died or came back (`plugin_id`)
  */
 
@@ -31,6 +33,8 @@ export class Store extends EventTarget {
     this.meters = null;
     this.tuner = { on: false };
     this.mixer = { present: false, controls: [] };
+    /** MIDI_STATE: whether the box hears MIDI, its inputs, mappings and the learn under way. */
+    this.midi = { present: false, inputs: [], mappings: [], learning: null };
     /** plugin_id → "died" while the engine restarts it. */
     this.pluginTrouble = new Map();
     /** False from a new connection until its BOARD_STATE: board events before it are in it. */
@@ -129,6 +133,18 @@ export class Store extends EventTarget {
       case "MIXER":
         this.mixer = { present: Boolean(data.present), controls: data.controls || [] };
         this._emit("mixer", { reply_to: replyTo });
+        break;
+      case "MIDI_STATE":
+        this.midi = {
+          present: Boolean(data.present),
+          inputs: data.inputs || [],
+          mappings: data.mappings || [],
+          learning: data.learning || null,
+        };
+        this._emit("midi", { reply_to: replyTo });
+        break;
+      case "MIDI_LEARNED":
+        this._emit("midi-learned", { mapping: data.mapping });
         break;
       case "ENGINE_EVENT":
         this._engineEvent(data);

@@ -5,10 +5,17 @@
  */
 
 import { fill, h } from "../dom.js";
-import { chooseAction, confirmAction, toast } from "../dialogs.js";
+import { chooseAction, confirmAction, toast, waitFor } from "../dialogs.js";
 import { controlFor } from "../controls.js";
 import { number } from "../format.js";
 import { bypassSwitch, showBypass } from "./board.js";
+
+/** `CC 7 · ch 2`, `PC any · any channel`, `Note 60 · ch 1`. */
+export function midiMessage(m) {
+  const kind = m.message === "cc" ? "CC" : m.message === "pc" ? "PC" : "Note";
+  const number = m.number === null || m.number === undefined ? "any" : m.number;
+  return `${kind} ${number} · ${m.channel ? `ch ${m.channel}` : "any channel"}`;
+}
 
 export function pluginView({ store, actions, router }) {
   let main = null;
@@ -19,6 +26,7 @@ export function pluginView({ store, actions, router }) {
   let bypassButton = null;
   let grLabel = null;
   let fineButton = null;
+  let midiList = null;
 
   function render() {
     if (!main) return;
@@ -47,6 +55,7 @@ export function pluginView({ store, actions, router }) {
     });
     const presets = entry && Array.isArray(entry.presets) ? entry.presets : [];
     grLabel = h("span", { class: "gr", "aria-live": "off" });
+    midiList = h("ul", { class: "midi-maps", "aria-label": "MIDI controls" });
     const list = h("div", { class: "controls" });
     const described = new Set();
     for (const meta of entry ? entry.parameters : []) {
@@ -69,12 +78,87 @@ export function pluginView({ store, actions, router }) {
         presets.length
           ? h("button", { type: "button", class: "needs-live", text: "Presets", onclick: () => pickPreset(plugin, presets) })
           : null,
+        h("button", {
+          type: "button",
+          class: "needs-live",
+          text: "MIDI learn",
+          title: "Drive this effect from a MIDI pedal or switch",
+          onclick: () => learn(plugin, entry),
+        }),
         h("button", { type: "button", class: "danger needs-live", text: "Remove", onclick: () => remove(plugin) }),
       ),
+      midiList,
       h("p", { class: "control-hint" }, "Drag a slider sideways (Fine: ten times finer) · double-tap it for its default · tap a value to type one."),
       list,
     );
     updateMeters();
+    updateMidi();
+  }
+
+  /** What a parameter (or the bypass) of the shown effect is called on its page. */
+  function targetName(entry, mapping) {
+    if (mapping.action === "bypass") return "On/off";
+    const meta = entry && entry.parameters.find((p) => p.id === mapping.parameter_id);
+    return meta ? meta.name || meta.id : mapping.parameter_id;
+  }
+
+  function updateMidi() {
+    if (!midiList) return;
+    const plugin = store.plugins.get(pluginId);
+    const entry = store.describe(plugin);
+    const mine = store.midi.mappings.filter((m) => m.plugin_id === pluginId);
+    fill(
+      midiList,
+      mine.map((m) => {
+        const text = `${midiMessage(m)} → ${targetName(entry, m)}`;
+        return h(
+          "li",
+          {},
+          h("span", {}, text),
+          h("button", {
+            type: "button",
+            class: "quiet needs-live",
+            "aria-label": `Forget ${text}`,
+            text: "✕",
+            onclick: () => actions.midiForget(m.id),
+          }),
+        );
+      }),
+    );
+  }
+
+  async function learn(plugin, entry) {
+    const targets = [{ label: "On/off", value: "" }].concat(
+      (entry ? entry.parameters : []).filter((p) => p.id in plugin.parameters).map((p) => ({ label: p.name || p.id, value: p.id })),
+    );
+    const choice = await chooseAction({ title: `${plugin.name}: which control?`, actions: targets });
+    if (choice === null) return;
+    const mapping = choice
+      ? { action: "parameter", plugin_id: plugin.plugin_id, parameter_id: choice }
+      : { action: "bypass", plugin_id: plugin.plugin_id };
+    let stop = () => {};
+    const learned = new Promise((resolve, reject) => {
+      const onChange = (event) => {
+        if (event.detail.kind === "midi-learned") resolve(event.detail.mapping);
+        else if (event.detail.kind === "midi" && store.midi.learning === null && event.detail.reply_to === undefined) reject(new Error("ended"));
+      };
+      store.addEventListener("change", onChange);
+      stop = () => store.removeEventListener("change", onChange);
+    });
+    learned.catch(() => {});
+    if (!(await actions.midiLearn(mapping))) {
+      stop();
+      return;
+    }
+    const label = targets.find((t) => t.value === choice).label;
+    const done = await waitFor({
+      title: "MIDI learn",
+      message: `Move a pedal or press a switch on your controller for ${label}.`,
+      until: learned,
+    });
+    stop();
+    if (done) toast(`${midiMessage(await learned)} → ${label}`);
+    else actions.midiCancel();
   }
 
   function backButton() {
@@ -157,6 +241,9 @@ export function pluginView({ store, actions, router }) {
       case "meters":
         updateMeters();
         break;
+      case "midi":
+        updateMidi();
+        break;
       default:
         break;
     }
@@ -172,6 +259,7 @@ export function pluginView({ store, actions, router }) {
     unmount() {
       store.removeEventListener("change", onChange);
       main = null;
+      midiList = null;
       controls = new Map();
     },
   };
