@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from gpiozero import Button, Device, RotaryEncoder
@@ -37,6 +37,7 @@ from ..core.controls import Parameter
 from ..core.errors import ApplianceError
 from ..core.protocol import Request
 from .gpiomap import Action, Encoder, EncoderControl, Footswitch, GpioMap
+from .jobs import Jobs
 
 log = logging.getLogger("appliance.frontends.gpio")
 
@@ -105,16 +106,14 @@ class Hardware:
         self._held: set[str] = set()
         self._devices: list[Device] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[Callable[[], Awaitable[object]]] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._jobs = Jobs(log)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open every device on its pins and start taking events."""
         self._loop = asyncio.get_running_loop()
-        self._worker = self._loop.create_task(self._work())
+        self._jobs.start()
         try:
             for encoder in self.map.encoders:
                 self._open_encoder(encoder)
@@ -136,16 +135,12 @@ class Hardware:
             with contextlib.suppress(Exception):
                 device.close()
         self._devices.clear()
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._jobs.stop()
 
     async def settled(self) -> None:
         """Wait until every event handed over so far has been carried out (tests)."""
         await asyncio.sleep(0)  # events handed over from another thread land on the next turn
-        await self._queue.join()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._jobs.settled()
 
     def state(self) -> dict[str, Any]:
         """``HARDWARE_STATE``: what each encoder drives now, and what each footswitch does."""
@@ -222,7 +217,7 @@ class Hardware:
         self._last_turn[encoder.name] = at
         detents = direction * acceleration(None if last is None else at - last)
         control = encoder.controls[self.focus[encoder.name]]
-        self._queue.put_nowait(lambda: self._turn(encoder, control, detents))
+        self._jobs.put(lambda: self._turn(encoder, control, detents))
 
     async def _turn(self, encoder: Encoder, control: EncoderControl, detents: float) -> None:
         if control.target is None:
@@ -290,23 +285,16 @@ class Hardware:
     def _act(self, action: Action) -> None:
         if action.kind in ("setlist_next", "setlist_previous"):
             kind = "SETLIST_NEXT" if action.kind == "setlist_next" else "SETLIST_PREVIOUS"
-            self._beside(self._execute(kind, {}, action.kind))
+            self._jobs.beside(self._execute(kind, {}, action.kind))
         elif action.kind == "snapshot":
-            self._queue.put_nowait(
+            self._jobs.put(
                 lambda: self._execute("SNAPSHOT_RECALL", {"name": action.name}, "footswitch")
             )
         elif action.kind == "tuner":  # silent at once; the tuner's start does not hold up bypasses
             on = not self.controller.engine.is_tuning
-            self._beside(self._execute("TUNER_SET", {"on": on}, "footswitch"))
+            self._jobs.beside(self._execute("TUNER_SET", {"on": on}, "footswitch"))
         else:
-            self._queue.put_nowait(lambda: self._toggle_bypass(action))
-
-    def _beside(self, job: Awaitable[object]) -> None:
-        """Run a long job (a pedalboard load, the tuner's start) as a task of its own, so that a
-        footswitch pressed meanwhile never waits for it."""
-        task = asyncio.ensure_future(job)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._jobs.put(lambda: self._toggle_bypass(action))
 
     async def _toggle_bypass(self, action: Action) -> None:
         assert action.target is not None
@@ -323,16 +311,6 @@ class Hardware:
             await self.controller.execute(Request(kind, data, user_id="gpio", session_id=source))
         except ApplianceError as exc:
             log.warning("gpio %s: %s refused: %s", source, kind, exc)
-
-    async def _work(self) -> None:
-        while True:
-            job = await self._queue.get()
-            try:
-                await job()
-            except Exception:
-                log.exception("gpio event failed")
-            finally:
-                self._queue.task_done()
 
 
 def _describe(action: Action) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from ..engine.jack.server import jack_environment
 from ..engine.processes import Child
 from ..store.files import write_atomic
 from . import midimap
+from .jobs import Jobs
 from .midimap import Mapping, MidiEvent
 
 log = logging.getLogger("appliance.frontends.midi")
@@ -173,9 +174,8 @@ class MidiService:
         self._rescan: asyncio.Task[None] | None = None
         self._pending: dict[str, tuple[Mapping, int]] = {}
         self._wake = asyncio.Event()
-        self._queue: asyncio.Queue[Callable[[], Awaitable[object]]] = asyncio.Queue()
-        self._workers: list[asyncio.Task[None]] = []
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._jobs = Jobs(log)
+        self._sweeper: asyncio.Task[None] | None = None
         self._file_lock = asyncio.Lock()
         controller.register("MIDI_GET", self._get)
         controller.register("MIDI_MAP_SET", self._set)
@@ -189,7 +189,8 @@ class MidiService:
     async def start(self) -> None:
         """Read the mappings, then listen."""
         self.mappings = await asyncio.to_thread(self._read)
-        self._workers = [asyncio.create_task(self._sweep()), asyncio.create_task(self._work())]
+        self._sweeper = asyncio.create_task(self._sweep())
+        self._jobs.start()
         await self.listen()
 
     async def listen(self) -> None:
@@ -279,17 +280,17 @@ class MidiService:
             self.learning[2].cancel()
             self.learning = None
         await self._unlisten()
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, *self._tasks, return_exceptions=True)
-        self._workers = []
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        await self._jobs.stop()
 
     async def settled(self) -> None:
         """Wait until every message handled so far has been carried out (tests)."""
         while self._pending or self._wake.is_set():
             await asyncio.sleep(0.005)
-        await self._queue.join()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._jobs.settled()
 
     def state(self) -> dict[str, Any]:
         """``MIDI_STATE``: every mapping, the inputs heard, and the learn under way."""
@@ -331,25 +332,25 @@ class MidiService:
             self._wake.set()
             return
         if mapping.action == "bypass" and mapping.momentary:
-            self._queue.put_nowait(lambda: self._bypass(mapping, on=event.pressed))
+            self._jobs.put(lambda: self._bypass(mapping, on=event.pressed))
             return
         if event.message != "pc" and not event.pressed:
             return  # a release: the press acted
         action = mapping.action
         if action == "bypass":
-            self._queue.put_nowait(lambda: self._bypass(mapping, on=None))
+            self._jobs.put(lambda: self._bypass(mapping, on=None))
         elif action == "snapshot":
-            self._queue.put_nowait(lambda: self._execute("SNAPSHOT_RECALL", {"name": mapping.name}))
+            self._jobs.put(lambda: self._execute("SNAPSHOT_RECALL", {"name": mapping.name}))
         elif action == "tuner":
             on = not self.controller.engine.is_tuning
-            self._beside(self._execute("TUNER_SET", {"on": on}))
+            self._jobs.beside(self._execute("TUNER_SET", {"on": on}))
         elif action == "pedalboard":
-            self._beside(self._execute("PEDALBOARD_LOAD", {"name": mapping.name}))
+            self._jobs.beside(self._execute("PEDALBOARD_LOAD", {"name": mapping.name}))
         elif action == "setlist_go":
             position = mapping.position if mapping.position is not None else event.number
-            self._beside(self._execute("SETLIST_GO", {"position": position}))
+            self._jobs.beside(self._execute("SETLIST_GO", {"position": position}))
         elif action in ("setlist_next", "setlist_previous"):
-            self._beside(self._execute(action.upper(), {}))
+            self._jobs.beside(self._execute(action.upper(), {}))
 
     async def _sweep(self) -> None:
         """Carries out continuous changes, each control's latest value, one at a time."""
@@ -403,21 +404,6 @@ class MidiService:
         except ApplianceError as exc:
             log.info("midi: %s refused: %s", kind, exc)
 
-    def _beside(self, job: Awaitable[object]) -> None:
-        task = asyncio.ensure_future(job)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _work(self) -> None:
-        while True:
-            job = await self._queue.get()
-            try:
-                await job()
-            except Exception:
-                log.exception("midi: an action failed")
-            finally:
-                self._queue.task_done()
-
     # -- learn -----------------------------------------------------------------------
 
     def _learned(self, event: MidiEvent) -> None:
@@ -430,7 +416,7 @@ class MidiService:
         timer.cancel()
         self.learning = None
         mapping = midimap.learned(partial, event, partial.id or self._new_id(), omni)
-        self._beside(self._commit(mapping, learned=event))
+        self._jobs.beside(self._commit(mapping, learned=event))
 
     def _learn_expired(self) -> None:
         if self.learning is not None:
