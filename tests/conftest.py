@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import shutil
 import socket
 import warnings
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 import pytest_asyncio
@@ -18,7 +21,7 @@ from appliance.engine.jack.server import DummySettings, JackServer, unique_serve
 from appliance.engine.meters import METER_URI, TUNER_URI
 from appliance.plugins import lilv
 from appliance.plugins.catalog import Catalog
-from tests.boxproc import SERVER_PERIOD
+from tests.boxproc import ROOT, SERVER_PERIOD
 from tests.notify import listen
 from tests.rig import Rig, end_leftovers, leftovers
 
@@ -26,6 +29,11 @@ from tests.rig import Rig, end_leftovers, leftovers
 #: which the server has no xrun of its own over a test (measured: hil/bench_rig_server.py).
 RIG_SAMPLE_RATE = 48000
 RIG_PERIOD = SERVER_PERIOD
+
+#: Where each test process writes the stacks of a test that hangs (see :func:`stacks_of_a_hang`).
+HANGS = ROOT / "out" / "hangs"
+#: How long before pytest-timeout ends a hung test its stacks are written, seconds.
+HANG_MARGIN = 3.0
 
 #: What the always-tested engine needs; ``scripts/setup`` installs all of it.
 JALV_TOOLS = ("jackd", "jack_lsp", "jalv", "stdbuf")
@@ -86,6 +94,51 @@ def pytest_runtest_makereport(
     if report.failed and isinstance(server, JackServer):
         report.sections.append((f"jackd {server.name}: last lines", server.output_tail() or "(nothing)"))
     return report
+
+
+# ======================================================================================
+# A hung test's stacks. pytest-timeout ends a test that hangs (its thread method: a hang
+# in a native call holding the GIL is beyond signals) and prints every thread's stack,
+# but a pytest-xdist worker has no terminal: the stacks were lost and the report said only
+# "worker crashed". So each test process also has faulthandler write them to a file of its
+# own a little before the timeout, and the run's summary prints them.
+# ======================================================================================
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without workers)
+        shutil.rmtree(HANGS, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hang_file() -> Iterator[IO[str]]:
+    HANGS.mkdir(parents=True, exist_ok=True)
+    with open(HANGS / f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}.txt", "w") as file:
+        yield file
+
+
+@pytest.fixture(autouse=True)
+def stacks_of_a_hang(request: pytest.FixtureRequest, hang_file: IO[str]) -> Iterator[None]:
+    """Every thread's stack, written to :data:`HANGS` shortly before the test's timeout."""
+    marker = request.node.get_closest_marker("timeout")
+    timeout = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout"))
+    hang_file.write(f"\n== {request.node.nodeid}: stacks if it is still running after {timeout - HANG_MARGIN:g} s\n")
+    hang_file.flush()
+    faulthandler.dump_traceback_later(max(1.0, timeout - HANG_MARGIN), file=hang_file)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The stacks of every test that hung, from each test process's file."""
+    for path in sorted(HANGS.glob("*.txt")) if HANGS.is_dir() else []:
+        text = path.read_text(errors="replace")
+        hung = [part for part in text.split("\n== ") if "Thread 0x" in part or "Current thread" in part]
+        for part in hung:
+            terminalreporter.write_sep("=", f"a test hung ({path.name})")
+            terminalreporter.write_line(part.strip())
 
 
 @pytest.fixture(autouse=True)
