@@ -115,8 +115,11 @@ def _assert_complete(data: dict[str, Any]) -> None:
     assert data["spoiled_takes"] == [], f"takes the test server's own xruns spoiled: {data['spoiled_takes']}"
 
 
-def _assert_box_figures(data: dict[str, Any], settings: RunSettings, interface: int = 0) -> None:
-    """The figures a virtual box must show, whichever way the rig reached it."""
+def _assert_box_figures(
+    data: dict[str, Any], settings: RunSettings, interface: int = 0, pedal: bool = False
+) -> None:
+    """The figures a virtual box must show, whichever way the rig reached it (``pedal``: and a
+    MIDI pedal's CC, timed as the knob's, where the rig shares the box's JACK server)."""
     latency = {entry["board"]: entry for entry in data["latency"]}
     assert set(latency) == {"empty", "5 plugins"}
     for entry in latency.values():
@@ -126,10 +129,9 @@ def _assert_box_figures(data: dict[str, Any], settings: RunSettings, interface: 
         assert entry["interface_frames"] == interface, entry
         assert entry["host_added_frames"] == 0, entry
     series = {entry["name"]: entry for entry in data["knob_to_sound"]}
+    kinds = ("gain", "bypass", "cc") if pedal else ("gain", "bypass")
     assert set(series) == {
-        f"{kind}, {count} client{'s' if count != 1 else ''}"
-        for kind in ("gain", "bypass")
-        for count in settings.clients
+        f"{kind}, {count} client{'s' if count != 1 else ''}" for kind in kinds for count in settings.clients
     }
     for entry in series.values():
         assert entry["missed"] == 0, entry
@@ -178,7 +180,7 @@ async def test_virtual_run_reports_every_section(engine_kind: str, tmp_path: Pat
     await asyncio.to_thread(write_report, run, report)
     data = _load(report)
     _assert_complete(data)
-    _assert_box_figures(data, settings)
+    _assert_box_figures(data, settings, pedal=True)
     assert data["settings"]["box"] == "virtual" and data["settings"]["engine"] == engine_kind
     assert data["box"]["healthz"]["engine"] == engine_kind
     assert data["calibration"] is None

@@ -91,7 +91,7 @@ from hil.rig.setups import (
 )
 from hil.rig.signals import noise, sine
 from hil.wsprobe import ProbeClient, ProbeError
-from tests.rig import Rig
+from tests.rig import MidiController, Rig
 
 #: The 5-plugin board, in chain order (catalog keys); none reports a latency.
 BOARD = ("gate", "compressor", "eq", "tuner", "gain")
@@ -182,6 +182,7 @@ class Session:
     plugins: dict[str, str] = field(default_factory=dict)  # catalog key → plugin id
     base_db: float = 0.0  # the board's gain for the tone, every plugin at its value
     spoiled: list[Spoiled] = field(default_factory=list)  # takes the rig's own server spoiled
+    midi: MidiController | None = None  # a foot controller the box hears (a virtual box)
     _sent: int = 0
 
     async def request(self, kind: str, **data: Any) -> dict[str, Any]:
@@ -466,7 +467,53 @@ async def measure_knob_and_footswitch(s: Session) -> list[TimingResult]:
             results.append(TimingResult(f"bypass, {clients}", heard, s.settings.rate, missed))
             await s.request("PLUGIN_BYPASS", plugin_id=gain, bypass=False)
             await s.request("PLUGIN_PARAMETER", plugin_id=gain, parameter_id="gain", parameter_value=0.0)
+            if s.midi is not None:
+                results.append(await cc_to_sound(s, s.midi, gain, clients))
     return results
+
+
+async def cc_to_sound(s: Session, pedal: MidiController, gain: str, clients: str) -> TimingResult:
+    """A pedal's CC 7 mapped to the gain (0 to :data:`STEP_DB`): its changes timed as a knob's."""
+    mapping = {"id": "rig_cc", "message": "cc", "number": 7, "channel": 1, "action": "parameter"}
+    await s.request(
+        "MIDI_MAP_SET",
+        mapping={**mapping, "plugin_id": gain, "parameter_id": "gain", "minimum": 0.0, "maximum": STEP_DB},
+    )
+    try:
+
+        async def cc(i: int) -> None:
+            await pedal.cc(7, 127 if (i + 1) % 2 else 0)
+
+        heard, missed = await timed_changes(
+            s, f"cc, {clients}", cc, lambda i: s.base_db + STEP_DB * ((i + 1) % 2), s.settings.changes
+        )
+    finally:
+        await s.request("MIDI_MAP_DELETE", id="rig_cc")
+        await s.request("PLUGIN_PARAMETER", plugin_id=gain, parameter_id="gain", parameter_value=0.0)
+    return TimingResult(f"cc, {clients}", heard, s.settings.rate, missed)
+
+
+@contextlib.asynccontextmanager
+async def heard_pedal(s: Session, server: str | None) -> AsyncIterator[MidiController | None]:
+    """A MIDI controller on ``server`` once the box listens to it; None without a server, or when
+    the box hears no MIDI there (then the report has no CC figures)."""
+    if server is None:
+        yield None
+        return
+    pedal = MidiController(server)
+    await pedal.open()
+    try:
+        for _ in range(100):
+            state = await s.request("MIDI_GET")
+            if pedal.port in state["data"].get("inputs", []):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            yield None
+            return
+        yield pedal
+    finally:
+        await pedal.close()
 
 
 async def _sweep(clients: list[ProbeClient], track: str, plugin_id: str, stop: asyncio.Event) -> None:
@@ -751,8 +798,11 @@ async def measure(
                 rig, settings, f"{len(BOARD)} plugins", session.spoiled, interface_frames=interface
             )
         )
-        log("knob-to-sound and footswitch-to-sound")
-        run.knob_to_sound = await measure_knob_and_footswitch(session)
+        log("knob-, footswitch- and pedal-to-sound")
+        async with heard_pedal(session, setup.midi_server) as pedal:
+            session.midi = pedal
+            run.knob_to_sound = await measure_knob_and_footswitch(session)
+        session.midi = None
         log(f"dropouts, {settings.dropout_seconds:g} s")
         run.dropouts = await measure_dropouts(session)
         log("switching")

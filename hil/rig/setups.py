@@ -159,12 +159,15 @@ class Setup:
         rig: the player and recorder, open, their ports reaching the box's input and output.
         settings: how the rig reaches the box, for the report (never the token).
         version: the box's version, as far as the rig can tell.
+        midi_server: the JACK server where a MIDI controller of the rig's is heard by the box
+            (a virtual box's), or None: no CC-to-sound figures.
     """
 
     box: Box
     rig: Rig
     settings: dict[str, Any]
     version: str
+    midi_server: str | None = None
 
 
 @dataclass(frozen=True)
@@ -333,7 +336,7 @@ async def virtual_setup(
             "jack_server": server.name,
             "realtime": server.is_realtime,
         }
-        yield Setup(Box.parse(process.ws_url), rig, settings, box_version())
+        yield Setup(Box.parse(process.ws_url), rig, settings, box_version(), midi_server=server.name)
     finally:
         if process is not None:
             await asyncio.to_thread(process.stop)
