@@ -139,13 +139,10 @@ def _assert_box_figures(
         assert entry["ms"]["min"] >= 0 and entry["ms"]["max"] > 0, entry
         assert entry["ms"]["p50"] is not None and entry["ms"]["p99"] >= entry["ms"]["p50"], entry
     switching = {s["name"]: s for s in data["switching"]}
-    assert switching.keys() == {
-        "snapshot recall",
-        "pedalboard switch",
-        "setlist step (warm standby)",
-        "pedalboard switch, tail",
-    }
-    for name in ("snapshot recall", "pedalboard switch", "setlist step (warm standby)"):
+    switches = ["snapshot recall", "pedalboard switch", "setlist step (warm standby)"]
+    switches += ["program change (warm standby)"] if pedal else []
+    assert switching.keys() == {*switches, "pedalboard switch, tail"}
+    for name in switches:
         switch = switching[name]
         assert switch["count"] == settings.switches, switch
         assert switch["to_new_sound_ms"]["count"] == settings.switches, switch  # every switch heard
@@ -188,8 +185,8 @@ async def test_virtual_run_reports_every_section(engine_kind: str, tmp_path: Pat
     titles = " ".join(plot["title"] for plot in data["plots"])
     for plot in ("Impulse response", "Latency per take", "Knob-to-sound", "Frequency response"):
         assert plot in titles, titles
-    # one excerpt per switch of each kind: recall, switch, setlist step, tail
-    assert sum(plot["section"] == "switching" for plot in data["plots"]) == 4 * settings.switches
+    # one excerpt per switch of each kind: recall, switch, setlist step, program change, tail
+    assert sum(plot["section"] == "switching" for plot in data["plots"]) == 5 * settings.switches
 
 
 # -- the real-box path, without hardware ---------------------------------------------

@@ -589,6 +589,7 @@ async def measure_switches(
     seconds: float,
     before: dict[str, Any] | None = None,
     settle: float = 0.0,
+    send: Callable[[dict[str, Any]], Awaitable[object]] | None = None,
 ) -> SwitchResult:
     """``settings.switches`` switches with ``kind`` requests, cycling through ``targets``.
 
@@ -598,6 +599,7 @@ async def measure_switches(
     for: what follows is the old board's tail, if it rings on (spillover).
     ``before``: a ``PEDALBOARD_LOAD`` sent before each take, not measured.
     ``settle``: seconds to wait before each take (a warm standby loading).
+    ``send``: how the switch is asked for, instead of a ``kind`` request (a MIDI pedal).
     """
     rate = s.settings.rate
     analyses = []
@@ -617,7 +619,10 @@ async def measure_switches(
 
         async def switch(data: dict[str, Any] = data, marks: list[int] = marks) -> None:
             marks.append(s.rig.position())
-            await s.request(kind, **data)
+            if send is not None:
+                await send(data)
+            else:
+                await s.request(kind, **data)
 
         played, recorded, outcome = await s.rig.record_during(signal, switch, lead_frames=rate // 5)
         if isinstance(outcome, Exception):
@@ -667,13 +672,15 @@ async def measure_switching(s: Session) -> list[SwitchResult]:
         ],
         2.0,
     )
-    return [snapshots, boards, await measure_setlist_steps(s), await measure_spillover(s)]
+    steps = await measure_setlist_steps(s)
+    return [snapshots, boards, *steps, await measure_spillover(s)]
 
 
-async def measure_setlist_steps(s: Session) -> SwitchResult:
+async def measure_setlist_steps(s: Session) -> list[SwitchResult]:
     """The same two pedalboards as setlist entries, stepped through with NEXT and PREVIOUS:
     where the engine keeps the setlist's neighbours loaded (warm standby, Carla), a step
-    wakes one instead of loading it. The player's setlist is put back afterwards."""
+    wakes one instead of loading it; with a MIDI pedal, the same step by program change
+    (program 1: entry 1). The player's setlist is put back afterwards."""
     saved = (await s.request("SETLIST_GET"))["data"]["setlist"]
     entries = [
         {"pedalboard": RIG_PEDALBOARDS[0], "snapshot": "loud"},
@@ -681,19 +688,47 @@ async def measure_setlist_steps(s: Session) -> SwitchResult:
     ]
     await s.request("PEDALBOARD_LOAD", name=RIG_PEDALBOARDS[0], snapshot="loud")
     await s.request("SETLIST_SET", entries=entries, position=0)
+    before = {"name": RIG_PEDALBOARDS[0], "snapshot": "loud"}
+    results = []
     try:
-        return await measure_switches(
-            s,
-            "setlist step (warm standby)",
-            "SETLIST_NEXT",
-            [({}, STEP_DB)],
-            3.0,  # a cold step (jalv) took over 2 s once on a loaded 2-core VM
-            before={"name": RIG_PEDALBOARDS[0], "snapshot": "loud"},
-            settle=WARM_SETTLE,
+        results.append(
+            await measure_switches(
+                s,
+                "setlist step (warm standby)",
+                "SETLIST_NEXT",
+                [({}, STEP_DB)],
+                3.0,  # a cold step (jalv) took over 2 s once on a loaded 2-core VM
+                before=before,
+                settle=WARM_SETTLE,
+            )
         )
+        pedal = s.midi
+        if pedal is not None:
+            mapping = {"id": "rig_pc", "message": "pc", "number": None, "channel": 1, "action": "setlist_go"}
+            await s.request("MIDI_MAP_SET", mapping=mapping)
+            try:
+
+                async def program(data: dict[str, Any]) -> None:
+                    await pedal.pc(1)
+
+                results.append(
+                    await measure_switches(
+                        s,
+                        "program change (warm standby)",
+                        "",
+                        [({}, STEP_DB)],
+                        3.0,
+                        before=before,
+                        settle=WARM_SETTLE,
+                        send=program,
+                    )
+                )
+            finally:
+                await s.request("MIDI_MAP_DELETE", id="rig_pc")
     finally:
         with contextlib.suppress(ProbeError, TimeoutError):
             await s.request("SETLIST_SET", entries=saved["entries"], position=saved["position"])
+    return results
 
 
 async def measure_spillover(s: Session) -> SwitchResult:
@@ -802,11 +837,11 @@ async def measure(
         async with heard_pedal(session, setup.midi_server) as pedal:
             session.midi = pedal
             run.knob_to_sound = await measure_knob_and_footswitch(session)
+            log(f"dropouts, {settings.dropout_seconds:g} s")
+            run.dropouts = await measure_dropouts(session)
+            log("switching")
+            run.switching = await measure_switches_or_skip(session, run)
         session.midi = None
-        log(f"dropouts, {settings.dropout_seconds:g} s")
-        run.dropouts = await measure_dropouts(session)
-        log("switching")
-        run.switching = await measure_switches_or_skip(session, run)
         run.skipped.setdefault("recovery", NO_RELAY)
         log("loading the box's board back, deleting the run's pedalboards")
         run.box["board_restored"] = await tidy_up(session, saved)
