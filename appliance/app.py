@@ -399,6 +399,8 @@ class Box:
         server = jack_server_name(self.config)
         own = str(getattr(self.engine, "prefix", ""))
         self.midi = MidiService(self.controller, self.config.data_dir / MIDI_FILE, server, own)
+        if self.library is not None:
+            self.library.parts.append(self.midi)
         await self.midi.start()
 
     async def _load_engine(self, board: Board) -> None:

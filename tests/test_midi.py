@@ -114,6 +114,7 @@ class Stack(ControlStack):
     def __init__(self, catalog: Catalog, data: Path) -> None:
         super().__init__(catalog, data, TRACK)
         self.midi = MidiService(self.controller, data / "midi.json", NO_SERVER)
+        self.library.parts.append(self.midi)
         #: Who each published event came from, as phones are told (``user_id``).
         self.origins: list[tuple[str, str | None]] = []
         self.controller.publishers.append(
@@ -235,6 +236,41 @@ async def test_a_program_change_picks_its_pedalboard_and_any_program_picks_the_s
     assert stack.library.state()["pedalboard"] == "Chorus"
     await stack.play(pc(0, channel=16))
     assert stack.library.state()["pedalboard"] == "Verse"
+
+
+async def test_a_pedalboard_keeps_its_knobs_mappings_and_the_box_keeps_its_own(stack: Stack) -> None:
+    """The same pedal drives the amp of Verse and the other amp of Chorus; loading each
+    pedalboard brings its mappings, the setlist's program change stays throughout, and a
+    pedalboard saved before it had any leaves only the box's own."""
+    setlist = await stack.map(message="pc", number=None, channel=16, action="setlist_go")
+    verse_amp = await stack.add("gain", gain=0.0)
+    await stack.map(message="cc", number=7, action="parameter", plugin_id=verse_amp, parameter_id="gain")
+    await stack.ask("PEDALBOARD_SAVE", name="Verse")
+    await stack.ask("PLUGIN_REMOVE", track_id=TRACK, plugin_id=verse_amp)
+    chorus_amp = await stack.add("gain", gain=0.0)
+    await stack.ask("PEDALBOARD_SAVE", name="Plain", overwrite=True)  # before its mapping
+    await stack.map(message="cc", number=7, action="parameter", plugin_id=chorus_amp, parameter_id="gain")
+    await stack.ask("PEDALBOARD_SAVE", name="Chorus")
+
+    def mapped() -> set[tuple[str, Any, Any]]:
+        return {(m.message, m.number, m.plugin_id) for m in stack.midi.mappings.values()}
+
+    def amp() -> str:  # a loaded board's plugins play under new ids (the old board plays on beside)
+        return stack.board.tracks[TRACK].chain[0].id
+
+    await stack.ask("PEDALBOARD_LOAD", name="Verse")
+    assert mapped() == {("pc", None, None), ("cc", 7, amp())}
+    assert setlist in stack.midi.mappings and stack.state()["mappings"] == [
+        m.to_dict() for m in stack.midi.mappings.values()
+    ], "phones are told"
+    await stack.play(cc(7, 0))
+    assert stack.gain(amp()) == -90.0
+    await stack.ask("PEDALBOARD_LOAD", name="Chorus")
+    assert mapped() == {("pc", None, None), ("cc", 7, amp())}
+    await stack.play(cc(7, 127))
+    assert stack.gain(amp()) == 24.0
+    await stack.ask("PEDALBOARD_LOAD", name="Plain")
+    assert mapped() == {("pc", None, None)}
 
 
 async def test_learn_maps_the_next_message_keeps_it_and_every_phone_sees_it(

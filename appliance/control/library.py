@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..core.board import Board
 from ..core.errors import ApplianceError, InvalidValue, NameTaken, UnknownPedalboard
@@ -31,6 +31,7 @@ from ..core.pedalboards import (
     check_name,
     layout,
     plan_recall,
+    renamed,
     take_snapshot,
 )
 from ..core.protocol import Request
@@ -42,6 +43,22 @@ log = logging.getLogger("appliance.control.library")
 
 #: Requests that may load a pedalboard: they run beside the client's other messages.
 SWITCHING = ("PEDALBOARD_LOAD", "SETLIST_NEXT", "SETLIST_PREVIOUS", "SETLIST_GO")
+
+
+class BoardPart(Protocol):
+    """A part of the box that keeps something with each pedalboard (the MIDI mappings of its
+    knobs): saved with it, and switched with it."""
+
+    key: str
+
+    def kept(self) -> Any:
+        """What the pedalboard being saved keeps of this part (JSON)."""
+        ...
+
+    async def switched(self, kept: Any, ids: dict[str, str]) -> None:
+        """The pedalboard that now plays kept this (None: saved without this part); ``ids``:
+        the plugin id each of its saved plugins plays under now."""
+        ...
 
 
 class Library:
@@ -81,6 +98,8 @@ class Library:
         self._switching = False
         self._told_modified = False
         self._preparing: asyncio.Task[None] | None = None
+        #: The parts that keep something with each pedalboard (:class:`BoardPart`).
+        self.parts: list[BoardPart] = []
         handlers = {
             "PEDALBOARD_LIST": self._list,
             "PEDALBOARD_SAVE": self._save,
@@ -245,7 +264,8 @@ class Library:
         board.pop("next_number", None)
         written = layout(board)
         snapshots = list(current.snapshots) if current else []
-        pedalboard = Pedalboard(name, board, snapshots, spillover)
+        parts = {part.key: part.kept() for part in self.parts}
+        pedalboard = Pedalboard(name, board, snapshots, spillover, parts)
         async with self._files:
             if overwrite:
                 await asyncio.to_thread(self.store.write, pedalboard)
@@ -285,6 +305,9 @@ class Library:
         finally:
             self._switching = False
         self.current, self.snapshot = pedalboard, None
+        ids = renamed(pedalboard.board, self.controller.board.to_dict())
+        for part in self.parts:
+            await part.switched(pedalboard.parts.get(part.key), ids)
         if snapshot is not None:
             events += await self._recall(pedalboard, snapshot)
         else:

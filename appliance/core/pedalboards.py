@@ -70,6 +70,9 @@ class Pedalboard:
     board: dict[str, Any]
     snapshots: list[Snapshot] = field(default_factory=list)
     spillover: bool = True
+    #: What other parts of the box keep with this board, by part (``midi``: its knobs'
+    #: mappings); a part missing was not there when the pedalboard was saved.
+    parts: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +81,7 @@ class Pedalboard:
             "spillover": self.spillover,
             "board": self.board,
             "snapshots": [s.to_dict() for s in self.snapshots],
+            **({"parts": self.parts} if self.parts else {}),
         }
 
     @classmethod
@@ -92,7 +96,10 @@ class Pedalboard:
             Snapshot(str(s["name"]), {str(t): list(c) for t, c in dict(s["tracks"]).items()})
             for s in list(data.get("snapshots", []))
         ]
-        return cls(str(data["name"]), board, snapshots, bool(data.get("spillover", True)))
+        parts = data.get("parts", {})
+        if not isinstance(parts, dict):
+            raise ValueError("parts must be an object")
+        return cls(str(data["name"]), board, snapshots, bool(data.get("spillover", True)), dict(parts))
 
     def snapshot(self, name: str) -> Snapshot:
         for snapshot in self.snapshots:
@@ -182,6 +189,19 @@ def layout(board: Mapping[str, Any]) -> list[tuple[str, list[tuple[Any, ...]]]]:
         ]
         tracks.append((str(track.get("id")), chain))
     return sorted(tracks)
+
+
+def renamed(saved: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, str]:
+    """Which plugin id of a pedalboard's saved board each plugin plays under now: a loaded
+    board's plugins get new ids (the old board still plays beside it during the switch);
+    the same track and chain position is the same plugin."""
+    chains = {str(t.get("id")): list(t.get("chain", [])) for t in live.get("tracks", [])}
+    ids: dict[str, str] = {}
+    for track in saved.get("tracks", []):
+        for old, new in zip(track.get("chain", []), chains.get(str(track.get("id")), []), strict=False):
+            if "id" in old and "id" in new:
+                ids[str(old["id"])] = str(new["id"])
+    return ids
 
 
 def take_snapshot(board: Board, name: str) -> Snapshot:

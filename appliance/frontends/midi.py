@@ -70,6 +70,14 @@ def read_line(text: str) -> bytes | None:
     return bytes(int(b, 16) for b in found.group(1).split()[:3])
 
 
+def _free_id(taken: dict[str, Mapping]) -> str:
+    """``midi_N``, the first N not taken."""
+    n = len(taken) + 1
+    while f"midi_{n}" in taken:
+        n += 1
+    return f"midi_{n}"
+
+
 class MidiPatch:
     """The box's view of the MIDI outputs on its JACK server: which there are (but the
     engine's), connecting them to the monitor, and a call whenever a port comes or goes.
@@ -437,10 +445,7 @@ class MidiService:
         self.controller.publish([*events, ("MIDI_STATE", self.state())], None, {"user_id": "midi"})
 
     def _new_id(self) -> str:
-        n = len(self.mappings) + 1
-        while f"midi_{n}" in self.mappings:
-            n += 1
-        return f"midi_{n}"
+        return _free_id(self.mappings)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -486,6 +491,42 @@ class MidiService:
             self.learning[2].cancel()
             self.learning = None
         return Outcome(broadcast=[("MIDI_STATE", self.state())])
+
+    # -- with each pedalboard (appliance.control.library.BoardPart) --------------------
+
+    key = "midi"
+
+    def kept(self) -> list[dict[str, Any]]:
+        """What a pedalboard keeps: the mappings of its plugins (knobs and bypasses)."""
+        on_board = {p.id for _, p in self.controller.board.instances()}
+        return [m.to_dict() for m in self.mappings.values() if m.plugin_id in on_board]
+
+    async def switched(self, kept: Any, ids: dict[str, str]) -> None:
+        """A pedalboard now plays: its plugins' mappings (aimed at the ids they play under now)
+        replace the last board's (none when it was saved without them); the box's own
+        (setlist, tuner, mixer, pedalboards) stay."""
+        mappings = {k: m for k, m in self.mappings.items() if m.plugin_id is None}
+        for entry in kept if isinstance(kept, list) else []:
+            try:
+                mapping = midimap.from_dict(entry)
+            except InvalidValue as exc:
+                log.error("midi: a mapping of the pedalboard is left out: %s", exc)
+                continue
+            if mapping.plugin_id not in ids:
+                log.warning("midi: %s aims at %s, not on the pedalboard", mapping.id, mapping.plugin_id)
+                continue
+            mapping = dataclasses.replace(mapping, plugin_id=ids[mapping.plugin_id])
+            if not mapping.id or mapping.id in mappings:  # one of the box's took its id meanwhile
+                mapping = dataclasses.replace(mapping, id=_free_id(mappings))
+            mappings[mapping.id] = mapping
+        if mappings == self.mappings:
+            return
+        try:
+            await self._write(mappings)
+        except StoreError as exc:
+            log.error("midi: the pedalboard's mappings are used but not kept: %s", exc)
+        self.mappings = mappings
+        self.controller.publish([("MIDI_STATE", self.state())], None, {"user_id": "midi"})
 
     # -- the file --------------------------------------------------------------------
 
