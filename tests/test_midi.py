@@ -376,6 +376,17 @@ async def test_a_controller_plugged_in_while_playing_moves_the_gain_heard_and_a_
         await midi.settled()
         last = sweep[-1][2]
         assert stack.board.plugin(TRACK, amp).values["gain"] == pytest.approx(-20 + 20 * last / 127)
+        # a 4 KB SysEx (a patch dump), bytes no parser takes, clock: heard, ignored, and the pedal
+        # still works (a 16 KB one was dropped by jack_midi_dump before the box: docs/protocol.md §18)
+        junk = [bytes([0xF0, *([0x11] * 4000), 0xF7]), bytes([0xB0, 0x80, 0x01]), bytes([0xF7]), bytes([0xF8])]
+        await controller.send(*junk, bytes([0xB0, 7, 127]))
+        assert await rig.gain_until(lambda g: abs(g) <= 0.1, PROBE) == pytest.approx(0.0, abs=0.1)
+        for _ in range(100):
+            if midi.ignored >= len(junk):
+                break
+            await asyncio.sleep(0.02)
+        assert midi.ignored == len(junk), "the junk never reached the box: the test would prove nothing"
+        assert await rig.gain_until(lambda g: abs(g) <= 0.1, PROBE) == pytest.approx(0.0, abs=0.1)
     finally:
         await controller.close()
         await midi.stop()

@@ -179,6 +179,8 @@ class MidiService:
         self.patch: MidiPatch | None = None
         #: The controllers' ports connected to the monitor.
         self.inputs: list[str] = []
+        #: Messages heard that no mapping can use (SysEx, clock, malformed bytes).
+        self.ignored = 0
         self._rescan: asyncio.Task[None] | None = None
         self._pending: dict[str, tuple[Mapping, int]] = {}
         self._wake = asyncio.Event()
@@ -321,7 +323,9 @@ class MidiService:
         if data is None:
             return False
         event = midimap.parse(data)
-        if event is not None:
+        if event is None:
+            self.ignored += 1
+        else:
             self.handle(event)
         return True
 
