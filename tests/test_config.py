@@ -54,6 +54,7 @@ def test_virtual_config_has_plain_overridable_keys() -> None:
         ({"server": {"auth": "token"}}, "server.token_file"),
         ({"server": {"rate_limit": {"rate": -1}}}, "server.rate_limit.rate"),
         ({"engine": {"kind": "pd"}}, "engine.kind"),
+        ({"midi": "yes"}, "midi"),
         ({"engine": {"jack": {"dummy": {"rate": 0}}}}, "engine.jack.dummy.rate"),
         ({"engine": {"jack": {"dummy": {"period": {"jalv": 0}}}}}, "engine.jack.dummy.period.jalv"),
         ({"engine": {"jack": {"dummy": {"period": {"pd": 256}}}}}, "engine.jack.dummy.period.pd"),
