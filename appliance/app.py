@@ -400,7 +400,7 @@ class Box:
         own = str(getattr(self.engine, "prefix", ""))
         self.midi = MidiService(self.controller, self.config.data_dir / MIDI_FILE, server, own)
         if self.library is not None:
-            self.library.parts.append(self.midi)
+            self.midi.board_kept = self.library.attach(self.midi)
         await self.midi.start()
 
     async def _load_engine(self, board: Board) -> None:

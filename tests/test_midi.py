@@ -12,6 +12,7 @@ message that changes something nobody mapped.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -114,7 +115,7 @@ class Stack(ControlStack):
     def __init__(self, catalog: Catalog, data: Path) -> None:
         super().__init__(catalog, data, TRACK)
         self.midi = MidiService(self.controller, data / "midi.json", NO_SERVER)
-        self.library.parts.append(self.midi)
+        self.midi.board_kept = self.library.attach(self.midi)
         #: Who each published event came from, as phones are told (``user_id``).
         self.origins: list[tuple[str, str | None]] = []
         self.controller.publishers.append(
@@ -241,14 +242,13 @@ async def test_a_program_change_picks_its_pedalboard_and_any_program_picks_the_s
 async def test_a_pedalboard_keeps_its_knobs_mappings_and_the_box_keeps_its_own(stack: Stack) -> None:
     """The same pedal drives the amp of Verse and the other amp of Chorus; loading each
     pedalboard brings its mappings, the setlist's program change stays throughout, and a
-    pedalboard saved before it had any leaves only the box's own."""
+    pedalboard saved before the box had MIDI leaves only the box's own."""
     setlist = await stack.map(message="pc", number=None, channel=16, action="setlist_go")
     verse_amp = await stack.add("gain", gain=0.0)
     await stack.map(message="cc", number=7, action="parameter", plugin_id=verse_amp, parameter_id="gain")
     await stack.ask("PEDALBOARD_SAVE", name="Verse")
     await stack.ask("PLUGIN_REMOVE", track_id=TRACK, plugin_id=verse_amp)
     chorus_amp = await stack.add("gain", gain=0.0)
-    await stack.ask("PEDALBOARD_SAVE", name="Plain", overwrite=True)  # before its mapping
     await stack.map(message="cc", number=7, action="parameter", plugin_id=chorus_amp, parameter_id="gain")
     await stack.ask("PEDALBOARD_SAVE", name="Chorus")
 
@@ -269,8 +269,32 @@ async def test_a_pedalboard_keeps_its_knobs_mappings_and_the_box_keeps_its_own(s
     assert mapped() == {("pc", None, None), ("cc", 7, amp())}
     await stack.play(cc(7, 127))
     assert stack.gain(amp()) == 24.0
-    await stack.ask("PEDALBOARD_LOAD", name="Plain")
+    old = dataclasses.replace(stack.store.read("Chorus"), name="Old", parts={})  # saved before MIDI
+    await asyncio.to_thread(stack.store.write, old)
+    await stack.ask("PEDALBOARD_LOAD", name="Old")
     assert mapped() == {("pc", None, None)}
+
+
+async def test_a_mapping_learned_while_a_pedalboard_plays_is_kept_with_it(stack: Stack) -> None:
+    """Learn on Verse, switch to Chorus and back without saving: the pedal still drives
+    Verse's amp (kept at once, as a snapshot is); forgotten on Verse, it stays forgotten."""
+    await stack.add("gain", gain=0.0)
+    await stack.ask("PEDALBOARD_SAVE", name="Verse")
+    await stack.ask("PEDALBOARD_SAVE", name="Chorus")
+    await stack.ask("PEDALBOARD_LOAD", name="Verse")
+    amp = stack.board.tracks[TRACK].chain[0].id
+    await stack.ask("MIDI_LEARN", mapping={"action": "parameter", "plugin_id": amp, "parameter_id": "gain"})
+    await stack.play(cc(9, 127))
+    await stack.ask("PEDALBOARD_LOAD", name="Chorus")
+    assert stack.midi.mappings == {}
+    await stack.ask("PEDALBOARD_LOAD", name="Verse")
+    await stack.play(cc(9, 0))
+    assert stack.gain(stack.board.tracks[TRACK].chain[0].id) == -90.0
+    (mapping_id,) = stack.midi.mappings
+    await stack.ask("MIDI_MAP_DELETE", id=mapping_id)
+    await stack.ask("PEDALBOARD_LOAD", name="Chorus")
+    await stack.ask("PEDALBOARD_LOAD", name="Verse")
+    assert stack.midi.mappings == {}
 
 
 async def test_learn_maps_the_next_message_keeps_it_and_every_phone_sees_it(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..core.board import Board
@@ -51,8 +51,9 @@ class BoardPart(Protocol):
 
     key: str
 
-    def kept(self) -> Any:
-        """What the pedalboard being saved keeps of this part (JSON)."""
+    def kept(self, ids: dict[str, str]) -> Any:
+        """What the pedalboard being saved keeps of this part (JSON); ``ids``: the id each
+        plugin playing has in the pedalboard's board (they differ once it was loaded)."""
         ...
 
     async def switched(self, kept: Any, ids: dict[str, str]) -> None:
@@ -264,7 +265,8 @@ class Library:
         board.pop("next_number", None)
         written = layout(board)
         snapshots = list(current.snapshots) if current else []
-        parts = {part.key: part.kept() for part in self.parts}
+        same = {p.id: p.id for _, p in self.controller.board.instances()}
+        parts = {part.key: part.kept(same) for part in self.parts}
         pedalboard = Pedalboard(name, board, snapshots, spillover, parts)
         async with self._files:
             if overwrite:
@@ -423,6 +425,25 @@ class Library:
         if self.snapshot == name:
             self.snapshot = None
         return self._changed()
+
+    def attach(self, part: BoardPart) -> Callable[[], Awaitable[None]]:
+        """Keep ``part`` with each pedalboard; what it calls when what it keeps changed: the
+        pedalboard playing keeps it at once, as it keeps a snapshot (a switch away never loses
+        a mapping just learned)."""
+        self.parts.append(part)
+
+        async def changed() -> None:
+            current = self.current
+            if current is None:
+                return  # an unsaved board: PEDALBOARD_SAVE keeps it
+            ids = renamed(self.controller.board.to_dict(), current.board)  # playing → as saved
+            updated = dataclasses.replace(current, parts={**current.parts, part.key: part.kept(ids)})
+            async with self._files:
+                await asyncio.to_thread(self.store.write, updated)
+            if self.current is current:
+                self.current = updated
+
+        return changed
 
     async def _keep_snapshots(self, current: Pedalboard, snapshots: list[Snapshot]) -> None:
         """Write the current pedalboard with these snapshots; it is the current one from now on."""

@@ -28,7 +28,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,9 @@ class MidiService:
         self.inputs: list[str] = []
         #: Messages heard that no mapping can use (SysEx, clock, malformed bytes).
         self.ignored = 0
+        #: Called after the mappings of the board's plugins changed (the library keeps them
+        #: with the pedalboard playing: :meth:`appliance.control.library.Library.attach`).
+        self.board_kept: Callable[[], Awaitable[None]] | None = None
         self._rescan: asyncio.Task[None] | None = None
         self._pending: dict[str, tuple[Mapping, int]] = {}
         self._wake = asyncio.Event()
@@ -446,6 +449,7 @@ class MidiService:
         else:
             self.mappings = {**self.mappings, mapping.id: mapping}
             events.append(("MIDI_LEARNED", {"mapping": mapping.to_dict(), "event": learned.describe()}))
+            await self._keep_with_board(mapping)
         self.controller.publish([*events, ("MIDI_STATE", self.state())], None, {"user_id": "midi"})
 
     def _new_id(self) -> str:
@@ -467,8 +471,10 @@ class MidiService:
         if not mapping.id:
             mapping = dataclasses.replace(mapping, id=self._new_id())
         self._check_room(mapping.id)
+        old = self.mappings.get(mapping.id)
         await self._write({**self.mappings, mapping.id: mapping})
         self.mappings = {**self.mappings, mapping.id: mapping}
+        await self._keep_with_board(mapping, old)
         return Outcome(broadcast=[("MIDI_STATE", self.state())])
 
     async def _delete(self, request: Request) -> Outcome:
@@ -476,8 +482,10 @@ class MidiService:
         if mapping_id not in self.mappings:
             raise UnknownMapping(f"no MIDI mapping {mapping_id!r}", {"id": mapping_id})
         rest = {k: v for k, v in self.mappings.items() if k != mapping_id}
+        gone = self.mappings[mapping_id]
         await self._write(rest)
         self.mappings = rest
+        await self._keep_with_board(gone)
         return Outcome(broadcast=[("MIDI_STATE", self.state())])
 
     async def _learn(self, request: Request) -> Outcome:
@@ -498,12 +506,25 @@ class MidiService:
 
     # -- with each pedalboard (appliance.control.library.BoardPart) --------------------
 
+    async def _keep_with_board(self, *changed: Mapping | None) -> None:
+        """The pedalboard playing keeps its plugins' mappings at once, when one of them changed."""
+        if self.board_kept is None or not any(m is not None and m.plugin_id is not None for m in changed):
+            return
+        try:
+            await self.board_kept()
+        except (OSError, ApplianceError) as exc:
+            log.error("midi: the pedalboard playing does not keep the change: %s", exc)
+
     key = "midi"
 
-    def kept(self) -> list[dict[str, Any]]:
-        """What a pedalboard keeps: the mappings of its plugins (knobs and bypasses)."""
-        on_board = {p.id for _, p in self.controller.board.instances()}
-        return [m.to_dict() for m in self.mappings.values() if m.plugin_id in on_board]
+    def kept(self, ids: dict[str, str]) -> list[dict[str, Any]]:
+        """What a pedalboard keeps: the mappings of its plugins (knobs and bypasses), aimed at
+        the ids the plugins have in its saved board (``ids``: playing id → saved id)."""
+        return [
+            dataclasses.replace(m, plugin_id=ids[m.plugin_id]).to_dict()
+            for m in self.mappings.values()
+            if m.plugin_id is not None and m.plugin_id in ids
+        ]
 
     async def switched(self, kept: Any, ids: dict[str, str]) -> None:
         """A pedalboard now plays: its plugins' mappings (aimed at the ids they play under now)
