@@ -291,6 +291,8 @@ class Box:
         assert self.controller is not None
         controller = self.controller
         lost = time.monotonic()
+        if self.midi is not None:  # its JACK clients close before the engine's open on the new server
+            await self.midi.pause()
         try:
             while True:
                 self.engine_lost = False

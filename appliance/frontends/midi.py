@@ -55,6 +55,8 @@ LEARN_TIMEOUT = 30.0
 LINE_LIMIT = 1 << 20
 #: How long the monitor may take to show its input port, seconds.
 MONITOR_START_TIMEOUT = 10.0
+#: How long closing the patch client may take before the box goes on without waiting, seconds.
+CLOSE_TIMEOUT = 2.0
 #: How long after a port appears the box looks (a device brings its ports together), seconds.
 RESCAN_DELAY = 0.05
 #: ``  123: b0 07 64 control change ...``: the frame, then the bytes in hex.
@@ -102,8 +104,16 @@ class MidiPatch:
         await self._call(self._open)
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._call(self._close)
+        """Close the client; a JACK that does not answer (a dead server) is not waited for long."""
+        closing = asyncio.wrap_future(self._worker.submit(self._close))
+        try:
+            await asyncio.wait_for(asyncio.shield(closing), CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.warning(
+                "midi: the patch client did not close within %s s; it closes when JACK answers", CLOSE_TIMEOUT
+            )
+        except jack.JackError as exc:
+            log.warning("midi: closing the patch client failed: %s", exc)
         self._worker.shutdown(wait=False)
 
     async def outputs(self) -> list[str]:
@@ -133,7 +143,8 @@ class MidiPatch:
     def _close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            client.deactivate()
+            with contextlib.suppress(jack.JackError):
+                client.deactivate()
             client.close()
 
     def _outputs(self) -> list[str]:
@@ -274,6 +285,10 @@ class MidiService:
             await self.rescan()
         except Exception as exc:
             log.warning("midi: cannot connect the controllers: %s", exc)
+
+    async def pause(self) -> None:
+        """Let go of the JACK server (it went away): :meth:`listen` again once it is back."""
+        await self._unlisten()
 
     async def _unlisten(self) -> None:
         if self._rescan is not None:
