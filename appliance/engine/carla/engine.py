@@ -81,6 +81,8 @@ CARLA_CALL_TIMEOUT = 5.0
 HOST_HANG_TIMEOUT = 5.0
 #: How often the heartbeats are checked.
 HANG_CHECK_INTERVAL = 1.0
+#: How long a host that JACK stopped waits, once ended, for the graph to say the server is gone.
+SERVER_GONE_GRACE = 0.5
 #: How many racks may wait in warm standby (the setlist's next and previous board, per track).
 WARM_LIMIT = 2
 #: JACK client names are at most this long.
@@ -131,6 +133,8 @@ class Rack:
         role: ``live`` (the board playing), ``warm`` (loaded for a board to
             come, running no DSP) or ``ringing`` (an old board's tails).
         down: its host died; the track plays dry until it is back.
+        jack_stopped: its host said JACK stopped its engine (the server died, or
+            dropped the host's client).
         shape: the plugin URIs in order (what a warm rack can stand in for).
     """
 
@@ -143,6 +147,7 @@ class Rack:
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     down: bool = False
+    jack_stopped: bool = False
     load: float = 0.0
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -447,7 +452,7 @@ class CarlaEngine(Engine):
         )
         host.on_exit = functools.partial(self._host_ended, rack, host)
         ready = await host.start()
-        rack.host, rack.down = host, False
+        rack.host, rack.down, rack.jack_stopped = host, False, False
         rack.inputs = tuple(str(p) for p in ready.get("inputs", ()))
         rack.outputs = tuple(str(p) for p in ready.get("outputs", ()))
         try:
@@ -992,6 +997,10 @@ class CarlaEngine(Engine):
         member = rack.own.get("tuner") if rack is not None else None
         return tuner_reading(member.readings) if member is not None else None
 
+    def set_tempo(self, bpm: float) -> None:
+        super().set_tempo(bpm)
+        self._graph.set_tempo(bpm)
+
     async def set_tuner(self, on: bool) -> None:
         """The stage tuner: silence at once, then the tuner listens at the first rack's input.
 
@@ -1173,6 +1182,7 @@ class CarlaEngine(Engine):
             else:
                 log.warning("%s died in a %s Carla host: %s", member.id, rack.role, why)
         elif event == "stopped":
+            rack.jack_stopped = True
             log.error("carla host: %s", message.get("message"))
 
     async def _revive(self, rack: Rack, member: Member) -> None:
@@ -1205,14 +1215,23 @@ class CarlaEngine(Engine):
             return
         self._emit(EngineEvent("plugin-died", member.id, "not restarted: reloading failed"))
 
-    def _host_ended(self, rack: Rack, host: CarlaHostProcess, why: str) -> None:
-        """A host process ended on its own (a crash, a kill). Loop thread."""
+    def _host_ended(self, rack: Rack, host: CarlaHostProcess, why: str, waited: bool = False) -> None:
+        """A host process ended on its own (a crash, a kill). Loop thread.
+
+        A host that JACK stopped may have outlived its server: that death is the
+        graph's to tell (once, and the box restarts the whole engine), so such a
+        host's end waits :data:`SERVER_GONE_GRACE` for the graph to hear of it."""
         if rack.host is not host or not self._started:
             return
         for member in rack.sequence():
             member.up = False
         rack.down = True
         self._graph.stale_ports.update(rack.ports)
+        if not self._graph.running:
+            return  # the server is gone: told by the graph, and the whole engine restarts
+        if rack.jack_stopped and not waited:
+            asyncio.get_running_loop().call_later(SERVER_GONE_GRACE, self._host_ended, rack, host, why, True)
+            return
         if rack in self._warm:
             self._warm.remove(rack)
             log.warning("a warm standby host ended (%s); it is loaded again", why)
