@@ -145,6 +145,7 @@ class JackServer:
         self.is_realtime = False
         self._jackd = jackd
         self._child: Child | None = None
+        self._answered = False  # the running child answered clients (it holds a slot)
         self._last_words: list[str] = []  # of the last server of this name, for output_tail
 
     @property
@@ -270,6 +271,7 @@ class JackServer:
             await asyncio.wait_for(self._wait_ready(child), SERVER_START_TIMEOUT)
         except TimeoutError:
             raise EngineError(f"no answer within {SERVER_START_TIMEOUT} s: {self.output_tail()}") from None
+        self._answered = True
 
     async def _wait_ready(self, child: Child) -> None:
         while True:
@@ -299,14 +301,18 @@ class JackServer:
                 await probe.wait()
 
     async def _reap(self, reclaim: bool = True) -> None:
+        """End the server. One that held its slot and did not exit cleanly (0 after SIGTERM)
+        may leave the slot taken: it is reclaimed. The exit status alone cannot tell a signal:
+        asyncio reports 255 for a child whose status it lost."""
         child, self._child = self._child, None
+        answered, self._answered = self._answered, False
         if child is None:
             return
         killed = await child.end(None, SERVER_STOP_TIMEOUT)
         self._last_words = list(child.output)
         if killed:
             log.warning("jack server %s ignored SIGTERM and was killed", self.name)
-        elif (child.returncode or 0) < 0:  # a signal it cannot catch (SIGKILL, a crash)
+        elif child.returncode != 0 and answered:
             log.warning("jack server %s had ended by %s", self.name, child.exit_reason())
         else:
             return
