@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import faulthandler
+import gc
 import os
 import shutil
 import socket
+import threading
 import warnings
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 import pytest_asyncio
@@ -117,18 +120,47 @@ def hang_file() -> Iterator[IO[str]]:
         yield file
 
 
+def _write_stacks(file: IO[str]) -> None:
+    """Every thread's stack, then every unfinished asyncio task's: a test hung on an await
+    shows only the loop's idle select in its thread's stack; its tasks say what it waits for."""
+    file.write("Thread 0x: every thread\n")
+    file.flush()
+    faulthandler.dump_traceback(file, all_threads=True)
+    for _ in range(3):  # the loop's thread may change the set of objects meanwhile
+        try:
+            tasks = [o for o in gc.get_objects() if isinstance(o, asyncio.Task) and not o.done()]
+            break
+        except RuntimeError:
+            continue
+    else:
+        tasks = []
+    for task in tasks:
+        file.write(f"\n-- asyncio task {task.get_name()}, awaiting (outermost first):\n")
+        awaited: Any = task.get_coro()
+        while awaited is not None:  # down the chain of awaits, to the future it waits on
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is None:
+                file.write(f"  {awaited!r}\n")
+                break
+            file.write(f"  File {frame.f_code.co_filename!r}, line {frame.f_lineno}, in {frame.f_code.co_name}\n")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    file.flush()
+
+
 @pytest.fixture(autouse=True)
 def stacks_of_a_hang(request: pytest.FixtureRequest, hang_file: IO[str]) -> Iterator[None]:
-    """Every thread's stack, written to :data:`HANGS` shortly before the test's timeout."""
+    """Every thread's and task's stack, written to :data:`HANGS` shortly before the test's timeout."""
     marker = request.node.get_closest_marker("timeout")
     timeout = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout"))
     hang_file.write(f"\n== {request.node.nodeid}: stacks if it is still running after {timeout - HANG_MARGIN:g} s\n")
     hang_file.flush()
-    faulthandler.dump_traceback_later(max(1.0, timeout - HANG_MARGIN), file=hang_file)
+    timer = threading.Timer(max(1.0, timeout - HANG_MARGIN), _write_stacks, (hang_file,))
+    timer.daemon = True
+    timer.start()
     try:
         yield
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        timer.cancel()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
