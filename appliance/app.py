@@ -33,6 +33,7 @@ from .frontends.midi import MIDI_FILE, MidiService
 from .frontends.mixer import Mixer, MixerService
 from .frontends.net import ControlServer
 from .frontends.readings import MeterFeed, Tuner
+from .frontends.tempo import TempoService
 from .plugins.catalog import Catalog
 from .store.boards import BoardStore, DebouncedSaver
 from .store.files import write_atomic
@@ -238,6 +239,7 @@ class Box:
         self.hardware: gpio.Hardware | None = None
         self.mixer: MixerService | None = None
         self.midi: MidiService | None = None
+        self.tempo: TempoService | None = None
         self.meters: asyncio.Task[None] | None = None
         self.restarting: asyncio.Task[None] | None = None
         #: The engine said it must be started again, and has not been yet.
@@ -263,6 +265,8 @@ class Box:
             data["library"] = self.library.saved_state()
         if self.mixer is not None:
             data["mixer"] = self.mixer.saved_state()
+        if self.tempo is not None:
+            data["tempo"] = self.tempo.saved_state()
         return data
 
     def _board_changed(self) -> None:
@@ -347,6 +351,8 @@ class Box:
             self.saver.changed,
             config.switch_ceiling,
         )
+        self.tempo = TempoService(self.controller, asyncio.get_running_loop().time, self.saver.changed)
+        self.tempo.start(saved.get("tempo") if saved else None)  # before any plugin that follows it loads
         if waiting or self.engine_lost:  # not started, or lost its server as it started
             self.restarting = asyncio.create_task(self._restart_engine(fresh=saved is None))
         else:
@@ -401,6 +407,8 @@ class Box:
         server = jack_server_name(self.config)
         own = str(getattr(self.engine, "prefix", ""))
         self.midi = MidiService(self.controller, self.config.data_dir / MIDI_FILE, server, own)
+        if self.tempo is not None:
+            self.midi.on_clock = self.tempo.clock_tick
         if self.library is not None:
             self.midi.board_kept = self.library.attach(self.midi)
         await self.midi.start()

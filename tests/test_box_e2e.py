@@ -364,11 +364,13 @@ async def _build_board(phone: Phone) -> tuple[str, str, str]:
 async def test_board_survives_a_restart(
     engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path
 ) -> None:
-    """After SIGTERM and a new start on the same data_dir, the board replays the same and reads −6 dB."""
+    """After SIGTERM and a new start on the same data_dir, the board replays the same and reads
+    −6 dB, at the tempo it was set to."""
     config = _config(tmp_path, jack_server, engine_kind, _one_track(rig))
     async with _box(config) as box:
         async with _phone(box) as phone:
             gain, drive, compressor = await _build_board(phone)
+            assert (await phone.ask("TEMPO_SET", "TEMPO", bpm=96.5))["data"] == {"bpm": 96.5, "source": "phone"}
         assert await rig.gain_until(_near(-6.0), QUIET_PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
         before = await _replay(box)
     assert box.returncode == 0, box.log_tail()
@@ -385,7 +387,9 @@ async def test_board_survives_a_restart(
     assert chain[2][2]["threshold"] == -25.0
 
     async with _box(config) as box:
-        assert await _replay(box) == before
+        async with _phone(box) as phone:
+            assert await phone.replay() == before
+            assert phone.states["TEMPO"] == {"bpm": 96.5, "source": "saved"}
         assert await rig.gain_until(_near(-6.0), QUIET_PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
 
 

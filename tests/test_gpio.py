@@ -31,6 +31,7 @@ from appliance.engine.jack.server import JackServer
 from appliance.frontends import gpio, gpiomap
 from appliance.frontends.net import ControlServer
 from appliance.frontends.readings import MeterFeed
+from appliance.frontends.tempo import TempoService
 from appliance.plugins.catalog import Catalog
 from tests.boxproc import SERVER_PERIOD
 from tests.engines import ENGINE_ADAPTERS
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACK = "track_001"
-A, B, PUSH, SWITCH, HOLD_SWITCH, NEXT, TUNE = 17, 27, 22, 23, 24, 25, 5
+A, B, PUSH, SWITCH, HOLD_SWITCH, NEXT, TUNE, TAP = 17, 27, 22, 23, 24, 25, 5, 6
 HOLD = 0.15
 #: The tuner footswitch silences the box within this many frames of the press, on the
 #: recording's clock (the fade's steps, a period apart at least, then two periods; the tuner takes hundreds of ms
@@ -77,6 +78,7 @@ MAP = {
         },
         {"name": "fs3", "pin": NEXT, "press": {"action": "setlist_next"}},
         {"name": "fs4", "pin": TUNE, "press": {"action": "tuner"}},
+        {"name": "fs5", "pin": TAP, "press": {"action": "tap_tempo"}},
     ],
 }
 
@@ -113,6 +115,7 @@ class Stack(ControlStack):
         super().__init__(catalog, data, TRACK, engine)
         self.clock = Clock()
         self.hardware = gpio.Hardware(gpiomap.parse(MAP), self.controller, factory, self.clock)
+        self.tempo = TempoService(self.controller, self.clock)  # taps timed on the test's clock
         self.factory = factory
 
     def value(self, position: int, parameter: str) -> float:
@@ -221,6 +224,26 @@ async def test_a_footswitch_bypasses_at_once_and_ignores_contact_bounce(stack: S
     assert stack.bypassed(0) is True, "contact bounce toggled the bypass again"
     await stack.press(SWITCH)
     assert stack.bypassed(0) is False
+
+
+async def test_a_tap_footswitch_sets_the_tempo_from_its_presses(stack: Stack) -> None:
+    """Presses 0.5 s apart: 120 BPM from the second on, told to phones; a pause of seconds
+    starts over (its first press changes nothing)."""
+    switch = stack.factory.pin(TAP)
+    for _ in range(4):
+        stack.clock.now += 0.5
+        switch.drive_low()  # the tap is timed as the box takes it, at once
+        await stack.hardware.settled()
+        switch.drive_high()
+        await stack.hardware.settled()
+    assert (stack.tempo.bpm, stack.tempo.source) == (120.0, "tap")
+    assert stack.engine.tempo == 120.0
+    assert ("TEMPO", {"bpm": 120.0, "source": "tap"}) in stack.events
+    stack.clock.now += 10.0
+    switch.drive_low()
+    switch.drive_high()
+    await stack.hardware.settled()
+    assert stack.tempo.bpm == 120.0
 
 
 async def test_short_and_long_presses_do_different_things(stack: Stack) -> None:

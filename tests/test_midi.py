@@ -27,6 +27,7 @@ from appliance.engine.jack.server import JackServer
 from appliance.frontends import midimap
 from appliance.frontends.midi import MidiService, read_line
 from appliance.frontends.midimap import MidiEvent
+from appliance.frontends.tempo import CLOCKS_PER_BEAT, TempoService
 from appliance.plugins.catalog import Catalog
 from tests.engines import ENGINE_ADAPTERS
 from tests.fakes import ControlStack
@@ -101,10 +102,9 @@ def test_what_a_controller_sends_is_an_event_or_is_ignored() -> None:
     for junk in ([0xB0, 200, 1], [0xF8], [0xF0, 1, 2, 0xF7], [0xB0], [], [0x07, 0x40]):
         assert midimap.parse(bytes(junk)) is None, junk
     # jack_midi_dump's lines: the frame, the bytes, its own description
-    assert read_line("  47104: b0 07 64 control change (channel  0): controller   7, value 100") == bytes(
-        [0xB0, 7, 100]
-    )
-    assert read_line("  47104: c1 05") == bytes([0xC1, 5])
+    line = "  47104: b0 07 64 control change (channel  0): controller   7, value 100"
+    assert read_line(line) == (47104, bytes([0xB0, 7, 100]))
+    assert read_line("  47104: c1 05") == (47104, bytes([0xC1, 5]))
     assert read_line("Cannot connect to server socket err = No such file or directory") is None
 
 
@@ -400,9 +400,9 @@ async def test_a_controller_plugged_in_while_playing_moves_the_gain_heard_and_a_
         await midi.settled()
         last = sweep[-1][2]
         assert stack.board.plugin(TRACK, amp).values["gain"] == pytest.approx(-20 + 20 * last / 127)
-        # a 4 KB SysEx (a patch dump), bytes no parser takes, clock: heard, ignored, and the pedal
-        # still works (a 16 KB one was dropped by jack_midi_dump before the box: docs/protocol.md §18)
-        junk = [bytes([0xF0, *([0x11] * 4000), 0xF7]), bytes([0xB0, 0x80, 0x01]), bytes([0xF7]), bytes([0xF8])]
+        # a 4 KB SysEx (a patch dump), bytes no parser takes: heard, ignored, and the pedal still
+        # works (a 16 KB one was dropped by jack_midi_dump before the box: docs/protocol.md §18)
+        junk = [bytes([0xF0, *([0x11] * 4000), 0xF7]), bytes([0xB0, 0x80, 0x01]), bytes([0xF7]), bytes([0xFE])]
         await controller.send(*junk, bytes([0xB0, 7, 127]))
         assert await rig.gain_until(lambda g: abs(g) <= 0.1, PROBE) == pytest.approx(0.0, abs=0.1)
         for _ in range(100):
@@ -415,3 +415,47 @@ async def test_a_controller_plugged_in_while_playing_moves_the_gain_heard_and_a_
         await controller.close()
         await midi.stop()
         await engine.stop()
+
+
+async def test_the_box_follows_a_controllers_midi_clock_and_a_tap_footswitch(
+    catalog: Catalog, tmp_path: Path, jack_server: JackServer
+) -> None:
+    """A drum machine's clock, one a period (1,024 frames at 48 kHz: 117.2 BPM), sets the box's
+    tempo, told to every phone as ``midi-clock``; a MIDI footswitch mapped to ``tap_tempo`` then
+    taps a new one. Broken, a delay synced to the box drifts against the drummer."""
+    stack = ControlStack(catalog, tmp_path, TRACK)
+    tempo = TempoService(stack.controller, asyncio.get_running_loop().time)
+    tempo.start(None)
+    midi = MidiService(stack.controller, tmp_path / "midi.json", jack_server.name)
+    midi.on_clock = tempo.clock_tick
+    controller = MidiController(jack_server.name)
+    await midi.start()
+    try:
+        await controller.open()
+        for _ in range(100):
+            if controller.port in midi.inputs:
+                break
+            await asyncio.sleep(0.05)
+        assert controller.port in midi.inputs, midi.inputs
+        await controller.send(*[bytes([0xF8])] * (CLOCKS_PER_BEAT * 2), per_cycle=1)
+        for _ in range(100):
+            if tempo.source == "midi-clock":
+                break
+            await asyncio.sleep(0.02)
+        assert (tempo.bpm, tempo.source) == (round(60 * 48000 / (24 * 1024), 1), "midi-clock")
+        assert stack.engine.tempo == tempo.bpm
+        assert ("TEMPO", {"bpm": tempo.bpm, "source": "midi-clock"}) in stack.events
+
+        await stack.ask("MIDI_MAP_SET", mapping={"message": "cc", "number": 64, "action": "tap_tempo"})
+        pressed = []
+        for _ in range(3):  # three presses (and releases) about 400 ms apart: about 150 BPM
+            pressed.append(asyncio.get_running_loop().time())
+            await controller.cc(64, 127)
+            await controller.cc(64, 0)
+            await asyncio.sleep(0.4)
+        await midi.settled()
+        tapped = 60.0 * 2 / (pressed[-1] - pressed[0])
+        assert tempo.source == "tap" and tempo.bpm == pytest.approx(tapped, rel=0.05), (tempo.bpm, tapped)
+    finally:
+        await controller.close()
+        await midi.stop()

@@ -893,6 +893,41 @@ def test_a_tuner_turned_on_elsewhere_shows_on_stage(rigged: Rigged, raw: Raw, ph
     eventually(lambda: _equal(raw.tuner_on(), False))
 
 
+def test_tap_and_type_the_tempo_on_stage(rigged: Rigged, raw: Raw, phone: Phone) -> None:
+    """Without this, the player cannot set the band's tempo from the stand, or a phone shows a
+    tempo the box no longer plays (a footswitch or a second phone changed it)."""
+    page = phone.page
+    raw.ask("TEMPO_SET", "TEMPO", bpm=120)
+    open_ui(page, rigged.base, "#/perform")
+    shown_bpm = page.locator("#perform-bpm")
+    expect(shown_bpm).to_have_text("120.0 BPM")
+    tap = page.get_by_role("button", name="Tap the tempo")
+    box = tap.bounding_box()
+    assert box is not None and box["height"] >= 72, "the tap pad must be big"
+    for _ in range(4):  # a slow four: the box times the taps, so only their spread matters
+        tap.dispatch_event("pointerdown")
+        page.wait_for_timeout(600)
+    tapped = float(raw.ask("TEMPO_GET", "TEMPO")["data"]["bpm"])
+    assert 60.0 <= tapped <= 110.0, f"four taps 600 ms apart read as {tapped} BPM"
+    expect(shown_bpm).to_have_text(f"{tapped:.1f} BPM")
+
+    shown_bpm.tap()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("textbox", name="Tempo in BPM (20–300)").fill("96,5")
+    dialog.get_by_role("button", name="Set").tap()
+    expect(shown_bpm).to_have_text("96.5 BPM")
+    assert raw.ask("TEMPO_GET", "TEMPO")["data"] == {"bpm": 96.5, "source": "phone"}
+
+    shown_bpm.tap()
+    page.get_by_role("dialog").get_by_role("textbox").fill("400")
+    page.get_by_role("dialog").get_by_role("button", name="Set").tap()
+    expect(page.locator(".toast").last).to_contain_text("20..300")
+    assert raw.ask("TEMPO_GET", "TEMPO")["data"]["bpm"] == 96.5, "a refused tempo changed the box's"
+
+    raw.ask("TEMPO_SET", "TEMPO", bpm=140)  # a second phone
+    expect(shown_bpm).to_have_text("140.0 BPM")
+
+
 def test_levels_and_dsp_load_show_while_playing(rigged: Rigged, raw: Raw, phone: Phone) -> None:
     """Without this, a player cannot see whether signal comes in and goes out, or how busy the box is."""
     page = phone.page

@@ -63,6 +63,9 @@ EXTENSION_REQUESTS = frozenset(
         "MIDI_MAP_DELETE",
         "MIDI_LEARN",
         "MIDI_LEARN_CANCEL",
+        "TEMPO_GET",
+        "TEMPO_SET",
+        "TEMPO_TAP",
     }
 )
 REQUESTS = EXAMPLE_REQUESTS | EXTENSION_REQUESTS

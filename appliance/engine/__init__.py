@@ -145,6 +145,12 @@ class Engine(abc.ABC):
     def __init__(self, tracks: Sequence[TrackPorts], on_event: EventSink | None = None) -> None:
         self.tracks = {t.id: t for t in tracks}
         self.on_event: EventSink = on_event or (lambda event: None)
+        #: The box's tempo in BPM, for plugins that follow their host's (kept across restarts).
+        self.tempo = 120.0
+
+    def set_tempo(self, bpm: float) -> None:
+        """The box's tempo from the next cycle on (already checked: 20..300 BPM)."""
+        self.tempo = bpm
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -293,6 +293,8 @@ class Hardware:
         elif action.kind == "tuner":  # silent at once; the tuner's start does not hold up bypasses
             on = not self.controller.engine.is_tuning
             self._jobs.beside(self._execute("TUNER_SET", {"on": on}, "footswitch"))
+        elif action.kind == "tap_tempo":
+            self._jobs.beside(self._execute("TEMPO_TAP", {}, "footswitch"))
         else:
             self._jobs.put(lambda: self._toggle_bypass(action))
 

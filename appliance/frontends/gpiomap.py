@@ -30,6 +30,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "setlist_next": (),
     "setlist_previous": (),
     "tuner": (),  # on, or off again
+    "tap_tempo": (),  # one tap of the box's tempo
 }
 DEFAULT_HOLD = 0.5
 DEFAULT_BOUNCE = 0.008

@@ -59,17 +59,20 @@ MONITOR_START_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 #: How long after a port appears the box looks (a device brings its ports together), seconds.
 RESCAN_DELAY = 0.05
-#: ``  123: b0 07 64 control change ...``: the frame, then the bytes in hex.
-_LINE = re.compile(r"^\s*\d+:((?:\s[0-9a-f]{2})+)")
+#: ``  47104: b0 07 64 control change ...``: the frame (``-a``: counted from the monitor's
+#: start), then the bytes in hex.
+_LINE = re.compile(r"^\s*(\d+):((?:\s[0-9a-f]{2})+)")
+#: MIDI's timing clock (24 a beat): followed as the box's tempo, never mapped.
+CLOCK = 0xF8
 
 
-def read_line(text: str) -> bytes | None:
-    """The message on one line of ``jack_midi_dump``'s output (its first three bytes: a
-    SysEx's rest is of no use here), or None for a line of its own words."""
+def read_line(text: str) -> tuple[int, bytes] | None:
+    """The frame and message on one line of ``jack_midi_dump -a``'s output (its first three
+    bytes: a SysEx's rest is of no use here), or None for a line of its own words."""
     found = _LINE.match(text)
     if found is None:
         return None
-    return bytes(int(b, 16) for b in found.group(1).split()[:3])
+    return int(found.group(1)), bytes(int(b, 16) for b in found.group(2).split()[:3])
 
 
 def _free_id(taken: dict[str, Mapping]) -> str:
@@ -195,6 +198,8 @@ class MidiService:
         #: Called after the mappings of the board's plugins changed (the library keeps them
         #: with the pedalboard playing: :meth:`appliance.control.library.Library.attach`).
         self.board_kept: Callable[[], Awaitable[None]] | None = None
+        #: Gets each MIDI clock's frame (the box's tempo follows it).
+        self.on_clock: Callable[[int], None] = lambda frame: None
         self._rescan: asyncio.Task[None] | None = None
         self._pending: dict[str, tuple[Mapping, int]] = {}
         self._wake = asyncio.Event()
@@ -254,7 +259,7 @@ class MidiService:
             await self.monitor.end(None, 2.0)
             self.monitor = None
         monitor = Child(
-            ["jack_midi_dump", self.name],
+            ["jack_midi_dump", "-a", self.name],
             "midi",
             jack_environment(self.server),
             on_line=self._line,
@@ -337,9 +342,13 @@ class MidiService:
     def _line(self, text: str) -> bool:
         """The monitor's output: a message is handled (and kept out of the log), the monitor's
         own words are kept for the log."""
-        data = read_line(text)
-        if data is None:
+        read = read_line(text)
+        if read is None:
             return False
+        frame, data = read
+        if data[:1] == bytes([CLOCK]):
+            self.on_clock(frame)
+            return True
         event = midimap.parse(data)
         if event is None:
             self.ignored += 1
@@ -381,6 +390,8 @@ class MidiService:
             self._jobs.beside(self._execute("SETLIST_GO", {"position": position}))
         elif action in ("setlist_next", "setlist_previous"):
             self._jobs.beside(self._execute(action.upper(), {}))
+        elif action == "tap_tempo":
+            self._jobs.beside(self._execute("TEMPO_TAP", {}))
 
     async def _sweep(self) -> None:
         """Carries out continuous changes, each control's latest value, one at a time."""

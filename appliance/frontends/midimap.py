@@ -31,6 +31,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "setlist_next": (),
     "setlist_previous": (),
     "tuner": (),
+    "tap_tempo": (),
 }
 #: How a continuous action follows the controller's 0..127: straight, slow at the bottom
 #: (exp: for volume pedals), or fast at the bottom (log).

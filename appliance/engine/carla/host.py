@@ -168,7 +168,8 @@ class CarlaHost:
         host = self._host = b.CarlaHostDLL(str(self.paths.library), False)
         host.set_engine_callback(self._on_callback)
         host.set_engine_option(b.ENGINE_OPTION_PROCESS_MODE, b.ENGINE_PROCESS_MODE_CONTINUOUS_RACK, "")
-        host.set_engine_option(b.ENGINE_OPTION_TRANSPORT_MODE, b.ENGINE_TRANSPORT_MODE_INTERNAL, "")
+        # JACK transport: the box's tempo (engine.jack.tempo) reaches every plugin that follows it.
+        host.set_engine_option(b.ENGINE_OPTION_TRANSPORT_MODE, b.ENGINE_TRANSPORT_MODE_JACK, "")
         host.set_engine_option(b.ENGINE_OPTION_PATH_BINARIES, 0, str(self.paths.lib_dir))
         if self.paths.resources.is_dir():
             host.set_engine_option(b.ENGINE_OPTION_PATH_RESOURCES, 0, str(self.paths.resources))

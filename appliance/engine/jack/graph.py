@@ -7,8 +7,10 @@ engine is everything between those clients and JACK::
     engine ──plan()──▶ JackGraph ──connect/disconnect──▶ JACK server (or a private dummy one)
        ▲                  │
        └── events ◀───────┘  server gone, graph stalled (no cycle), ports (un)registered
-                          └─ DryPathKeeper: on a server that outlives the box, the tracks
-                             play dry once the box has gone
+                          ├─ DryPathKeeper: on a server that outlives the box, the tracks
+                          │  play dry once the box has gone
+                          └─ TempoMaster: the box's BPM on JACK's transport, for plugins
+                             that follow their host's tempo
 
 The engine says which connections it wants (``plan``: a
 :class:`~appliance.engine.jack.wiring.WiringPlan`, computed on the loop); the
@@ -28,6 +30,7 @@ from .. import ENGINE_START_TIMEOUT, EngineEvent, EngineInfo, TrackPorts
 from ..faders import fade_step
 from .drypath import DryPathKeeper
 from .server import DummySettings, JackServer, unique_server_name
+from .tempo import DEFAULT_BPM, TempoMaster
 from .wiring import JACK_CALL_TIMEOUT, JackWiring, WiringPlan
 
 log = logging.getLogger("appliance.engine")
@@ -91,6 +94,9 @@ class JackGraph:
         self._server: JackServer | None = None
         self._wiring: JackWiring | None = None
         self._dry_path: DryPathKeeper | None = None
+        #: The box's tempo: the transport's from every open on.
+        self.bpm = DEFAULT_BPM
+        self._tempo: TempoMaster | None = None
         self._rewire_task: asyncio.Task[None] | None = None
         self._rewire_wanted = False
         self._gone: str | None = None  # why the server went, if it did since open()
@@ -133,6 +139,8 @@ class JackGraph:
             on_stall=self._graph_stalled,
         )
         await asyncio.wait_for(self._wiring.open(), ENGINE_START_TIMEOUT)
+        self._tempo = TempoMaster(self.server_name, self.bpm)
+        await self._tempo.start()  # before any plugin loads: a synced one needs the transport
         if self._server is None:
             self._dry_path = DryPathKeeper(self.server_name, self.tracks.values())
             await self._dry_path.start()
@@ -160,11 +168,20 @@ class JackGraph:
         and the wiring client closes. Safe to call twice."""
         self.running = False
         self.stale_ports.clear()
+        if self._tempo is not None:
+            await self._tempo.stop()
+            self._tempo = None
         if self._dry_path is not None:
             await self._dry_path.release()
             self._dry_path = None
         if self._wiring is not None:
             await self._wiring.close()
+
+    def set_tempo(self, bpm: float) -> None:
+        """The transport's tempo, now and after every later open."""
+        self.bpm = bpm
+        if self._tempo is not None:
+            self._tempo.set(bpm)
 
     async def stop_server(self) -> None:
         """Stop the private server, if this graph started one."""

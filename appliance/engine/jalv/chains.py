@@ -685,6 +685,10 @@ class JackChainEngine(Engine):
         listener = self._tuning()
         return tuner_reading(listener.slot.readings) if listener is not None else None
 
+    def set_tempo(self, bpm: float) -> None:
+        super().set_tempo(bpm)
+        self._graph.set_tempo(bpm)
+
     async def set_tuner(self, on: bool) -> None:
         """The stage tuner: silence at once, then the tuner listens to the first track's input.
 

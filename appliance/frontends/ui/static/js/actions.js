@@ -80,6 +80,16 @@ export class Actions {
     return this.ask("MIDI_MAP_DELETE", { id }, "MIDI_STATE");
   }
 
+  /** A typed tempo (20–300 BPM); answered by TEMPO. */
+  setTempo(bpm) {
+    return this.ask("TEMPO_SET", { bpm }, "TEMPO");
+  }
+
+  /** One tap of the tempo: the box times it (two taps set it). */
+  tapTempo() {
+    return this.conn.send("TEMPO_TAP", {}, { quiet: true });
+  }
+
   setTuner(on) {
     return this.conn.send("TUNER_SET", { on }, { quiet: true });
   }

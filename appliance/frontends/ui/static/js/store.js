@@ -15,6 +15,7 @@
  *   health     engine report (BOARD_STATE's engine, HEALTH, engine events)
  *   mixer      the HAT's mixer
  *   midi       the MIDI mappings, inputs or the learn under way
+ *   tempo      the box's tempo (`bpm`, and who set it: `source`)
  *   midi-learned  a learn made a mapping (`mapping`)
  *   plugin-state  a plugin died or came back (`plugin_id`)
  */
@@ -35,6 +36,8 @@ export class Store extends EventTarget {
     this.mixer = { present: false, controls: [] };
     /** MIDI_STATE: whether the box hears MIDI, its inputs, mappings and the learn under way. */
     this.midi = { present: false, inputs: [], mappings: [], learning: null };
+    /** TEMPO: the box's one tempo (docs/protocol.md §19). */
+    this.tempo = { bpm: null, source: "default" };
     /** plugin_id → "died" while the engine restarts it. */
     this.pluginTrouble = new Map();
     /** False from a new connection until its BOARD_STATE: board events before it are in it. */
@@ -142,6 +145,10 @@ export class Store extends EventTarget {
           learning: data.learning || null,
         };
         this._emit("midi", { reply_to: replyTo });
+        break;
+      case "TEMPO":
+        this.tempo = { bpm: typeof data.bpm === "number" ? data.bpm : null, source: data.source || "" };
+        this._emit("tempo", { reply_to: replyTo });
         break;
       case "MIDI_LEARNED":
         this._emit("midi-learned", { mapping: data.mapping });

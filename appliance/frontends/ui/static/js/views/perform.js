@@ -1,10 +1,12 @@
 /**
  * The performance view, for the stage: the pedalboard and snapshot playing in
  * big type, big snapshot buttons, previous and next in the setlist, and the
- * tuner one tap away. Nothing here changes a control, adds or removes
- * anything: a stray tap can only recall a snapshot or step the setlist.
+ * tuner one tap away, and the box's tempo (tap it, or type it). Nothing here
+ * changes a control, adds or removes anything: a stray tap can only recall a
+ * snapshot or step the setlist (one tap of the tempo alone changes nothing).
  */
 
+import { askName } from "../dialogs.js";
 import { coalesce, fill, h } from "../dom.js";
 
 export function performView({ store, actions }) {
@@ -53,6 +55,7 @@ export function performView({ store, actions }) {
               ),
             )
           : h("p", { class: "muted" }, state.pedalboard ? "This pedalboard has no snapshots (save some under Boards)." : ""),
+        tempoRow(),
         h(
           "div",
           { class: "perform-steps" },
@@ -77,6 +80,53 @@ export function performView({ store, actions }) {
       ),
     );
   });
+
+  function bpmText() {
+    const bpm = store.tempo.bpm;
+    return bpm === null ? "– BPM" : `${bpm.toFixed(1)} BPM`;
+  }
+
+  /** The tempo: its BPM (tap it to type one) and a TAP pad (the box times the taps). */
+  function tempoRow() {
+    return h(
+      "div",
+      { class: "perform-tempo", role: "group", "aria-label": "Tempo" },
+      h("button", {
+        type: "button",
+        class: "perform-bpm needs-live",
+        id: "perform-bpm",
+        "aria-label": "Type the tempo",
+        "aria-live": "polite",
+        text: bpmText(),
+        onclick: typeTempo,
+      }),
+      h("button", {
+        type: "button",
+        class: "needs-live perform-tap",
+        text: "TAP",
+        "aria-label": "Tap the tempo",
+        // On the finger's touch, not its lift: a tap's time is when it lands.
+        onpointerdown: (event) => {
+          event.preventDefault();
+          actions.tapTempo();
+        },
+        onkeydown: (event) => {
+          if (event.key === "Enter" || event.key === " ") {
+            event.preventDefault();
+            actions.tapTempo();
+          }
+        },
+      }),
+    );
+  }
+
+  async function typeTempo() {
+    const bpm = store.tempo.bpm;
+    const answer = await askName({ title: "Tempo", label: "Tempo in BPM (20–300)", value: bpm === null ? "" : String(bpm), ok: "Set" });
+    if (!answer) return;
+    const typed = Number(answer.name.replace(",", "."));
+    await actions.setTempo(Number.isFinite(typed) ? typed : answer.name);
+  }
 
   async function step(type) {
     if (stepping) return;
@@ -106,6 +156,10 @@ export function performView({ store, actions }) {
 
   function onChange(event) {
     if (event.detail.kind === "library") render();
+    if (event.detail.kind === "tempo" && main) {
+      const shown = main.querySelector("#perform-bpm");
+      if (shown) shown.textContent = bpmText();
+    }
   }
 
   return {

@@ -1,0 +1,127 @@
+"""One tempo for the box: typed, tapped or followed from MIDI clock, and heard in a synced delay.
+
+The audio tests play an impulse through ``a-delay`` with *sync* on (a quarter
+note: its repeat comes 60/BPM seconds after the note) under both engines, and
+read the repeat's distance in the recording: what a guitarist hears as the
+delay keeping time with the band.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from appliance.core.controls import PluginType
+from appliance.core.errors import InvalidValue
+from appliance.engine import Engine, SavedPlugin, TrackPorts
+from appliance.engine.jack.server import JackServer
+from appliance.engine.jack.tempo import checked_bpm
+from appliance.frontends.tempo import CLOCKS_PER_BEAT, ClockFollower, TapTempo
+from appliance.plugins.catalog import Catalog
+from tests.engines import ENGINE_ADAPTERS, EngineFactory
+from tests.rig import Rig
+
+pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(90)]
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACK = "guitar"
+DELAY = "urn:ardour:a-delay"
+RATE = 48000
+#: The impulse's frame in the take.
+NOTE_AT = 2000
+#: The synced delay: a quarter note (div 4), only the first repeat (no feedback), as loud as the note.
+SYNCED = {"sync": 1.0, "div": 4.0, "feedback": 0.0, "drywet": 50.0, "lpf": 20000.0, "time": 900.0}
+
+
+def test_taps_give_the_tempo_of_their_intervals() -> None:
+    """Two taps half a second apart are 120 BPM; more taps average; a long pause starts over."""
+    taps = TapTempo()
+    assert taps.tap(10.0) is None
+    assert taps.tap(10.5) == 120.0
+    assert taps.tap(11.1) == pytest.approx(60 / 0.55, abs=0.01)
+    assert taps.tap(20.0) is None  # 8.9 s later: a new run
+    assert taps.tap(20.4) == 150.0
+    assert taps.tap(20.4) is None  # the same instant twice: starts over, never divides by zero
+
+
+def test_a_beat_of_midi_clock_gives_its_tempo() -> None:
+    """24 clocks a beat: 1,000 frames apart at 48 kHz is 120 BPM; a clock that paused starts over."""
+    follower = ClockFollower()
+    readings = [follower.clock(500 + 1000 * i, RATE) for i in range(CLOCKS_PER_BEAT + 1)]
+    assert readings[:-1] == [None] * CLOCKS_PER_BEAT and readings[-1] == 120.0
+    assert follower.clock(500 + 1000 * CLOCKS_PER_BEAT + 800, RATE) == pytest.approx(60 * RATE / 23800, abs=0.01)
+    assert follower.clock(10 * RATE, RATE) is None  # seconds later: the controller stopped
+
+
+@pytest.mark.parametrize("bad", [19.9, 300.5, "120", None, True, float("nan")])
+def test_a_tempo_out_of_range_or_not_a_number_is_refused(bad: object) -> None:
+    with pytest.raises(InvalidValue):
+        checked_bpm(bad)
+    assert checked_bpm(96.456) == 96.46
+
+
+@pytest.fixture(scope="module")
+def delay_type() -> PluginType:
+    found = Catalog.load(ROOT / "config" / "plugins.yaml", scan=False).lookup(DELAY)
+    assert found is not None, f"{DELAY} is not installed (scripts/setup installs it)"
+    return found
+
+
+@pytest.fixture(params=list(ENGINE_ADAPTERS))
+def engine_factory(request: pytest.FixtureRequest, jack_server: JackServer) -> EngineFactory:
+    return ENGINE_ADAPTERS[str(request.param)](jack_server.name)
+
+
+@pytest_asyncio.fixture
+async def engine(engine_factory: EngineFactory, rig: Rig) -> AsyncIterator[Engine]:
+    engine = engine_factory([TrackPorts(TRACK, rig.play_ports, rig.rec_ports)], lambda event: None)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+async def _repeat_after(rig: Rig, bpm_hint: float) -> float:
+    """Milliseconds from the note to its repeat, in a take long enough for the slowest tempo tried."""
+    impulse = np.zeros(NOTE_AT + int(RATE * 60 / bpm_hint) + RATE // 2, dtype=np.float32)
+    impulse[NOTE_AT] = 0.5
+    _, recorded = await rig.play_and_record(impulse)
+    rig.require_clean()
+    out = np.nan_to_num(np.abs(recorded[:, 0]), nan=1.0)
+    assert out.max() < 0.99, "the delay's output is not a clean repeat (NaN: it had no transport)"
+    note = int(np.argmax(out))
+    after = out.copy()
+    after[: note + RATE // 20] = 0.0  # past the note itself
+    repeat = int(np.argmax(after))
+    assert after[repeat] > 0.1, f"no repeat heard after the note (loudest {after[repeat]:.3f})"
+    return (repeat - note) * 1000 / RATE
+
+
+async def test_a_synced_delay_keeps_the_box_tempo_as_it_changes(
+    engine: Engine, rig: Rig, delay_type: PluginType
+) -> None:
+    """A delay synced to the host repeats a quarter note later: 500 ms at 120 BPM; the box's tempo
+    set to 150 makes it 400 ms, and 90 makes it 666.7 ms, with the plugin left loaded. Broken, the
+    player's delay runs at its own time and drifts against the band."""
+    await engine.load_board([SavedPlugin(TRACK, "echo", delay_type, SYNCED)])
+    engine.set_tempo(120.0)
+    assert await _repeat_after(rig, 120.0) == pytest.approx(500.0, abs=2.0)
+    for bpm in (150.0, 90.0):
+        engine.set_tempo(bpm)
+        assert await _repeat_after(rig, bpm) == pytest.approx(60000 / bpm, abs=2.0), f"at {bpm:g} BPM"
+
+
+async def test_a_tempo_set_before_the_board_loads_is_the_one_it_plays(
+    engine: Engine, rig: Rig, delay_type: PluginType
+) -> None:
+    """The box puts its saved tempo on the transport before it loads the board: the first note
+    after a restart already repeats at it."""
+    engine.set_tempo(100.0)
+    await engine.load_board([SavedPlugin(TRACK, "echo", delay_type, SYNCED)])
+    assert await _repeat_after(rig, 100.0) == pytest.approx(600.0, abs=2.0)
+
