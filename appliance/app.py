@@ -353,6 +353,7 @@ class Box:
         )
         self.tempo = TempoService(self.controller, asyncio.get_running_loop().time, self.saver.changed)
         self.tempo.start(saved.get("tempo") if saved else None)  # before any plugin that follows it loads
+        self.library.attach(self.tempo)  # kept on PEDALBOARD_SAVE only (not at each tap)
         if waiting or self.engine_lost:  # not started, or lost its server as it started
             self.restarting = asyncio.create_task(self._restart_engine(fresh=saved is None))
         else:

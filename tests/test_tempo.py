@@ -8,6 +8,7 @@ delay keeping time with the band.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from appliance.core.errors import InvalidValue
 from appliance.engine import Engine, SavedPlugin, TrackPorts
 from appliance.engine.jack.server import JackServer
 from appliance.engine.jack.tempo import checked_bpm
-from appliance.frontends.tempo import CLOCKS_PER_BEAT, ClockFollower, TapTempo
+from appliance.frontends.tempo import CLOCKS_PER_BEAT, ClockFollower, TapTempo, TempoService
 from appliance.plugins.catalog import Catalog
 from tests.engines import ENGINE_ADAPTERS, EngineFactory
+from tests.fakes import ControlStack
 from tests.rig import Rig
 
 pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(90)]
@@ -62,6 +64,49 @@ def test_a_tempo_out_of_range_or_not_a_number_is_refused(bad: object) -> None:
     with pytest.raises(InvalidValue):
         checked_bpm(bad)
     assert checked_bpm(96.456) == 96.46
+
+
+class Clock:
+    """The tempo's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_each_pedalboard_brings_back_its_tempo_unless_a_clock_runs(tmp_path: Path) -> None:
+    """Songs saved at 90 and 140 BPM: loading each sets its tempo and tells the phones; one saved
+    before pedalboards kept a tempo leaves it alone; while a drum machine's clock runs, the clock
+    keeps the tempo whatever loads. Broken, the next song's synced delay plays the last song's time."""
+    stack = ControlStack(Catalog.load(ROOT / "config" / "plugins.yaml", scan=False), tmp_path, TRACK)
+    clock = Clock()
+    tempo = TempoService(stack.controller, clock)
+    stack.library.attach(tempo)
+    await stack.engine.start()
+    await stack.library.start(None)
+    tempo.start(None)
+    await stack.add("gain")
+    await stack.ask("TEMPO_SET", bpm=90)
+    await stack.ask("PEDALBOARD_SAVE", name="slow")
+    await stack.ask("TEMPO_SET", bpm=140)
+    await stack.ask("PEDALBOARD_SAVE", name="fast")
+    old = stack.store.read("fast")
+    stack.store.write(dataclasses.replace(old, name="old", parts={}))  # as saved before this
+    await stack.ask("PEDALBOARD_LOAD", name="slow")
+    assert (tempo.bpm, tempo.source, stack.engine.tempo) == (90.0, "pedalboard", 90.0)
+    assert ("TEMPO", {"bpm": 90.0, "source": "pedalboard"}) in stack.events
+    await stack.ask("PEDALBOARD_LOAD", name="old")
+    assert tempo.bpm == 90.0
+    for i in range(CLOCKS_PER_BEAT + 1):  # 100 BPM of clock
+        tempo.clock_tick(i * 1200)
+    assert (tempo.bpm, tempo.source) == (100.0, "midi-clock")
+    await stack.ask("PEDALBOARD_LOAD", name="fast")
+    assert (tempo.bpm, tempo.source) == (100.0, "midi-clock"), "a pedalboard overruled the running clock"
+    clock.now += 5.0  # the clock stopped
+    await stack.ask("PEDALBOARD_LOAD", name="slow")
+    assert (tempo.bpm, tempo.source) == (90.0, "pedalboard")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,9 @@
   ``saved``, ``default``).
 * A MIDI controller's clock (24 a beat) is followed: the tempo of its last
   beat, applied once it moves by :data:`CLOCK_STEP` BPM or more.
+* Each pedalboard keeps the tempo it was saved with (a
+  :class:`~appliance.control.library.BoardPart`); loading it sets that tempo
+  (``pedalboard``), unless a MIDI clock is running: the band's clock wins.
 
 The engine puts it on JACK's transport (:mod:`appliance.engine.jack.tempo`),
 where every plugin that follows its host's tempo reads it. It is kept in
@@ -92,8 +95,11 @@ class TempoService:
         self.on_change = on_change
         self.bpm = DEFAULT_BPM
         self.source = "default"
+        #: What a pedalboard keeps of it (:class:`~appliance.control.library.BoardPart`).
+        self.key = "tempo"
         self._taps = TapTempo()
         self._follower = ClockFollower()
+        self._last_clock: float | None = None  # on :attr:`clock`
         controller.register("TEMPO_GET", self._get)
         controller.register("TEMPO_SET", self._set)
         controller.register("TEMPO_TAP", self._tap)
@@ -112,8 +118,24 @@ class TempoService:
     def state(self) -> Event:
         return ("TEMPO", {"bpm": self.bpm, "source": self.source})
 
+    def kept(self, ids: dict[str, str]) -> dict[str, float]:
+        """What a pedalboard saved now keeps: the tempo."""
+        return {"bpm": self.bpm}
+
+    async def switched(self, kept: Any, ids: dict[str, str]) -> None:
+        """A pedalboard now plays: its tempo, unless it has none or a MIDI clock is running."""
+        bpm = kept.get("bpm") if isinstance(kept, dict) else None
+        if isinstance(bpm, bool) or not isinstance(bpm, (int, float)):
+            return  # saved before pedalboards kept a tempo: the tempo stays
+        if self._last_clock is not None and self.clock() - self._last_clock <= CLOCK_RESET:
+            return  # the band's clock sets the tempo
+        if clamp_bpm(float(bpm)) != self.bpm or self.source != "pedalboard":
+            self._apply(clamp_bpm(float(bpm)), "pedalboard")
+            self.controller.publish([self.state()], None, {"user_id": "library", "session_id": "tempo"})
+
     def clock_tick(self, frame: int) -> None:
         """One MIDI clock from a controller, at JACK frame ``frame``: followed."""
+        self._last_clock = self.clock()
         bpm = self._follower.clock(frame, self.controller.engine.info().sample_rate)
         if bpm is None:
             return
