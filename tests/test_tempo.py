@@ -27,7 +27,7 @@ from tests.engines import ENGINE_ADAPTERS, EngineFactory
 from tests.fakes import ControlStack
 from tests.rig import Rig
 
-pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.timeout(90)]
+pytestmark = pytest.mark.timeout(90)
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACK = "guitar"

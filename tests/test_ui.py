@@ -859,6 +859,61 @@ def test_learn_a_pedal_on_an_effect_s_page_and_forget_it(rigged: Rigged, raw: Ra
         rigged.loop.run(pedal_board.close(), RIG_TIMEOUT)
 
 
+def test_every_mapping_on_one_page_with_its_range_to_edit_and_a_switch_learned_for_tap_tempo(
+    rigged: Rigged, raw: Raw, phone: Phone
+) -> None:
+    """Without this, a player cannot see what their controller drives, turn an expression pedal
+    round or give it a volume curve from the phone, nor learn a footswitch for the box's own
+    actions (tap tempo, the setlist, snapshots)."""
+    gain = raw.add("gain", gain=-6.0)
+    raw.ask(
+        "MIDI_MAP_SET",
+        "MIDI_STATE",
+        mapping={"message": "cc", "number": 7, "channel": 1, "action": "parameter", "plugin_id": gain, "parameter_id": "gain"},
+    )
+    pedal_board = MidiController(rigged.server.name)
+    rigged.loop.run(pedal_board.open(), RIG_TIMEOUT)
+    try:
+        eventually(lambda: _equal(pedal_board.port in raw.ask("MIDI_GET", "MIDI_STATE")["data"]["inputs"], True))
+        page = phone.page
+        open_ui(page, rigged.base, "#/health")
+        expect(page.locator("#midi-summary")).to_have_text("1 controller heard · 1 mapping")
+        page.get_by_role("link", name="MIDI controllers and mappings").tap()
+        expect(page.get_by_role("list", name="MIDI inputs")).to_contain_text(pedal_board.port)
+        every = page.get_by_role("list", name="Every MIDI mapping").get_by_role("listitem")
+        expect(every).to_have_text([re.compile(r"CC 7 · ch 1 → Gain \(.*\): Gain")])
+
+        every.get_by_role("button", name=re.compile("^Range of")).tap()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_role("spinbutton", name=re.compile("At the heel")).fill("0")
+        dialog.get_by_role("spinbutton", name=re.compile("At the toe")).fill("-20")
+        dialog.get_by_role("combobox", name="Curve").select_option("exp")
+        dialog.get_by_role("button", name="Save").tap()
+        eventually(
+            lambda: _equal(
+                {k: raw.ask("MIDI_GET", "MIDI_STATE")["data"]["mappings"][0][k] for k in ("minimum", "maximum", "curve")},
+                {"minimum": 0.0, "maximum": -20.0, "curve": "exp"},
+            )
+        )
+        rigged.loop.run(pedal_board.cc(7, 0), RIG_TIMEOUT)  # heel down: now the loud end
+        eventually(lambda: _equal(raw.board()[0]["parameters"]["gain"], 0.0))
+        rigged.loop.run(pedal_board.cc(7, 127), RIG_TIMEOUT)
+        eventually(lambda: _equal(raw.board()[0]["parameters"]["gain"], -20.0))
+
+        page.get_by_role("button", name="Learn Tap tempo").tap()
+        expect(page.locator("#dialog")).to_contain_text("Move a pedal or press a switch")
+        rigged.loop.run(pedal_board.cc(64, 127), RIG_TIMEOUT)
+        expect(page.locator("#dialog")).to_be_hidden()
+        tap = every.filter(has_text="Tap tempo")
+        expect(tap).to_have_text(re.compile(r"CC 64 · ch 1 → Tap tempo"))
+        screenshot(page, "midi-page")
+        tap.get_by_role("button", name=re.compile("^Forget")).tap()
+        expect(tap).to_have_count(0)
+        assert [m["action"] for m in raw.ask("MIDI_GET", "MIDI_STATE")["data"]["mappings"]] == ["parameter"]
+    finally:
+        rigged.loop.run(pedal_board.close(), RIG_TIMEOUT)
+
+
 def test_tuner_view_turns_the_tuner_on_and_reads_a_note(rigged: Rigged, raw: Raw, phone: Phone) -> None:
     """Without this, the stage tuner is not one tap away, stays muted after leaving, or shows no note."""
     page = phone.page
@@ -1028,7 +1083,9 @@ def test_the_page_recovers_after_the_box_restarts_without_a_reload(
         page = phone.page
         open_ui(page, rigged.base)
         page.evaluate("navigator.serviceWorker.ready.then(() => true)")
-        page.wait_for_function("caches.has('pedalboard-ui-1')")
+        version = re.search(r'const VERSION = "([^"]+)"', (STATIC / "sw.js").read_text())
+        assert version is not None
+        page.wait_for_function(f"caches.has({version.group(1)!r})")
         page.evaluate("window.__sameDocument = true")
         rigged.box.stop()
         expect(page.locator("#conn")).to_have_text("Offline")

@@ -39,6 +39,8 @@ log = logging.getLogger("appliance.engine")
 REWIRE_RETRY_INTERVAL = 0.1
 #: Retries of failed connections before waiting for the next change.
 REWIRE_RETRY_LIMIT = 50
+#: How long the tempo's timebase master may take to roll the transport at the box's tempo.
+TEMPO_READY_TIMEOUT = 2.0
 
 
 class JackGraph:
@@ -140,7 +142,9 @@ class JackGraph:
         )
         await asyncio.wait_for(self._wiring.open(), ENGINE_START_TIMEOUT)
         self._tempo = TempoMaster(self.server_name, self.bpm)
-        await self._tempo.start()  # before any plugin loads: a synced one needs the transport
+        await self._tempo.start()
+        if self._tempo.running:  # rolling at the tempo before any plugin loads: a synced one needs it
+            await self._await_tempo()
         if self._server is None:
             self._dry_path = DryPathKeeper(self.server_name, self.tracks.values())
             await self._dry_path.start()
@@ -176,6 +180,16 @@ class JackGraph:
             self._dry_path = None
         if self._wiring is not None:
             await self._wiring.close()
+
+    async def _await_tempo(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TEMPO_READY_TIMEOUT
+        while loop.time() < deadline:
+            bpm = await self.wiring.transport_bpm()
+            if bpm is not None and abs(bpm - self.bpm) < 0.01:
+                return
+            await asyncio.sleep(0.01)
+        log.warning("JACK's transport is not rolling at %g BPM: synced plugins may miss the tempo", self.bpm)
 
     def set_tempo(self, bpm: float) -> None:
         """The transport's tempo, now and after every later open."""

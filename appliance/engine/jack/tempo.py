@@ -13,8 +13,9 @@ timebase master, rolling, and the box tells it the BPM on its stdin::
 
 The graph starts it before any plugin loads: ``a-delay`` synced with no
 transport master yet outputs NaN until it is loaded again. Its client has
-no ports and no process callback of its own: its timebase callback runs in
-its own thread, beside the chain's, never in series with it.
+no ports: its thread wakes each cycle (the timebase callback) beside the
+chain's, never in series with it. It ends when its stdin closes (the box's
+end of the pipe, also when the box dies), or when its server goes.
 """
 
 from __future__ import annotations
@@ -77,7 +78,10 @@ class TempoMaster:
         if program is None:
             log.warning("no %s here: plugins get no tempo from the box", PROGRAM)
             return
-        child = Child([program], "tempo", jack_environment(self.server), stdin=True, logger=log)
+        # Deaf (SIGTERM blocked), it ends when its stdin closes, the box's death included: its
+        # own SIGTERM handler closes its JACK client inside the handler, and was seen to hang
+        # there with the virtual box's server ending beside it, outliving the box.
+        child = Child([program], "tempo", jack_environment(self.server), stdin=True, logger=log, deaf=True)
         try:
             await child.start()
         except OSError as exc:

@@ -296,6 +296,15 @@ class JackWiring:
         """A client's audio inputs and outputs, each in registration order."""
         return await self.call(self._client_ports, client_name)
 
+    async def transport_bpm(self) -> float | None:
+        """The BPM JACK's transport carries while it rolls (None: no timebase master, or stopped)."""
+        return await self.call(self._transport_bpm)
+
+    def _transport_bpm(self) -> float | None:
+        state, position = self._require_client().transport_query()
+        bpm = position.get("beats_per_minute")
+        return float(bpm) if state == jack.ROLLING and bpm is not None else None
+
     async def call(self, work: Callable[..., T], *args: Any) -> T:
         """Run a blocking JACK call on the worker, with the timeout.
 

@@ -7,7 +7,7 @@
  * VERSION when the list of files changes.
  */
 
-const VERSION = "pedalboard-ui-1";
+const VERSION = "pedalboard-ui-2";
 const SHELL = [
   "./",
   "index.html",
@@ -25,6 +25,7 @@ const SHELL = [
   "js/format.js",
   "js/main.js",
   "js/meters.js",
+  "js/midi.js",
   "js/pairing.js",
   "js/qr.js",
   "js/router.js",
@@ -35,6 +36,7 @@ const SHELL = [
   "js/views/board.js",
   "js/views/health.js",
   "js/views/library.js",
+  "js/views/midi.js",
   "js/views/perform.js",
   "js/views/plugin.js",
   "js/views/tuner.js",

@@ -76,6 +76,11 @@ export class Actions {
     return this.conn.send("MIDI_LEARN_CANCEL", undefined, { quiet: true });
   }
 
+  /** Make or replace a mapping (by its id); answered by MIDI_STATE. */
+  midiMap(mapping) {
+    return this.ask("MIDI_MAP_SET", { mapping }, "MIDI_STATE");
+  }
+
   midiForget(id) {
     return this.ask("MIDI_MAP_DELETE", { id }, "MIDI_STATE");
   }

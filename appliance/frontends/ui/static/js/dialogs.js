@@ -92,6 +92,52 @@ export async function askName({ title, label = "Name", value = "", ok = "Save", 
 }
 
 /**
+ * A pedal's range and curve: the value at the heel (`minimum`) and at the toe
+ * (`maximum`; below the minimum turns the pedal round), and how it moves between.
+ *
+ * @returns {Promise<{minimum: number, maximum: number, curve: string}|null>}
+ */
+export async function editRange({ title, minimum, maximum, curve = "linear", unit = "" }) {
+  const suffix = unit ? ` (${unit})` : "";
+  return ask((finish) => {
+    const low = h("input", { type: "number", step: "any", value: String(minimum), "aria-label": `At the heel${suffix}`, required: true, autofocus: true });
+    const high = h("input", { type: "number", step: "any", value: String(maximum), "aria-label": `At the toe${suffix}`, required: true });
+    const shape = h(
+      "select",
+      { "aria-label": "Curve" },
+      [
+        ["linear", "Straight"],
+        ["exp", "Slow at the heel (volume)"],
+        ["log", "Fast at the heel"],
+      ].map(([value, label]) => h("option", { value, selected: value === curve }, label)),
+    );
+    return h(
+      "form",
+      {
+        method: "dialog",
+        onsubmit: (e) => {
+          e.preventDefault();
+          const a = Number(low.value);
+          const b = Number(high.value);
+          if (low.value === "" || high.value === "" || !Number.isFinite(a) || !Number.isFinite(b)) return;
+          finish({ minimum: a, maximum: b, curve: shape.value });
+        },
+      },
+      h("h2", { id: "dialog-title" }, title),
+      h("label", {}, `At the heel${suffix}`, low),
+      h("label", {}, `At the toe${suffix}`, high),
+      h("label", {}, "Curve", shape),
+      h(
+        "div",
+        { class: "actions" },
+        h("button", { type: "button", onclick: () => finish(null) }, "Cancel"),
+        h("button", { type: "submit", class: "primary" }, "Save"),
+      ),
+    );
+  });
+}
+
+/**
  * Offer a list of actions.
  *
  * @param {{title: string, actions: {label: string, value: string, danger?: boolean}[]}} options

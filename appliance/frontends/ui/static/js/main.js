@@ -17,6 +17,7 @@ import { addView } from "./views/add.js";
 import { boardView } from "./views/board.js";
 import { healthView } from "./views/health.js";
 import { libraryView } from "./views/library.js";
+import { midiView } from "./views/midi.js";
 import { performView } from "./views/perform.js";
 import { pluginView } from "./views/plugin.js";
 import { tunerView } from "./views/tuner.js";
@@ -39,6 +40,7 @@ router.views = {
   perform: performView(ctx),
   tuner,
   health: healthView(ctx),
+  midi: midiView(ctx),
 };
 new StatusBar(ctx);
 

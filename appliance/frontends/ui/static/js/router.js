@@ -1,6 +1,6 @@
 /**
  * Views by the address's hash: `#/board`, `#/plugin/<plugin_id>`,
- * `#/add/<track_id>`, `#/library`, `#/perform`, `#/tuner`, `#/health`.
+ * `#/add/<track_id>`, `#/library`, `#/perform`, `#/tuner`, `#/health`, `#/midi`.
  * Each view has `mount(main, args)` and `unmount()`.
  */
 

@@ -1,6 +1,7 @@
 /**
  * The box's health: engine, DSP load, xruns, levels per track, the HAT's
- * mixer when it has one, and how to pair another phone.
+ * mixer when it has one, MIDI controllers (a summary; the page is `#/midi`),
+ * and how to pair another phone.
  */
 
 import { fill, h } from "../dom.js";
@@ -41,6 +42,13 @@ export function healthView({ store, conn, meters }) {
       h(
         "section",
         { class: "card" },
+        h("h2", {}, "MIDI"),
+        h("p", { id: "midi-summary" }, midiSummary()),
+        h("a", { class: "button", href: "#/midi" }, "MIDI controllers and mappings"),
+      ),
+      h(
+        "section",
+        { class: "card" },
         h("h2", {}, "Pair another phone"),
         h("p", {}, "Scan this code with the other phone's camera, or open this address on it:"),
         qr,
@@ -50,6 +58,14 @@ export function healthView({ store, conn, meters }) {
     showFacts();
     showLevels();
     showMixer();
+  }
+
+  function midiSummary() {
+    const midi = store.midi;
+    if (!midi.present) return "This box hears no MIDI.";
+    const n = midi.inputs.length;
+    const m = midi.mappings.length;
+    return `${n} controller${n === 1 ? "" : "s"} heard · ${m} mapping${m === 1 ? "" : "s"}`;
   }
 
   function showFacts() {
@@ -118,6 +134,9 @@ export function healthView({ store, conn, meters }) {
         const slider = mixerControls.get(c.id);
         if (slider) slider.update(c.value, replyTo);
       }
+    } else if (kind === "midi") {
+      const summary = main && main.querySelector("#midi-summary");
+      if (summary) summary.textContent = midiSummary();
     } else if (kind === "structure") render();
   }
 

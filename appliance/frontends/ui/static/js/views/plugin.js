@@ -5,17 +5,11 @@
  */
 
 import { fill, h } from "../dom.js";
-import { chooseAction, confirmAction, toast, waitFor } from "../dialogs.js";
+import { chooseAction, confirmAction, editRange } from "../dialogs.js";
 import { controlFor } from "../controls.js";
 import { number } from "../format.js";
+import { learnMidi, midiMessage } from "../midi.js";
 import { bypassSwitch, showBypass } from "./board.js";
-
-/** `CC 7 · ch 2`, `PC any · any channel`, `Note 60 · ch 1`. */
-export function midiMessage(m) {
-  const kind = m.message === "cc" ? "CC" : m.message === "pc" ? "PC" : "Note";
-  const number = m.number === null || m.number === undefined ? "any" : m.number;
-  return `${kind} ${number} · ${m.channel ? `ch ${m.channel}` : "any channel"}`;
-}
 
 export function pluginView({ store, actions, router }) {
   let main = null;
@@ -111,10 +105,20 @@ export function pluginView({ store, actions, router }) {
       midiList,
       mine.map((m) => {
         const text = `${midiMessage(m)} → ${targetName(entry, m)}`;
+        const meta = entry && m.action === "parameter" ? entry.parameters.find((p) => p.id === m.parameter_id) : null;
         return h(
           "li",
           {},
           h("span", {}, text),
+          meta
+            ? h("button", {
+                type: "button",
+                class: "quiet needs-live",
+                "aria-label": `Range of ${text}`,
+                text: "Range",
+                onclick: () => editMapping(m, meta, text),
+              })
+            : null,
           h("button", {
             type: "button",
             class: "quiet needs-live",
@@ -127,6 +131,18 @@ export function pluginView({ store, actions, router }) {
     );
   }
 
+  /** A pedal's range (and so its direction) and curve over the control's own range. */
+  async function editMapping(mapping, meta, text) {
+    const edited = await editRange({
+      title: text,
+      minimum: mapping.minimum ?? meta.min,
+      maximum: mapping.maximum ?? meta.max,
+      curve: mapping.curve || "linear",
+      unit: meta.unit || "",
+    });
+    if (edited) actions.midiMap({ ...mapping, ...edited });
+  }
+
   async function learn(plugin, entry) {
     const targets = [{ label: "On/off", value: "" }].concat(
       (entry ? entry.parameters : []).filter((p) => p.id in plugin.parameters).map((p) => ({ label: p.name || p.id, value: p.id })),
@@ -136,29 +152,7 @@ export function pluginView({ store, actions, router }) {
     const mapping = choice
       ? { action: "parameter", plugin_id: plugin.plugin_id, parameter_id: choice }
       : { action: "bypass", plugin_id: plugin.plugin_id };
-    let stop = () => {};
-    const learned = new Promise((resolve, reject) => {
-      const onChange = (event) => {
-        if (event.detail.kind === "midi-learned") resolve(event.detail.mapping);
-        else if (event.detail.kind === "midi" && store.midi.learning === null && event.detail.reply_to === undefined) reject(new Error("ended"));
-      };
-      store.addEventListener("change", onChange);
-      stop = () => store.removeEventListener("change", onChange);
-    });
-    learned.catch(() => {});
-    if (!(await actions.midiLearn(mapping))) {
-      stop();
-      return;
-    }
-    const label = targets.find((t) => t.value === choice).label;
-    const done = await waitFor({
-      title: "MIDI learn",
-      message: `Move a pedal or press a switch on your controller for ${label}.`,
-      until: learned,
-    });
-    stop();
-    if (done) toast(`${midiMessage(await learned)} → ${label}`);
-    else actions.midiCancel();
+    await learnMidi({ store, actions, mapping, label: targets.find((t) => t.value === choice).label });
   }
 
   function backButton() {
