@@ -29,6 +29,7 @@ from appliance.frontends.midi import MidiService, read_line
 from appliance.frontends.midimap import MidiEvent
 from appliance.frontends.tempo import CLOCKS_PER_BEAT, TempoService
 from appliance.plugins.catalog import Catalog
+from tests.boxproc import SERVER_PERIOD
 from tests.engines import ENGINE_ADAPTERS
 from tests.fakes import ControlStack
 from tests.rig import MidiController, Rig, gaps, sine
@@ -420,7 +421,7 @@ async def test_a_controller_plugged_in_while_playing_moves_the_gain_heard_and_a_
 async def test_the_box_follows_a_controllers_midi_clock_and_a_tap_footswitch(
     catalog: Catalog, tmp_path: Path, jack_server: JackServer
 ) -> None:
-    """A drum machine's clock, one a period (1,024 frames at 48 kHz: 117.2 BPM), sets the box's
+    """A drum machine's clock, one a period (1,024 frames at 48 kHz, the suite's period: 117.2 BPM), sets the box's
     tempo, told to every phone as ``midi-clock``; a MIDI footswitch mapped to ``tap_tempo`` then
     taps a new one. Broken, a delay synced to the box drifts against the drummer."""
     stack = ControlStack(catalog, tmp_path, TRACK)
@@ -442,7 +443,7 @@ async def test_the_box_follows_a_controllers_midi_clock_and_a_tap_footswitch(
             if tempo.source == "midi-clock":
                 break
             await asyncio.sleep(0.02)
-        assert (tempo.bpm, tempo.source) == (round(60 * 48000 / (24 * 1024), 1), "midi-clock")
+        assert (tempo.bpm, tempo.source) == (round(60 * 48000 / (CLOCKS_PER_BEAT * SERVER_PERIOD), 1), "midi-clock")
         assert stack.engine.tempo == tempo.bpm
         assert ("TEMPO", {"bpm": tempo.bpm, "source": "midi-clock"}) in stack.events
 
