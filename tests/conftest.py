@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
-import fcntl
 import gc
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import warnings
 from collections.abc import AsyncIterator, Generator, Iterator
@@ -163,25 +161,6 @@ def stacks_of_a_hang(request: pytest.FixtureRequest, hang_file: IO[str]) -> Iter
         yield
     finally:
         timer.cancel()
-
-
-@pytest.fixture(autouse=True)
-def solo_tests_run_alone(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Under pytest-xdist, a test marked ``solo`` holds a lock no other test may hold beside it
-    (every other test holds it shared), from before its first fixture to after its last: what
-    it measures in wall-clock time (a crash's dry path, a restart) is not stretched by the other
-    worker's process starts. One process: nothing to do."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if run is None:
-        yield
-        return
-    solo = request.node.get_closest_marker("solo") is not None
-    with open(Path(tempfile.gettempdir()) / f"appliance-tests-{run}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if solo else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

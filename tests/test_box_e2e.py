@@ -625,7 +625,6 @@ async def test_a_crashed_virtual_box_leaves_no_jack_server_behind(tmp_path: Path
 
 
 
-@pytest.mark.solo  # a wall-clock window: another test's load stretches it
 async def test_a_crashed_box_leaves_the_guitar_dry_not_silent(jack_server: JackServer, rig: Rig, tmp_path: Path) -> None:
     """On a JACK server that outlives the box (the Pi's), kill -9 of the box while a −6 dB
     board plays: the track sounds dry (0 dB) within :data:`DRY_WITHIN` frames of the kill in
@@ -770,7 +769,6 @@ async def test_a_stalled_jack_server_is_told_to_phones_and_starves_the_watchdog(
         assert _chain(await _replay(box)) == [(gain, "gain", {"gain": -6.0}, False)]
 
 
-@pytest.mark.solo  # a wall-clock window: another test's load stretches it
 async def test_a_killed_jack_server_brings_the_box_back_with_its_board_when_it_returns(
     engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path
 ) -> None:

@@ -273,7 +273,6 @@ async def test_calibrate_straight_cable_reads_zero(jack_server: JackServer, tmp_
     assert data["skipped"]["knob_to_sound"] and data["skipped"]["recovery"]
 
 
-@pytest.mark.solo  # a wall-clock window: another test's load stretches it
 async def test_real_box_path_takes_out_the_interface(jack_server: JackServer, tmp_path: Path) -> None:
     """`run --box ws://… --token … --calibration …` through an interface with 37 frames of its own:
     the calibration reads 37, the box 0 (37 measured), every section is there, the token stays out

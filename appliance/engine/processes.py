@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 log = logging.getLogger("appliance.engine")
 
 
-def dies_with_parent(argv: list[str]) -> list[str]:
-    """``argv`` run so that it gets SIGTERM when the box dies, even by SIGKILL.
+def dies_with_parent(argv: list[str], signal_name: str = "TERM") -> list[str]:
+    """``argv`` run so that it gets SIGTERM (or ``signal_name``) when the box dies, even by SIGKILL.
 
     No JACK server, plugin or Carla host outlives a crashed box: each ends
     cleanly (a jackd killed outright would keep its slot among JACK's eight
@@ -31,7 +31,7 @@ def dies_with_parent(argv: list[str]) -> list[str]:
     (always installed on Debian); the signal is tied to the thread that
     starts the child, here always the loop's.
     """
-    return ["setpriv", "--pdeathsig", "TERM", "--", *argv]
+    return ["setpriv", "--pdeathsig", signal_name, "--", *argv]
 
 
 #: Runs its arguments with SIGTERM and SIGINT blocked (a blocked signal stays blocked across
@@ -128,6 +128,8 @@ class Child:
         pass_fds: file descriptors it inherits.
         deaf: run it :func:`shielded` (it ends when its stdin closes) instead
             of :func:`dies_with_parent`; only with ``stdin``.
+        death_signal: the signal it gets when the box dies (not ``deaf``): ``TERM``, or
+            ``KILL`` for a program whose own SIGTERM handler may hang.
         line_limit: the longest output line it may write, bytes.
         logger: where its output goes, at debug level.
     """
@@ -145,6 +147,7 @@ class Child:
         pass_fds: Sequence[int] = (),
         logger: logging.Logger = log,
         deaf: bool = False,
+        death_signal: str = "TERM",
         line_limit: int = 1 << 16,
     ) -> None:
         if deaf and not stdin:
@@ -159,6 +162,7 @@ class Child:
         self._pass_fds = tuple(pass_fds)
         self._log = logger
         self._deaf = deaf
+        self._death_signal = death_signal
         self._line_limit = line_limit
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -171,7 +175,7 @@ class Child:
         """
         pipe, devnull = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
         self._proc = await asyncio.create_subprocess_exec(
-            *(shielded(self.argv) if self._deaf else dies_with_parent(self.argv)),
+            *(shielded(self.argv) if self._deaf else dies_with_parent(self.argv, self._death_signal)),
             stdin=pipe if self._stdin else devnull,
             stdout=pipe if self._output else devnull,
             stderr=asyncio.subprocess.STDOUT if self._output else devnull,

@@ -14,8 +14,8 @@ timebase master, rolling, and the box tells it the BPM on its stdin::
 The graph starts it before any plugin loads: ``a-delay`` synced with no
 transport master yet outputs NaN until it is loaded again. Its client has
 no ports: its thread wakes each cycle (the timebase callback) beside the
-chain's, never in series with it. It ends when its stdin closes (the box's
-end of the pipe, also when the box dies), or when its server goes.
+chain's, never in series with it. It ends when told (``quit``), when its
+server goes, or by SIGKILL when the box dies.
 """
 
 from __future__ import annotations
@@ -78,10 +78,11 @@ class TempoMaster:
         if program is None:
             log.warning("no %s here: plugins get no tempo from the box", PROGRAM)
             return
-        # Deaf (SIGTERM blocked), it ends when its stdin closes, the box's death included: its
-        # own SIGTERM handler closes its JACK client inside the handler, and was seen to hang
-        # there with the virtual box's server ending beside it, outliving the box.
-        child = Child([program], "tempo", jack_environment(self.server), stdin=True, logger=log, deaf=True)
+        # SIGKILL when the box dies: its own SIGTERM handler closes its JACK client inside the
+        # handler, and hung there with the virtual box's server ending beside it; ending by its
+        # stdin, it hung in the same close. JACK drops a killed client (it holds nothing).
+        env = jack_environment(self.server)
+        child = Child([program], "tempo", env, stdin=True, logger=log, death_signal="KILL")
         try:
             await child.start()
         except OSError as exc:

@@ -5,7 +5,7 @@
  */
 
 import { fill, h } from "../dom.js";
-import { chooseAction, confirmAction, editRange } from "../dialogs.js";
+import { chooseAction, confirmAction, editRange, toast } from "../dialogs.js";
 import { controlFor } from "../controls.js";
 import { number } from "../format.js";
 import { learnMidi, midiMessage } from "../midi.js";
