@@ -67,7 +67,10 @@ def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS)
             if jack.dummy is not None:  # the rack's own period on the virtual box
                 rack = dataclasses.replace(jack.dummy, period=jack.dummy.period_for("carla"))
                 jack = dataclasses.replace(jack, dummy=rack)
-            return CarlaEngine(tracks, config.engine.carla, jack, on_event=on_event, own=own)
+            carla_engine = CarlaEngine(tracks, config.engine.carla, jack, on_event=on_event, own=own)
+            if config.transport_master:
+                carla_engine.follow_tempo()
+            return carla_engine
         if kind == "carla":
             raise EngineError(f"engine.kind is carla but Carla cannot be used: {reason}")
         log.info("engine: jalv (Carla not used: %s)", reason, extra=fields(engine="jalv"))
@@ -78,7 +81,10 @@ def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS)
 
     dummy = jack.dummy
     settings = DummySettings(dummy.rate, dummy.period_for("jalv"), dummy.realtime) if dummy else None
-    return JalvEngine(tracks, jack.server, on_event=on_event, dummy_server=settings, own=own)
+    engine = JalvEngine(tracks, jack.server, on_event=on_event, dummy_server=settings, own=own)
+    if config.transport_master:
+        engine.follow_tempo()
+    return engine
 
 
 #: The box's own plugins (all in ``x42-plugins``): what each one missing costs.

@@ -132,6 +132,10 @@ class Config:
     mixer: MixerConfig | None = None
     #: Listen to MIDI controllers on the box's JACK server (appliance.frontends.midi).
     midi: bool = True
+    #: Put the box's tempo on JACK's transport, so that plugins that follow their host's tempo
+    #: follow it (appliance.engine.jack.tempo). Off by default: it is one more JACK client woken
+    #: every cycle, and its xrun cost is not measured yet.
+    transport_master: bool = False
 
 
 class _Reader:
@@ -310,6 +314,7 @@ def parse(data: object, path: Path) -> Config:
         raise ConfigError("switch_ceiling", "must be a DSP load between 0 and 100 (%)")
     gpio = _resolve(base, top.get("gpio", str, None))
     midi = top.get("midi", bool, True)
+    transport_master = top.get("transport_master", bool, False)
     mixer = None
     if top.get("mixer", dict, None) is not None:
         m = _Reader(top.data["mixer"], "mixer")
@@ -338,6 +343,7 @@ def parse(data: object, path: Path) -> Config:
         gpio=gpio,
         mixer=mixer,
         midi=midi,
+        transport_master=transport_master,
     )
 
 

@@ -124,6 +124,7 @@ def engine_factory(request: pytest.FixtureRequest, jack_server: JackServer) -> E
 @pytest_asyncio.fixture
 async def engine(engine_factory: EngineFactory, rig: Rig) -> AsyncIterator[Engine]:
     engine = engine_factory([TrackPorts(TRACK, rig.play_ports, rig.rec_ports)], lambda event: None)
+    engine.follow_tempo()
     await engine.start()
     try:
         yield engine

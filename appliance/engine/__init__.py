@@ -147,10 +147,17 @@ class Engine(abc.ABC):
         self.on_event: EventSink = on_event or (lambda event: None)
         #: The box's tempo in BPM, for plugins that follow their host's (kept across restarts).
         self.tempo = 120.0
+        #: Whether the tempo goes on the backend's transport (:meth:`follow_tempo`).
+        self.follows_tempo = False
 
     def set_tempo(self, bpm: float) -> None:
         """The box's tempo from the next cycle on (already checked: 20..300 BPM)."""
         self.tempo = bpm
+
+    def follow_tempo(self) -> None:
+        """From the next start on, put the tempo on the audio backend's transport, for plugins
+        that follow their host's tempo (an engine without one only notes it)."""
+        self.follows_tempo = True
 
     @abc.abstractmethod
     async def start(self) -> None:

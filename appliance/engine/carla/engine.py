@@ -1001,6 +1001,10 @@ class CarlaEngine(Engine):
         super().set_tempo(bpm)
         self._graph.set_tempo(bpm)
 
+    def follow_tempo(self) -> None:
+        super().follow_tempo()
+        self._graph.transport_master = True
+
     async def set_tuner(self, on: bool) -> None:
         """The stage tuner: silence at once, then the tuner listens at the first rack's input.
 

@@ -98,6 +98,8 @@ class JackGraph:
         self._dry_path: DryPathKeeper | None = None
         #: The box's tempo: the transport's from every open on.
         self.bpm = DEFAULT_BPM
+        #: Whether :meth:`open` starts the tempo's timebase master (config ``transport_master``).
+        self.transport_master = False
         self._tempo: TempoMaster | None = None
         self._rewire_task: asyncio.Task[None] | None = None
         self._rewire_wanted = False
@@ -141,10 +143,11 @@ class JackGraph:
             on_stall=self._graph_stalled,
         )
         await asyncio.wait_for(self._wiring.open(), ENGINE_START_TIMEOUT)
-        self._tempo = TempoMaster(self.server_name, self.bpm)
-        await self._tempo.start()
-        if self._tempo.running:  # rolling at the tempo before any plugin loads: a synced one needs it
-            await self._await_tempo()
+        if self.transport_master:
+            self._tempo = TempoMaster(self.server_name, self.bpm)
+            await self._tempo.start()
+            if self._tempo.running:  # rolling at the tempo before any plugin loads: a synced one needs it
+                await self._await_tempo()
         if self._server is None:
             self._dry_path = DryPathKeeper(self.server_name, self.tracks.values())
             await self._dry_path.start()
