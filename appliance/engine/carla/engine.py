@@ -449,6 +449,7 @@ class CarlaEngine(Engine):
             self.carla.bridges,
             functools.partial(self._host_event, rack),
             lambda why: None,
+            jack_transport=self.follows_tempo,
         )
         host.on_exit = functools.partial(self._host_ended, rack, host)
         ready = await host.start()

@@ -113,6 +113,8 @@ class CarlaHost:
         client_name: the rack's JACK client name.
         bridges: run each plugin in a Carla bridge process.
         send: writes a message to the box.
+        jack_transport: follow JACK's transport (the box's tempo, when it is the timebase
+            master), else Carla's own (stopped, 120 BPM).
         stop: ends the owner loop (the box asked the host to quit).
     """
 
@@ -123,10 +125,12 @@ class CarlaHost:
         bridges: bool,
         send: Callable[[dict[str, Any]], None],
         stop: Callable[[], None],
+        jack_transport: bool = False,
     ) -> None:
         self.paths = paths
         self.client_name = client_name
         self.bridges = bridges
+        self.jack_transport = jack_transport
         self.send = send
         self.stop = stop
         self._b: Any = None
@@ -168,8 +172,10 @@ class CarlaHost:
         host = self._host = b.CarlaHostDLL(str(self.paths.library), False)
         host.set_engine_callback(self._on_callback)
         host.set_engine_option(b.ENGINE_OPTION_PROCESS_MODE, b.ENGINE_PROCESS_MODE_CONTINUOUS_RACK, "")
-        # JACK transport: the box's tempo (engine.jack.tempo) reaches every plugin that follows it.
-        host.set_engine_option(b.ENGINE_OPTION_TRANSPORT_MODE, b.ENGINE_TRANSPORT_MODE_JACK, "")
+        # JACK's transport when the box is its timebase master (engine.jack.tempo): the box's
+        # tempo reaches every plugin that follows it.
+        mode = b.ENGINE_TRANSPORT_MODE_JACK if self.jack_transport else b.ENGINE_TRANSPORT_MODE_INTERNAL
+        host.set_engine_option(b.ENGINE_OPTION_TRANSPORT_MODE, mode, "")
         host.set_engine_option(b.ENGINE_OPTION_PATH_BINARIES, 0, str(self.paths.lib_dir))
         if self.paths.resources.is_dir():
             host.set_engine_option(b.ENGINE_OPTION_PATH_RESOURCES, 0, str(self.paths.resources))
@@ -618,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", required=True, help="the rack's JACK client name")
     parser.add_argument("--fd", type=int, required=True, help="this process's end of the box's socket")
     parser.add_argument("--bridges", action="store_true")
+    parser.add_argument("--jack-transport", action="store_true", help="follow JACK's transport")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -634,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         assert owner is not None
         owner.stop()
 
-    host = CarlaHost(CarlaPaths(args.lib_dir, args.share_dir), args.client, args.bridges, send, stop)
+    paths = CarlaPaths(args.lib_dir, args.share_dir)
+    host = CarlaHost(paths, args.client, args.bridges, send, stop, args.jack_transport)
     owner = OwnerLoop(sock, host.handle, host.idle, IDLE_INTERVAL)
     signal.signal(signal.SIGTERM, lambda signum, frame: _end_soon(owner))
     try:

@@ -62,11 +62,13 @@ class CarlaHostProcess:
         bridges: bool,
         on_event: Callable[[dict[str, Any]], None],
         on_exit: Callable[[str], None],
+        jack_transport: bool = False,
     ) -> None:
         self.paths = paths
         self.server_name = server_name
         self.client_name = client_name
         self.bridges = bridges
+        self.jack_transport = jack_transport
         self.on_event = on_event
         self.on_exit = on_exit
         #: Loop time of the last message from the host (its heartbeat).
@@ -125,6 +127,8 @@ class CarlaHostProcess:
         ]
         if self.bridges:
             argv.append("--bridges")
+        if self.jack_transport:
+            argv.append("--jack-transport")
         child = self._child = Child(
             argv,
             f"carla host {self.client_name}",
