@@ -50,10 +50,18 @@ ENGINE_RETRY_INTERVAL = 0.5
 
 
 def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS) -> Engine:
-    """Choose the engine adapter as ``engine.kind`` says, and log which and why.
+    """Choose the engine adapter as ``engine.kind`` says, and log which and why; it puts the
+    tempo on JACK's transport when ``transport_master`` says so.
 
     ``own``: the plugins the engine hosts for the box (faders, meters, tuner).
     """
+    engine = _chosen_engine(config, on_event, own)
+    if config.transport_master:
+        engine.follow_tempo()
+    return engine
+
+
+def _chosen_engine(config: Config, on_event: Any, own: OwnPlugins) -> Engine:
     tracks = [TrackPorts(t.id, t.inputs, t.outputs) for t in config.tracks]
     jack = dataclasses.replace(config.engine.jack, server=jack_server_name(config))
     kind = config.engine.kind
@@ -67,10 +75,7 @@ def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS)
             if jack.dummy is not None:  # the rack's own period on the virtual box
                 rack = dataclasses.replace(jack.dummy, period=jack.dummy.period_for("carla"))
                 jack = dataclasses.replace(jack, dummy=rack)
-            carla_engine = CarlaEngine(tracks, config.engine.carla, jack, on_event=on_event, own=own)
-            if config.transport_master:
-                carla_engine.follow_tempo()
-            return carla_engine
+            return CarlaEngine(tracks, config.engine.carla, jack, on_event=on_event, own=own)
         if kind == "carla":
             raise EngineError(f"engine.kind is carla but Carla cannot be used: {reason}")
         log.info("engine: jalv (Carla not used: %s)", reason, extra=fields(engine="jalv"))
@@ -81,10 +86,7 @@ def make_engine(config: Config, on_event: Any, own: OwnPlugins = NO_OWN_PLUGINS)
 
     dummy = jack.dummy
     settings = DummySettings(dummy.rate, dummy.period_for("jalv"), dummy.realtime) if dummy else None
-    engine = JalvEngine(tracks, jack.server, on_event=on_event, dummy_server=settings, own=own)
-    if config.transport_master:
-        engine.follow_tempo()
-    return engine
+    return JalvEngine(tracks, jack.server, on_event=on_event, dummy_server=settings, own=own)
 
 
 #: The box's own plugins (all in ``x42-plugins``): what each one missing costs.

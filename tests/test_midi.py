@@ -351,6 +351,16 @@ async def test_a_bad_mapping_or_delete_changes_nothing(stack: Stack, tmp_path: P
 # -- a real controller on the box's JACK server --------------------------------------------
 
 
+async def _plugged_in(controller: MidiController, midi: MidiService) -> None:
+    """Open the controller (hot-plugged) and wait until the box listens to it."""
+    await controller.open()
+    for _ in range(100):
+        if controller.port in midi.inputs:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the box never listened to {controller.port}: {midi.inputs}")
+
+
 async def test_a_controller_plugged_in_while_playing_moves_the_gain_heard_and_a_flood_stays_clean(
     catalog: Catalog, tmp_path: Path, jack_server: JackServer, rig: Rig
 ) -> None:
@@ -382,12 +392,7 @@ async def test_a_controller_plugged_in_while_playing_moves_the_gain_heard_and_a_
                 "maximum": 0,
             },
         )
-        await controller.open()
-        for _ in range(100):
-            if controller.port in midi.inputs:
-                break
-            await asyncio.sleep(0.05)
-        assert controller.port in midi.inputs, midi.inputs
+        await _plugged_in(controller, midi)
         await controller.cc(7, 0)
         assert await rig.gain_until(lambda g: abs(g + 20.0) <= 0.1, PROBE) == pytest.approx(-20.0, abs=0.1)
         await controller.cc(7, 127)
@@ -432,12 +437,7 @@ async def test_the_box_follows_a_controllers_midi_clock_and_a_tap_footswitch(
     controller = MidiController(jack_server.name)
     await midi.start()
     try:
-        await controller.open()
-        for _ in range(100):
-            if controller.port in midi.inputs:
-                break
-            await asyncio.sleep(0.05)
-        assert controller.port in midi.inputs, midi.inputs
+        await _plugged_in(controller, midi)
         await controller.send(*[bytes([0xF8])] * (CLOCKS_PER_BEAT * 2), per_cycle=1)
         for _ in range(100):
             if tempo.source == "midi-clock":

@@ -4,7 +4,7 @@
  * editing a mapping's range and curve.
  */
 
-import { toast, waitFor } from "./dialogs.js";
+import { editRange, toast, waitFor } from "./dialogs.js";
 
 /** `CC 7 · ch 2`, `PC any · any channel`, `Note 60 · ch 1`. */
 export function midiMessage(m) {
@@ -50,4 +50,19 @@ export async function learnMidi({ store, actions, mapping, label }) {
   const made = await learned;
   toast(`${midiMessage(made)} → ${label}`);
   return made;
+}
+
+/**
+ * Edit a pedal mapping's range (heel and toe values, over the control's own
+ * `range` {min, max, unit} by default) and curve; the box is sent the result.
+ */
+export async function editMidiRange({ actions, mapping, range, title }) {
+  const edited = await editRange({
+    title,
+    minimum: mapping.minimum ?? range.min,
+    maximum: mapping.maximum ?? range.max,
+    curve: mapping.curve || "linear",
+    unit: range.unit || "",
+  });
+  if (edited) actions.midiMap({ ...mapping, ...edited });
 }

@@ -6,9 +6,8 @@
  * page.
  */
 
-import { editRange } from "../dialogs.js";
 import { fill, h } from "../dom.js";
-import { CONTINUOUS, learnMidi, midiMessage } from "../midi.js";
+import { CONTINUOUS, editMidiRange, learnMidi, midiMessage } from "../midi.js";
 import { trackName } from "./board.js";
 
 export function midiView({ store, actions, router }) {
@@ -78,19 +77,6 @@ export function midiView({ store, actions, router }) {
     return meta ? { min: meta.min, max: meta.max, unit: meta.unit || "" } : null;
   }
 
-  async function edit(m, text) {
-    const own = ownRange(m);
-    if (!own) return;
-    const edited = await editRange({
-      title: text,
-      minimum: m.minimum ?? own.min,
-      maximum: m.maximum ?? own.max,
-      curve: m.curve || "linear",
-      unit: own.unit,
-    });
-    if (edited) actions.midiMap({ ...m, ...edited });
-  }
-
   function learnButton(label, mapping) {
     return h("button", {
       type: "button",
@@ -133,7 +119,7 @@ export function midiView({ store, actions, router }) {
               {},
               h("span", {}, text),
               CONTINUOUS.has(m.action) && ownRange(m)
-                ? h("button", { type: "button", class: "quiet needs-live", "aria-label": `Range of ${text}`, text: "Range", onclick: () => edit(m, text) })
+                ? h("button", { type: "button", class: "quiet needs-live", "aria-label": `Range of ${text}`, text: "Range", onclick: () => editMidiRange({ actions, mapping: m, range: ownRange(m), title: text }) })
                 : null,
               h("button", { type: "button", class: "quiet needs-live", "aria-label": `Forget ${text}`, text: "✕", onclick: () => actions.midiForget(m.id) }),
             );

@@ -5,10 +5,10 @@
  */
 
 import { fill, h } from "../dom.js";
-import { chooseAction, confirmAction, editRange, toast } from "../dialogs.js";
+import { chooseAction, confirmAction, toast } from "../dialogs.js";
 import { controlFor } from "../controls.js";
 import { number } from "../format.js";
-import { learnMidi, midiMessage } from "../midi.js";
+import { editMidiRange, learnMidi, midiMessage } from "../midi.js";
 import { bypassSwitch, showBypass } from "./board.js";
 
 export function pluginView({ store, actions, router }) {
@@ -116,7 +116,7 @@ export function pluginView({ store, actions, router }) {
                 class: "quiet needs-live",
                 "aria-label": `Range of ${text}`,
                 text: "Range",
-                onclick: () => editMapping(m, meta, text),
+                onclick: () => editMidiRange({ actions, mapping: m, range: meta, title: text }),
               })
             : null,
           h("button", {
@@ -129,18 +129,6 @@ export function pluginView({ store, actions, router }) {
         );
       }),
     );
-  }
-
-  /** A pedal's range (and so its direction) and curve over the control's own range. */
-  async function editMapping(mapping, meta, text) {
-    const edited = await editRange({
-      title: text,
-      minimum: mapping.minimum ?? meta.min,
-      maximum: mapping.maximum ?? meta.max,
-      curve: mapping.curve || "linear",
-      unit: meta.unit || "",
-    });
-    if (edited) actions.midiMap({ ...mapping, ...edited });
   }
 
   async function learn(plugin, entry) {
