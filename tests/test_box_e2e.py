@@ -375,6 +375,7 @@ async def test_board_survives_a_restart(
         before = await _replay(box)
     assert box.returncode == 0, box.log_tail()
     assert box.leftovers == [], "the box left processes behind after SIGTERM"
+    assert "did not end when asked" not in box.log_tail(100_000), "plugins killed: JACK was held up as the box stopped"
 
     chain = _chain(before)
     assert [(p[0], p[1], p[3]) for p in chain] == [

@@ -342,7 +342,7 @@ class JackChainEngine(Engine):
                 slots.extend(generation.slots())
             for slot in slots:
                 slot.retired = True
-            await asyncio.gather(*(self._release_quietly(s) for s in slots))
+            await self._release_in_turn(slots)
             self._plugins.clear()
             self._faders.clear()
             self._listeners.clear()
@@ -550,7 +550,7 @@ class JackChainEngine(Engine):
                 for slot in [*slots, *fader_slots(faders)]:
                     await self._abandon(slot)
         if not old.faders:  # no faders: the rewire cut the old board off
-            await asyncio.gather(*(self._release_quietly(s) for s in old.slots()))
+            await self._release_in_turn(old.slots())
             return
         closing = [f.head if spillover > 0 else f.tail for f in old.faders.values()]
         await self._fade([f.head for f in faders.values()], closing)
@@ -793,7 +793,7 @@ class JackChainEngine(Engine):
                 except EngineError as exc:
                     log.error("unwiring the old board failed: %s; retrying", exc)
                     self._graph.request_rewire()
-        await asyncio.gather(*(self._release_quietly(s) for s in slots))
+        await self._release_in_turn(slots)
 
     # -- the engine port: values and bypass (never wait for a structural change) -----
 
@@ -935,6 +935,15 @@ class JackChainEngine(Engine):
             await asyncio.shield(task)
         except ApplianceError as exc:
             log.warning("stopping plugin %s: %s", slot.id, exc)
+
+    async def _release_in_turn(self, slots: Iterable[Slot]) -> None:
+        """Release plugins one after another, never together: JACK2's server answers a client's
+        close only after telling every other client, and a client that is closing at the same
+        time never answers, so a board of jalvs closed all at once held the server (and every
+        connection the box asked for meanwhile) until they were killed: 4.2 s to stop the demo
+        board against 0.4 s in turn."""
+        for slot in slots:
+            await self._release_quietly(slot)
 
     def _set_down(self, slots: Iterable[Slot]) -> None:
         """Their host died: route every track around them (dry) until they are back.

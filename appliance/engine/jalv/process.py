@@ -145,7 +145,8 @@ class JalvProcess:
     async def terminate(self) -> None:
         """EOF on stdin, then SIGTERM, then SIGKILL; returns once it is gone."""
         stdin = self._child.stdin
-        await self._child.end(stdin.close if stdin is not None else None, PLUGIN_STOP_TIMEOUT)
+        if await self._child.end(stdin.close if stdin is not None else None, PLUGIN_STOP_TIMEOUT):
+            log.warning("%s did not end when asked; killed", self.name)
 
     def _line(self, text: str) -> bool:
         """One output line: an output control's reading is taken, anything else kept."""
