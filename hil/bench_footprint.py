@@ -332,9 +332,9 @@ async def measure(
         if server == "external":
             external = JackServer(settings=SERVER)
             await external.start()
-            config = virtual_config(tmp, jack_server=external.name, dummy=False, engine=engine)
+            config = virtual_config(tmp, jack_server=external.name, dummy=False, engine=engine, scanned=False)
         else:
-            config = virtual_config(tmp, own_server_name=True, engine=engine)
+            config = virtual_config(tmp, own_server_name=True, engine=engine, scanned=False)
             shipped = yaml.safe_load(config.read_text())
             shipped["engine"]["jack"]["dummy"] = SHIPPED  # the tests' period is not the virtual box's
             config.write_text(yaml.safe_dump(shipped))

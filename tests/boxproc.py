@@ -12,14 +12,17 @@ on the box, and those still there after :data:`LEFTOVER_GRACE` are listed in
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from appliance.plugins import lilv
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The period of every JACK server the suite starts, frames (tests/conftest.py's
@@ -56,8 +61,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def scan_cache() -> Path:
+    """The LV2 scan (``lv2-scan.json``) of this machine, made once per test process.
+
+    A box scans every installed plugin on its first start only; each later start
+    reads its data folder's copy. Boxes started by tests get a copy too, so they
+    start as a player's box does every day (a scan costs about 3 s here).
+    """
+    global _SCAN_CACHE
+    if _SCAN_CACHE is None:
+        path = Path(tempfile.mkdtemp(prefix="appliance-scan-")) / "lv2-scan.json"
+        atexit.register(shutil.rmtree, path.parent, True)
+        lilv.load_plugins(cache=path)  # scanned in a child process: no liblilv in this one
+        _SCAN_CACHE = path
+    return _SCAN_CACHE
+
+
+_SCAN_CACHE: Path | None = None
+
+
 def virtual_config(
-    tmp: Path, *, jack_server: str | None = None, dummy: bool = True, **overrides: Any
+    tmp: Path, *, jack_server: str | None = None, dummy: bool = True, scanned: bool = True, **overrides: Any
 ) -> Path:
     """Write a copy of config/virtual.yaml with overrides; returns its path.
 
@@ -66,6 +90,8 @@ def virtual_config(
         jack_server: ``engine.jack.server``; default a fresh unique name.
         dummy: False removes ``engine.jack.dummy``, so the box connects to the
             running server ``jack_server`` instead of starting its own.
+        scanned: the data folder gets :func:`scan_cache`'s copy (a cached start);
+            False leaves the box its first start's scan.
         overrides: ``engine`` sets ``engine.kind`` (default ``jalv``);
             ``own_server_name=True`` leaves the server's name to the box;
             ``allowed_origins``, ``auth`` and ``token_file`` go under
@@ -91,6 +117,10 @@ def virtual_config(
             data["server"][key] = value
         else:
             data[key] = _plain(value)
+    if scanned:
+        folder = Path(data["data_dir"])
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(scan_cache(), folder / "lv2-scan.json")
     path = tmp / "box.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
