@@ -100,10 +100,19 @@ def engine_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _config(tmp: Path, server: JackServer, kind: str, tracks: list[dict[str, Any]]) -> Path:
+def _config(
+    tmp: Path, server: JackServer, kind: str, tracks: list[dict[str, Any]], scanned: bool = True
+) -> Path:
     """virtual.yaml aimed at the test's running server, with these tracks, no demo."""
     return virtual_config(
-        tmp, jack_server=server.name, dummy=False, engine=kind, tracks=tracks, demo=[], data_dir=tmp / "data"
+        tmp,
+        jack_server=server.name,
+        dummy=False,
+        scanned=scanned,
+        engine=kind,
+        tracks=tracks,
+        demo=[],
+        data_dir=tmp / "data",
     )
 
 
@@ -691,7 +700,8 @@ async def test_a_full_disk_keeps_the_box_playing_and_loses_nothing_once_there_is
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs as the data partition here: {mounted.stderr.decode().strip()}")
     try:
-        config = _config(tmp_path, jack_server, "jalv", _one_track(rig))
+        # no copy of the LV2 scan: it would fill this partition before the test does
+        config = _config(tmp_path, jack_server, "jalv", _one_track(rig), scanned=False)
         async with _box(config) as box, _phone(box) as phone:
             await phone.replay()
             gain = await phone.add("gain", gain=-6.0)
