@@ -80,6 +80,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TAKE_TIMEOUT_MARGIN = 5.0
 #: How often the loop looks where a take is (for :meth:`Rig.record_during`).
 TAKE_POLL_INTERVAL = 0.005
+#: How long the reader thread may take to read a gone child's end of file before its socket closes.
+READER_END_TIMEOUT = 1.0
 #: How long the child may take to open its JACK clients, or to answer a connection request.
 RIG_OPEN_TIMEOUT = 10.0
 #: How long the child may take to close its clients and exit before it is killed.
@@ -167,6 +169,7 @@ class ClientsProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.clock: SharedClock | None = None
         self._conn: Connection | None = None
+        self._reader: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: dict[Any, asyncio.Future[tuple[Any, ...]]] = {}
         self._ended: str | None = None
@@ -200,7 +203,8 @@ class ClientsProcess:
         _LIVE.add(self.proc)
         self._conn = Connection(ours.detach())
         opened = self._expect("open")
-        threading.Thread(target=self._read, args=(self._conn,), name="rig-reader", daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(self._conn,), name="rig-reader", daemon=True)
+        self._reader.start()
         self.send(self.config)
         try:
             reply = await asyncio.wait_for(opened, RIG_OPEN_TIMEOUT)
@@ -344,6 +348,8 @@ class ClientsProcess:
         self._end(f"{self.what} is closed")
         conn, self._conn = self._conn, None
         if conn is not None:
+            if proc is not None and proc.poll() is not None and self._reader is not None:
+                self._reader.join(READER_END_TIMEOUT)  # the child is gone: its end of file is on the way
             conn.close()
 
 
