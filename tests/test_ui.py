@@ -497,7 +497,11 @@ def test_move_a_control_by_touch_at_a_bounded_rate(rigged: Rigged, raw: Raw, pho
     frames = [f for f in sent(page, "PLUGIN_PARAMETER") if f["m"]["data"]["parameter_id"] == "gain"]
     assert len(frames) >= 3, "a long drag should send on the way, not only at the end"
     gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(frames)]
-    assert min(gaps) >= 30.0, f"sent faster than 30 per second: gaps {gaps}"
+    # A send is stamped when the page calls send(); a busy machine that holds the page up between
+    # the slider's own clock reading and that call stamps it late, which shortens the next gap by
+    # as much as it lengthens its own (seen: 58.6 ms, then 21.9 ms). Two gaps in a row never lie.
+    pairs = [a + b for a, b in itertools.pairwise(gaps)]
+    assert min(pairs) >= 2 * 30.0, f"sent faster than 30 per second: gaps {gaps}"
     assert frames[-1]["m"]["data"]["parameter_value"] == final, "the last value was not sent"
     expect(knob).to_have_attribute("aria-valuetext", re.compile(r"^−\d+\.\d dB$"))
 
@@ -813,7 +817,9 @@ def test_moving_a_control_in_the_page_changes_the_recorded_audio(
     """Without this, the page's slider shows a value the box does not play."""
     gain = raw.add("gain", gain=0.0)
     level = rigged.rig.gain
-    assert level() == pytest.approx(0.0, abs=AUDIO_TOLERANCE_DB)
+    # The add's reply may come before a connection JACK refused at first is made by the retry
+    # (once beside another test process: -225 dB in the first take); this test is the slider's.
+    eventually(lambda: _near(level(), 0.0), timeout=15)
     page = phone.page
     open_ui(page, rigged.base, f"#/plugin/{gain}")
     touch_drag(page, slider(page, "gain"), dx=-60, steps=15)
