@@ -51,7 +51,6 @@ from ...core.errors import ApplianceError, EngineError, HardwareError, PluginLoa
 from .. import (
     NO_OWN_PLUGINS,
     PLUGIN_START_TIMEOUT,
-    Engine,
     EngineEvent,
     EngineInfo,
     EventSink,
@@ -63,7 +62,7 @@ from .. import (
 )
 from ..chain import Stage
 from ..faders import FADER_CONTROL, fader_type, fader_values, ramp
-from ..jack.graph import JackGraph
+from ..jack.graph import GraphEngine, JackGraph
 from ..jack.server import DummySettings
 from ..jack.wiring import JACK_CALL_TIMEOUT, WiringPlan, plan_wiring
 from ..meters import meter_level, tuner_reading
@@ -187,7 +186,7 @@ class Rack:
         return [m for m in self.sequence() if m.up and m.type.monitors]
 
 
-class CarlaEngine(Engine):
+class CarlaEngine(GraphEngine):
     """Hosts each track's chain in a Carla host process in rack mode.
 
     Args:
@@ -997,14 +996,6 @@ class CarlaEngine(Engine):
         rack = self._first_live()
         member = rack.own.get("tuner") if rack is not None else None
         return tuner_reading(member.readings) if member is not None else None
-
-    def set_tempo(self, bpm: float) -> None:
-        super().set_tempo(bpm)
-        self._graph.set_tempo(bpm)
-
-    def follow_tempo(self) -> None:
-        super().follow_tempo()
-        self._graph.transport_master = True
 
     async def set_tuner(self, on: bool) -> None:
         """The stage tuner: silence at once, then the tuner listens at the first rack's input.

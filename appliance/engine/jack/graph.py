@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 from ...core.errors import EngineError
-from .. import ENGINE_START_TIMEOUT, EngineEvent, EngineInfo, TrackPorts
+from .. import ENGINE_START_TIMEOUT, Engine, EngineEvent, EngineInfo, TrackPorts
 from ..faders import fade_step
 from .drypath import DryPathKeeper
 from .server import DummySettings, JackServer, unique_server_name
@@ -298,3 +298,17 @@ class JackGraph:
             self._emit(EngineEvent("engine-stalled", None, "the JACK server runs no cycle"))
         else:
             self._emit(EngineEvent("engine-restored", None, "the JACK server runs cycles again"))
+
+
+class GraphEngine(Engine):
+    """An engine that plays on a :class:`JackGraph`: the box's tempo is its graph's transport."""
+
+    _graph: JackGraph
+
+    def set_tempo(self, bpm: float) -> None:
+        super().set_tempo(bpm)
+        self._graph.set_tempo(bpm)
+
+    def follow_tempo(self) -> None:
+        super().follow_tempo()
+        self._graph.transport_master = True

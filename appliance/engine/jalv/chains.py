@@ -47,7 +47,6 @@ from ...core.errors import ApplianceError, EngineError, HardwareError, PluginLoa
 from .. import (
     NO_OWN_PLUGINS,
     PLUGIN_START_TIMEOUT,
-    Engine,
     EngineEvent,
     EngineInfo,
     EventSink,
@@ -59,7 +58,7 @@ from .. import (
 )
 from ..chain import Stage
 from ..faders import FADER_CONTROL, fader_type, fader_values, ramp
-from ..jack.graph import JackGraph
+from ..jack.graph import GraphEngine, JackGraph
 from ..jack.server import DummySettings
 from ..jack.wiring import JACK_CALL_TIMEOUT, Tap, WiringPlan, plan_wiring
 from ..meters import listened, meter_level, tuner_reading
@@ -180,7 +179,7 @@ class Generation:
         return plugins + fader_slots(self.faders)
 
 
-class JackChainEngine(Engine):
+class JackChainEngine(GraphEngine):
     """Chains of JACK-client plugins, wired by one :class:`JackWiring`.
 
     Args:
@@ -684,14 +683,6 @@ class JackChainEngine(Engine):
         """What the tuner hears; None when it is off or hears no note."""
         listener = self._tuning()
         return tuner_reading(listener.slot.readings) if listener is not None else None
-
-    def set_tempo(self, bpm: float) -> None:
-        super().set_tempo(bpm)
-        self._graph.set_tempo(bpm)
-
-    def follow_tempo(self) -> None:
-        super().follow_tempo()
-        self._graph.transport_master = True
 
     async def set_tuner(self, on: bool) -> None:
         """The stage tuner: silence at once, then the tuner listens to the first track's input.
