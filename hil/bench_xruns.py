@@ -1,6 +1,7 @@
 """Xruns per minute, idle and under a 20-client sweep, for each way of running a chain.
 
-Run ``python -m hil.bench_xruns [--seconds 60] [--setups …] [--boards …] [--periods …]``.
+Run ``python -m hil.bench_xruns [--seconds 60] [--setups …] [--boards …] [--periods …]
+[--transport-master]``.
 
 Issue 18's table: for every **setup** × **board** × **period** (48 kHz), a
 fresh realtime JACK dummy server (``JackServer``, ``-R -P 70``, falling back
@@ -936,9 +937,18 @@ class Run:
         """
         from tests.boxproc import virtual_config
 
-        extra = {"tracks": tracks} if tracks is not None else {}
+        extra: dict[str, Any] = {"tracks": tracks} if tracks is not None else {}
+        if self.args.transport_master:
+            extra["transport_master"] = True
         config = await asyncio.to_thread(
-            virtual_config, folder, jack_server=server, dummy=False, engine=kind or "jalv", demo=[], **extra
+            virtual_config,
+            folder,
+            jack_server=server,
+            dummy=False,
+            scanned=False,  # the cell's data folder has this run's scan already
+            engine=kind or "jalv",
+            demo=[],
+            **extra,
         )
         from tests.boxproc import free_port
 
@@ -1390,6 +1400,9 @@ def header(args: argparse.Namespace, before: tuple[float, float, float]) -> str:
             f"  switch: PEDALBOARD_LOAD between A and B (B 20 dB quieter), {args.switches} each, {sound}: "
             "median request → reply / request → new board heard (to the louder board only)",
             "  warm switch: SETLIST_NEXT/PREVIOUS over [A, B], the other board in warm standby",
+            "  tempo: the box is JACK's timebase master (jack_transport, one more client each cycle)"
+            if args.transport_master
+            else "  tempo: no timebase master (transport_master: false)",
         ]
     )
 
@@ -1493,6 +1506,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--switches", type=int, default=4, help="cold and warm switches per cell")
     parser.add_argument(
         "--no-sound", dest="sound", action="store_false", help="time switches without the rig (reply only)"
+    )
+    parser.add_argument(
+        "--transport-master",
+        action="store_true",
+        help="the boxes put their tempo on JACK's transport (config transport_master: true)",
     )
     parser.add_argument("--logs", type=Path, help="keep every process's log in a new folder under this one")
     parser.add_argument("--monitor", metavar="SERVER", help=argparse.SUPPRESS)
