@@ -865,13 +865,12 @@ class Cell:
 
 
 class Run:
-    """What every cell shares: the catalog, the scan cache, the options. Loop thread only."""
+    """What every cell shares: the catalog and the options. Loop thread only."""
 
-    def __init__(self, args: argparse.Namespace, folder: Path, catalog: Any, cache: Path) -> None:
+    def __init__(self, args: argparse.Namespace, folder: Path, catalog: Any) -> None:
         self.args = args
         self.folder = folder
         self.catalog = catalog
-        self.cache = cache
         self.counter = JackLogCounter()
         self.spillover = 3.0
 
@@ -881,7 +880,6 @@ class Run:
         cell = Cell(setup, board, period, load_avg=(os.getloadavg()[0], 0.0))
         folder = self.folder / f"{setup}-{board}-{period}"
         await asyncio.to_thread((folder / "data").mkdir, parents=True)
-        await asyncio.to_thread(shutil.copy, self.cache, folder / "data" / "lv2-scan.json")
         server = JackServer(
             server_prefix() + secrets.token_hex(3), DummySettings(RATE, period, realtime=True)
         )
@@ -945,7 +943,6 @@ class Run:
             folder,
             jack_server=server,
             dummy=False,
-            scanned=False,  # the cell's data folder has this run's scan already
             engine=kind or "jalv",
             demo=[],
             **extra,
@@ -1426,13 +1423,15 @@ async def bench_main(args: argparse.Namespace) -> int:
                 await asyncio.to_thread(folder.mkdir, parents=True)
             else:
                 folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-xruns-")))
-            cache = folder / "lv2-scan.json"
+            from tests.boxproc import scan_cache
+
+            cache = await asyncio.to_thread(scan_cache)  # each box's data folder gets a copy
             catalog = await asyncio.to_thread(Catalog.load, ROOT / "config" / "plugins.yaml", cache=cache)
             missing = {e.key for b in args.boards for e in board_entries(b) if catalog.lookup(e.key) is None}
             if missing:
                 print(f"NOT AVAILABLE — catalog entries not installed here: {', '.join(sorted(missing))}")
                 return 0
-            run = Run(args, folder, catalog, cache)
+            run = Run(args, folder, catalog)
             counter_logger.setLevel(logging.DEBUG)
             counter_logger.propagate = False
             counter_logger.addHandler(run.counter)
