@@ -134,7 +134,7 @@ class Config:
     midi: bool = True
     #: Put the box's tempo on JACK's transport, so that plugins that follow their host's tempo
     #: follow it (appliance.engine.jack.tempo). Off by default: it is one more JACK client woken
-    #: every cycle, and its xrun cost is not measured yet.
+    #: every cycle, and a first short measurement (hil/README.md) is not enough to turn it on.
     transport_master: bool = False
 
 
