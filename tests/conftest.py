@@ -204,6 +204,8 @@ async def jack_server() -> AsyncIterator[JackServer]:
         yield server
     finally:
         await server.stop()
+        if server.xrun_lines:  # printed beside a failure: who made a take spoiled
+            print(f"jackd {server.name} on its late cycles:", *server.xrun_lines, sep="\n  ")
 
 
 @pytest.fixture(scope="session")

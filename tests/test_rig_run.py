@@ -112,7 +112,10 @@ def _assert_complete(data: dict[str, Any]) -> None:
     assert "switching" not in data["skipped"], data["skipped"]  # this box has pedalboards
     assert not data["box"]["healthz"].get("error"), data["box"]["healthz"]
     assert data["box"]["version"]
-    assert data["spoiled_takes"] == [], f"takes the test server's own xruns spoiled: {data['spoiled_takes']}"
+    assert data["spoiled_takes"] == [], (
+        f"takes the test server's own xruns spoiled: {data['spoiled_takes']}; "
+        f"what it said of its late cycles: {data['server_xruns']}"
+    )
 
 
 def _assert_box_figures(

@@ -349,6 +349,9 @@ def _report_html(run: RigRun, figures: dict[str, Any], plots: list[Plot]) -> str
             "never taken again: its figures are kept in their section and marked there.</p>",
             _table((f"{take.section}: {take.what}", take.xruns) for take in run.spoiled),
         ]
+        if run.server_xruns:
+            listed = "".join(f"<li>{html.escape(line)}</li>" for line in run.server_xruns)
+            parts.append(f"<p>What the rig's JACK server said of its late cycles:</p><ul>{listed}</ul>")
     else:
         parts.append("<p>None: the rig's own JACK server had no xrun during any take.</p>")
     parts += [_section_html(key, title, figures, run, plots) for key, title in _SECTIONS]

@@ -363,6 +363,9 @@ class RigRun:
             box), or ``None`` (a virtual box, or a real one run without).
         spoiled: every take during which the rig's own server had an xrun
             (its figures are in the sections all the same, and marked).
+        server_xruns: what the rig's own JACK server said of its late cycles (which
+            client was late, or the server itself), when the rig started that server
+            (a virtual box); the culprit of a spoiled take.
     """
 
     settings: dict[str, Any]
@@ -376,6 +379,7 @@ class RigRun:
     methods: dict[str, str] = field(default_factory=lambda: dict(METHODS))
     calibration: dict[str, Any] | None = None
     spoiled: list[Spoiled] = field(default_factory=list)
+    server_xruns: list[str] = field(default_factory=list)
 
     def spoiled_in(self, section: str) -> list[Spoiled]:
         """The spoiled takes of one section."""
@@ -396,4 +400,5 @@ class RigRun:
             "dry_path": None if self.dry_path is None else self.dry_path.figures(),
             "calibration": self.calibration,
             "spoiled_takes": [take.figures() for take in self.spoiled],
+            "server_xruns": self.server_xruns,
         }

@@ -866,7 +866,10 @@ async def run_virtual(settings: RunSettings, workdir: Path, log: Callable[[str],
     async with virtual_setup(
         settings.engine, settings.rate, settings.period, workdir, settings.track, log
     ) as setup:
-        return await measure(setup, settings, None, log)
+        run = await measure(setup, settings, None, log)
+        if setup.server is not None:
+            run.server_xruns = list(setup.server.xrun_lines)
+        return run
 
 
 async def run_box(

@@ -161,6 +161,8 @@ class Setup:
         version: the box's version, as far as the rig can tell.
         midi_server: the JACK server where a MIDI controller of the rig's is heard by the box
             (a virtual box's), or None: no CC-to-sound figures.
+        server: the JACK server the rig started for a virtual box (its late cycles go in the
+            report), or None.
     """
 
     box: Box
@@ -168,6 +170,7 @@ class Setup:
     settings: dict[str, Any]
     version: str
     midi_server: str | None = None
+    server: JackServer | None = None
 
 
 @dataclass(frozen=True)
@@ -336,7 +339,7 @@ async def virtual_setup(
             "jack_server": server.name,
             "realtime": server.is_realtime,
         }
-        yield Setup(Box.parse(process.ws_url), rig, settings, box_version(), midi_server=server.name)
+        yield Setup(Box.parse(process.ws_url), rig, settings, box_version(), server.name, server)
     finally:
         if process is not None:
             await asyncio.to_thread(process.stop)

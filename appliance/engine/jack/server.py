@@ -23,12 +23,15 @@ if it will not.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
 import os
+import re
 import secrets
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +50,11 @@ PROBE_TIMEOUT = 2.0
 PROBE_INTERVAL = 0.05
 #: Lines of jackd's output kept for error messages.
 SERVER_OUTPUT_LINES = 40
+#: jackd's lines about late cycles kept (:attr:`JackServer.xrun_lines`).
+XRUN_LINES = 100
+#: What jackd 1.9.21 says of a late cycle: its own late wakeup (JackTimedDriver's
+#: "Process XRun"), or a client that missed its cycle (JackEngine::CheckXRun).
+XRUN_LINE = re.compile(r"Process XRun|was not finished|finished after")
 #: Realtime priority asked for with ``-R``.
 REALTIME_PRIORITY = 70
 #: How long jackd may keep saying "server already active" for a name whose server has gone
@@ -147,6 +155,10 @@ class JackServer:
         self._child: Child | None = None
         self._answered = False  # the running child answered clients (it holds a slot)
         self._last_words: list[str] = []  # of the last server of this name, for output_tail
+        #: jackd's lines about late cycles (which client was late, or the server itself),
+        #: the last :data:`XRUN_LINES`, each after the seconds since the server started.
+        self.xrun_lines: collections.deque[str] = collections.deque(maxlen=XRUN_LINES)
+        self._started_at = 0.0
 
     @property
     def is_running(self) -> bool:
@@ -262,7 +274,10 @@ class JackServer:
             str(self.settings.period),
         ]
         env = jack_environment(None)
-        child = self._child = Child(argv, f"jackd {self.name}", env, tail=SERVER_OUTPUT_LINES, logger=log)
+        self._started_at = time.monotonic()
+        child = self._child = Child(
+            argv, f"jackd {self.name}", env, on_line=self._note, tail=SERVER_OUTPUT_LINES, logger=log
+        )
         try:
             await child.start()
         except OSError as exc:
@@ -272,6 +287,12 @@ class JackServer:
         except TimeoutError:
             raise EngineError(f"no answer within {SERVER_START_TIMEOUT} s: {self.output_tail()}") from None
         self._answered = True
+
+    def _note(self, line: str) -> bool:
+        """Keep a line about a late cycle in :attr:`xrun_lines`; every line goes on to the log."""
+        if XRUN_LINE.search(line):
+            self.xrun_lines.append(f"{time.monotonic() - self._started_at:.3f} s: {line}")
+        return False
 
     async def _wait_ready(self, child: Child) -> None:
         while True:
