@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import gc
 import os
 import shutil
 import socket
+import subprocess
 import threading
+import time
+import types
 import warnings
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
@@ -120,6 +124,11 @@ def hang_file() -> Iterator[IO[str]]:
         yield file
 
 
+#: Where a coroutine, generator or async generator keeps its frame, and what it awaits.
+FRAMES = ("cr_frame", "gi_frame", "ag_frame")
+AWAITS = ("cr_await", "gi_yieldfrom", "ag_await")
+
+
 def _write_stacks(file: IO[str]) -> None:
     """Every thread's stack, then every unfinished asyncio task's: a test hung on an await
     shows only the loop's idle select in its thread's stack; its tasks say what it waits for."""
@@ -134,17 +143,36 @@ def _write_stacks(file: IO[str]) -> None:
             continue
     else:
         tasks = []
-    for task in tasks:
-        file.write(f"\n-- asyncio task {task.get_name()}, awaiting (outermost first):\n")
-        awaited: Any = task.get_coro()
+    # A fixture's teardown is an async generator the finalizer's task drives: its awaits are
+    # not reachable from the task, so every async generator suspended in an await is listed too.
+    generators: list[Any] = []
+    with contextlib.suppress(RuntimeError):
+        generators = [o for o in gc.get_objects() if isinstance(o, types.AsyncGeneratorType) and o.ag_await]
+    chains = [(f"asyncio task {task.get_name()}", task.get_coro()) for task in tasks]
+    chains += [(f"async generator {gen.__qualname__}", gen) for gen in generators]
+    for what, awaited in chains:
+        file.write(f"\n-- {what}, awaiting (outermost first):\n")
         while awaited is not None:  # down the chain of awaits, to the future it waits on
-            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            frame = next((getattr(awaited, a) for a in FRAMES if hasattr(awaited, a)), None)
             if frame is None:
                 file.write(f"  {awaited!r}\n")
                 break
-            file.write(f"  File {frame.f_code.co_filename!r}, line {frame.f_lineno}, in {frame.f_code.co_name}\n")
-            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+            code = frame.f_code
+            file.write(f"  File {code.co_filename!r}, line {frame.f_lineno}, in {code.co_name}\n")
+            awaited = next((getattr(awaited, a) for a in AWAITS if hasattr(awaited, a)), None)
+    file.write(f"\n-- this process's children:\n{_children()}\n")
     file.flush()
+
+
+def _children() -> str:
+    """``ps`` of this process's children (state D: stuck in the kernel)."""
+    found = subprocess.run(
+        ["ps", "-o", "pid,ppid,stat,etimes,args", "--ppid", str(os.getpid())],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip()
 
 
 @pytest.fixture(autouse=True)
@@ -152,15 +180,35 @@ def stacks_of_a_hang(request: pytest.FixtureRequest, hang_file: IO[str]) -> Iter
     """Every thread's and task's stack, written to :data:`HANGS` shortly before the test's timeout."""
     marker = request.node.get_closest_marker("timeout")
     timeout = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout"))
-    hang_file.write(f"\n== {request.node.nodeid}: stacks if it is still running after {timeout - HANG_MARGIN:g} s\n")
+    hang_file.write(
+        f"\n== {request.node.nodeid}: stacks if it is still running after {timeout - HANG_MARGIN:g} s\n"
+    )
     hang_file.flush()
-    timer = threading.Timer(max(1.0, timeout - HANG_MARGIN), _write_stacks, (hang_file,))
+    started = time.monotonic()
+
+    def write() -> None:
+        if (began := _TEARDOWN_BEGAN.get(request.node.nodeid)) is not None:
+            hang_file.write(f"its teardown began {began - started:.1f} s after its setup\n")
+        _write_stacks(hang_file)
+
+    timer = threading.Timer(max(1.0, timeout - HANG_MARGIN), write)
     timer.daemon = True
     timer.start()
     try:
         yield
     finally:
         timer.cancel()
+        _TEARDOWN_BEGAN.pop(request.node.nodeid, None)
+
+
+#: When each running test's teardown began (a hang's stacks say whether the test or its
+#: fixtures' teardown took the time).
+_TEARDOWN_BEGAN: dict[str, float] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    _TEARDOWN_BEGAN[item.nodeid] = time.monotonic()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
