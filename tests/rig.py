@@ -128,6 +128,28 @@ def gaps(recorded: np.ndarray, offset: int = 0, min_length: int = 3) -> list[tup
 _LIVE: set[subprocess.Popen[bytes]] = set()
 
 
+async def repeat_after(rig: Rig, bpm_hint: float, note_at: int = 2000) -> float:
+    """Milliseconds from a note (an impulse played at ``note_at``) to its first repeat, as a
+    delay synced to a quarter note plays it; the take is long enough for ``bpm_hint``.
+
+    Raises:
+        SpoiledTake: the server had an xrun during the take.
+    """
+    rate = rig.samplerate
+    impulse = np.zeros(note_at + int(rate * 60 / bpm_hint) + rate // 2, dtype=np.float32)
+    impulse[note_at] = 0.5
+    _, recorded = await rig.play_and_record(impulse)
+    rig.require_clean()
+    out = np.nan_to_num(np.abs(recorded[:, 0]), nan=1.0)
+    assert out.max() < 0.99, "the delay's output is not a clean repeat (NaN: it had no transport)"
+    note = int(np.argmax(out))
+    after = out.copy()
+    after[: note + rate // 20] = 0.0  # past the note itself
+    repeat = int(np.argmax(after))
+    assert after[repeat] > 0.1, f"no repeat heard after the note (loudest {after[repeat]:.3f})"
+    return (repeat - note) * 1000 / rate
+
+
 def leftovers() -> list[int]:
     """The pids of the rig processes still running (ones a test did not close)."""
     return [proc.pid for proc in list(_LIVE) if proc.poll() is None]
@@ -569,6 +591,12 @@ class Rig:
         if self._process is None:
             raise RuntimeError("rig is not open")
         self._process.send(("stall", seconds))
+
+    def collect_garbage(self, times: int) -> None:
+        """Make the rig's process run ``times`` full garbage collections in its main thread."""
+        if self._process is None:
+            raise RuntimeError("rig is not open")
+        self._process.send(("collect", times))
 
     async def server_xruns(self) -> int:
         """Every xrun the server told the rig of since it opened (one per missed cycle)."""
