@@ -132,9 +132,10 @@ class Config:
     mixer: MixerConfig | None = None
     #: Listen to MIDI controllers on the box's JACK server (appliance.frontends.midi).
     midi: bool = True
-    #: Put the box's tempo on JACK's transport, so that plugins that follow their host's tempo
-    #: follow it (appliance.engine.jack.tempo). Off by default: it is one more JACK client woken
-    #: every cycle, and a first short measurement (hil/README.md) is not enough to turn it on.
+    #: Put the box's tempo on JACK's transport (appliance.engine.jack.tempo), so that plugins
+    #: under jalv that follow their host's tempo follow it (Carla's racks have it on their own
+    #: transport either way). Off by default: it is one more JACK client woken every cycle, and
+    #: a first short measurement (hil/README.md) is not enough to turn it on.
     transport_master: bool = False
 
 

@@ -51,6 +51,7 @@ from tests.rig import (
     latency_frames,
     longest_gap,
     noise,
+    repeat_after,
     rms_db,
     sine,
     window_gains,
@@ -101,9 +102,15 @@ def engine_kind(request: pytest.FixtureRequest) -> str:
 
 
 def _config(
-    tmp: Path, server: JackServer, kind: str, tracks: list[dict[str, Any]], scanned: bool = True
+    tmp: Path,
+    server: JackServer,
+    kind: str,
+    tracks: list[dict[str, Any]],
+    scanned: bool = True,
+    **overrides: Any,
 ) -> Path:
-    """virtual.yaml aimed at the test's running server, with these tracks, no demo."""
+    """virtual.yaml aimed at the test's running server, with these tracks, no demo (and
+    ``overrides`` as :func:`tests.boxproc.virtual_config` takes them)."""
     return virtual_config(
         tmp,
         jack_server=server.name,
@@ -113,6 +120,7 @@ def _config(
         tracks=tracks,
         demo=[],
         data_dir=tmp / "data",
+        **overrides,
     )
 
 
@@ -359,6 +367,44 @@ async def test_a_foot_controller_learned_from_a_phone_drives_the_gain_heard_whil
                 assert heard == pytest.approx(level, abs=TOLERANCE_DB)
         finally:
             await pedal.close()
+
+
+async def test_a_tempo_tapped_on_a_midi_footswitch_is_the_one_a_synced_delay_repeats_at(
+    engine_kind: str, jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """A delay synced to a quarter note; a MIDI footswitch mapped to ``tap_tempo`` is tapped
+    three times about 300 ms apart: the other phone is told each tapped tempo, and the repeat
+    then comes 60/BPM seconds after the note. Under Carla by default; under jalv with
+    ``transport_master`` on (its timebase master). Broken, the player taps the song's tempo
+    and the delay stays at its old time."""
+    master = engine_kind == "jalv"  # Carla's racks have the tempo on their own transport
+    config = _config(tmp_path, jack_server, engine_kind, _one_track(rig), transport_master=master)
+    switch = MidiController(jack_server.name)
+    async with _box(config) as box, _phone(box) as player, _phone(box) as watcher:
+        await player.replay()
+        await watcher.replay()
+        await player.add("delay", sync=1.0, div=4.0, feedback=0.0, wet_dry=0.5, lpf=20000.0, time=900.0)
+        assert await repeat_after(rig, 120.0) == pytest.approx(500.0, abs=2.0)  # the box's 120 BPM
+        await switch.open()
+        try:
+            async with asyncio.timeout(REPLY_TIMEOUT):
+                while switch.port not in (await player.ask("MIDI_GET", "MIDI_STATE"))["data"]["inputs"]:
+                    await asyncio.sleep(0.05)
+            tap = {"message": "cc", "number": 64, "action": "tap_tempo"}
+            await player.ask("MIDI_MAP_SET", "MIDI_STATE", mapping=tap)
+            for _ in range(3):
+                await switch.cc(64, 127)
+                await switch.cc(64, 0)
+                await asyncio.sleep(0.3)
+            tapped: list[float] = []  # the second tap sets a tempo, the third refines it
+            while len(tapped) < 2:
+                if (told := (await watcher.heard("TEMPO"))["data"])["source"] == "tap":
+                    tapped.append(told["bpm"])
+        finally:
+            await switch.close()
+        bpm = tapped[-1]
+        assert abs(bpm - 120.0) > 10.0, f"taps 300 ms apart read {bpm} BPM: too near the old tempo to tell"
+        assert await repeat_after(rig, bpm) == pytest.approx(60000 / bpm, abs=2.0), f"at {bpm:g} BPM"
 
 
 async def _build_board(phone: Phone) -> tuple[str, str, str]:

@@ -8,11 +8,13 @@ delay keeping time with the band.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+import jack  # type: ignore[import-untyped]
 import pytest
 import pytest_asyncio
 
@@ -23,9 +25,10 @@ from appliance.engine.jack.server import JackServer
 from appliance.engine.jack.tempo import checked_bpm
 from appliance.frontends.tempo import CLOCKS_PER_BEAT, ClockFollower, TapTempo, TempoService
 from appliance.plugins.catalog import Catalog
+from tests.boxproc import scan_cache
 from tests.engines import ENGINE_ADAPTERS, EngineFactory
 from tests.fakes import ControlStack
-from tests.rig import Rig
+from tests.rig import Rig, repeat_after
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -33,8 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 TRACK = "guitar"
 DELAY = "urn:ardour:a-delay"
 RATE = 48000
-#: The impulse's frame in the take.
-NOTE_AT = 2000
+GX_DELAY = "http://guitarix.sourceforge.net/plugins/gx_digital_delay_#_digital_delay_"
+#: Guitarix's delay synced to its host's tempo: a quarter note, plain, one repeat. NOTES 5 is the
+#: quarter note (measured: 400 ms at 150 BPM); the bundle's labels are one off (it calls 5
+#: "1/4notetriplets", and 4, which plays a dotted quarter, "1/4note").
+GX_SYNCED = {
+    "SYNC": 1.0, "NOTES": 5.0, "MODE": 0.0, "FEEDBACK": 1.0, "LEVEL": 100.0, "HIGHPASS": 20.0, "HOWPASS": 20000.0
+}
 #: The synced delay: a quarter note (div 4), only the first repeat (no feedback), as loud as the note.
 SYNCED = {"sync": 1.0, "div": 4.0, "feedback": 0.0, "drywet": 50.0, "lpf": 20000.0, "time": 900.0}
 
@@ -110,8 +118,14 @@ async def test_each_pedalboard_brings_back_its_tempo_unless_a_clock_runs(tmp_pat
 
 
 @pytest.fixture(scope="module")
-def delay_type() -> PluginType:
-    found = Catalog.load(ROOT / "config" / "plugins.yaml", scan=False).lookup(DELAY)
+def catalog() -> Catalog:
+    """The box's catalog and every installed plugin (the suite's one LV2 scan)."""
+    return Catalog.load(ROOT / "config" / "plugins.yaml", cache=scan_cache())
+
+
+@pytest.fixture(scope="module")
+def delay_type(catalog: Catalog) -> PluginType:
+    found = catalog.lookup(DELAY)
     assert found is not None, f"{DELAY} is not installed (scripts/setup installs it)"
     return found
 
@@ -132,22 +146,6 @@ async def engine(engine_factory: EngineFactory, rig: Rig) -> AsyncIterator[Engin
         await engine.stop()
 
 
-async def _repeat_after(rig: Rig, bpm_hint: float) -> float:
-    """Milliseconds from the note to its repeat, in a take long enough for the slowest tempo tried."""
-    impulse = np.zeros(NOTE_AT + int(RATE * 60 / bpm_hint) + RATE // 2, dtype=np.float32)
-    impulse[NOTE_AT] = 0.5
-    _, recorded = await rig.play_and_record(impulse)
-    rig.require_clean()
-    out = np.nan_to_num(np.abs(recorded[:, 0]), nan=1.0)
-    assert out.max() < 0.99, "the delay's output is not a clean repeat (NaN: it had no transport)"
-    note = int(np.argmax(out))
-    after = out.copy()
-    after[: note + RATE // 20] = 0.0  # past the note itself
-    repeat = int(np.argmax(after))
-    assert after[repeat] > 0.1, f"no repeat heard after the note (loudest {after[repeat]:.3f})"
-    return (repeat - note) * 1000 / RATE
-
-
 async def test_a_synced_delay_keeps_the_box_tempo_as_it_changes(
     engine: Engine, rig: Rig, delay_type: PluginType
 ) -> None:
@@ -156,10 +154,10 @@ async def test_a_synced_delay_keeps_the_box_tempo_as_it_changes(
     player's delay runs at its own time and drifts against the band."""
     await engine.load_board([SavedPlugin(TRACK, "echo", delay_type, SYNCED)])
     engine.set_tempo(120.0)
-    assert await _repeat_after(rig, 120.0) == pytest.approx(500.0, abs=2.0)
+    assert await repeat_after(rig, 120.0) == pytest.approx(500.0, abs=2.0)
     for bpm in (150.0, 90.0):
         engine.set_tempo(bpm)
-        assert await _repeat_after(rig, bpm) == pytest.approx(60000 / bpm, abs=2.0), f"at {bpm:g} BPM"
+        assert await repeat_after(rig, bpm) == pytest.approx(60000 / bpm, abs=2.0), f"at {bpm:g} BPM"
 
 
 async def test_a_tempo_set_before_the_board_loads_is_the_one_it_plays(
@@ -169,5 +167,58 @@ async def test_a_tempo_set_before_the_board_loads_is_the_one_it_plays(
     after a restart already repeats at it."""
     engine.set_tempo(100.0)
     await engine.load_board([SavedPlugin(TRACK, "echo", delay_type, SYNCED)])
-    assert await _repeat_after(rig, 100.0) == pytest.approx(600.0, abs=2.0)
+    assert await repeat_after(rig, 100.0) == pytest.approx(600.0, abs=2.0)
 
+
+
+@pytest_asyncio.fixture
+async def untimed_engine(engine_factory: EngineFactory, rig: Rig) -> AsyncIterator[Engine]:
+    """An engine with no timebase master on JACK (``transport_master`` off, the default)."""
+    engine = engine_factory([TrackPorts(TRACK, rig.play_ports, rig.rec_ports)], lambda event: None)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+@pytest.mark.parametrize("engine_factory", ["carla"], indirect=True)
+async def test_carla_plays_the_box_tempo_to_a_synced_delay_with_no_timebase_master(
+    untimed_engine: Engine, jack_server: JackServer, rig: Rig, delay_type: PluginType
+) -> None:
+    """Under Carla the box's tempo reaches a delay synced to its host by default: each rack's
+    host puts it on Carla's own transport, so 150 BPM repeats at 400 ms with no timebase
+    master on JACK (no client more woken each cycle). Broken, the delay keeps Carla's 120 BPM
+    whatever the player taps."""
+    untimed_engine.set_tempo(150.0)
+    await untimed_engine.load_board([SavedPlugin(TRACK, "echo", delay_type, SYNCED)])
+    assert await repeat_after(rig, 150.0) == pytest.approx(400.0, abs=2.0)
+    untimed_engine.set_tempo(90.0)
+    assert await repeat_after(rig, 90.0) == pytest.approx(60000 / 90.0, abs=2.0)
+    assert "beats_per_minute" not in await asyncio.to_thread(_transport_position, jack_server.name)
+
+
+async def test_a_delay_with_a_host_tempo_control_follows_the_box_tempo(
+    untimed_engine: Engine, rig: Rig, catalog: Catalog
+) -> None:
+    """Guitarix's digital delay takes its host's tempo on a control (``HOSTBPM``, designated
+    ``time:beatsPerMinute``), not from the transport: synced to a quarter note, it repeats at
+    400 ms once the box's tempo is 150, and at 600 ms at 100, under both engines and with no
+    timebase master. The control is the box's, not the player's: it is not a parameter."""
+    delay = catalog.lookup(GX_DELAY)
+    assert delay is not None, f"{GX_DELAY} is not installed (scripts/setup installs guitarix-lv2)"
+    assert delay.tempo_symbol == "HOSTBPM" and "HOSTBPM" not in {p.id for p in delay.parameters}
+    untimed_engine.set_tempo(150.0)
+    await untimed_engine.load_board([SavedPlugin(TRACK, "echo", delay, GX_SYNCED)])
+    assert await repeat_after(rig, 150.0) == pytest.approx(400.0, abs=2.0)
+    untimed_engine.set_tempo(100.0)
+    assert await repeat_after(rig, 100.0) == pytest.approx(600.0, abs=2.0)
+
+
+def _transport_position(server: str) -> dict[str, Any]:
+    """JACK's transport position as a client reads it (a tempo only if a timebase master gives one)."""
+    client = jack.Client("tempo-probe", servername=server, no_start_server=True)
+    try:
+        return dict(client.transport_query()[1])
+    finally:
+        client.close()

@@ -152,6 +152,8 @@ class PluginType:
         enable_symbol: the plugin's own enable/bypass control, if it has one
             (``lv2:enabled`` designation, or a Guitarix-style ``BYPASS``).
         enable_inverted: True when that control means "bypass" (1 = bypassed).
+        tempo_symbol: its control that takes the host's tempo (designated
+            ``time:beatsPerMinute``), if it has one: the engine sets it to the box's tempo.
         monitors: its output controls (meters, a tuner's readings), by symbol.
         presets: the factory presets it ships with (their values limited to
             its adjustable controls).
@@ -166,6 +168,7 @@ class PluginType:
     aliases: tuple[Alias, ...] = ()
     enable_symbol: str | None = None
     enable_inverted: bool = False
+    tempo_symbol: str | None = None
     latency: bool = False
     monitors: tuple[str, ...] = ()
     presets: tuple[FactoryPreset, ...] = field(default=(), compare=False)
@@ -183,8 +186,8 @@ class PluginType:
             first_alias.setdefault(alias.symbol, alias)
         parameters = []
         for control in self.controls:
-            if control.symbol == self.enable_symbol:
-                continue  # driven by bypass, not shown as a parameter
+            if control.symbol in (self.enable_symbol, self.tempo_symbol):
+                continue  # driven by bypass or by the box's tempo, not shown as a parameter
             primary = first_alias.get(control.symbol)
             if primary is None:
                 parameters.append(Parameter(control.symbol, control, unit=control.unit))
@@ -230,6 +233,12 @@ class PluginType:
 
     def defaults(self) -> dict[str, float]:
         return {p.id: p.default for p in self.parameters}
+
+    def tempo_value(self, bpm: float) -> float | None:
+        """The value of the plugin's tempo control for ``bpm`` (within its range), or None
+        when it has none."""
+        control = next((c for c in self.controls if c.symbol == self.tempo_symbol), None)
+        return None if control is None else min(max(bpm, control.minimum), control.maximum)
 
     def enable_value(self, bypass: bool) -> float | None:
         """The value of the plugin's own enable control that means ``bypass``.

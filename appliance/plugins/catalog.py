@@ -289,6 +289,7 @@ class EntrySpec:
             aliases=self.aliases,
             enable_symbol=enable_symbol,
             enable_inverted=inverted,
+            tempo_symbol=plugin.tempo_symbol,
             latency=plugin.latency,
             monitors=plugin.monitors,
             presets=_presets(plugin, enable_symbol),
@@ -431,6 +432,7 @@ def _scanned_type(plugin: lilv.ScannedPlugin) -> PluginType:
         audio_inputs=plugin.audio_inputs,
         audio_outputs=plugin.audio_outputs,
         enable_symbol=plugin.enable_symbol,
+        tempo_symbol=plugin.tempo_symbol,
         latency=plugin.latency,
         monitors=plugin.monitors,
         presets=_presets(plugin, plugin.enable_symbol),
@@ -439,8 +441,9 @@ def _scanned_type(plugin: lilv.ScannedPlugin) -> PluginType:
 
 def _presets(plugin: lilv.ScannedPlugin, enable_symbol: str | None) -> tuple[FactoryPreset, ...]:
     """The plugin's factory presets, each limited to its adjustable controls (not meters, not
-    the enable port that bypass drives); a preset left with nothing to set is dropped."""
-    adjustable = {c.symbol for c in plugin.controls} - {enable_symbol}
+    the enable port that bypass drives, not the tempo port the box drives); a preset left with
+    nothing to set is dropped."""
+    adjustable = {c.symbol for c in plugin.controls} - {enable_symbol, plugin.tempo_symbol}
     presets = []
     for preset in plugin.presets:
         values = tuple((symbol, value) for symbol, value in preset.values if symbol in adjustable)

@@ -59,7 +59,7 @@ logger = logging.getLogger("appliance.plugins.lilv")
 Kind = Literal["float", "integer", "toggle", "enum"]
 
 #: Bumped whenever the cached JSON layout changes.
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 #: How long the scan's child process may take (~2.5 s for ~500 plugins on a PC).
 SCAN_TIMEOUT = 120.0
 #: The scan child's exit code when liblilv cannot be loaded.
@@ -68,6 +68,8 @@ _NO_LILV_EXIT = 3
 _STDERR_LINES_LOGGED = 40
 
 _LV2 = "http://lv2plug.in/ns/lv2core#"
+#: The designation of a control that takes the host's tempo (Guitarix's delays' ``HOSTBPM``).
+TEMPO_DESIGNATION = "http://lv2plug.in/ns/ext/time#beatsPerMinute"
 _ATOM = "http://lv2plug.in/ns/ext/atom#"
 _MIDI_EVENT = "http://lv2plug.in/ns/ext/midi#MidiEvent"
 _EVENT_PORT = "http://lv2plug.in/ns/ext/event#EventPort"
@@ -119,7 +121,8 @@ class ScannedControl:
     """One control input port as the plugin's Turtle data describes it.
 
     ``labels`` are the port's scale points (value, label), sorted by value.
-    ``is_enable`` is True for the port designated ``lv2:enabled``.
+    ``is_enable`` is True for the port designated ``lv2:enabled``; ``is_tempo``
+    for one designated ``time:beatsPerMinute`` (it takes the host's tempo).
     ``sample_rate`` is True for ``lv2:sampleRate`` ports, whose range is a
     fraction of the sample rate.
     """
@@ -135,6 +138,7 @@ class ScannedControl:
     labels: tuple[tuple[float, str], ...] = ()
     logarithmic: bool = False
     is_enable: bool = False
+    is_tempo: bool = False
     sample_rate: bool = False
 
 
@@ -196,6 +200,11 @@ class ScannedPlugin:
             if control.is_enable:
                 return control.symbol
         return None
+
+    @property
+    def tempo_symbol(self) -> str | None:
+        """The control designated ``time:beatsPerMinute``, if any."""
+        return next((c.symbol for c in self.controls if c.is_tempo), None)
 
     def control(self, symbol: str) -> ScannedControl | None:
         """The control input port with this symbol, or None."""
@@ -672,7 +681,7 @@ class _Scanner:
         default = min(max(default, minimum), maximum)
 
         designation = lib.lilv_port_get(plugin, port, n["designation"])
-        is_enable = bool(designation) and _text(lib, designation) == _LV2 + "enabled"
+        designated = _text(lib, designation) if designation else ""
         if designation:
             lib.lilv_node_free(designation)
 
@@ -687,7 +696,8 @@ class _Scanner:
             kind=kind,
             labels=labels,
             logarithmic=has("logarithmic"),
-            is_enable=is_enable,
+            is_enable=designated == _LV2 + "enabled",
+            is_tempo=designated == TEMPO_DESIGNATION,
             sample_rate=has("sample_rate"),
         )
 

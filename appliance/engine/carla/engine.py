@@ -418,6 +418,12 @@ class CarlaEngine(GraphEngine):
 
     # -- racks -----------------------------------------------------------------------
 
+    def set_tempo(self, bpm: float) -> None:
+        super().set_tempo(bpm)
+        for rack in self._racks():
+            if rack.host is not None:
+                rack.host.send("tempo", bpm=bpm)
+
     def _racks(self) -> list[Rack]:
         return [*self._live.values(), *self._ringing, *self._warm]
 
@@ -453,6 +459,7 @@ class CarlaEngine(GraphEngine):
         host.on_exit = functools.partial(self._host_ended, rack, host)
         ready = await host.start()
         rack.host, rack.down, rack.jack_stopped = host, False, False
+        host.send("tempo", bpm=self.tempo)  # before its first plugin: synced ones start in time
         rack.inputs = tuple(str(p) for p in ready.get("inputs", ()))
         rack.outputs = tuple(str(p) for p in ready.get("outputs", ()))
         try:

@@ -154,6 +154,7 @@ class CarlaHost:
             "values": self._values,
             "reset": self._reset,
             "readings": self._readings,
+            "tempo": self._tempo,
             "ping": lambda message: {},
         }
 
@@ -443,6 +444,13 @@ class CarlaHost:
         hosted = self._hosted(message.get("plugin"))
         if hosted.mode == "drywet" and hosted.present:
             self._host.set_drywet(self._carla_id(hosted), float(message.get("value", 1.0)))
+
+    def _tempo(self, message: dict[str, Any]) -> None:
+        """The box's tempo on Carla's own transport, which every plugin that follows its host's
+        tempo reads each cycle (no JACK client more). Following JACK's transport, Carla takes
+        the tempo from the box's timebase master instead: nothing to do."""
+        if not self.jack_transport:
+            self._host.transport_bpm(float(message["bpm"]))
 
     def _dry(self, hosted: Hosted, dry: bool) -> None:
         """Dry (passing its input) or wet, by its enable control or dry/wet; nothing for ``absent``."""

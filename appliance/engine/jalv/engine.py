@@ -159,13 +159,26 @@ class JalvEngine(JackChainEngine):
     # -- respawn ---------------------------------------------------------------------
 
     def _start_values(self, slot: Slot) -> dict[str, float]:
-        """Values for ``-c``: the plugin's own enable control as its bypass says, then the slot's."""
+        """Values for ``-c``: the plugin's own enable control as its bypass says, its tempo
+        control at the box's tempo, then the slot's."""
         start: dict[str, float] = {}
         enable = slot.type.enable_value(bypass=slot.bypass)
         if slot.type.enable_symbol is not None and enable is not None:
             start[slot.type.enable_symbol] = enable
+        tempo = slot.type.tempo_value(self.tempo)
+        if slot.type.tempo_symbol is not None and tempo is not None:
+            start[slot.type.tempo_symbol] = tempo
         start.update(slot.values)
         return start
+
+    def set_tempo(self, bpm: float) -> None:
+        """Also a tempo control (``time:beatsPerMinute``) of each plugin: jalv gives such a
+        port nothing itself (Carla sets it from its transport)."""
+        super().set_tempo(bpm)
+        for slot in (*self._plugins.values(), *self._loading.values()):
+            tempo = slot.type.tempo_value(bpm)
+            if slot.type.tempo_symbol is not None and tempo is not None:
+                self._deliver_values(slot, {slot.type.tempo_symbol: tempo})
 
     async def _watch(self, slot: Slot, proc: JalvProcess) -> None:
         """Notice a jalv that dies on its own and bring the plugin back."""
