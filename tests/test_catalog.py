@@ -105,6 +105,40 @@ def test_scan_kinds_labels_log_and_enable_designation(scanned: dict[str, lilv.Sc
     assert enable is not None and enable.kind == "toggle" and enable.is_enable
 
 
+def test_scan_reads_the_files_a_plugin_loads_and_its_tempo_control(scanned: dict[str, lilv.ScannedPlugin]) -> None:
+    """The cabinet-IR loaders' ``patch:writable`` path parameters (x42's convolver, LSP's two
+    files of the stereo loader), and Guitarix's delay's control designated ``time:beatsPerMinute``.
+    Broken, the phone could never offer a player's IR to the convolver."""
+    convo = scanned["http://gareus.org/oss/lv2/convoLV2#Mono"]
+    assert convo.files == (lilv.ScannedFile("http://gareus.org/oss/lv2/convoLV2#impulse", "impulse"),)
+    stereo = scanned["http://lsp-plug.in/plugins/lv2/impulse_responses_stereo"]
+    assert [(f.uri.rsplit("#", 1)[1], f.label) for f in stereo.files] == [
+        ("ifn0", "Impulse file 1"),
+        ("ifn1", "Impulse file 2"),
+    ]
+    assert scanned["http://lv2plug.in/plugins/eg-amp"].files == ()
+    delay = scanned["http://guitarix.sourceforge.net/plugins/gx_digital_delay_#_digital_delay_"]
+    assert delay.tempo_symbol == "HOSTBPM" and delay.enable_symbol == "BYPASS"
+
+
+def test_scan_reads_mods_file_types_of_a_file_parameter(tmp_path: Path) -> None:
+    """An amp-model loader that says which files it takes (``mod:fileTypes "nam,aidadspmodel"``,
+    as MOD's plugins do) has them listed; a path parameter of another range is no file."""
+    folder = tmp_path / "lv2"
+    shutil.copytree("/usr/lib/lv2/eg-amp.lv2", folder / "eg-amp.lv2")
+    with open(folder / "eg-amp.lv2" / "amp.ttl", "a") as ttl:
+        ttl.write(
+            "\n<urn:test:model> a <http://lv2plug.in/ns/lv2core#Parameter> ;\n"
+            '  <http://www.w3.org/2000/01/rdf-schema#label> "Model" ;\n'
+            "  <http://www.w3.org/2000/01/rdf-schema#range> <http://lv2plug.in/ns/ext/atom#Path> ;\n"
+            '  <http://moddevices.com/ns/mod#fileTypes> "nam, aidadspmodel" .\n'
+            "<urn:test:level> <http://www.w3.org/2000/01/rdf-schema#range> <http://lv2plug.in/ns/ext/atom#Float> .\n"
+            f"<{AMP}> <http://lv2plug.in/ns/ext/patch#writable> <urn:test:model>, <urn:test:level> .\n"
+        )
+    (amp,) = lilv.scan_plugins([str(folder)])
+    assert amp.files == (lilv.ScannedFile("urn:test:model", "Model", ("nam", "aidadspmodel")),)
+
+
 def test_scan_keeps_side_chain_out_of_audio_inputs(scanned: dict[str, lilv.ScannedPlugin]) -> None:
     """a-comp's lv2:isSideChain input is listed apart, not as a chain input."""
     comp = scanned["urn:ardour:a-comp"]

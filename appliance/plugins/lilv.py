@@ -23,13 +23,15 @@ Memory ownership follows ``lilv.h`` (0.24): nodes returned by
 ``lilv_plugin_get_name``, ``lilv_port_get_name``, ``lilv_port_get``,
 ``lilv_world_get`` and ``lilv_port_get_range`` are ours to ``lilv_node_free``;
 ``lilv_port_get_scale_points`` is ours to ``lilv_scale_points_free``, and
-``lilv_plugin_get_related`` and ``lilv_world_find_nodes`` are ours to
-``lilv_nodes_free``; the URI, symbol and scale-point nodes are owned by lilv
+``lilv_plugin_get_related``, ``lilv_plugin_get_value`` and ``lilv_world_find_nodes``
+are ours to ``lilv_nodes_free``; the URI, symbol and scale-point nodes are owned by lilv
 and never freed here.
 
 Specs followed: LV2 core (lv2:toggled, lv2:integer, lv2:enumeration,
 lv2:designation lv2:enabled / lv2:latency, lv2:reportsLatency), LV2 units
-(units:unit, units:symbol), LV2 port properties (pprops:logarithmic).
+(units:unit, units:symbol), LV2 port properties (pprops:logarithmic), LV2 patch
+(patch:writable parameters ranged atom:Path: the files a plugin loads, with
+MOD's mod:fileTypes), LV2 time (a control designated time:beatsPerMinute).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ logger = logging.getLogger("appliance.plugins.lilv")
 Kind = Literal["float", "integer", "toggle", "enum"]
 
 #: Bumped whenever the cached JSON layout changes.
-CACHE_FORMAT = 5
+CACHE_FORMAT = 6
 #: How long the scan's child process may take (~2.5 s for ~500 plugins on a PC).
 SCAN_TIMEOUT = 120.0
 #: The scan child's exit code when liblilv cannot be loaded.
@@ -156,6 +158,23 @@ class ScannedPreset:
 
 
 @dataclass(frozen=True)
+class ScannedFile:
+    """A file the plugin loads (a cabinet IR, an amp model), set by a patch message: a
+    ``patch:writable`` parameter whose range is ``atom:Path``.
+
+    Attributes:
+        uri: the parameter's URI (what a ``patch:Set`` names).
+        label: its ``rdfs:label`` (the URI's last part when it has none).
+        file_types: MOD's ``mod:fileTypes`` list (``ir``, ``nam``, ``aidadspmodel``, …), or
+            empty: the plugin does not say.
+    """
+
+    uri: str
+    label: str
+    file_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ScannedPlugin:
     """One installed LV2 plugin, as far as the box cares.
 
@@ -173,6 +192,7 @@ class ScannedPlugin:
         latency: the plugin reports its latency (lv2:reportsLatency or a
             port designated lv2:latency).
         presets: its factory presets, sorted by label.
+        files: the files it loads (:class:`ScannedFile`), by URI (RDF gives them no order).
     """
 
     uri: str
@@ -187,6 +207,7 @@ class ScannedPlugin:
     cv_ports: tuple[str, ...] = ()
     latency: bool = False
     presets: tuple[ScannedPreset, ...] = ()
+    files: tuple[ScannedFile, ...] = ()
 
     @property
     def is_audio_effect(self) -> bool:
@@ -245,6 +266,7 @@ class ScannedPlugin:
                 ScannedPreset(p["uri"], p["label"], tuple((str(k), float(v)) for k, v in p["values"]))
                 for p in data["presets"]
             ),
+            files=tuple(ScannedFile(f["uri"], f["label"], tuple(f["file_types"])) for f in data["files"]),
         )
 
 
@@ -447,6 +469,7 @@ def _load_library() -> ctypes.CDLL:
         "lilv_world_load_resource": (ctypes.c_int, [p, p]),
         "lilv_world_find_nodes": (p, [p, p, p, p]),
         "lilv_nodes_free": (None, [p]),
+        "lilv_plugin_get_value": (p, [p, p]),
         "lilv_nodes_begin": (p, [p]),
         "lilv_nodes_is_end": (ctypes.c_bool, [p, p]),
         "lilv_nodes_next": (p, [p, p]),
@@ -514,6 +537,9 @@ class _Scanner:
         "port": _LV2 + "port",
         "symbol": _LV2 + "symbol",
         "label": _RDFS_LABEL,
+        "writable": "http://lv2plug.in/ns/ext/patch#writable",
+        "range": "http://www.w3.org/2000/01/rdf-schema#range",
+        "file_types": "http://moddevices.com/ns/mod#fileTypes",
     }
 
     def __init__(self, lib: ctypes.CDLL, folders: Sequence[str]) -> None:
@@ -603,7 +629,29 @@ class _Scanner:
             cv_ports=tuple(cv),
             latency=bool(lib.lilv_plugin_has_latency(plugin)),
             presets=self._presets(plugin),
+            files=self._files(plugin),
         )
+
+    def _files(self, plugin: int) -> tuple[ScannedFile, ...]:
+        """Its ``patch:writable`` parameters whose range is ``atom:Path``."""
+        lib, n = self.lib, self.nodes
+        writable = lib.lilv_plugin_get_value(plugin, n["writable"])
+        if not writable:
+            return ()
+        files: list[ScannedFile] = []
+        try:
+            for parameter in self._each(writable):
+                ranged = self._owned_text(lib.lilv_world_get(self.world, parameter, n["range"], None))
+                if ranged != _ATOM + "Path":
+                    continue
+                uri = _text(lib, parameter)
+                label = self._owned_text(lib.lilv_world_get(self.world, parameter, n["label"], None))
+                types = self._owned_text(lib.lilv_world_get(self.world, parameter, n["file_types"], None))
+                listed = tuple(t.strip() for t in types.split(",") if t.strip())
+                files.append(ScannedFile(uri, label or uri.rsplit("#", 1)[-1], listed))
+        finally:
+            lib.lilv_nodes_free(writable)
+        return tuple(sorted(files, key=lambda f: f.uri))
 
     def _presets(self, plugin: int) -> tuple[ScannedPreset, ...]:
         """The plugin's factory presets: each preset's resource loaded, its port values read."""
