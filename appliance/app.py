@@ -418,6 +418,7 @@ class Box:
         self.midi = MidiService(self.controller, self.config.data_dir / MIDI_FILE, server, own)
         if self.tempo is not None:
             self.midi.on_clock = self.tempo.clock_tick
+            self.midi.on_tap = self.tempo.midi_tap
         if self.library is not None:
             self.midi.board_kept = self.library.attach(self.midi)
         await self.midi.start()

@@ -135,6 +135,9 @@ async def _box(config: Path, env: dict[str, str] | None = None) -> AsyncIterator
     await asyncio.to_thread(box.start)
     try:
         yield box
+    except BaseException:
+        print(f"the box's log, its last lines:\n{box.log_tail()}")  # shown beside the failure
+        raise
     finally:
         await asyncio.to_thread(box.stop)
 

@@ -207,6 +207,22 @@ async def test_a_pedal_flood_sets_the_latest_value_without_a_backlog(stack: Stac
     assert 1 <= len(changes) < 10, len(changes)
 
 
+async def test_taps_read_all_at_once_keep_the_tempo_they_were_tapped_at(stack: Stack) -> None:
+    """Three presses of a tap footswitch 0.4 s apart by their frames, which a busy box reads in
+    one burst: the tempo is 150 BPM, timed by the frames, and the phones are told; its
+    releases do nothing. Broken (timed when read), it would be thousands of BPM and refused."""
+    tempo = TempoService(stack.controller, asyncio.get_running_loop().time)
+    tempo.start(None)
+    stack.midi.on_tap = tempo.midi_tap
+    await stack.map(message="cc", number=64, action="tap_tempo")
+    for frame in (96000, 115200, 134400):  # 2.0, 2.4 and 2.8 s into the monitor's clock
+        stack.midi.handle(MidiEvent("cc", 1, 64, 127), frame)
+        stack.midi.handle(MidiEvent("cc", 1, 64, 0), frame + 4800)
+    await stack.midi.settled()
+    assert (tempo.bpm, tempo.source) == (150.0, "tap")
+    assert ("TEMPO", {"bpm": 150.0, "source": "tap"}) in stack.events
+
+
 async def test_a_footswitch_toggles_bypass_on_its_press_only_or_follows_it_when_momentary(
     stack: Stack,
 ) -> None:
@@ -443,6 +459,7 @@ async def test_the_box_follows_a_controllers_midi_clock_and_a_tap_footswitch(
     tempo.start(None)
     midi = MidiService(stack.controller, tmp_path / "midi.json", jack_server.name)
     midi.on_clock = tempo.clock_tick
+    midi.on_tap = tempo.midi_tap
     controller = MidiController(jack_server.name)
     await midi.start()
     try:

@@ -200,6 +200,9 @@ class MidiService:
         self.board_kept: Callable[[], Awaitable[None]] | None = None
         #: Gets each MIDI clock's frame (the box's tempo follows it).
         self.on_clock: Callable[[int], None] = lambda frame: None
+        #: Gets the frame of each press mapped to ``tap_tempo`` (taps are timed by their frames:
+        #: a busy box reads a controller's messages in bursts). None: a ``TEMPO_TAP`` request.
+        self.on_tap: Callable[[int], None] | None = None
         self._rescan: asyncio.Task[None] | None = None
         self._pending: dict[str, tuple[Mapping, int]] = {}
         self._wake = asyncio.Event()
@@ -353,19 +356,20 @@ class MidiService:
         if event is None:
             self.ignored += 1
         else:
-            self.handle(event)
+            self.handle(event, frame)
         return True
 
-    def handle(self, event: MidiEvent) -> None:
-        """One message from a controller: completes a learn, or drives what it is mapped to."""
+    def handle(self, event: MidiEvent, frame: int | None = None) -> None:
+        """One message from a controller (heard at JACK frame ``frame``, counted from the
+        monitor's start): completes a learn, or drives what it is mapped to."""
         if self.learning is not None:
             self._learned(event)
             return
         for mapping in self.mappings.values():
             if mapping.matches(event):
-                self._dispatch(mapping, event)
+                self._dispatch(mapping, event, frame)
 
-    def _dispatch(self, mapping: Mapping, event: MidiEvent) -> None:
+    def _dispatch(self, mapping: Mapping, event: MidiEvent, frame: int | None) -> None:
         if mapping.action in midimap.CONTINUOUS and event.message != "pc":
             self._pending[mapping.id] = (mapping, event.value)  # the latest value wins
             self._wake.set()
@@ -390,6 +394,8 @@ class MidiService:
             self._jobs.beside(self._execute("SETLIST_GO", {"position": position}))
         elif action in ("setlist_next", "setlist_previous"):
             self._jobs.beside(self._execute(action.upper(), {}))
+        elif action == "tap_tempo" and self.on_tap is not None and frame is not None:
+            self.on_tap(frame)
         elif action == "tap_tempo":
             self._jobs.beside(self._execute("TEMPO_TAP", {}))
 

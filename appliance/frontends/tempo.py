@@ -98,6 +98,7 @@ class TempoService:
         #: What a pedalboard keeps of it (:class:`~appliance.control.library.BoardPart`).
         self.key = "tempo"
         self._taps = TapTempo()
+        self._midi_taps = TapTempo()  # timed on JACK's frames, not on the loop's clock
         self._follower = ClockFollower()
         self._last_clock: float | None = None  # on :attr:`clock`
         controller.register("TEMPO_GET", self._get)
@@ -144,6 +145,19 @@ class TempoService:
             return  # the clock's own jitter
         self._apply(bpm, "midi-clock")
         self.controller.publish([self.state()], None, {"user_id": "midi", "session_id": "clock"})
+
+    def midi_tap(self, frame: int) -> None:
+        """A tap of a MIDI footswitch at frame ``frame`` of the MIDI monitor's clock: timed by
+        its frame, not by when the box read it (a busy box reads a controller's messages in
+        bursts, and three taps read at once would be a tempo of thousands)."""
+        rate = self.controller.engine.info().sample_rate
+        if rate <= 0:
+            return
+        bpm = self._midi_taps.tap(frame / rate)
+        if bpm is None:
+            return  # the first tap of a run
+        self._apply(bpm, "tap")
+        self.controller.publish([self.state()], None, {"user_id": "midi", "session_id": "tap"})
 
     def _apply(self, bpm: float, source: str) -> None:
         self.bpm, self.source = bpm, source
