@@ -961,12 +961,11 @@ class CarlaEngine(GraphEngine):
 
     async def _ramp_drywet(self, rack: Rack, member: Member, bypass: bool) -> None:
         """Dry/wet from where it is to dry (bypass) or wet over :data:`FADE_TIME`, then the bypass."""
-        for value in ramp(not bypass):  # ramp() runs the fader control: CLOSED +1 … OPEN -1
+        async for value in self._graph.paced(ramp(not bypass)):  # the fader's ramp: CLOSED +1 … OPEN -1
             host = rack.host
             if host is None:
                 return
             host.send("drywet", plugin=member.hosted, value=(1.0 - value) / 2.0)
-            await asyncio.sleep(self._graph.fade_step())
         if rack.host is not None:
             rack.host.send("bypass", plugin=member.hosted, bypass=bypass)
 
@@ -1056,14 +1055,13 @@ class CarlaEngine(GraphEngine):
     async def _fade(
         self, opening: Iterable[tuple[Rack, Member]], closing: Iterable[tuple[Rack, Member]]
     ) -> None:
-        """Open some faders while closing others, step by step (:meth:`JackGraph.fade_step` apart)."""
+        """Open some faders while closing others, step by step (:meth:`JackGraph.paced`)."""
         opening, closing = list(opening), list(closing)
-        for up, down in zip(ramp(True), ramp(False), strict=True):
+        async for up, down in self._graph.paced(zip(ramp(True), ramp(False), strict=True)):
             for (rack, member), value in [*((o, up) for o in opening), *((c, down) for c in closing)]:
                 member.values[FADER_CONTROL] = value
                 if member.up and rack.host is not None:
                     rack.host.send("set", plugin=member.hosted, values={FADER_CONTROL: value})
-            await asyncio.sleep(self._graph.fade_step())
 
     # -- the engine port: reads ------------------------------------------------------
 

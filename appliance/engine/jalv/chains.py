@@ -756,14 +756,13 @@ class JackChainEngine(GraphEngine):
         return [*fader_slots(self._faders), *(listener.slot for listener in self._listeners.values())]
 
     async def _fade(self, opening: Iterable[Slot], closing: Iterable[Slot]) -> None:
-        """Open some faders while closing others, step by step (:meth:`JackGraph.fade_step` apart)."""
+        """Open some faders while closing others, step by step (:meth:`JackGraph.paced`)."""
         opening, closing = list(opening), list(closing)
-        for up, down in zip(ramp(True), ramp(False), strict=True):
+        async for up, down in self._graph.paced(zip(ramp(True), ramp(False), strict=True)):
             for slot, value in [*((s, up) for s in opening), *((s, down) for s in closing)]:
                 slot.values[FADER_CONTROL] = value
                 if slot.state == "up":
                     self._send_values(slot, {FADER_CONTROL: value})
-            await asyncio.sleep(self._graph.fade_step())
 
     async def _ring_out(self, old: Generation, seconds: float) -> None:
         """Let an old board's tails ring with no input, then fade it out and tear it down."""
