@@ -174,7 +174,10 @@ class CarlaHostProcess:
             self._pending[request_id] = future
             writer.write(pipe.encode({"op": op, "id": request_id, **fields}))
             try:
-                return await asyncio.wait_for(future, timeout)
+                # Not wait_for: in Python 3.11 it returns the answer when the caller is cancelled
+                # just as the answer comes, and a cancelled add went on as if never cancelled.
+                async with asyncio.timeout(timeout):
+                    return await future
             except TimeoutError:
                 log.error("the Carla host did not answer %s within %s s; killing it", op, timeout)
                 self.kill()
