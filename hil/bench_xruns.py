@@ -79,7 +79,6 @@ import math
 import os
 import platform
 import queue
-import re
 import secrets
 import select
 import shutil
@@ -96,6 +95,7 @@ from typing import Any
 
 import yaml
 
+from appliance.engine.jack.server import CLIENT_LATE_LINE, LATE_WAKEUP
 from hil.bench_control import table
 from hil.bench_engines import (
     REPLY_MARK,
@@ -176,8 +176,6 @@ CHILD_TIMEOUT = 60.0
 PORTS_TIMEOUT = 10.0
 #: What the children write before each of their answers (Carla prints on stdout too).
 MARK = "BXR "
-#: jackd's line for a late wakeup of the server itself (JACK 1.9.21's JackTimedDriver).
-LATE_WAKEUP = "Process XRun"
 
 log = logging.getLogger("hil.bench_xruns")
 
@@ -494,12 +492,6 @@ class Monitor:
             if count > self._clients.get(name, 0):
                 window.late_clients[name] = count - self._clients.get(name, 0)
         return window
-
-
-#: jackd's line for a client that missed its cycle (JACK 1.9.21's JackEngine::CheckXRun).
-CLIENT_LATE_LINE = re.compile(
-    r"client = (.+?) (?:was not finished|finished after)|client (.+?) finished after"
-)
 
 
 class JackLogCounter(logging.Handler):

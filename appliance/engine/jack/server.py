@@ -52,9 +52,12 @@ PROBE_INTERVAL = 0.05
 SERVER_OUTPUT_LINES = 40
 #: jackd's lines about late cycles kept (:attr:`JackServer.xrun_lines`).
 XRUN_LINES = 100
-#: What jackd 1.9.21 says of a late cycle: its own late wakeup (JackTimedDriver's
-#: "Process XRun"), or a client that missed its cycle (JackEngine::CheckXRun).
-XRUN_LINE = re.compile(r"Process XRun|was not finished|finished after")
+#: jackd's line for a late wakeup of the server itself (JACK 1.9.21's JackTimedDriver).
+LATE_WAKEUP = "Process XRun"
+#: jackd's line for a client that missed its cycle (JACK 1.9.21's JackEngine::CheckXRun).
+CLIENT_LATE_LINE = re.compile(
+    r"client = (.+?) (?:was not finished|finished after)|client (.+?) finished after"
+)
 #: Realtime priority asked for with ``-R``.
 REALTIME_PRIORITY = 70
 #: How long jackd may keep saying "server already active" for a name whose server has gone
@@ -290,7 +293,7 @@ class JackServer:
 
     def _note(self, line: str) -> bool:
         """Keep a line about a late cycle in :attr:`xrun_lines`; every line goes on to the log."""
-        if XRUN_LINE.search(line):
+        if LATE_WAKEUP in line or CLIENT_LATE_LINE.search(line):
             self.xrun_lines.append(f"{time.monotonic() - self._started_at:.3f} s: {line}")
         return False
 
