@@ -201,8 +201,8 @@ class MidiService:
         #: Gets each MIDI clock's frame (the box's tempo follows it).
         self.on_clock: Callable[[int], None] = lambda frame: None
         #: Gets the frame of each press mapped to ``tap_tempo`` (taps are timed by their frames:
-        #: a busy box reads a controller's messages in bursts). None: a ``TEMPO_TAP`` request.
-        self.on_tap: Callable[[int], None] | None = None
+        #: a busy box reads a controller's messages in bursts).
+        self.on_tap: Callable[[int], None] = lambda frame: None
         self._rescan: asyncio.Task[None] | None = None
         self._pending: dict[str, tuple[Mapping, int]] = {}
         self._wake = asyncio.Event()
@@ -394,10 +394,8 @@ class MidiService:
             self._jobs.beside(self._execute("SETLIST_GO", {"position": position}))
         elif action in ("setlist_next", "setlist_previous"):
             self._jobs.beside(self._execute(action.upper(), {}))
-        elif action == "tap_tempo" and self.on_tap is not None and frame is not None:
+        elif action == "tap_tempo" and frame is not None:
             self.on_tap(frame)
-        elif action == "tap_tempo":
-            self._jobs.beside(self._execute("TEMPO_TAP", {}))
 
     async def _sweep(self) -> None:
         """Carries out continuous changes, each control's latest value, one at a time."""
