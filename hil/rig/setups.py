@@ -159,8 +159,6 @@ class Setup:
         rig: the player and recorder, open, their ports reaching the box's input and output.
         settings: how the rig reaches the box, for the report (never the token).
         version: the box's version, as far as the rig can tell.
-        midi_server: the JACK server where a MIDI controller of the rig's is heard by the box
-            (a virtual box's), or None: no CC-to-sound figures.
         server: the JACK server the rig started for a virtual box (its late cycles go in the
             report), or None.
     """
@@ -169,8 +167,13 @@ class Setup:
     rig: Rig
     settings: dict[str, Any]
     version: str
-    midi_server: str | None = None
     server: JackServer | None = None
+
+    @property
+    def midi_server(self) -> str | None:
+        """The JACK server where a MIDI controller of the rig's is heard by the box (a virtual
+        box's), or None: no CC-to-sound figures."""
+        return self.server.name if self.server is not None else None
 
 
 @dataclass(frozen=True)
@@ -339,7 +342,7 @@ async def virtual_setup(
             "jack_server": server.name,
             "realtime": server.is_realtime,
         }
-        yield Setup(Box.parse(process.ws_url), rig, settings, box_version(), server.name, server)
+        yield Setup(Box.parse(process.ws_url), rig, settings, box_version(), server)
     finally:
         if process is not None:
             await asyncio.to_thread(process.stop)
