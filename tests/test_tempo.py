@@ -9,6 +9,7 @@ delay keeping time with the band.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -135,15 +136,23 @@ def engine_factory(request: pytest.FixtureRequest, jack_server: JackServer) -> E
     return ENGINE_ADAPTERS[str(request.param)](jack_server.name)
 
 
-@pytest_asyncio.fixture
-async def engine(engine_factory: EngineFactory, rig: Rig) -> AsyncIterator[Engine]:
+@contextlib.asynccontextmanager
+async def _started(engine_factory: EngineFactory, rig: Rig, timebase_master: bool) -> AsyncIterator[Engine]:
     engine = engine_factory([TrackPorts(TRACK, rig.play_ports, rig.rec_ports)], lambda event: None)
-    engine.follow_tempo()
+    if timebase_master:
+        engine.follow_tempo()
     await engine.start()
     try:
         yield engine
     finally:
         await engine.stop()
+
+
+@pytest_asyncio.fixture
+async def engine(engine_factory: EngineFactory, rig: Rig) -> AsyncIterator[Engine]:
+    """An engine whose tempo is on JACK's transport (``transport_master`` on)."""
+    async with _started(engine_factory, rig, timebase_master=True) as engine:
+        yield engine
 
 
 async def test_a_synced_delay_keeps_the_box_tempo_as_it_changes(
@@ -174,12 +183,8 @@ async def test_a_tempo_set_before_the_board_loads_is_the_one_it_plays(
 @pytest_asyncio.fixture
 async def untimed_engine(engine_factory: EngineFactory, rig: Rig) -> AsyncIterator[Engine]:
     """An engine with no timebase master on JACK (``transport_master`` off, the default)."""
-    engine = engine_factory([TrackPorts(TRACK, rig.play_ports, rig.rec_ports)], lambda event: None)
-    await engine.start()
-    try:
+    async with _started(engine_factory, rig, timebase_master=False) as engine:
         yield engine
-    finally:
-        await engine.stop()
 
 
 @pytest.mark.parametrize("engine_factory", ["carla"], indirect=True)
