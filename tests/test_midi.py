@@ -210,7 +210,7 @@ async def test_a_pedal_flood_sets_the_latest_value_without_a_backlog(stack: Stac
 async def test_taps_read_all_at_once_keep_the_tempo_they_were_tapped_at(stack: Stack) -> None:
     """Three presses of a tap footswitch 0.4 s apart by their frames, which a busy box reads in
     one burst: the tempo is 150 BPM, timed by the frames, and the phones are told; its
-    releases do nothing. Broken (timed when read), it would be thousands of BPM and refused."""
+    releases do nothing. Broken (timed when read), it reads 300 BPM, the ceiling."""
     tempo = TempoService(stack.controller, asyncio.get_running_loop().time)
     tempo.start(None)
     stack.midi.on_tap = tempo.midi_tap
