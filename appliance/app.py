@@ -25,7 +25,7 @@ from .control.library import Library
 from .core.board import Board
 from .core.controls import PluginType
 from .core.errors import ApplianceError, ConfigError, EngineError
-from .engine import NO_OWN_PLUGINS, Engine, EngineEvent, OwnPlugins, SavedPlugin, TrackPorts
+from .engine import NO_OWN_PLUGINS, Engine, EngineEvent, OwnPlugins, TrackPorts
 from .engine.faders import FADER_URI
 from .engine.meters import METER_URI, TUNER_URI
 from .frontends import gpio, gpiomap
@@ -38,6 +38,7 @@ from .plugins.catalog import Catalog
 from .store.boards import BoardStore, DebouncedSaver
 from .store.files import write_atomic
 from .store.pedalboards import PedalboardStore
+from .store.userfiles import UserFiles
 from .system.logs import fields
 from .system.watchdog import LoopLag, SystemdNotifier, watchdog_loop
 
@@ -352,6 +353,7 @@ class Box:
         self.controller = Controller(
             board, self.catalog, self.engine, self._board_changed, lambda: self.health()[1]
         )
+        self.controller.user_files = UserFiles(config.data_dir / "files")
         self.library = Library(
             self.controller,
             PedalboardStore(config.data_dir),
@@ -431,7 +433,8 @@ class Box:
         follows loads the whole board again.
         """
         assert self.engine is not None
-        saved = [SavedPlugin(t.id, p.id, p.type, p.engine_values(), p.bypass) for t, p in board.instances()]
+        assert self.controller is not None
+        saved = [self.controller.saved(t.id, p) for t, p in board.instances()]
         failed = await self.engine.load_board(saved)
         if failed and self.engine_lost:
             log.error(

@@ -185,6 +185,17 @@ class Phone:
         assert message["type"] == kind, f"{kind} {data} was refused: {message}"
         return message
 
+    async def refused(self, kind: str, **data: Any) -> dict[str, Any]:
+        """Send one request that must be refused; the ERROR answering it."""
+        self._sent += 1
+        mark = f"msg_{self._sent}"
+        await self.ws.send(json.dumps({"id": mark, "type": kind, "data": {"track_id": TRACK, **data}}))
+        async with asyncio.timeout(REPLY_TIMEOUT):
+            while (message := await self._receive()).get("reply_to") != mark:
+                pass
+        assert message["type"] == "ERROR", f"{kind} {data} was not refused: {message}"
+        return message
+
     async def ask(self, kind: str, answer: str = "PEDALBOARD_STATE", **data: Any) -> dict[str, Any]:
         """Send one request; the message of type ``answer`` among those answering it."""
         self._sent += 1

@@ -23,7 +23,7 @@ from appliance.plugins.catalog import Catalog, parse
 pytestmark = pytest.mark.skipif(not lilv.is_available(), reason="liblilv-0 is not installed")
 
 CATALOG_FILE = Path(__file__).resolve().parent.parent / "config" / "plugins.yaml"
-KEYS = ["gain", "reverb", "compressor", "eq", "delay", "overdrive", "amp", "gate", "tuner", "chorus"]
+KEYS = ["gain", "reverb", "compressor", "eq", "delay", "overdrive", "amp", "gate", "tuner", "chorus", "cabinet"]
 AMP = "http://lv2plug.in/plugins/eg-amp"
 OTHER_PLUGIN = "http://plugin.org.uk/swh-plugins/plate"  # installed, not in the catalog
 INSTRUMENT = "http://lv2plug.in/plugins/eg-sampler"  # installed, no audio input

@@ -28,10 +28,18 @@ from typing import Any, Protocol
 
 from ..core.board import Board, ParameterPlan, PluginInstance, conform_values
 from ..core.controls import PluginType
-from ..core.errors import EngineError, InvalidMessage, PluginLoadFailed, UnknownPlugin
+from ..core.errors import (
+    ApplianceError,
+    EngineError,
+    InvalidMessage,
+    PluginLoadFailed,
+    UnknownPlugin,
+    Unsupported,
+)
 from ..core.pedalboards import Recall
 from ..core.protocol import Request, batch_values
 from ..engine import Engine, EngineEvent, SavedPlugin
+from ..store.userfiles import UserFiles
 from ..system.logs import fields
 
 log = logging.getLogger("appliance.control.controller")
@@ -99,6 +107,8 @@ class Controller:
         self.on_change = on_change
         self.health = health
         self.publishers: list[Publisher] = []
+        #: The player's files (None: the box has no folder for them; no plugin gets a file).
+        self.user_files: UserFiles | None = None
         #: Request types that run beside a client's message stream (see :meth:`register`).
         self.structural: set[str] = set(STRUCTURAL)
         #: What a client that just connected is told after the board (see :meth:`replay`).
@@ -115,6 +125,8 @@ class Controller:
             "PRESET_LOAD": self._factory_preset,
             "PRESET_LIST": self._preset_list,
             "PLUGIN_BYPASS": self._bypass,
+            "PLUGIN_FILE": self._file,
+            "FILE_LIST": self._file_list,
             "PLUGIN_PARAMETERS_GET": self._parameters_get,
             "BOARD_GET": self._board_get,
             "CATALOG_GET": self._catalog_get,
@@ -279,9 +291,7 @@ class Controller:
             for _track, instance in incoming.instances():
                 instance.id = f"plugin_{self.board.next_number}"
                 self.board.next_number += 1
-            saved_plugins = [
-                SavedPlugin(t.id, p.id, p.type, p.engine_values(), p.bypass) for t, p in incoming.instances()
-            ]
+            saved_plugins = [self.saved(t.id, p) for t, p in incoming.instances()]
             before = self._removals()
 
             def commit() -> None:
@@ -366,6 +376,49 @@ class Controller:
             self.board.set_bypass(track_id, plugin_id, bypass)
         self.on_change()
         return Outcome(broadcast=[("PLUGIN_BYPASS", self._ids(track_id, instance) | {"bypass": bypass})])
+
+    async def _file(self, request: Request) -> Outcome:
+        """The plugin loads one of the player's files (PLUGIN_FILE, docs/protocol.md)."""
+        data = request.data
+        track_id, plugin_id = data["track_id"], data["plugin_id"]
+        instance = self.board.plugin(track_id, plugin_id)
+        parameter = instance.type.file(data["file_id"])
+        if self.user_files is None:
+            raise Unsupported("this box keeps no files of the player's")
+        path = await asyncio.to_thread(self.user_files.path, data.get("file"), parameter.file_types)
+        async with self._performance:
+            await self.engine.set_file(plugin_id, parameter.uri, str(path))
+            instance.files[parameter.id] = str(data["file"])
+        self.on_change()
+        return Outcome(
+            broadcast=[
+                (
+                    "PLUGIN_FILE",
+                    self._ids(track_id, instance) | {"file_id": parameter.id, "file": data["file"]},
+                )
+            ]
+        )
+
+    async def _file_list(self, request: Request) -> Outcome:
+        """The player's files by folder (FILE_LIST, docs/protocol.md)."""
+        listing = await asyncio.to_thread(self.user_files.listing) if self.user_files is not None else {}
+        return Outcome(reply=[("FILE_LIST", {"files": listing})])
+
+    def saved(self, track_id: str, instance: PluginInstance) -> SavedPlugin:
+        """A plugin of the board as an engine loads it: its values, bypass and files (one the
+        player's folder no longer has is left out, and logged)."""
+        files: dict[str, str] = {}
+        for file_id, name in instance.files.items():
+            try:
+                parameter = instance.type.file(file_id)
+                if self.user_files is None:
+                    raise Unsupported("this box keeps no files of the player's")
+                files[parameter.uri] = str(self.user_files.path(name, parameter.file_types))
+            except ApplianceError as exc:
+                log.warning("%s loads without its file %r: %s", instance.id, name, exc.public_message())
+        return SavedPlugin(
+            track_id, instance.id, instance.type, instance.engine_values(), instance.bypass, files
+        )
 
     async def _apply(self, plan: ParameterPlan) -> None:
         async with self._performance:
@@ -515,7 +568,11 @@ class Controller:
             "plugin": instance.type.key,
             "uri": instance.type.uri,
             "position": index,
-        }
+        } | (
+            {"files": {f.id: instance.files.get(f.id) for f in instance.type.files}}
+            if instance.type.files
+            else {}
+        )
 
     # -- engine events ---------------------------------------------------
 

@@ -230,7 +230,7 @@ class Library:
             incoming = Board(self.controller.board.tracks)
             incoming.restore(pedalboard.board, self.controller.catalog)
             plugins = incoming.instances()
-            boards.append([SavedPlugin(t.id, p.id, p.type, p.engine_values(), p.bypass) for t, p in plugins])
+            boards.append([self.controller.saved(t.id, p) for t, p in plugins])
         self.controller.engine.prepare(boards)
 
     async def _refresh_names(self) -> None:

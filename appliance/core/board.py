@@ -36,6 +36,8 @@ class PluginInstance:
         type: what the plugin is.
         values: canonical parameter id → value in canonical units.
         bypass: True when the plugin is passed through.
+        files: file parameter id → the player's file it loads (``ir/cab.wav``,
+            :mod:`appliance.store.userfiles`).
     """
 
     id: str
@@ -43,6 +45,7 @@ class PluginInstance:
     type: PluginType
     values: dict[str, float]
     bypass: bool = False
+    files: dict[str, str] = field(default_factory=dict)
 
     def engine_values(self) -> dict[str, float]:
         """Every parameter as LV2 symbol → value in the plugin's own units."""
@@ -279,6 +282,11 @@ class Board:
                         instance.values.update(conform_values(plugin_type, {pid: value})[0])
                     except (KeyError, ValueError, InvalidMessage) as exc:
                         problems.append(f"{plugin_id}: {exc}")
+                for file_id, name in dict(saved.get("files", {})).items():
+                    if isinstance(name, str) and any(f.id == file_id for f in plugin_type.files):
+                        instance.files[file_id] = name
+                    else:
+                        problems.append(f"{plugin_id}: file {file_id!r} = {name!r} dropped")
                 self.tracks[track_id].chain.append(instance)
         self.next_number = max(int(data.get("next_number", 1)), highest + 1)
         return problems
@@ -293,7 +301,7 @@ def _saved(instance: PluginInstance) -> dict[str, Any]:
         "uri": instance.type.uri,
         "bypass": instance.bypass,
         "values": {pid: instance.values[pid] for pid in sorted(instance.values)},
-    }
+    } | ({"files": dict(sorted(instance.files.items()))} if instance.files else {})
 
 
 def conform_values(

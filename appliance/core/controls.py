@@ -142,6 +142,26 @@ class FactoryPreset:
 
 
 @dataclass(frozen=True)
+class FileParameter:
+    """A file the plugin loads (a cabinet IR, an amp model), chosen from the player's files.
+
+    Attributes:
+        id: what the protocol calls it: the last part of its URI (``ir``).
+        uri: the LV2 parameter (``patch:writable``, ranged ``atom:Path``).
+        label: its ``rdfs:label``.
+        file_types: MOD's ``mod:fileTypes`` (``ir``, ``nam``, …); empty: any file.
+    """
+
+    id: str
+    uri: str
+    label: str
+    file_types: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, object]:
+        return {"id": self.id, "uri": self.uri, "label": self.label, "file_types": list(self.file_types)}
+
+
+@dataclass(frozen=True)
 class PluginType:
     """An addable plugin: where it comes from and what its controls are.
 
@@ -157,6 +177,7 @@ class PluginType:
         monitors: its output controls (meters, a tuner's readings), by symbol.
         presets: the factory presets it ships with (their values limited to
             its adjustable controls).
+        files: the files it loads (:class:`FileParameter`).
     """
 
     key: str
@@ -172,6 +193,7 @@ class PluginType:
     latency: bool = False
     monitors: tuple[str, ...] = ()
     presets: tuple[FactoryPreset, ...] = field(default=(), compare=False)
+    files: tuple[FileParameter, ...] = ()
     parameters: tuple[Parameter, ...] = field(init=False, repr=False, compare=False)
     _lookup: dict[str, Parameter] = field(init=False, repr=False, compare=False)
 
@@ -266,7 +288,23 @@ class PluginType:
             "bypass": "enable-port" if self.enable_symbol else "pass-through",
             "parameters": [p.describe() for p in self.parameters],
             "presets": [{"uri": p.uri, "label": p.label} for p in self.presets],
+            "files": [f.describe() for f in self.files],
         }
+
+    def file(self, file_id: object) -> FileParameter:
+        """The file parameter a client means by ``file_id`` (its id or its URI).
+
+        Raises:
+            UnknownParameter: the plugin loads no such file.
+        """
+        for parameter in self.files:
+            if file_id in (parameter.id, parameter.uri):
+                return parameter
+        raise UnknownParameter(
+            f"plugin {self.key} loads no file {file_id!r}"
+            + (f" (it loads: {', '.join(f.id for f in self.files)})" if self.files else " (it loads none)"),
+            {"file_id": file_id},
+        )
 
     def preset(self, name: str) -> FactoryPreset:
         """A factory preset by URI or label.

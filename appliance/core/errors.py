@@ -102,6 +102,14 @@ class EngineError(ApplianceError):
     plugin_id: str | None = None
 
 
+class Unsupported(EngineError):
+    """The engine in use cannot do this (jalv cannot set a plugin's file); nothing changed."""
+
+    code = "UNSUPPORTED"
+    retryable = False
+    public: str | None = None  # type: ignore[assignment]  # its message names no internals
+
+
 class PluginLoadFailed(EngineError):
     code = "PLUGIN_LOAD_FAILED"
     retryable = False

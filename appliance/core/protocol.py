@@ -66,6 +66,8 @@ EXTENSION_REQUESTS = frozenset(
         "TEMPO_GET",
         "TEMPO_SET",
         "TEMPO_TAP",
+        "PLUGIN_FILE",
+        "FILE_LIST",
     }
 )
 REQUESTS = EXAMPLE_REQUESTS | EXTENSION_REQUESTS
@@ -77,6 +79,7 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "PLUGIN_PARAMETER": {"track_id": str, "plugin_id": str, "parameter_id": str},
     "PLUGIN_BYPASS": {"track_id": str, "plugin_id": str},
     "PLUGIN_PRESET": {"track_id": str, "plugin_id": str, "preset_data": dict},
+    "PLUGIN_FILE": {"track_id": str, "plugin_id": str, "file_id": str, "file": str},
     "PLUGIN_PARAMETERS_GET": {"track_id": str, "plugin_id": str},
     "PLUGIN_PARAMETER_BATCH": {"track_id": str, "plugin_id": str, "parameters": list},
     "PLUGIN_MOVE": {"track_id": str, "plugin_id": str, "position": int},

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..core.controls import PluginType
-from ..core.errors import ApplianceError, HardwareError, UnknownPlugin, UnknownTrack
+from ..core.errors import ApplianceError, HardwareError, UnknownPlugin, UnknownTrack, Unsupported
 
 __all__ = [
     "ENGINE_START_TIMEOUT",
@@ -131,6 +131,7 @@ class SavedPlugin:
     type: PluginType
     values: Mapping[str, float]
     bypass: bool = False
+    files: Mapping[str, str] = field(default_factory=dict)  # file parameter URI → real path
 
 
 class Engine(abc.ABC):
@@ -203,6 +204,15 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def set_bypass(self, plugin_id: str, bypass: bool) -> None:
         """True bypass: the track hears the dry signal at that point, never silence."""
+
+    async def set_file(self, plugin_id: str, uri: str, path: str) -> None:
+        """Have the plugin load a file (its ``atom:Path`` parameter ``uri``), playing on meanwhile.
+
+        Raises:
+            UnknownPlugin: no such plugin.
+            Unsupported: this engine cannot set a plugin's file.
+        """
+        raise Unsupported(f"the {self.name} engine cannot set a plugin's file")
 
     @abc.abstractmethod
     def info(self) -> EngineInfo:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ..core.controls import Alias, Control, FactoryPreset, PluginType
+from ..core.controls import Alias, Control, FactoryPreset, FileParameter, PluginType
 from ..core.errors import ConfigError, InvalidMessage, PluginNotAllowed
 from . import lilv
 
@@ -293,6 +293,7 @@ class EntrySpec:
             latency=plugin.latency,
             monitors=plugin.monitors,
             presets=_presets(plugin, enable_symbol),
+            files=_files(plugin),
         )
 
 
@@ -436,6 +437,15 @@ def _scanned_type(plugin: lilv.ScannedPlugin) -> PluginType:
         latency=plugin.latency,
         monitors=plugin.monitors,
         presets=_presets(plugin, plugin.enable_symbol),
+        files=_files(plugin),
+    )
+
+
+def _files(plugin: lilv.ScannedPlugin) -> tuple[FileParameter, ...]:
+    """The files it loads, each named by its URI's last part (``…#ir`` → ``ir``)."""
+    return tuple(
+        FileParameter(re.split(r"[#/]", f.uri.rstrip("/#"))[-1], f.uri, f.label, f.file_types)
+        for f in plugin.files
     )
 
 

@@ -47,7 +47,14 @@ from typing import Any, Literal
 
 from ...config import CarlaConfig, JackConfig
 from ...core.controls import Control, Kind, PluginType
-from ...core.errors import ApplianceError, EngineError, HardwareError, PluginLoadFailed, UnknownPlugin
+from ...core.errors import (
+    ApplianceError,
+    EngineError,
+    HardwareError,
+    PluginLoadFailed,
+    UnknownPlugin,
+    Unsupported,
+)
 from .. import (
     NO_OWN_PLUGINS,
     PLUGIN_START_TIMEOUT,
@@ -119,6 +126,7 @@ class Member:
     prerolling: bool = False
     readings: dict[str, float] = field(default_factory=dict)
     ramp: asyncio.Task[None] | None = None
+    files: dict[str, str] = field(default_factory=dict)  # file parameter URI → path
 
 
 @dataclass(eq=False)
@@ -470,7 +478,10 @@ class CarlaEngine(GraphEngine):
                 member.hosted = role
                 rack.own[role] = member
             rack.members = [
-                Member(s.plugin_id, s.type, dict(s.values), s.bypass, hosted=rack.new_id()) for s in plugins
+                Member(
+                    s.plugin_id, s.type, dict(s.values), s.bypass, hosted=rack.new_id(), files=dict(s.files)
+                )
+                for s in plugins
             ]
             failed = await self._load_all(rack, preroll=False)
             if strict and failed:
@@ -542,6 +553,7 @@ class CarlaEngine(GraphEngine):
             enable=enable,
             before=rack.after(member),
             preroll=preroll,
+            files=dict(member.files),
         )
         member.mode, member.up = str(reply["bypass"]), True
         member.prerolling = preroll and member.mode != "absent" and not sent_bypass
@@ -656,7 +668,14 @@ class CarlaEngine(GraphEngine):
                 except ApplianceError as exc:
                     failed[saved.plugin_id] = exc
                     continue
-                member = Member(saved.plugin_id, saved.type, dict(saved.values), saved.bypass, rack.new_id())
+                member = Member(
+                    saved.plugin_id,
+                    saved.type,
+                    dict(saved.values),
+                    saved.bypass,
+                    rack.new_id(),
+                    files=dict(saved.files),
+                )
                 rack.members.append(member)
                 self._plugins[saved.plugin_id] = (rack, member)
                 added.setdefault(rack, []).append(member)
@@ -927,6 +946,24 @@ class CarlaEngine(GraphEngine):
         except BaseException:
             member.bypass = before
             raise
+
+    async def set_file(self, plugin_id: str, uri: str, path: str) -> None:
+        """The plugin loads ``path`` as its file ``uri`` in its worker thread, playing on meanwhile.
+
+        Raises:
+            UnknownPlugin: no such plugin.
+            Unsupported: it loads more than one file (Carla sets only the first it finds).
+        """
+        rack, member = self._member(plugin_id)
+        if len(member.type.files) != 1:
+            raise Unsupported(
+                f"Carla sets the file of a plugin that loads one file; "
+                f"{member.type.name} loads {len(member.type.files)}"
+            )
+        member.files[uri] = path
+        if member.up and rack.host is not None:
+            self._flush_values(member)  # values sent before the file keep their order
+            rack.host.send("file", plugin=member.hosted, uri=uri, path=path)
 
     def _send_values(self, rack: Rack, member: Member, values: Mapping[str, float]) -> None:
         """Coalesce: a slider storm becomes one message per plugin per loop turn, newest values."""

@@ -69,6 +69,9 @@ log = logging.getLogger("appliance.engine.carla.host")
 IDLE_INTERVAL = 0.02
 #: Seconds the host has, once told to end by SIGTERM, to close Carla before it dies anyway.
 CLOSE_DEADLINE = 3
+#: Carla's custom-data type for a plugin's file (CarlaBackend.h; not in carla_backend.py): its
+#: key ``file`` sets the plugin's first ``atom:Path`` parameter.
+CUSTOM_DATA_TYPE_PATH = "http://kxstudio.sf.net/ns/carla/path"
 #: The rack client's audio ports (Carla's names), after ``CLIENT:``.
 RACK_INPUTS = ("audio-in1", "audio-in2")
 RACK_OUTPUTS = ("audio-out1", "audio-out2")
@@ -86,6 +89,8 @@ class Hosted:
             (out of the rack while bypassed).
         present: in Carla's rack now (an ``absent`` plugin that is bypassed is not).
         values: every value written, for a plugin that comes back.
+        files: the file it loads (Carla sets one per plugin: its first
+            ``atom:Path`` parameter), by parameter URI → path, likewise.
     """
 
     id: str
@@ -97,6 +102,7 @@ class Hosted:
     bypass: bool = False
     present: bool = True
     values: dict[str, float] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
     symbols: dict[int, str] = field(default_factory=dict)
     dead: bool = False
 
@@ -147,6 +153,7 @@ class CarlaHost:
             "remove": self._remove,
             "move": self._move,
             "set": self._set,
+            "file": self._file,
             "bypass": self._bypass,
             "drywet": self._drywet,
             "activate": self._activate,
@@ -315,6 +322,7 @@ class CarlaHost:
             dry = bypass or (bool(message.get("preroll")) and mode != "absent")
             self._dry(hosted, dry)  # first: from now on a move or a pre-roll is never heard
             self._write(hosted, message.get("values") or {})
+            self._load_files(hosted, message.get("files") or {})
             if not self._active:
                 host.set_active(carla_id, False)
             if mode == "absent" and bypass:
@@ -408,12 +416,24 @@ class CarlaHost:
             index = hosted.params.get(symbol)
             if index is not None:
                 self._host.set_parameter_value(carla_id, index, float(value))
+        self._load_files(hosted, dict(hosted.files))
         if not self._active:
             self._host.set_active(carla_id, False)
         self._shift(hosted, self._rack_position(hosted.id))
 
     def _set(self, message: dict[str, Any]) -> None:
         self._write(self._hosted(message.get("plugin")), message.get("values") or {})
+
+    def _file(self, message: dict[str, Any]) -> None:
+        self._load_files(self._hosted(message.get("plugin")), {str(message["uri"]): str(message["path"])})
+
+    def _load_files(self, hosted: Hosted, files: dict[str, Any]) -> None:
+        """Hand the plugin its file: Carla sends it a ``patch:Set`` of its path parameter
+        in the next cycle, and the plugin loads it in its worker thread, playing on meanwhile."""
+        for uri, path in files.items():
+            hosted.files[str(uri)] = str(path)
+            if hosted.present:
+                self._host.set_custom_data(self._carla_id(hosted), CUSTOM_DATA_TYPE_PATH, "file", str(path))
 
     def _write(self, hosted: Hosted, values: dict[str, Any]) -> None:
         """``set_parameter_value`` by symbol; Carla clamps. Unknown symbols are skipped."""

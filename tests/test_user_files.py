@@ -1,0 +1,211 @@
+"""The player's own files: a cabinet IR picked on a convolver is heard on the rig, and kept.
+
+What a player would notice if these broke: the IR they picked is not the one
+they hear (or none is), a file outside their folder is loaded, the board
+comes back after a restart without its IR, or a second IR cuts the sound.
+
+The convolver is the catalog's ``cabinet``, x42's convoLV2 (in Debian's
+x42-plugins): zero latency, its output the input convolved with the file at
+half gain (its fixed IR gain), so an impulse response that is one tap of
+−6 dB 240 frames late is heard as the dry signal 240 frames later and 12 dB
+down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.core.errors import InvalidValue
+from appliance.engine.jack.server import JackServer
+from appliance.store.userfiles import UserFiles
+from tests.rig import Rig, gain_db, gaps, latency_frames, noise, sine
+from tests.test_box_e2e import REPLY_TIMEOUT, TRACK, Phone, _box, _config, _one_track, _phone
+from tests.test_box_e2e import engine_kind as engine_kind  # the fixture: jalv, and Carla where installed
+
+pytestmark = [pytest.mark.timeout(120)]
+on_a_loop = pytest.mark.asyncio(loop_scope="function")
+
+CONVOLVER = "http://gareus.org/oss/lv2/convoLV2#Mono"
+#: convoLV2 plays an impulse response at half gain.
+IR_GAIN_DB = -6.0
+#: A take for latency and level: 0.25 s of white noise at −20 dBFS.
+NOISE = noise(12000, -20.0)
+#: How many clean takes a newly picked file has to be heard in (it loads in the plugin's worker).
+HEARD_WITHIN_TAKES = 20
+
+
+def write_impulse(path: Path, delay: int, level_db: float, length: int = 1024) -> None:
+    """A mono 48 kHz 16-bit WAV with one tap of ``level_db`` at frame ``delay``."""
+    taps = np.zeros(length, dtype=np.int16)
+    taps[delay] = min(32767, round(32768 * 10 ** (level_db / 20)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48000)
+        out.writeframes(taps.tobytes())
+
+
+async def heard(rig: Rig) -> tuple[int, float]:
+    """(latency in frames, gain in dB) of the track on one clean take of noise."""
+    reference, recorded = await rig.play_and_record(NOISE)
+    rig.require_clean("a take of noise")
+    out = recorded[:, 0]
+    lag = latency_frames(out, reference, max_lag=4000)
+    if lag <= 0:
+        return lag, gain_db(out, reference)
+    return lag, gain_db(out[lag:], reference[:-lag])
+
+
+async def heard_as(rig: Rig, delay: int, level_db: float) -> tuple[int, float]:
+    """Takes until the track is heard ``delay`` frames late at ``level_db`` (a file loading);
+    the last reading."""
+    reading = (0, 0.0)
+    for _ in range(HEARD_WITHIN_TAKES):
+        reading = await heard(rig)
+        if reading[0] == delay and abs(reading[1] - level_db) < 0.1:
+            break
+    return reading
+
+
+def _files(data: Path) -> None:
+    write_impulse(data / "files" / "ir" / "late.wav", 240, -6.0)
+    write_impulse(data / "files" / "ir" / "direct.wav", 0, -12.0)
+
+
+async def _convolver(phone: Phone) -> str:
+    added = await phone.request("PLUGIN_ADD", name="cabinet")
+    plugin_id = str(added["data"]["plugin_id"])
+    assert added["data"]["files"] == {"impulse": None}, "PLUGIN_ADD does not say the plugin loads a file"
+    return plugin_id
+
+
+# -- the folder ---------------------------------------------------------------------------
+
+
+def test_a_file_is_named_inside_the_players_own_folder(tmp_path: Path) -> None:
+    """Only a regular file of the right folder is ever handed to a plugin: no ``..``, no
+    absolute path, no hidden file, no link that leads out, nothing missing."""
+    root = tmp_path / "files"
+    write_impulse(root / "ir" / "cab.wav", 0, 0.0)
+    (root / "models").mkdir()
+    (tmp_path / "secret.wav").write_bytes(b"x")
+    (root / "ir" / "link.wav").symlink_to(tmp_path / "secret.wav")
+    (root / "ir" / ".partial.wav").write_bytes(b"x")
+    files = UserFiles(root)
+    assert files.path("ir/cab.wav", ("ir",)) == (root / "ir" / "cab.wav").resolve()
+    assert files.path("ir/cab.wav") == (root / "ir" / "cab.wav").resolve()  # no types: any folder
+    for bad in (
+        "../secret.wav",
+        "ir/../../secret.wav",
+        "/etc/passwd",
+        "ir/link.wav",
+        "ir/.partial.wav",
+        "ir/missing.wav",
+        "cab.wav",
+        "ir\\cab.wav",
+        "ir/cab.wav\x00",
+        "",
+        7,
+    ):
+        with pytest.raises(InvalidValue):
+            files.path(bad)
+    with pytest.raises(InvalidValue, match="takes them from models"):
+        files.path("ir/cab.wav", ("nam",))
+    assert files.listing() == {"ir": ["ir/cab.wav", "ir/link.wav"], "models": [], "other": []}
+
+
+# -- heard on the rig ---------------------------------------------------------------------
+
+
+@pytest.mark.carla
+@on_a_loop
+async def test_a_picked_impulse_response_is_heard_and_comes_back_after_a_restart(
+    jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """Under Carla: an IR of one tap at 240 frames and −6 dB picked on the convolver is heard
+    as the dry signal 240 frames later and 6 dB down (and the convolver's own −6 dB); another
+    (one tap at 0, −12 dB) replaces it while a tone plays with no gap in the sound; the board
+    keeps the pick by name, and the box started again plays it.
+
+    (convoLV2 starts a new file with no history: an IR whose sound starts late would be
+    silent that long after the switch; a cabinet's starts at once, as ``direct.wav`` does.)"""
+    config = _config(tmp_path, jack_server, "carla", _one_track(rig))
+    data = tmp_path / "data"
+    _files(data)
+    async with _box(config) as box:
+        dry_lag, dry_gain = await heard(rig)
+        assert dry_gain == pytest.approx(0.0, abs=0.1)
+        async with _phone(box) as phone:
+            convolver = await _convolver(phone)
+            picked = await phone.request("PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file="ir/late.wav")
+            assert picked["type"] == "PLUGIN_FILE" and picked["data"]["file"] == "ir/late.wav"
+            lag, gain = await heard_as(rig, dry_lag + 240, -6.0 + IR_GAIN_DB)
+            assert (lag - dry_lag, round(gain, 1)) == (240, -6.0 + IR_GAIN_DB), "the picked IR is not what is heard"
+
+            async def pick_direct() -> None:
+                await phone.request("PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file="ir/direct.wav")
+
+            tone = sine(1000.0, 48000, 48000, -12.0)
+            _, recorded, _ = await rig.record_during(tone, pick_direct, lead_frames=9600)
+            rig.require_clean("the take across the second pick")
+            assert gaps(recorded[:, 0][dry_lag + 240 :]) == [], "the sound stopped while the second IR loaded"
+            lag, gain = await heard_as(rig, dry_lag, -12.0 + IR_GAIN_DB)
+            assert (lag - dry_lag, round(gain, 1)) == (0, -12.0 + IR_GAIN_DB)
+        saved = await _saved_files(data)
+        assert saved == {"impulse": "ir/direct.wav"}
+    async with _box(config):
+        lag, gain = await heard_as(rig, dry_lag, -12.0 + IR_GAIN_DB)
+        assert (lag - dry_lag, round(gain, 1)) == (0, -12.0 + IR_GAIN_DB), "the restarted box lost the board's IR"
+
+
+@on_a_loop
+async def test_a_file_outside_the_folder_or_under_jalv_changes_nothing(
+    jack_server: JackServer, rig: Rig, tmp_path: Path, engine_kind: str
+) -> None:
+    """A name that leaves the player's folder is refused under either engine; under jalv,
+    which has no way to set a plugin's file, a good one is refused as UNSUPPORTED. Either
+    way the plugin keeps its sound and the board names no file."""
+    config = _config(tmp_path, jack_server, engine_kind, _one_track(rig))
+    data = tmp_path / "data"
+    _files(data)
+    (data / "secret.wav").write_bytes((data / "files" / "ir" / "late.wav").read_bytes())
+    async with _box(config) as box:
+        async with _phone(box) as phone:
+            listed = await phone.request("FILE_LIST")
+            assert listed["data"]["files"] == {"ir": ["ir/direct.wav", "ir/late.wav"], "models": [], "other": []}
+            convolver = await _convolver(phone)
+            for name, code in [("../secret.wav", "INVALID_VALUE"), ("ir/missing.wav", "INVALID_VALUE")] + (
+                [("ir/late.wav", "UNSUPPORTED")] if engine_kind == "jalv" else []
+            ):
+                refused = await phone.refused("PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file=name)
+                assert refused["data"]["code"] == code, (name, refused)
+            refused = await phone.refused(
+                "PLUGIN_FILE", plugin_id=convolver, file_id="cab", file="ir/late.wav"
+            )
+            assert refused["data"]["code"] == "UNKNOWN_PARAMETER"
+            state = await phone.ask("BOARD_GET", "BOARD_STATE")
+        (plugin,) = state["data"]["tracks"][0]["plugins"]
+        assert plugin["files"] == {"impulse": None}
+        lag, _gain = await heard(rig)
+        assert lag <= 0 or _gain < -40.0, "the convolver sounds as if it had loaded a file"
+
+
+async def _saved_files(data: Path) -> dict[str, str] | None:
+    """The convolver's files in board.json once the debounced save has written them."""
+    async with asyncio.timeout(REPLY_TIMEOUT):
+        while True:
+            board = json.loads((data / "board.json").read_text()) if (data / "board.json").exists() else {}
+            chains = [t.get("chain", []) for t in board.get("tracks", []) if t.get("id") == TRACK]
+            files = next(
+                (p.get("files") for chain in chains for p in chain if p.get("uri") == CONVOLVER), None
+            )
+            if files:
+                return dict(files)
+            await asyncio.sleep(0.1)
