@@ -807,6 +807,29 @@ def test_load_a_factory_preset(rigged: Rigged, raw: Raw, phone: Phone) -> None:
     eventually(page_shows_the_preset)
 
 
+def test_pick_a_file_for_a_convolver_from_the_players_folder(rigged: Rigged, raw: Raw, phone: Phone) -> None:
+    """Without this, a player cannot pick a cabinet IR on the phone: the convolver's page shows
+    its file ("none" yet), lists the player's impulse responses, and asks the box for the one
+    tapped. Under jalv the box refuses (it cannot set a running plugin's file): the page says
+    why and still shows "none"."""
+    folder = rigged.box.config.parent / "data" / "files" / "ir"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("4x12 V30.wav", "Greenback.wav"):
+        (folder / name).write_bytes(b"RIFF")  # only listed here, never loaded
+    convolver = raw.add("cabinet")
+    page = phone.page
+    open_ui(page, rigged.base, f"#/plugin/{convolver}")
+    files = page.get_by_role("list", name="Files")
+    expect(files).to_contain_text("impulse: none")
+    files.get_by_role("button", name="Choose the impulse").tap()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_role("button")).to_have_text(["ir/4x12 V30.wav", "ir/Greenback.wav", "Cancel"])
+    dialog.get_by_role("button", name="ir/Greenback.wav").tap()
+    expect(page.locator(".toast").last).to_contain_text("cannot set a plugin's file")
+    expect(files).to_contain_text("impulse: none")
+    assert raw.board()[0]["files"] == {"impulse": None}
+
+
 def _differ(actual: Any, other: Any) -> None:
     assert actual != other
 

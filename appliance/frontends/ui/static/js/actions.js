@@ -36,6 +36,17 @@ export class Actions {
     return this.conn.send("PLUGIN_BYPASS", { track_id: plugin.track_id, plugin_id: plugin.plugin_id, bypass });
   }
 
+  /** The plugin loads one of the player's files (`ir/cab.wav`); answered by PLUGIN_FILE. */
+  setFile(plugin, fileId, file) {
+    return this.ask("PLUGIN_FILE", { track_id: plugin.track_id, plugin_id: plugin.plugin_id, file_id: fileId, file }, "PLUGIN_FILE");
+  }
+
+  /** The player's files by folder ({ir: [...], models: [...], other: [...]}), or null. */
+  async listFiles() {
+    const reply = await this.ask("FILE_LIST", {}, "FILE_LIST");
+    return reply ? reply.data.files : null;
+  }
+
   /** Add a catalog plugin (by key) or an installed one (by URI) at the end of a track. */
   add(trackId, keyOrUri) {
     return this.ask("PLUGIN_ADD", { track_id: trackId, plugin_path: keyOrUri }, "PLUGIN_ADD");

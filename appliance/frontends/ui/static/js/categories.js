@@ -19,6 +19,7 @@ export const GROUPS = [
 const BY_KEY = {
   overdrive: "drive",
   amp: "amp",
+  cabinet: "amp",
   compressor: "dynamics",
   gate: "dynamics",
   eq: "eq",

@@ -100,6 +100,14 @@ export class Store extends EventTarget {
         }
         break;
       }
+      case "PLUGIN_FILE": {
+        const plugin = this.synced && this.plugins.get(data.plugin_id);
+        if (plugin) {
+          plugin.files = { ...plugin.files, [data.file_id]: data.file };
+          this._emit("file", { plugin_id: data.plugin_id, reply_to: replyTo });
+        }
+        break;
+      }
       case "PLUGIN_PRESET":
       case "PLUGIN_PARAMETERS_GET": {
         const plugin = this.synced && this.plugins.get(data.plugin_id);
@@ -197,6 +205,7 @@ export class Store extends EventTarget {
       plugin: data.plugin,
       uri: data.uri,
       parameters: { ...(data.parameters || {}) },
+      files: { ...(data.files || {}) },
       bypass,
     };
   }

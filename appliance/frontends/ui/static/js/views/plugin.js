@@ -21,6 +21,7 @@ export function pluginView({ store, actions, router }) {
   let grLabel = null;
   let fineButton = null;
   let midiList = null;
+  let fileList = null;
 
   function render() {
     if (!main) return;
@@ -50,6 +51,7 @@ export function pluginView({ store, actions, router }) {
     const presets = entry && Array.isArray(entry.presets) ? entry.presets : [];
     grLabel = h("span", { class: "gr", "aria-live": "off" });
     midiList = h("ul", { class: "midi-maps", "aria-label": "MIDI controls" });
+    fileList = h("ul", { class: "plugin-files", "aria-label": "Files" });
     const list = h("div", { class: "controls" });
     const described = new Set();
     for (const meta of entry ? entry.parameters : []) {
@@ -82,11 +84,56 @@ export function pluginView({ store, actions, router }) {
         h("button", { type: "button", class: "danger needs-live", text: "Remove", onclick: () => remove(plugin) }),
       ),
       midiList,
+      fileList,
       h("p", { class: "control-hint" }, "Drag a slider sideways (Fine: ten times finer) · double-tap it for its default · tap a value to type one."),
       list,
     );
     updateMeters();
     updateMidi();
+    updateFiles();
+  }
+
+  /** The files the effect loads (a cabinet IR, an amp model): each with the one picked. */
+  function updateFiles() {
+    if (!fileList) return;
+    const plugin = store.plugins.get(pluginId);
+    const entry = store.describe(plugin);
+    fill(
+      fileList,
+      Object.entries((plugin && plugin.files) || {}).map(([id, file]) => {
+        const meta = entry && Array.isArray(entry.files) ? entry.files.find((f) => f.id === id) : null;
+        const label = (meta && meta.label) || id;
+        return h(
+          "li",
+          {},
+          h("span", {}, `${label}: `, h("strong", {}, file ? file.split("/").slice(1).join("/") : "none")),
+          h("button", {
+            type: "button",
+            class: "needs-live",
+            "aria-label": `Choose the ${label}`,
+            text: "Choose…",
+            onclick: () => pickFile(plugin, id, label, meta),
+          }),
+        );
+      }),
+    );
+  }
+
+  async function pickFile(plugin, id, label, meta) {
+    const files = await actions.listFiles();
+    if (!files) return;
+    const types = meta && Array.isArray(meta.file_types) ? meta.file_types : [];
+    const folderOf = { ir: "ir", cabsim: "ir", nam: "models", aidadspmodel: "models" };
+    const folders = types.length ? new Set(types.map((t) => folderOf[t] || "other")) : null;
+    const names = Object.entries(files)
+      .filter(([folder]) => !folders || folders.has(folder))
+      .flatMap(([, list]) => list);
+    if (!names.length) {
+      toast(`No files for the ${label} yet: put them in the box's files folder.`);
+      return;
+    }
+    const choice = await chooseAction({ title: `${plugin.name}: ${label}`, actions: names.map((n) => ({ label: n, value: n })) });
+    if (choice && (await actions.setFile(plugin, id, choice))) toast(`Loading ${choice}`);
   }
 
   /** What a parameter (or the bypass) of the shown effect is called on its page. */
@@ -205,6 +252,9 @@ export function pluginView({ store, actions, router }) {
       case "bypass":
         if (detail.plugin_id === pluginId && plugin && bypassButton) showBypass(bypassButton, plugin);
         break;
+      case "file":
+        if (detail.plugin_id === pluginId) updateFiles();
+        break;
       case "structure":
         if (!plugin) {
           if (detail.removed && detail.plugin_id === pluginId) toast("That effect was removed from the board.");
@@ -242,6 +292,7 @@ export function pluginView({ store, actions, router }) {
       store.removeEventListener("change", onChange);
       main = null;
       midiList = null;
+      fileList = null;
       controls = new Map();
     },
   };
