@@ -38,6 +38,8 @@ IR_GAIN_DB = -6.0
 NOISE = noise(12000, -20.0)
 #: How many clean takes a newly picked file has to be heard in (it loads in the plugin's worker).
 HEARD_WITHIN_TAKES = 20
+#: How long a setlist's next pedalboard may take to load in warm standby.
+WARM_WAIT = 3.0
 
 
 def write_impulse(path: Path, delay: int, level_db: float, length: int = 1024) -> None:
@@ -74,8 +76,12 @@ async def heard_as(rig: Rig, delay: int, level_db: float) -> tuple[int, float]:
     return reading
 
 
+#: The length of ``late.wav``: 5 s (a room's, not a cabinet's), so that reading it takes a while.
+LONG_IR = 5 * 48000
+
+
 def _files(data: Path) -> None:
-    write_impulse(data / "files" / "ir" / "late.wav", 240, -6.0)
+    write_impulse(data / "files" / "ir" / "late.wav", 240, -6.0, LONG_IR)
     write_impulse(data / "files" / "ir" / "direct.wav", 0, -12.0)
 
 
@@ -209,3 +215,69 @@ async def _saved_files(data: Path) -> dict[str, str] | None:
             if files:
                 return dict(files)
             await asyncio.sleep(0.1)
+
+
+@pytest.mark.carla
+@on_a_loop
+async def test_a_pedalboard_keeps_its_ir_and_a_warm_switch_to_it_has_no_gap(
+    jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """Under Carla: two pedalboards, the same cabinet with a different IR each. Loading the
+    first plays its IR; the setlist's NEXT to the second (loaded beforehand in warm standby)
+    plays the second's IR with no gap in a tone across the switch.
+
+    Broken, the warm board would load without its file (or stand in for a board with
+    another) and NEXT would load the board cold or play the wrong cabinet."""
+    config = _config(tmp_path, jack_server, "carla", _one_track(rig))
+    _files(tmp_path / "data")
+    async with _box(config) as box:
+        dry_lag, _ = await heard(rig)
+        async with _phone(box) as phone:
+            convolver = await _convolver(phone)
+            await phone.request("PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file="ir/direct.wav")
+            await phone.ask("PEDALBOARD_SAVE", name="Direct")
+            await phone.request("PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file="ir/late.wav")
+            await phone.ask("PEDALBOARD_SAVE", name="Late")
+            await phone.ask("SETLIST_SET", entries=[{"pedalboard": "Direct"}, {"pedalboard": "Late"}])
+            await phone.ask("SETLIST_GO", position=0)
+            lag, gain = await heard_as(rig, dry_lag, -12.0 + IR_GAIN_DB)
+            assert (lag - dry_lag, round(gain, 1)) == (0, -12.0 + IR_GAIN_DB), "the first pedalboard's IR"
+            await asyncio.sleep(WARM_WAIT)  # the second loads in warm standby meanwhile
+
+            async def next_board() -> None:
+                await phone.ask("SETLIST_NEXT")
+
+            tone = sine(1000.0, 48000, 48000, -12.0)
+            _, recorded, _ = await rig.record_during(tone, next_board, lead_frames=9600)
+            rig.require_clean("the take across NEXT")
+            out = recorded[:, 0][dry_lag + 240 : len(tone) - 4800]
+            assert gaps(out) == [], "the sound stopped as the warm pedalboard came in"
+            lag, gain = await heard(rig)
+            assert (lag - dry_lag, round(gain, 1)) == (240, -6.0 + IR_GAIN_DB), "the second pedalboard's IR"
+            health = await phone.ask("HEALTH_GET", "HEALTH")
+        assert health["data"].get("warm_switches", 0) >= 1, "the switch did not use warm standby"
+
+
+@pytest.mark.carla
+@on_a_loop
+async def test_a_pedalboard_whose_file_has_gone_loads_without_it_and_says_which(
+    jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """A pedalboard names an IR the player has since deleted: it loads (its other plugins and
+    values as saved), every phone is told which file is missing, and the board keeps the
+    name, so that the file put back is picked again by the next load."""
+    config = _config(tmp_path, jack_server, "carla", _one_track(rig))
+    data = tmp_path / "data"
+    _files(data)
+    async with _box(config) as box, _phone(box) as phone, _phone(box) as other:
+        await other.replay()
+        convolver = await _convolver(phone)
+        await phone.request("PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file="ir/direct.wav")
+        await phone.ask("PEDALBOARD_SAVE", name="Direct")
+        (data / "files" / "ir" / "direct.wav").unlink()
+        await phone.ask("PEDALBOARD_LOAD", name="Direct")
+        told = (await other.heard("ENGINE_EVENT"))["data"]
+        assert told["kind"] == "file-missing" and "'ir/direct.wav'" in told["message"], told
+        state = await phone.ask("BOARD_GET", "BOARD_STATE")
+        (plugin,) = state["data"]["tracks"][0]["plugins"]
+        assert plugin["plugin"] == "cabinet" and plugin["files"] == {"impulse": "ir/direct.wav"}

@@ -291,7 +291,8 @@ class Controller:
             for _track, instance in incoming.instances():
                 instance.id = f"plugin_{self.board.next_number}"
                 self.board.next_number += 1
-            saved_plugins = [self.saved(t.id, p) for t, p in incoming.instances()]
+            without_files: list[Event] = []
+            saved_plugins = [self.saved(t.id, p, without_files) for t, p in incoming.instances()]
             before = self._removals()
 
             def commit() -> None:
@@ -314,7 +315,7 @@ class Controller:
                 )
                 raise _naming(f"{name} could not start") from exc
         self.on_change()
-        return before + self.replay_board()
+        return before + self.replay_board() + without_files
 
     async def recall(self, changes: Sequence[Recall]) -> list[Event]:
         """Set many plugins' values and bypass as one step (a snapshot); the events that say so.
@@ -404,18 +405,27 @@ class Controller:
         listing = await asyncio.to_thread(self.user_files.listing) if self.user_files is not None else {}
         return Outcome(reply=[("FILE_LIST", {"files": listing})])
 
-    def saved(self, track_id: str, instance: PluginInstance) -> SavedPlugin:
-        """A plugin of the board as an engine loads it: its values, bypass and files (one the
-        player's folder no longer has is left out, and logged)."""
+    def saved(
+        self, track_id: str, instance: PluginInstance, missing: list[Event] | None = None
+    ) -> SavedPlugin:
+        """A plugin of the board as an engine loads it: its values, bypass and files. A file the
+        player's folder no longer has is left out, logged, and told in ``missing`` (an
+        ``ENGINE_EVENT`` of kind ``file-missing`` each)."""
         files: dict[str, str] = {}
         for file_id, name in instance.files.items():
             try:
                 parameter = instance.type.file(file_id)
                 if self.user_files is None:
                     raise Unsupported("this box keeps no files of the player's")
+                if not self.engine.sets_files:
+                    raise Unsupported(f"the {self.engine.name} engine cannot set a plugin's file")
                 files[parameter.uri] = str(self.user_files.path(name, parameter.file_types))
             except ApplianceError as exc:
                 log.warning("%s loads without its file %r: %s", instance.id, name, exc.public_message())
+                if missing is not None:
+                    sentence = f"{instance.name} plays without its file {name!r}: {exc.public_message()}"
+                    told = {"kind": "file-missing", "plugin_id": instance.id, "message": sentence}
+                    missing.append(("ENGINE_EVENT", told))
         return SavedPlugin(
             track_id, instance.id, instance.type, instance.engine_values(), instance.bypass, files
         )

@@ -205,6 +205,9 @@ class Engine(abc.ABC):
     async def set_bypass(self, plugin_id: str, bypass: bool) -> None:
         """True bypass: the track hears the dry signal at that point, never silence."""
 
+    #: True when :meth:`set_file` works (and :class:`SavedPlugin` files are loaded).
+    sets_files = False
+
     async def set_file(self, plugin_id: str, uri: str, path: str) -> None:
         """Have the plugin load a file (its ``atom:Path`` parameter ``uri``), playing on meanwhile.
 

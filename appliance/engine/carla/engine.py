@@ -129,6 +129,13 @@ class Member:
     files: dict[str, str] = field(default_factory=dict)  # file parameter URI → path
 
 
+def board_shape(
+    plugins: Iterable[tuple[str, Mapping[str, str]]],
+) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    """What a warm rack can stand in for: its plugins' URIs in order, with the files they load."""
+    return tuple((uri, tuple(sorted(files.items()))) for uri, files in plugins)
+
+
 @dataclass(eq=False)
 class Rack:
     """One track's chain in one Carla host process.
@@ -159,8 +166,8 @@ class Rack:
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
-    def shape(self) -> tuple[str, ...]:
-        return tuple(m.type.uri for m in self.members)
+    def shape(self) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+        return board_shape((m.type.uri, m.files) for m in self.members)
 
     @property
     def is_up(self) -> bool:
@@ -860,7 +867,7 @@ class CarlaEngine(GraphEngine):
             spare = list(self._warm)
             missing: list[tuple[str, list[SavedPlugin]]] = []
             for track_id, saved in self._wanted_warm:
-                shape = tuple(s.type.uri for s in saved)
+                shape = board_shape((s.type.uri, s.files) for s in saved)
                 match = next((r for r in spare if r.track_id == track_id and r.shape == shape), None)
                 if match is not None:
                     spare.remove(match)
@@ -887,7 +894,7 @@ class CarlaEngine(GraphEngine):
             log.debug("warm standby: %d plugin(s) ready on %s", len(saved), track_id)
 
     def _take_warm(self, track_id: str, saved: Sequence[SavedPlugin]) -> Rack | None:
-        shape = tuple(s.type.uri for s in saved)
+        shape = board_shape((s.type.uri, s.files) for s in saved)
         rack = next((r for r in self._warm if r.track_id == track_id and r.shape == shape and r.is_up), None)
         if rack is not None:
             self._warm.remove(rack)
@@ -946,6 +953,8 @@ class CarlaEngine(GraphEngine):
         except BaseException:
             member.bypass = before
             raise
+
+    sets_files = True
 
     async def set_file(self, plugin_id: str, uri: str, path: str) -> None:
         """The plugin loads ``path`` as its file ``uri`` in its worker thread, playing on meanwhile.
