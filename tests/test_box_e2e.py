@@ -174,25 +174,25 @@ class Phone:
                     self.states[message["type"]] = message["data"]
         return replayed
 
-    async def request(self, kind: str, **data: Any) -> dict[str, Any]:
-        """Send one request; the first message answering it (an ERROR fails the test)."""
+    async def _answer(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Send one request on the test's track; the first message answering it."""
         self._sent += 1
         mark = f"msg_{self._sent}"
         await self.ws.send(json.dumps({"id": mark, "type": kind, "data": {"track_id": TRACK, **data}}))
         async with asyncio.timeout(REPLY_TIMEOUT):
             while (message := await self._receive()).get("reply_to") != mark:
                 pass
+        return message
+
+    async def request(self, kind: str, **data: Any) -> dict[str, Any]:
+        """Send one request; the first message answering it (an ERROR fails the test)."""
+        message = await self._answer(kind, data)
         assert message["type"] == kind, f"{kind} {data} was refused: {message}"
         return message
 
     async def refused(self, kind: str, **data: Any) -> dict[str, Any]:
         """Send one request that must be refused; the ERROR answering it."""
-        self._sent += 1
-        mark = f"msg_{self._sent}"
-        await self.ws.send(json.dumps({"id": mark, "type": kind, "data": {"track_id": TRACK, **data}}))
-        async with asyncio.timeout(REPLY_TIMEOUT):
-            while (message := await self._receive()).get("reply_to") != mark:
-                pass
+        message = await self._answer(kind, data)
         assert message["type"] == "ERROR", f"{kind} {data} was not refused: {message}"
         return message
 

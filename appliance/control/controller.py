@@ -24,10 +24,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..core.board import Board, ParameterPlan, PluginInstance, conform_values
-from ..core.controls import PluginType
+from ..core.controls import FileParameter, PluginType
 from ..core.errors import (
     ApplianceError,
     EngineError,
@@ -384,9 +385,7 @@ class Controller:
         track_id, plugin_id = data["track_id"], data["plugin_id"]
         instance = self.board.plugin(track_id, plugin_id)
         parameter = instance.type.file(data["file_id"])
-        if self.user_files is None:
-            raise Unsupported("this box keeps no files of the player's")
-        path = await asyncio.to_thread(self.user_files.path, data.get("file"), parameter.file_types)
+        path = await asyncio.to_thread(self._player_file, parameter, data.get("file"))
         async with self._performance:
             await self.engine.set_file(plugin_id, parameter.uri, str(path))
             instance.files[parameter.id] = str(data["file"])
@@ -405,6 +404,17 @@ class Controller:
         listing = await asyncio.to_thread(self.user_files.listing) if self.user_files is not None else {}
         return Outcome(reply=[("FILE_LIST", {"files": listing})])
 
+    def _player_file(self, parameter: FileParameter, name: object) -> Path:
+        """The real path of the player's file ``name`` for ``parameter`` (blocking: a stat).
+
+        Raises:
+            Unsupported: the box keeps no files of the player's.
+            InvalidValue: not a file of theirs that suits the parameter.
+        """
+        if self.user_files is None:
+            raise Unsupported("this box keeps no files of the player's")
+        return self.user_files.path(name, parameter.file_types)
+
     def saved(
         self, track_id: str, instance: PluginInstance, missing: list[Event] | None = None
     ) -> SavedPlugin:
@@ -415,11 +425,9 @@ class Controller:
         for file_id, name in instance.files.items():
             try:
                 parameter = instance.type.file(file_id)
-                if self.user_files is None:
-                    raise Unsupported("this box keeps no files of the player's")
                 if not self.engine.sets_files:
                     raise Unsupported(f"the {self.engine.name} engine cannot set a plugin's file")
-                files[parameter.uri] = str(self.user_files.path(name, parameter.file_types))
+                files[parameter.uri] = str(self._player_file(parameter, name))
             except ApplianceError as exc:
                 log.warning("%s loads without its file %r: %s", instance.id, name, exc.public_message())
                 if missing is not None:
