@@ -360,6 +360,11 @@ def shown(page: Page, parameter_id: str) -> float:
     return float(slider(page, parameter_id).get_attribute("aria-valuenow") or "nan")
 
 
+def drawn(page: Page) -> None:
+    """Return once the page has handled what it was sent and drawn it (two animation frames)."""
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+
+
 def touch_drag(
     page: Page, target: Locator, dx: float, steps: int = 12, hold: Callable[[], None] | None = None
 ) -> None:
@@ -379,7 +384,7 @@ def touch_drag(
             time.sleep(0.012)
         if hold is not None:
             # CDP returns before the page has handled the last move: let it handle and draw it
-            page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+            drawn(page)
             hold()
         cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
     finally:
@@ -567,6 +572,28 @@ def test_toggle_bypass_with_the_big_switch(rigged: Rigged, raw: Raw, phone: Phon
     switch.tap()
     expect(switch).to_have_attribute("aria-checked", "true")
     assert raw.board()[0]["bypass"] is False
+
+
+def test_nothing_to_tap_moves_as_the_page_comes_live(rigged: Rigged, raw: Raw, phone: Phone) -> None:
+    """Without this, the effects move down under the finger when the first levels arrive after the page
+    is live, and a tap meant for an effect lands beside it (seen in CI: "Gain: controls" tapped, nothing
+    opened); or the health link slides as the connection status changes its words."""
+    gain = raw.add("gain")
+    page = phone.page
+    # Chromium's Layout Instability API: every element that moved after it was drawn, with where to.
+    page.add_init_script(
+        "window.__moved = [];"
+        "new PerformanceObserver((list) => { for (const entry of list.getEntries()) for (const s of entry.sources)"
+        " if (s.node && s.node.nodeType === 1 && s.node.getAttribute('role') !== 'status')"
+        " window.__moved.push([s.node.id || s.node.className, s.previousRect.y, s.currentRect.y]); })"
+        ".observe({ type: 'layout-shift', buffered: true });"
+    )
+    open_ui(page, rigged.base)
+    expect(pedal(page, gain)).to_be_visible()
+    expect(page.get_by_role("meter", name="Track 1 input level")).to_be_visible()
+    expect(page.get_by_role("link", name="Box health")).to_have_text(re.compile(r"^DSP \d+%"))
+    drawn(page)
+    assert page.evaluate("window.__moved") == [], "something a finger aims at moved (the connection status may)"
 
 
 def test_reorder_by_buttons_and_by_drag_and_remove_with_confirm(

@@ -70,7 +70,8 @@ export function boardView({ store, actions, router }) {
     const isEditing = editing.has(track.track_id);
     const inBar = new MeterBar(`${trackName(track.track_id)} input level`);
     const outBar = new MeterBar(`${trackName(track.track_id)} output level`);
-    const meters = h("div", { class: "meters", hidden: true }, h("span", {}, "In"), inBar.el, h("span", {}, "Out"), outBar.el);
+    // Its room is kept while no levels are known, so that the chain does not move when they arrive.
+    const meters = h("div", { class: "meters idle" }, h("span", {}, "In"), inBar.el, h("span", {}, "Out"), outBar.el);
     meterBars.set(track.track_id, { in: inBar, out: outBar, box: meters });
     const chain = h(
       "ol",
@@ -242,7 +243,7 @@ export function boardView({ store, actions, router }) {
     const meters = store.meters;
     for (const [trackId, bars] of meterBars) {
       const levels = meters && meters.tracks && meters.tracks[trackId];
-      bars.box.hidden = !levels;
+      bars.box.classList.toggle("idle", !levels);
       if (levels) {
         bars.in.set(levels.in);
         bars.out.set(levels.out);
