@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import fcntl
 import gc
 import os
 import shutil
@@ -79,6 +80,48 @@ def require_jalv_tools() -> None:
     missing = [tool for tool in JALV_TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"{', '.join(missing)} not installed: run ./scripts/setup (jackd2, jalv, coreutils)")
+
+
+# ======================================================================================
+# Quiet tests. The suite runs in two pytest-xdist workers on two cores. A few recordings
+# (the rig's virtual runs, a crashed box's dry path against a 2 s bound) spoiled a take in
+# about one run in three when the other worker started and ended processes beside them
+# (hil/README.md, "Rig server benchmark"). A test marked ``quiet`` runs alone: it waits
+# for the other worker's test to end, and the other worker waits for it. Writer first: a
+# quiet test waiting keeps new tests from starting, so it is never starved.
+# ======================================================================================
+
+#: Every worker of one run shares these two files (pytest-xdist names the run).
+LOCKS = ROOT / "out" / "locks"
+
+
+@contextlib.contextmanager
+def machine_share(item: pytest.Item) -> Iterator[None]:
+    """The machine for ``item``: alone if it is marked ``quiet``, shared with the other worker if not."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:  # one process: every test runs alone already
+        yield
+        return
+    LOCKS.mkdir(parents=True, exist_ok=True)
+    quiet = item.get_closest_marker("quiet") is not None
+    with open(LOCKS / f"{run}.turnstile", "a") as turnstile, open(LOCKS / f"{run}.room", "a") as room:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(room, fcntl.LOCK_EX if quiet else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(room, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    """Setup, call and teardown of each test (its module's box starting or ending included)
+    inside its share of the machine; outside pytest-timeout's clock, which starts within."""
+    with machine_share(item):
+        return (yield)
 
 
 # ======================================================================================
