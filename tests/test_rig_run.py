@@ -48,8 +48,7 @@ from tests.boxproc import BoxProcess, virtual_config
 from tests.conftest import RIG_PERIOD
 from tests.rig import MockInterface, Rig, RigProcessError, SpoiledTake, leftovers, sine
 
-# The rig's virtual runs spoiled a take beside the other worker's process starts: alone.
-pytestmark = [pytest.mark.timeout(150), pytest.mark.quiet]
+pytestmark = pytest.mark.timeout(150)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Very small counts: the whole run in well under 40 s on this machine (on the suite's period).
@@ -167,6 +166,7 @@ def _assert_box_figures(
 # -- a virtual box --------------------------------------------------------------------
 
 
+@pytest.mark.quiet  # spoiled a take in about one run in five beside the other worker
 async def test_virtual_run_reports_every_section(engine_kind: str, tmp_path: Path) -> None:
     """A short run against a virtual box writes report.json and report.html with every section:
     0 frames of latency empty and with 5 plugins, knob and footswitch times for 1 and 20 clients
@@ -435,6 +435,7 @@ async def test_a_take_with_an_xrun_is_spoiled_and_says_so(rig: Rig) -> None:
     rig.require_clean("a take after the stalls")
 
 
+@pytest.mark.quiet  # a 256-frame take: the other worker's process starts spoiled it
 async def test_the_rig_s_garbage_collections_never_cost_its_audio_a_cycle() -> None:
     """Full garbage collections in the rig's process, during a 0.3 s take at 256 frames (5.3 ms):
     the take stays clean. A collection holds the GIL throughout, and the rig's audio
