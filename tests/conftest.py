@@ -237,9 +237,14 @@ def stacks_of_a_hang(request: pytest.FixtureRequest, hang_file: IO[str]) -> Iter
     timer = threading.Timer(max(1.0, timeout - HANG_MARGIN), write)
     timer.daemon = True
     timer.start()
+    # The last resort: pytest-timeout's thread and the timer above need the GIL, which a native
+    # call can hold for good (one stalled a run for 20 minutes). faulthandler's own C thread does
+    # not: past the timeout it writes the stacks and ends this test process, and the run goes on.
+    faulthandler.dump_traceback_later(timeout + HANG_MARGIN, exit=True, file=hang_file)
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
         timer.cancel()
         _TEARDOWN_BEGAN.pop(request.node.nodeid, None)
 
