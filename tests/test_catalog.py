@@ -415,6 +415,41 @@ def test_load_reads_the_shipped_file_without_full_scan() -> None:
     assert catalog.lookup(OTHER_PLUGIN) is None
 
 
+NAM = "http://github.com/mikeoliphant/neural-amp-modeler-lv2"
+
+
+def test_neural_amp_modeler_is_the_amp_model_where_installed_and_no_warning_where_not(
+    tmp_path: Path, scanned: dict[str, lilv.ScannedPlugin], caplog: pytest.LogCaptureFixture
+) -> None:
+    """NAM is not in Debian. Where it is installed, the catalog's ``amp_model`` is it, loading
+    its ``.nam`` models from the player's ``models/``; where it is not, the box says so in
+    its log without a warning (a player cannot fix it, and every start would warn).
+    The plugin here is eg-amp's bundle under NAM's URI with NAM's model parameter, as NAM's
+    own TTL declares it (``mod:fileTypes "nam,nammodel"``)."""
+    specs = parse(yaml.safe_load(CATALOG_FILE.read_text()))
+    with caplog.at_level(logging.INFO, logger="appliance.plugins.catalog"):
+        assert Catalog.build(specs, scanned.values()).lookup("amp_model") is None
+    said = [r for r in caplog.records if "amp_model" in r.getMessage()]
+    assert said and all(r.levelno < logging.WARNING for r in said), [r.getMessage() for r in said]
+
+    bundle = tmp_path / "lv2" / "nam.lv2"
+    shutil.copytree("/usr/lib/lv2/eg-amp.lv2", bundle)
+    for ttl in bundle.glob("*.ttl"):
+        ttl.write_text(ttl.read_text().replace(AMP, NAM))
+    with open(bundle / "amp.ttl", "a") as ttl:
+        ttl.write(
+            f"\n<{NAM}#model> a <http://lv2plug.in/ns/lv2core#Parameter> ;\n"
+            '  <http://www.w3.org/2000/01/rdf-schema#label> "Neural Model" ;\n'
+            "  <http://www.w3.org/2000/01/rdf-schema#range> <http://lv2plug.in/ns/ext/atom#Path> ;\n"
+            '  <http://moddevices.com/ns/mod#fileTypes> "nam,nammodel" .\n'
+            f"<{NAM}> <http://lv2plug.in/ns/ext/patch#writable> <{NAM}#model> .\n"
+        )
+    entry = _entry(Catalog.build(specs, lilv.scan_plugins([str(bundle.parent)])), "amp_model")
+    assert entry.name == "Amp model (NAM)"
+    (model,) = entry.files
+    assert (model.id, model.label, model.folders) == ("model", "Neural Model", ("models",))
+
+
 def test_missing_plugin_is_logged_and_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An entry whose plugin is not installed is a warning, not an error."""
     path = _write(

@@ -48,7 +48,7 @@ RAW_TYPES_KEPT = 64
 #: libyaml's safe loader where PyYAML has it (the catalog file parses ~5× faster), else PyYAML's own.
 _SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-_ENTRY_KEYS = frozenset({"uri", "name", "aliases", "enable"})
+_ENTRY_KEYS = frozenset({"uri", "name", "aliases", "enable", "optional"})
 _ALIAS_KEYS = frozenset({"symbol", "scale", "offset", "unit"})
 _ENABLE_KEYS = frozenset({"symbol", "inverted"})
 _TOP_KEYS = frozenset({"plugins"})
@@ -145,7 +145,12 @@ class Catalog:
         for spec in specs:
             plugin = installed.get(spec.uri)
             if plugin is None:
-                logger.warning("catalog entry %s: plugin %s is not installed; left out", spec.key, spec.uri)
+                logger.log(
+                    logging.INFO if spec.optional else logging.WARNING,
+                    "catalog entry %s: plugin %s is not installed; left out",
+                    spec.key,
+                    spec.uri,
+                )
                 continue
             if not plugin.is_audio_effect:
                 logger.warning(
@@ -239,6 +244,8 @@ class EntrySpec:
     Attributes:
         enable: ``(symbol, inverted)``; None: the port designated
             ``lv2:enabled``, if any; False: no enable port.
+        optional: a plugin Debian does not ship (Neural Amp Modeler): its
+            absence is no warning.
     """
 
     key: str
@@ -246,6 +253,7 @@ class EntrySpec:
     name: str | None
     aliases: tuple[Alias, ...]
     enable: tuple[str, bool] | Literal[False] | None
+    optional: bool = False
 
     def plugin_type(self, plugin: lilv.ScannedPlugin) -> PluginType:
         """This entry's :class:`PluginType`, with ``plugin``'s real controls.
@@ -336,7 +344,10 @@ def _entry(key: str, body: object, where: str) -> EntrySpec:
         _alias(alias_name, spec, f"{where}.aliases.{alias_name}")
         for alias_name, spec in _mapping(entry.get("aliases") or {}, f"{where}.aliases").items()
     )
-    return EntrySpec(key, uri, name, aliases, _enable(entry, where))
+    optional = entry.get("optional", False)
+    if not isinstance(optional, bool):
+        raise ConfigError(f"{where}.optional", "must be true or false")
+    return EntrySpec(key, uri, name, aliases, _enable(entry, where), optional)
 
 
 def _alias(name: object, body: object, where: str) -> Alias:

@@ -20,6 +20,7 @@ const BY_KEY = {
   overdrive: "drive",
   amp: "amp",
   cabinet: "amp",
+  amp_model: "amp",
   compressor: "dynamics",
   gate: "dynamics",
   eq: "eq",
