@@ -22,6 +22,7 @@ from typing import Any
 from .config import Config
 from .control.controller import Controller
 from .control.library import Library
+from .control.playerfiles import PlayerFiles
 from .core.board import Board
 from .core.controls import PluginType
 from .core.errors import ApplianceError, ConfigError, EngineError
@@ -353,7 +354,7 @@ class Box:
         self.controller = Controller(
             board, self.catalog, self.engine, self._board_changed, lambda: self.health()[1]
         )
-        self.controller.user_files = UserFiles(config.data_dir / "files")
+        user_files = self.controller.user_files = UserFiles(config.data_dir / "files")
         self.library = Library(
             self.controller,
             PedalboardStore(config.data_dir),
@@ -361,6 +362,7 @@ class Box:
             self.saver.changed,
             config.switch_ceiling,
         )
+        PlayerFiles(self.controller, self.library, user_files)
         self.tempo = TempoService(self.controller, asyncio.get_running_loop().time, self.saver.changed)
         self.tempo.start(saved.get("tempo") if saved else None)  # before any plugin that follows it loads
         self.library.attach(self.tempo)  # kept on PEDALBOARD_SAVE only (not at each tap)

@@ -28,6 +28,7 @@ import itertools
 import json
 import mimetypes
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -855,6 +856,36 @@ def test_pick_a_file_for_a_convolver_from_the_players_folder(rigged: Rigged, raw
     expect(page.locator(".toast").last).to_contain_text("cannot set a plugin's file")
     expect(files).to_contain_text("impulse: none")
     assert raw.board()[0]["files"] == {"impulse": None}
+
+
+def test_rename_and_delete_the_players_files_on_their_page(rigged: Rigged, raw: Raw, phone: Phone) -> None:
+    """Without this, a player cannot tidy their amp models and IRs from the phone: the files
+    page lists them by folder, renames one in a dialog, shows a delete made on another phone,
+    and deletes one after a confirm."""
+    folder = rigged.box.config.parent / "data" / "files" / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("Plexi.nam", "JCM800.nam"):
+        (folder / name).write_bytes(b"{}")  # only listed here, never loaded
+    try:
+        page = phone.page
+        open_ui(page, rigged.base, "#/health")
+        page.get_by_role("link", name="Your files").tap()
+        models = page.get_by_role("list", name="Amp models")
+        expect(models.locator(".file-name")).to_have_text(["JCM800.nam", "Plexi.nam"])
+        models.get_by_role("button", name="Rename Plexi.nam").tap()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_role("textbox", name="New name").fill("Plexi 1968.nam")
+        dialog.get_by_role("button", name="Rename").tap()
+        expect(models.locator(".file-name")).to_have_text(["JCM800.nam", "Plexi 1968.nam"])
+        assert sorted(p.name for p in folder.iterdir()) == ["JCM800.nam", "Plexi 1968.nam"]
+        raw.ask("FILE_DELETE", "FILE_LIST", file="models/JCM800.nam")  # another phone
+        expect(models.locator(".file-name")).to_have_text(["Plexi 1968.nam"])
+        models.get_by_role("button", name="Delete Plexi 1968.nam").tap()
+        page.get_by_role("dialog").get_by_role("button", name="Delete").tap()
+        expect(page.get_by_role("list", name="Amp models")).to_have_count(0)
+        assert list(folder.iterdir()) == []
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # the convolver's picker lists every folder
 
 
 def _differ(actual: Any, other: Any) -> None:

@@ -21,8 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.core.errors import InvalidValue
+from appliance.core.board import BOARD_FORMAT
+from appliance.core.controls import FileParameter
+from appliance.core.errors import InvalidValue, NameTaken
 from appliance.engine.jack.server import JackServer
+from appliance.store.pedalboards import PedalboardStore
 from appliance.store.userfiles import UserFiles
 from tests.rig import Rig, gain_db, gaps, latency_frames, noise, sine
 from tests.test_box_e2e import REPLY_TIMEOUT, TRACK, Phone, _box, _config, _one_track, _phone
@@ -124,6 +127,12 @@ def test_a_file_is_named_inside_the_players_own_folder(tmp_path: Path) -> None:
             files.path(bad)
     with pytest.raises(InvalidValue, match="takes them from models"):
         files.path("ir/cab.wav", ("nam",))
+    # Neural Amp Modeler's LV2 plugin says "nam,nammodel": its models only, as the page offers them.
+    nam = FileParameter("model", "urn:nam#model", "Neural Model", ("nam", "nammodel"))
+    assert nam.describe()["folders"] == ["models"]
+    with pytest.raises(InvalidValue, match="takes them from models"):
+        files.path("ir/cab.wav", nam.file_types)
+    assert FileParameter("impulse", "urn:ir", "impulse").describe()["folders"] == ["ir", "models", "other"]
     assert files.listing() == {"ir": ["ir/cab.wav", "ir/link.wav"], "models": [], "other": []}
 
 
@@ -203,8 +212,9 @@ async def test_a_file_outside_the_folder_or_under_jalv_changes_nothing(
         assert lag <= 0 or _gain < -40.0, "the convolver sounds as if it had loaded a file"
 
 
-async def _saved_files(data: Path) -> dict[str, str] | None:
-    """The convolver's files in board.json once the debounced save has written them."""
+async def _saved_files(data: Path, expected: dict[str, str] | None = None) -> dict[str, str] | None:
+    """The convolver's files in board.json once the debounced save has written them (and,
+    given ``expected``, once they are that)."""
     async with asyncio.timeout(REPLY_TIMEOUT):
         while True:
             board = json.loads((data / "board.json").read_text()) if (data / "board.json").exists() else {}
@@ -212,7 +222,7 @@ async def _saved_files(data: Path) -> dict[str, str] | None:
             files = next(
                 (p.get("files") for chain in chains for p in chain if p.get("uri") == CONVOLVER), None
             )
-            if files:
+            if files and (expected is None or files == expected):
                 return dict(files)
             await asyncio.sleep(0.1)
 
@@ -281,3 +291,93 @@ async def test_a_pedalboard_whose_file_has_gone_loads_without_it_and_says_which(
         state = await phone.ask("BOARD_GET", "BOARD_STATE")
         (plugin,) = state["data"]["tracks"][0]["plugins"]
         assert plugin["plugin"] == "cabinet" and plugin["files"] == {"impulse": "ir/direct.wav"}
+
+
+# -- rename and delete ----------------------------------------------------------------------
+
+
+def test_a_file_gets_its_new_name_beside_the_old_one_and_loses_the_old_one_on_delete(tmp_path: Path) -> None:
+    """A rename's first step: the file under both names (so a power cut loses neither); a
+    name that is not a plain name, or is taken, changes nothing; delete takes one name away."""
+    root = tmp_path / "files"
+    write_impulse(root / "ir" / "cab.wav", 0, 0.0)
+    write_impulse(root / "ir" / "other.wav", 0, 0.0)
+    files = UserFiles(root)
+    for bad in ("", " cab.wav", ".hidden.wav", "a/b.wav", "..", "x\\y.wav", "nul\x00.wav", "é" * 128, 7):
+        with pytest.raises(InvalidValue):
+            files.add_name("ir/cab.wav", bad)
+    with pytest.raises(NameTaken):
+        files.add_name("ir/cab.wav", "other.wav")
+    with pytest.raises(InvalidValue):
+        files.add_name("ir/missing.wav", "new.wav")
+    assert files.listing()["ir"] == ["ir/cab.wav", "ir/other.wav"], "a refused rename changed the folder"
+    assert files.add_name("ir/cab.wav", "4x12 V30.wav") == "ir/4x12 V30.wav"
+    assert (root / "ir" / "4x12 V30.wav").samefile(root / "ir" / "cab.wav")
+    files.delete("ir/cab.wav")
+    assert files.listing()["ir"] == ["ir/4x12 V30.wav", "ir/other.wav"]
+    with pytest.raises(InvalidValue):
+        files.delete("ir/cab.wav")
+
+
+def _seed_board(data: Path, files: dict[str, str]) -> None:
+    """A saved board with one cabinet that loads ``files`` (as if picked before a restart)."""
+    cabinet = {"id": "plugin_1", "name": "Cabinet", "plugin": "cabinet", "uri": CONVOLVER}
+    chain = [cabinet | {"bypass": False, "values": {}, "files": files}]
+    board = {"format": BOARD_FORMAT, "next_number": 2, "tracks": [{"id": TRACK, "chain": chain}]}
+    (data / "board.json").write_text(json.dumps(board))
+
+
+@on_a_loop
+async def test_a_renamed_file_stays_picked_everywhere_and_a_deleted_one_is_told_missing(
+    jack_server: JackServer, rig: Rig, tmp_path: Path, engine_kind: str
+) -> None:
+    """The cabinet plays ``ir/late.wav`` and the pedalboard "Late" names it. Renamed from one
+    phone, the other phone is told the plugin's new file name and the new list; board.json
+    and "Late" name the new one, the board does not read as changed, and (under Carla) the
+    cabinet sounds the same, before and after "Late" is loaded again. Deleted, it leaves
+    every phone's list, and loading "Late" says which file is missing.
+
+    Broken, renaming an IR would drop it from every pedalboard that used it, unnoticed
+    until the next gig."""
+    carla = engine_kind == "carla"
+    config = _config(tmp_path, jack_server, engine_kind, _one_track(rig))
+    data = tmp_path / "data"
+    _files(data)
+    if not carla:  # jalv cannot set a file: the board names it from before, as after a move from Carla
+        _seed_board(data, {"impulse": "ir/late.wav"})
+    new = "ir/4x12 late.wav"
+    async with _box(config) as box, _phone(box) as phone, _phone(box) as other:
+        convolver, dry_lag = "plugin_1", 0
+        if carla:
+            dry_lag, _ = await heard(rig)
+            convolver = await _convolver(phone)
+            await phone.request("PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file="ir/late.wav")
+            lag, gain = await heard_as(rig, dry_lag + 240, -6.0 + IR_GAIN_DB)
+            assert (lag - dry_lag, round(gain, 1)) == (240, -6.0 + IR_GAIN_DB), "the picked IR is not heard"
+        await other.replay()
+        await phone.ask("PEDALBOARD_SAVE", name="Late")
+        for bad, code in [("direct.wav", "NAME_TAKEN"), ("../x.wav", "INVALID_VALUE"), (".x.wav", "INVALID_VALUE")]:
+            refused = await phone.refused("FILE_RENAME", file="ir/late.wav", new_name=bad)
+            assert refused["data"]["code"] == code, (bad, refused)
+        listed = await phone.ask("FILE_RENAME", "FILE_LIST", file="ir/late.wav", new_name="4x12 late.wav")
+        assert listed["data"]["files"]["ir"] == [new, "ir/direct.wav"]
+        told = (await other.heard("PLUGIN_FILE"))["data"]
+        assert (told["plugin_id"], told["file_id"], told["file"]) == (convolver, "impulse", new)
+        assert (await other.heard("FILE_LIST"))["data"]["files"]["ir"] == [new, "ir/direct.wav"]
+        assert PedalboardStore(data).read("Late").board["tracks"][0]["chain"][0]["files"] == {"impulse": new}
+        assert (await _saved_files(data, {"impulse": new})) == {"impulse": new}
+        state = await phone.ask("SETLIST_GET")
+        assert state["data"]["modified"] is False, "a rename made the board read as changed"
+        if carla:
+            assert await heard(rig) == (dry_lag + 240, pytest.approx(-6.0 + IR_GAIN_DB, abs=0.1))
+            await phone.ask("PEDALBOARD_LOAD", name="Late")
+            lag, gain = await heard_as(rig, dry_lag + 240, -6.0 + IR_GAIN_DB)
+            assert (lag - dry_lag, round(gain, 1)) == (240, -6.0 + IR_GAIN_DB), "'Late' lost its IR"
+
+        listed = await phone.ask("FILE_DELETE", "FILE_LIST", file=new)
+        assert listed["data"]["files"]["ir"] == ["ir/direct.wav"]
+        assert (await other.heard("FILE_LIST"))["data"]["files"]["ir"] == ["ir/direct.wav"]
+        await phone.ask("PEDALBOARD_LOAD", name="Late")
+        while (told := (await other.heard("ENGINE_EVENT"))["data"])["kind"] != "file-missing":
+            pass
+        assert repr(new) in told["message"], told

@@ -127,7 +127,6 @@ class Controller:
             "PRESET_LIST": self._preset_list,
             "PLUGIN_BYPASS": self._bypass,
             "PLUGIN_FILE": self._file,
-            "FILE_LIST": self._file_list,
             "PLUGIN_PARAMETERS_GET": self._parameters_get,
             "BOARD_GET": self._board_get,
             "CATALOG_GET": self._catalog_get,
@@ -399,10 +398,29 @@ class Controller:
             ]
         )
 
-    async def _file_list(self, request: Request) -> Outcome:
-        """The player's files by folder (FILE_LIST, docs/protocol.md)."""
-        listing = await asyncio.to_thread(self.user_files.listing) if self.user_files is not None else {}
-        return Outcome(reply=[("FILE_LIST", {"files": listing})])
+    async def rename_file(self, old: str, new: str) -> list[Event]:
+        """The player's file ``old`` is called ``new`` now (both names are still there): the
+        board's plugins that load it name the new one at once, then load it from there (the
+        same sound; the engine's copy of the path is what a crashed plugin comes back with).
+        Their ``PLUGIN_FILE`` events."""
+        renamed = self.board.rename_file(old, new)  # before any await: the board never names both
+        if not renamed:
+            return []
+        self.on_change()
+        for _track_id, instance, file_id in renamed:
+            if not self.engine.sets_files:
+                break
+            parameter = instance.type.file(file_id)
+            try:
+                path = await asyncio.to_thread(self._player_file, parameter, new)
+                async with self._performance:
+                    await self.engine.set_file(instance.id, parameter.uri, str(path))
+            except ApplianceError as exc:
+                log.warning("%s: loading %r under its new name: %s", instance.id, new, exc.public_message())
+        return [
+            ("PLUGIN_FILE", self._ids(track_id, instance) | {"file_id": file_id, "file": new})
+            for track_id, instance, file_id in renamed
+        ]
 
     def _player_file(self, parameter: FileParameter, name: object) -> Path:
         """The real path of the player's file ``name`` for ``parameter`` (blocking: a stat).

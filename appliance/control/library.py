@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ..core.board import Board
+from ..core.board import Board, rename_file_in
 from ..core.errors import ApplianceError, InvalidValue, NameTaken, UnknownPedalboard
 from ..core.pedalboards import (
     MAX_SNAPSHOTS,
@@ -30,6 +30,7 @@ from ..core.pedalboards import (
     Snapshot,
     check_name,
     layout,
+    layout_with_file_renamed,
     plan_recall,
     renamed,
     take_snapshot,
@@ -451,6 +452,30 @@ class Library:
         async with self._files:
             await asyncio.to_thread(self.store.write, updated)
         self.current = updated
+
+    # -- the player's files ------------------------------------------------------------
+
+    async def rename_file(self, old: str, new: str) -> list[str]:
+        """The player's file ``old`` is called ``new`` now (both names are still there): every
+        pedalboard that names it is written with the new name, and the board's reference too,
+        so that the board does not read as changed. The pedalboards written."""
+        written = []
+        async with self._files:
+            for name in list(self.names):
+                try:
+                    pedalboard = await asyncio.to_thread(self.store.read, name)
+                    if rename_file_in(pedalboard.board, old, new):
+                        await asyncio.to_thread(self.store.write, pedalboard)
+                        written.append(name)
+                except ApplianceError as exc:
+                    log.error("pedalboard %r still names %r: %s", name, old, exc)
+        if self.current is not None:
+            rename_file_in(self.current.board, old, new)
+        if self._reference is not None:
+            self._reference = layout_with_file_renamed(self._reference, old, new)
+        if written:
+            self._prepare_neighbours()  # a warm board holds the file by its old name
+        return written
 
     # -- the setlist ------------------------------------------------------------------
 

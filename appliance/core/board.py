@@ -220,6 +220,19 @@ class Board:
         instance.bypass = bypass
         return instance
 
+    def rename_file(self, old: str, new: str) -> list[tuple[str, PluginInstance, str]]:
+        """The player's file ``old`` is called ``new`` now: every plugin that loads it (dormant
+        ones too) names the new one. The track id, plugin and file id of each playing one."""
+        renamed = []
+        for track, instance in self.instances():
+            for file_id, name in instance.files.items():
+                if name == old:
+                    instance.files[file_id] = new
+                    renamed.append((track.id, instance, file_id))
+        kept = [saved for track in self.tracks.values() for _index, saved in track.dormant]
+        rename_file_in({"tracks": [{"chain": kept}, *self.orphans]}, old, new)
+        return renamed
+
     # -- saving ----------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -290,6 +303,22 @@ class Board:
                 self.tracks[track_id].chain.append(instance)
         self.next_number = max(int(data.get("next_number", 1)), highest + 1)
         return problems
+
+
+def rename_file_in(board: Mapping[str, Any], old: str, new: str) -> int:
+    """Name the player's file ``old`` ``new`` in a board as plain data (:meth:`Board.to_dict`
+    form, a pedalboard's), in place; how many plugins named it."""
+    count = 0
+    for track in board.get("tracks", []):
+        for saved in track.get("chain", []) if isinstance(track, Mapping) else []:
+            files = saved.get("files") if isinstance(saved, Mapping) else None
+            if not isinstance(files, dict):
+                continue
+            for file_id, name in files.items():
+                if name == old:
+                    files[file_id] = new
+                    count += 1
+    return count
 
 
 def _saved(instance: PluginInstance) -> dict[str, Any]:

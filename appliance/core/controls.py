@@ -141,6 +141,24 @@ class FactoryPreset:
     values: tuple[tuple[str, float], ...]
 
 
+#: The kinds of the player's files, each a folder of its own (:mod:`appliance.store.userfiles`).
+FILE_FOLDERS = ("ir", "models", "other")
+#: Which folder a plugin's ``mod:fileTypes`` point at (MOD's type names; any other type: ``other``).
+FOLDER_OF_FILE_TYPE = {
+    "ir": "ir",
+    "cabsim": "ir",
+    "nam": "models",
+    "nammodel": "models",
+    "aidadspmodel": "models",
+}
+
+
+def folders_for(file_types: tuple[str, ...]) -> tuple[str, ...]:
+    """The folders whose files suit a parameter with these ``mod:fileTypes`` (none: every folder)."""
+    wanted = {FOLDER_OF_FILE_TYPE.get(t, "other") for t in file_types}
+    return tuple(f for f in FILE_FOLDERS if f in wanted) if wanted else FILE_FOLDERS
+
+
 @dataclass(frozen=True)
 class FileParameter:
     """A file the plugin loads (a cabinet IR, an amp model), chosen from the player's files.
@@ -157,8 +175,19 @@ class FileParameter:
     label: str
     file_types: tuple[str, ...] = ()
 
+    @property
+    def folders(self) -> tuple[str, ...]:
+        """The folders of the player's files it takes its files from."""
+        return folders_for(self.file_types)
+
     def describe(self) -> dict[str, object]:
-        return {"id": self.id, "uri": self.uri, "label": self.label, "file_types": list(self.file_types)}
+        return {
+            "id": self.id,
+            "uri": self.uri,
+            "label": self.label,
+            "file_types": list(self.file_types),
+            "folders": list(self.folders),
+        }
 
 
 @dataclass(frozen=True)

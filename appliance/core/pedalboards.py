@@ -180,15 +180,32 @@ class Setlist:
 
 
 def layout(board: Mapping[str, Any]) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """A board's sound without its ids: per track, each plugin's kind, name, values and bypass."""
+    """A board's sound without its ids: per track, each plugin's kind, name, values, bypass
+    and the player's files it loads."""
     tracks = []
     for track in board.get("tracks", []):
         chain = [
-            (p.get("plugin"), p.get("name"), sorted(dict(p.get("values", {})).items()), bool(p.get("bypass")))
+            (
+                p.get("plugin"),
+                p.get("name"),
+                sorted(dict(p.get("values", {})).items()),
+                bool(p.get("bypass")),
+                sorted(dict(p.get("files", {})).items()),
+            )
             for p in track.get("chain", [])
         ]
         tracks.append((str(track.get("id")), chain))
     return sorted(tracks)
+
+
+def layout_with_file_renamed(
+    before: list[tuple[str, list[tuple[Any, ...]]]], old: str, new: str
+) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """A :func:`layout` as it reads once the player's file ``old`` is called ``new``."""
+    return [
+        (track_id, [(*p[:4], sorted((i, new if f == old else f) for i, f in p[4])) for p in chain])
+        for track_id, chain in before
+    ]
 
 
 def renamed(saved: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, str]:

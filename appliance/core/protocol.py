@@ -68,6 +68,8 @@ EXTENSION_REQUESTS = frozenset(
         "TEMPO_TAP",
         "PLUGIN_FILE",
         "FILE_LIST",
+        "FILE_RENAME",
+        "FILE_DELETE",
     }
 )
 REQUESTS = EXAMPLE_REQUESTS | EXTENSION_REQUESTS
@@ -80,6 +82,8 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "PLUGIN_BYPASS": {"track_id": str, "plugin_id": str},
     "PLUGIN_PRESET": {"track_id": str, "plugin_id": str, "preset_data": dict},
     "PLUGIN_FILE": {"track_id": str, "plugin_id": str, "file_id": str, "file": str},
+    "FILE_RENAME": {"file": str, "new_name": str},
+    "FILE_DELETE": {"file": str},
     "PLUGIN_PARAMETERS_GET": {"track_id": str, "plugin_id": str},
     "PLUGIN_PARAMETER_BATCH": {"track_id": str, "plugin_id": str, "parameters": list},
     "PLUGIN_MOVE": {"track_id": str, "plugin_id": str, "position": int},

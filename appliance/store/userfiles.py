@@ -15,14 +15,15 @@ absolute path, no hidden file, nothing but a regular file inside the folder
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
-from ..core.errors import InvalidValue
+from ..core.controls import FILE_FOLDERS, folders_for
+from ..core.errors import InvalidValue, NameTaken, StoreError
+from .files import fsync_folder
 
-#: The folders, by kind.
-KINDS = ("ir", "models", "other")
-#: Which folder a plugin's ``mod:fileTypes`` point at (MOD's names).
-FOLDER_OF_TYPE = {"ir": "ir", "cabsim": "ir", "nam": "models", "aidadspmodel": "models"}
+#: The longest name a file may be given (ext4's limit, in bytes of UTF-8).
+NAME_BYTES = 255
 
 
 class UserFiles:
@@ -30,11 +31,6 @@ class UserFiles:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-
-    def folders_for(self, file_types: tuple[str, ...]) -> tuple[str, ...]:
-        """The folders whose files suit a parameter with these ``mod:fileTypes`` (none: every folder)."""
-        wanted = {FOLDER_OF_TYPE.get(t, "other") for t in file_types}
-        return tuple(k for k in KINDS if k in wanted) if wanted else KINDS
 
     def path(self, name: object, file_types: tuple[str, ...] = ()) -> Path:
         """The real path of the player's file ``name`` (``ir/cab.wav``), checked.
@@ -57,7 +53,7 @@ class UserFiles:
                 f"{name!r} is not a file of the player's folder (names look like 'ir/cab.wav')",
                 {"file": name},
             )
-        folders = self.folders_for(file_types)
+        folders = folders_for(file_types)
         if parts[0] not in folders:
             raise InvalidValue(
                 f"{name!r} is not a kind of file this plugin loads (it takes them from {', '.join(folders)})",
@@ -72,10 +68,65 @@ class UserFiles:
             raise InvalidValue(f"{name!r} is not a file of the player's folder", {"file": name})
         return real
 
+    def add_name(self, name: object, new_name: object) -> str:
+        """Give the player's file ``name`` (``ir/cab.wav``) a second name in its folder,
+        ``new_name`` (``V30.wav``): the first step of a rename, after which both names are
+        the same file (a hard link) until :meth:`delete` takes the old one away, so that a
+        power cut in between loses neither. The new name (``ir/V30.wav``); durable.
+
+        Raises:
+            InvalidValue: ``name`` is not one of the player's files, or ``new_name`` is not a
+                plain file name (no folder, not hidden); nothing changed.
+            NameTaken: the folder has a file of that name already; nothing changed.
+            StoreError: the disk refused; nothing changed.
+        """
+        self.path(name)
+        assert isinstance(name, str)  # path() said so
+        folder, old = PurePosixPath(name).parts
+        if (
+            not isinstance(new_name, str)
+            or not new_name.strip()
+            or new_name != new_name.strip()
+            or new_name.startswith(".")
+            or any(c in new_name for c in "/\\\x00")
+            or len(new_name.encode("utf-8", "replace")) > NAME_BYTES
+        ):
+            raise InvalidValue(
+                f"a file's new name is a plain name without a folder, not hidden, at most "
+                f"{NAME_BYTES} bytes: not {new_name!r}",
+                {"field": "data.new_name"},
+            )
+        renamed = f"{folder}/{new_name}"
+        home = self.root / folder
+        try:
+            os.link(home / old, home / new_name, follow_symlinks=False)
+            fsync_folder(home)
+        except FileExistsError:
+            raise NameTaken(f"{folder}/ has a file called {new_name!r} already", {"file": renamed}) from None
+        except OSError as exc:
+            raise StoreError(f"could not rename {name!r}: {exc.strerror}") from exc
+        return renamed
+
+    def delete(self, name: object) -> None:
+        """Remove the player's file ``name``; durable once it returns.
+
+        Raises:
+            InvalidValue: not one of the player's files; nothing changed.
+            StoreError: the disk refused.
+        """
+        self.path(name)
+        assert isinstance(name, str)
+        folder, file = PurePosixPath(name).parts
+        try:
+            (self.root / folder / file).unlink()
+            fsync_folder(self.root / folder)
+        except OSError as exc:
+            raise StoreError(f"could not delete {name!r}: {exc.strerror}") from exc
+
     def listing(self) -> dict[str, list[str]]:
         """Every file, by folder, sorted (hidden and partial files left out)."""
         listed: dict[str, list[str]] = {}
-        for kind in KINDS:
+        for kind in FILE_FOLDERS:
             folder = self.root / kind
             names = (
                 sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))

@@ -7,7 +7,7 @@
  * VERSION when the list of files changes.
  */
 
-const VERSION = "pedalboard-ui-2";
+const VERSION = "pedalboard-ui-3";
 const SHELL = [
   "./",
   "index.html",
@@ -34,6 +34,7 @@ const SHELL = [
   "js/wakelock.js",
   "js/views/add.js",
   "js/views/board.js",
+  "js/views/files.js",
   "js/views/health.js",
   "js/views/library.js",
   "js/views/midi.js",

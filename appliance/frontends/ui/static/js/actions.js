@@ -47,6 +47,15 @@ export class Actions {
     return reply ? reply.data.files : null;
   }
 
+  /** Give one of the player's files (`ir/cab.wav`) a new name in its folder (`V30.wav`). */
+  renameFile(file, newName) {
+    return this.ask("FILE_RENAME", { file, new_name: newName }, "FILE_LIST");
+  }
+
+  deleteFile(file) {
+    return this.ask("FILE_DELETE", { file }, "FILE_LIST");
+  }
+
   /** Add a catalog plugin (by key) or an installed one (by URI) at the end of a track. */
   add(trackId, keyOrUri) {
     return this.ask("PLUGIN_ADD", { track_id: trackId, plugin_path: keyOrUri }, "PLUGIN_ADD");

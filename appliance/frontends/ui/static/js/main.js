@@ -15,6 +15,7 @@ import { Store } from "./store.js";
 import { keepScreenOn } from "./wakelock.js";
 import { addView } from "./views/add.js";
 import { boardView } from "./views/board.js";
+import { filesView } from "./views/files.js";
 import { healthView } from "./views/health.js";
 import { libraryView } from "./views/library.js";
 import { midiView } from "./views/midi.js";
@@ -41,6 +42,7 @@ router.views = {
   tuner,
   health: healthView(ctx),
   midi: midiView(ctx),
+  files: filesView(ctx),
 };
 new StatusBar(ctx);
 

@@ -1,6 +1,7 @@
 /**
  * Views by the address's hash: `#/board`, `#/plugin/<plugin_id>`,
- * `#/add/<track_id>`, `#/library`, `#/perform`, `#/tuner`, `#/health`, `#/midi`.
+ * `#/add/<track_id>`, `#/library`, `#/perform`, `#/tuner`, `#/health`, `#/midi`,
+ * `#/files`.
  * Each view has `mount(main, args)` and `unmount()`.
  */
 

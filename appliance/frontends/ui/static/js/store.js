@@ -38,6 +38,8 @@ export class Store extends EventTarget {
     this.midi = { present: false, inputs: [], mappings: [], learning: null };
     /** TEMPO: the box's one tempo (docs/protocol.md §19). */
     this.tempo = { bpm: null, source: "default" };
+    /** FILE_LIST: the player's files by folder (null until asked). */
+    this.files = null;
     /** plugin_id → "died" while the engine restarts it. */
     this.pluginTrouble = new Map();
     /** False from a new connection until its BOARD_STATE: board events before it are in it. */
@@ -100,6 +102,10 @@ export class Store extends EventTarget {
         }
         break;
       }
+      case "FILE_LIST":
+        this.files = data.files && typeof data.files === "object" ? data.files : {};
+        this._emit("files", { reply_to: replyTo });
+        break;
       case "PLUGIN_FILE": {
         const plugin = this.synced && this.plugins.get(data.plugin_id);
         if (plugin) {

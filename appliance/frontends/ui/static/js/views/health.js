@@ -49,6 +49,13 @@ export function healthView({ store, conn, meters }) {
       h(
         "section",
         { class: "card" },
+        h("h2", {}, "Your files"),
+        h("p", {}, "Impulse responses and amp models the effects load."),
+        h("a", { class: "button", href: "#/files" }, "Your files"),
+      ),
+      h(
+        "section",
+        { class: "card" },
         h("h2", {}, "Pair another phone"),
         h("p", {}, "Scan this code with the other phone's camera, or open this address on it:"),
         qr,

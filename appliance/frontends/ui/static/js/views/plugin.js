@@ -122,9 +122,7 @@ export function pluginView({ store, actions, router }) {
   async function pickFile(plugin, id, label, meta) {
     const files = await actions.listFiles();
     if (!files) return;
-    const types = meta && Array.isArray(meta.file_types) ? meta.file_types : [];
-    const folderOf = { ir: "ir", cabsim: "ir", nam: "models", aidadspmodel: "models" };
-    const folders = types.length ? new Set(types.map((t) => folderOf[t] || "other")) : null;
+    const folders = meta && Array.isArray(meta.folders) ? new Set(meta.folders) : null; // the box says which
     const names = Object.entries(files)
       .filter(([folder]) => !folders || folders.has(folder))
       .flatMap(([, list]) => list);
