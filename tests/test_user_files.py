@@ -373,6 +373,10 @@ async def test_a_renamed_file_stays_picked_everywhere_and_a_deleted_one_is_told_
             await phone.ask("PEDALBOARD_LOAD", name="Late")
             lag, gain = await heard_as(rig, dry_lag + 240, -6.0 + IR_GAIN_DB)
             assert (lag - dry_lag, round(gain, 1)) == (240, -6.0 + IR_GAIN_DB), "'Late' lost its IR"
+            (cabinet,) = (await phone.ask("BOARD_GET", "BOARD_STATE"))["data"]["tracks"][0]["plugins"]
+            await phone.request("PLUGIN_FILE", plugin_id=cabinet["plugin_id"], file_id="impulse", file="ir/direct.wav")
+            state = await phone.ask("SETLIST_GET")
+            assert state["data"]["modified"] is True, "another IR picked: the board should read as changed"
 
         listed = await phone.ask("FILE_DELETE", "FILE_LIST", file=new)
         assert listed["data"]["files"]["ir"] == ["ir/direct.wav"]
