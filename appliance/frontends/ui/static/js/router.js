@@ -5,6 +5,13 @@
  * Each view has `mount(main, args)` and `unmount()`.
  */
 
+import { h } from "./dom.js";
+
+/** The ◀ button of a page that leads back to the view ``view`` (``"board"``, ``"health"``). */
+export function backButton(router, view, label) {
+  return h("button", { type: "button", "aria-label": label, text: "◀", onclick: () => router.go(view) });
+}
+
 export class Router {
   /**
    * @param {HTMLElement} main where views draw.

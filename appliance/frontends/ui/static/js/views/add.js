@@ -5,6 +5,7 @@
  */
 
 import { fill, h } from "../dom.js";
+import { backButton } from "../router.js";
 import { toast } from "../dialogs.js";
 import { GROUPS, groupOf } from "../categories.js";
 import { trackName } from "./board.js";
@@ -26,7 +27,7 @@ export function addView({ store, actions, router }) {
     const head = h(
       "div",
       { class: "plugin-head" },
-      h("button", { type: "button", "aria-label": "Back to the board", text: "◀", onclick: () => router.go("board") }),
+      backButton(router, "board", "Back to the board"),
       h("h1", {}, store.tracks.length > 1 && track ? `Add to ${trackName(track.track_id)}` : "Add an effect"),
     );
     if (!catalog.plugins.length && !catalog.installed.length) {

@@ -7,6 +7,7 @@
 
 import { askName, confirmAction, toast } from "../dialogs.js";
 import { fill, h } from "../dom.js";
+import { backButton } from "../router.js";
 
 /** Each folder of the player's files, in the player's words. */
 export const FOLDERS = { ir: "Impulse responses", models: "Amp models", other: "Other files" };
@@ -22,7 +23,7 @@ export function filesView({ store, actions, router }) {
       h(
         "div",
         { class: "plugin-head" },
-        h("button", { type: "button", "aria-label": "Back to health", text: "◀", onclick: () => router.go("health") }),
+        backButton(router, "health", "Back to health"),
         h("h1", {}, "Your files"),
       ),
       lists,

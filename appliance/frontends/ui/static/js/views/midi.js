@@ -7,6 +7,7 @@
  */
 
 import { fill, h } from "../dom.js";
+import { backButton } from "../router.js";
 import { CONTINUOUS, editMidiRange, learnMidi, midiMessage } from "../midi.js";
 import { trackName } from "./board.js";
 
@@ -25,7 +26,7 @@ export function midiView({ store, actions, router }) {
       h(
         "div",
         { class: "plugin-head" },
-        h("button", { type: "button", "aria-label": "Back to health", text: "◀", onclick: () => router.go("health") }),
+        backButton(router, "health", "Back to health"),
         h("h1", {}, "MIDI"),
       ),
       h("section", { class: "card" }, h("h2", {}, "Controllers"), inputs),

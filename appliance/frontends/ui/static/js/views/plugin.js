@@ -5,6 +5,7 @@
  */
 
 import { fill, h } from "../dom.js";
+import { backButton } from "../router.js";
 import { chooseAction, confirmAction, toast } from "../dialogs.js";
 import { controlFor } from "../controls.js";
 import { number } from "../format.js";
@@ -30,7 +31,7 @@ export function pluginView({ store, actions, router }) {
     if (!plugin) {
       fill(
         main,
-        h("div", { class: "plugin-head" }, backButton(), h("h1", {}, "Not on the board")),
+        h("div", { class: "plugin-head" }, backButton(router, "board", "Back to the board"), h("h1", {}, "Not on the board")),
         h("p", { class: "muted" }, store.synced ? "This effect is no longer on the board." : "Waiting for the box…"),
       );
       return;
@@ -65,7 +66,7 @@ export function pluginView({ store, actions, router }) {
     if (!list.children.length) list.append(h("p", { class: "muted" }, "This effect has no controls."));
     fill(
       main,
-      h("div", { class: "plugin-head" }, backButton(), h("h1", {}, plugin.name), grLabel),
+      h("div", { class: "plugin-head" }, backButton(router, "board", "Back to the board"), h("h1", {}, plugin.name), grLabel),
       h(
         "div",
         { class: "plugin-bar" },
@@ -186,10 +187,6 @@ export function pluginView({ store, actions, router }) {
       ? { action: "parameter", plugin_id: plugin.plugin_id, parameter_id: choice }
       : { action: "bypass", plugin_id: plugin.plugin_id };
     await learnMidi({ store, actions, mapping, label: targets.find((t) => t.value === choice).label });
-  }
-
-  function backButton() {
-    return h("button", { type: "button", "aria-label": "Back to the board", text: "◀", onclick: () => router.go("board") });
   }
 
   function makeControl(plugin, id, name, meta) {
