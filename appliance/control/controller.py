@@ -407,16 +407,16 @@ class Controller:
         if not renamed:
             return []
         self.on_change()
-        for _track_id, instance, file_id in renamed:
-            if not self.engine.sets_files:
-                break
-            parameter = instance.type.file(file_id)
-            try:
-                path = await asyncio.to_thread(self._player_file, parameter, new)
-                async with self._performance:
-                    await self.engine.set_file(instance.id, parameter.uri, str(path))
-            except ApplianceError as exc:
-                log.warning("%s: loading %r under its new name: %s", instance.id, new, exc.public_message())
+        if self.engine.sets_files:  # jalv loads no files: the names alone change
+            for _track_id, instance, file_id in renamed:
+                parameter = instance.type.file(file_id)
+                try:
+                    path = await asyncio.to_thread(self._player_file, parameter, new)
+                    async with self._performance:
+                        await self.engine.set_file(instance.id, parameter.uri, str(path))
+                except ApplianceError as exc:
+                    why = exc.public_message()
+                    log.warning("%s: loading %r under its new name: %s", instance.id, new, why)
         return [
             ("PLUGIN_FILE", self._ids(track_id, instance) | {"file_id": file_id, "file": new})
             for track_id, instance, file_id in renamed

@@ -68,6 +68,13 @@ class UserFiles:
             raise InvalidValue(f"{name!r} is not a file of the player's folder", {"file": name})
         return real
 
+    def _entry(self, name: object) -> tuple[str, str]:
+        """The folder and the name in it of the player's file ``name``, checked by :meth:`path`
+        (a link inside the folder is the link itself, not what it points at)."""
+        self.path(name)
+        folder, file = PurePosixPath(str(name)).parts
+        return folder, file
+
     def add_name(self, name: object, new_name: object) -> str:
         """Give the player's file ``name`` (``ir/cab.wav``) a second name in its folder,
         ``new_name`` (``V30.wav``): the first step of a rename, after which both names are
@@ -80,9 +87,7 @@ class UserFiles:
             NameTaken: the folder has a file of that name already; nothing changed.
             StoreError: the disk refused; nothing changed.
         """
-        self.path(name)
-        assert isinstance(name, str)  # path() said so
-        folder, old = PurePosixPath(name).parts
+        folder, old = self._entry(name)
         if (
             not isinstance(new_name, str)
             or not new_name.strip()
@@ -114,9 +119,7 @@ class UserFiles:
             InvalidValue: not one of the player's files; nothing changed.
             StoreError: the disk refused.
         """
-        self.path(name)
-        assert isinstance(name, str)
-        folder, file = PurePosixPath(name).parts
+        folder, file = self._entry(name)
         try:
             (self.root / folder / file).unlink()
             fsync_folder(self.root / folder)
