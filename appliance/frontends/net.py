@@ -1,8 +1,10 @@
-"""HTTP and WebSocket on one port: ``/ws``, ``/healthz`` and the phone UI.
+"""HTTP and WebSocket on one port (aiohttp): ``/ws``, ``/healthz``, the phone UI.
 
-Each connection is a :class:`ClientSession` with its own bounded outbound
-queue and writer task, so a slow or dead phone is dropped instead of stalling
-the others or the engine. Runs on the asyncio loop.
+Each WebSocket is a :class:`ClientSession`. What the box sends is written
+straight into the connection's transport, one frame encoded once for every
+client; what a client has not read waits in that transport's buffer, and a
+client too far behind is dropped instead of stalling the others or the
+engine. Runs on the asyncio loop.
 """
 
 from __future__ import annotations
@@ -18,16 +20,12 @@ import mimetypes
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request as HttpRequest
-from websockets.http11 import Response
-from websockets.protocol import State
+from aiohttp import WSMsgType, web
+from websockets.frames import Frame, Opcode
 
 from ..config import RateLimit, ServerConfig
 from ..control.controller import Controller, Event
@@ -40,6 +38,7 @@ log = logging.getLogger("appliance.frontends.net")
 
 STATIC_DIR = Path(__file__).parent / "ui" / "static"
 #: Close codes (docs/protocol.md "Close codes").
+CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_SLOW = 1013
 CLOSE_REPLACED = 4000
@@ -49,6 +48,8 @@ RATE_ABUSE_LIMIT = 1000
 AUTH_TIMEOUT = 10.0
 #: How long stopping the server waits for clients' closing handshakes.
 SERVER_CLOSE_TIMEOUT = 5.0
+#: Seconds between the box's pings; a client that does not answer one within half of it is gone.
+HEARTBEAT = 20.0
 #: Parameter changes a client is sent per second for the changes other clients (and knobs)
 #: make: a dragged control's latest value, never a backlog of old ones (docs/protocol.md §7).
 PARAMETER_RATE = 30.0
@@ -81,30 +82,33 @@ class TokenBucket:
 class ClientSession:
     """One WebSocket client: its limits and its place in the broadcasts.
 
-    Messages are written straight into the connection's transport (websockets'
-    ``broadcast``: one frame build and one write per message, no task per
+    Messages are written straight into the connection's transport
+    (:func:`_write`: one frame build and one write per message, no task per
     client). What a client has not read yet waits in that transport's buffer;
     past ``send_buffer`` bytes the client is too slow and is dropped.
     """
 
-    def __init__(self, connection: ServerConnection, config: ServerConfig, authorized: bool) -> None:
-        self.connection = connection
+    def __init__(
+        self, ws: web.WebSocketResponse, request: web.Request, config: ServerConfig, authorized: bool
+    ) -> None:
+        self.ws = ws
+        self.transport = request.transport
         self.bucket = TokenBucket(config.rate_limit)
         self.authorized = authorized
         self.dropped = False
-        self.closing: asyncio.Task[None] | None = None
+        self.closing: asyncio.Task[bool] | None = None
         self.limit = config.send_buffer
         self.refused = 0  # messages refused in a row for the rate limit
         self.pending: dict[tuple[str, str], str] = {}  # parameter changes waiting (coalesce)
         self.flushing: asyncio.TimerHandle | None = None
         self.last_parameter = 0.0  # loop time a parameter change was last sent
         self.meters = False  # sent METERS (METERS_SUBSCRIBE)
-        address = connection.remote_address
-        self.name = f"{address[0]}:{address[1]}" if address else "?"
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.name = f"{peer[0]}:{peer[1]}" if peer else "?"
 
     def backlog(self) -> int:
         """Bytes written for this client that the network has not taken yet."""
-        transport = self.connection.transport
+        transport = self.transport
         return 0 if transport is None or transport.is_closing() else transport.get_write_buffer_size()
 
     def send(self, text: str) -> None:
@@ -112,7 +116,7 @@ class ClientSession:
         so that it never sees an older value after a newer event). Loop thread."""
         if not self.dropped:
             self.flush()
-            broadcast((self.connection,), text)
+            _write((self,), text)
             self.check()
 
     def coalesce(self, key: tuple[str, str], text: str) -> None:
@@ -126,7 +130,7 @@ class ClientSession:
         interval = 1.0 / PARAMETER_RATE
         if not self.pending and now - self.last_parameter >= interval and self.backlog() <= self.limit // 2:
             self.last_parameter = now
-            broadcast((self.connection,), text)
+            _write((self,), text)
             self.check()
             return
         self.pending.pop(key, None)
@@ -154,7 +158,7 @@ class ClientSession:
             self.pending.clear()
             self.last_parameter = asyncio.get_running_loop().time()
             for text in frames:
-                broadcast((self.connection,), text)
+                _write((self,), text)
 
     def check(self) -> None:
         """Drop the client if its unsent backlog is over the limit."""
@@ -162,7 +166,7 @@ class ClientSession:
             self.dropped = True
             log.warning("client %s is too slow (%d bytes unsent); dropping it", self.name, self.backlog())
             self.closing = asyncio.get_running_loop().create_task(
-                self.connection.close(CLOSE_TOO_SLOW, "client too slow to keep up")
+                self.ws.close(code=CLOSE_TOO_SLOW, message=b"client too slow to keep up")
             )
 
     async def catch_up(self) -> None:
@@ -196,11 +200,12 @@ class ControlServer:
         self.token = token
         self.sessions: set[ClientSession] = set()
         #: Every WebSocket let through the handshake and not ended, oldest first, with its address.
-        self.admitted: dict[ServerConnection, str] = {}
-        self.server: Server | None = None
-        self.static: dict[str, Response] = {}
+        self.admitted: dict[web.WebSocketResponse, str] = {}
+        self.runner: web.AppRunner | None = None
+        self.static: dict[str, tuple[bytes, str]] = {}
+        self._port = 0
         self._structural: set[asyncio.Task[None]] = set()
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
         self._stopping = False
         name = socket.gethostname().lower()
         self.hostnames = {name, f"{name}.local"}
@@ -208,80 +213,81 @@ class ControlServer:
 
     async def start(self) -> None:
         self.static = await asyncio.to_thread(_load_static, STATIC_DIR)
-        self.server = await serve(
-            self._handle,
-            self.config.host,
-            self.config.port,
-            process_request=self._process_request,
-            open_timeout=self.config.handshake_timeout,
-            max_size=self.config.max_message_bytes,
-            compression=None,
-            server_header="appliance",
+        app = web.Application()
+        app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/{page:.*}", self._page)
+        app.on_response_prepare.append(_headers)
+        # An idle connection (one that never sends its request, or waits between two) is
+        # closed after the handshake timeout; a WebSocket or a request under way is not.
+        self.runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, keepalive_timeout=self.config.handshake_timeout
         )
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+        self._port = int(self.runner.addresses[0][1])
         log.info("serving on http://%s:%d (ws at /ws)", self.config.host, self.port)
 
     @property
     def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
+        assert self.runner is not None, "the server is not started"
+        return self._port
 
     async def stop(self) -> None:
         """Refuse new structural requests, let those under way finish, then close every client."""
         self._stopping = True
         if self._structural:
             await asyncio.wait(self._structural, timeout=SERVER_CLOSE_TIMEOUT)
-        if self.server is not None:
-            self.server.close()
-            try:
-                await asyncio.wait_for(self.server.wait_closed(), SERVER_CLOSE_TIMEOUT)
-            except TimeoutError:
-                log.warning("some clients did not close within %.0f s", SERVER_CLOSE_TIMEOUT)
+        if self.runner is None:
+            return
+        closing = [
+            asyncio.ensure_future(ws.close(code=CLOSE_GOING_AWAY, message=b"the box is stopping"))
+            for ws in list(self.admitted)
+        ]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=SERVER_CLOSE_TIMEOUT)
+            if late:
+                log.warning("%d clients did not close within %.0f s", len(late), SERVER_CLOSE_TIMEOUT)
+        await self.runner.cleanup()
 
     # -- HTTP --------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: HttpRequest) -> Response | None:
-        url = urllib.parse.urlsplit(request.path)
-        if url.path == "/ws":
-            if request.headers.get("Upgrade", "").lower() != "websocket":
-                return _text(http.HTTPStatus.UPGRADE_REQUIRED, "WebSocket endpoint: connect with ws://\n")
-            origin = request.headers.get("Origin")
-            if origin is not None and not self._origin_allowed(origin, connection.local_address):
-                log.warning("refused a handshake from origin %s", origin)
-                return _text(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
-            return self._admit(connection)
-        if url.path == "/healthz":
-            healthy, report = self.health()
-            report["clients"] = len(self.sessions)
-            status = http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE
-            return _response(status, json.dumps(report).encode(), "application/json")
-        page = self.static.get(url.path.lstrip("/") or "index.html")
-        return page if page is not None else _text(http.HTTPStatus.NOT_FOUND, "not found\n")
+    async def _healthz(self, request: web.Request) -> web.Response:
+        healthy, report = self.health()
+        report["clients"] = len(self.sessions)
+        status = http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE
+        return web.Response(status=status, body=json.dumps(report).encode(), content_type="application/json")
 
-    def _admit(self, connection: ServerConnection) -> Response | None:
+    async def _page(self, request: web.Request) -> web.Response:
+        page = self.static.get(request.match_info["page"] or "index.html")
+        if page is None:
+            return _text(http.HTTPStatus.NOT_FOUND, "not found\n")
+        body, content_type = page
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def _admit(self, ws: web.WebSocketResponse, request: web.Request) -> web.Response | None:
         """Let a WebSocket in unless the box is full (503); an address at its own cap has its
         oldest connection replaced, so that a page reconnecting in a loop locks out nobody else."""
-        for old in [c for c in self.admitted if c.transport is None or c.transport.is_closing()]:
+        for old in [c for c in self.admitted if c.closed]:
             del self.admitted[old]
-        address = _address(connection)
+        address = request.remote or "?"
         own = [c for c, a in self.admitted.items() if a == address]
         if len(own) >= self.config.max_per_address:
             oldest = own[0]
             del self.admitted[oldest]
             log.warning("%s opened a connection past its %d: closing its oldest", address, len(own))
-            if oldest.protocol.state is not State.OPEN:  # still opening: no close frame to send
-                oldest.transport.abort()
-            else:
-                task = asyncio.get_running_loop().create_task(
-                    oldest.close(CLOSE_REPLACED, "replaced by a newer connection from this address")
-                )
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+            task = asyncio.get_running_loop().create_task(
+                oldest.close(code=CLOSE_REPLACED, message=b"replaced by a newer connection from this address")
+            )
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         elif len(self.admitted) >= self.config.max_clients:
             return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
-        self.admitted[connection] = address
+        self.admitted[ws] = address
         return None
 
-    def _origin_allowed(self, origin: str, local: Any) -> bool:
+    def _origin_allowed(self, origin: str, request: web.Request) -> bool:
         """Is a browser page from ``origin`` allowed to drive the box?
 
         Yes when it is on ``allowed_origins``, or when it is the box's own
@@ -300,18 +306,16 @@ class ControlServer:
         if parsed.scheme not in ("http", "https") or port != self.port or parsed.hostname is None:
             return False
         own = {"localhost", "127.0.0.1", "::1", *self.hostnames}
+        local = request.transport.get_extra_info("sockname") if request.transport else None
         if local:
             own.add(str(local[0]).lower())
         return parsed.hostname.lower() in own
 
-    # -- WebSocket ---------------------------------------------------------
-
-    def _token_in_handshake(self, connection: ServerConnection) -> str | None:
-        assert connection.request is not None
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(connection.request.path).query)
-        if "token" in query:
-            return query["token"][0]
-        bearer = connection.request.headers.get("Authorization", "")
+    def _token_in_request(self, request: web.Request) -> str | None:
+        """The token a request carries (``?token=`` or ``Authorization: Bearer``), if any."""
+        if "token" in request.query:
+            return request.query["token"]
+        bearer = request.headers.get("Authorization", "")
         if bearer.lower().startswith("bearer "):
             return bearer[7:].strip()
         return None
@@ -319,15 +323,38 @@ class ControlServer:
     def _token_ok(self, token: str | None) -> bool:
         return token is not None and self.token is not None and hmac.compare_digest(token, self.token)
 
-    async def _handle(self, connection: ServerConnection) -> None:
+    # -- WebSocket ---------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        """The handshake's checks (upgrade, origin, room), then the client's whole session."""
+        ws = web.WebSocketResponse(
+            max_msg_size=self.config.max_message_bytes, compress=False, heartbeat=HEARTBEAT
+        )
+        if not ws.can_prepare(request).ok:
+            return _text(http.HTTPStatus.UPGRADE_REQUIRED, "WebSocket endpoint: connect with ws://\n")
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origin_allowed(origin, request):
+            log.warning("refused a handshake from origin %s", origin)
+            return _text(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
+        refused = self._admit(ws, request)
+        if refused is not None:
+            return refused
+        try:
+            await ws.prepare(request)
+            await self._serve(ws, request)
+        finally:
+            self.admitted.pop(ws, None)
+        return ws
+
+    async def _serve(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         authorized = self.config.auth == "none"
-        offered = None if authorized else self._token_in_handshake(connection)
+        offered = None if authorized else self._token_in_request(request)
         if offered is not None:
             authorized = self._token_ok(offered)
             if not authorized:
-                await self._refuse(connection, None)
+                await self._refuse(ws, None)
                 return
-        session = ClientSession(connection, self.config, authorized)
+        session = ClientSession(ws, request, self.config, authorized)
         self.sessions.add(session)
         log.info(
             "client %s connected (%d now)",
@@ -341,14 +368,15 @@ class ControlServer:
                     return
             else:
                 self._welcome(session)
-            async for message in connection:
-                await self._on_message(session, message)
+            async for message in ws:
+                if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    break
+                await self._on_message(session, message.data)
                 await session.catch_up()
-        except ConnectionClosed:
+        except ConnectionError:
             pass
         finally:
             self.sessions.discard(session)
-            self.admitted.pop(connection, None)
             log.info(
                 "client %s disconnected (%d now)",
                 session.name,
@@ -356,21 +384,23 @@ class ControlServer:
                 extra=fields(client=session.name),
             )
 
-    async def _refuse(self, connection: ServerConnection, reply_to: str | None) -> None:
+    async def _refuse(self, ws: web.WebSocketResponse, reply_to: str | None) -> None:
         error = Unauthorized("a valid token is required (?token=, Authorization: Bearer, or AUTH)")
-        with contextlib.suppress(ConnectionClosed):
-            await connection.send(protocol.encode("ERROR", protocol.error_data(error), reply_to))
-            await connection.close(CLOSE_POLICY, "unauthorized")
+        with contextlib.suppress(ConnectionError):
+            await ws.send_str(protocol.encode("ERROR", protocol.error_data(error), reply_to))
+            await ws.close(code=CLOSE_POLICY, message=b"unauthorized")
 
     async def _await_auth(self, session: ClientSession) -> bool:
         try:
-            first = await asyncio.wait_for(session.connection.recv(), AUTH_TIMEOUT)
-            request = protocol.decode(first)
+            first = await session.ws.receive(AUTH_TIMEOUT)
+            if first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                return False
+            request = protocol.decode(first.data)
         except (TimeoutError, ApplianceError):
-            await self._refuse(session.connection, None)
+            await self._refuse(session.ws, None)
             return False
         if request.type != "AUTH" or not self._token_ok(request.data.get("token")):
-            await self._refuse(session.connection, request.id)
+            await self._refuse(session.ws, request.id)
             return False
         session.authorized = True
         session.send(protocol.encode("AUTH", {"ok": True}, request.id))
@@ -395,7 +425,7 @@ class ControlServer:
                 session.refused += 1
                 if session.refused > RATE_ABUSE_LIMIT:
                     log.warning("client %s kept sending past its rate limit; closing it", session.name)
-                    await session.connection.close(CLOSE_POLICY, "rate limit exceeded")
+                    await session.ws.close(code=CLOSE_POLICY, message=b"rate limit exceeded")
                     return
                 if session.refused > 1:
                     return  # told once per streak
@@ -410,7 +440,7 @@ class ControlServer:
         if request.type == "AUTH":
             if self.config.auth == "token" and not self._token_ok(request.data.get("token")):
                 self.sessions.discard(session)
-                await self._refuse(session.connection, request.id)
+                await self._refuse(session.ws, request.id)
                 return
             session.send(protocol.encode("AUTH", {"ok": True}, request.id))
             return
@@ -468,7 +498,7 @@ class ControlServer:
     def send_meters(self, event: Event) -> None:
         """One event to the clients that subscribed to ``METERS``, encoded once."""
         listeners = self._listeners(meters=True)
-        broadcast([s.connection for s in listeners], protocol.encode(*event))
+        _write(listeners, protocol.encode(*event))
         for session in listeners:
             session.check()
 
@@ -492,7 +522,7 @@ class ControlServer:
                 continue
             for session in listeners:
                 session.flush()
-            broadcast([s.connection for s in listeners], text)
+            _write(listeners, text)
         for session in listeners:
             session.check()
             if session.dropped:
@@ -503,10 +533,14 @@ class ControlServer:
 _requester: contextvars.ContextVar[ClientSession | None] = contextvars.ContextVar("requester", default=None)
 
 
-def _address(connection: ServerConnection) -> str:
-    """The peer's IP address (its port differs per connection)."""
-    remote = connection.remote_address
-    return str(remote[0]) if remote else "?"
+def _write(sessions: Iterable[ClientSession], text: str) -> None:
+    """One text frame, encoded once (websockets' sans-I/O framing), written into each client's
+    transport at once: nothing waits for a client, a slow one's bytes wait in its own buffer."""
+    frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+    for session in sessions:
+        transport = session.transport
+        if transport is not None and not transport.is_closing() and not session.ws.closed:
+            transport.write(frame)
 
 
 def _peek_id(message: str | bytes) -> str | None:
@@ -522,32 +556,26 @@ def _peek_id(message: str | bytes) -> str | None:
     return None
 
 
-def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
-    headers = Headers(
-        [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-cache"),
-            ("X-Content-Type-Options", "nosniff"),
-        ]
-    )
-    return Response(status.value, status.phrase, headers, body)
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response: no caching of the page (a new box version is seen at once), no sniffing,
+    and the box's name instead of the library's version."""
+    response.headers["Server"] = "appliance"
+    response.headers.setdefault("Cache-Control", "no-cache")
+    response.headers["X-Content-Type-Options"] = "nosniff"
 
 
-def _text(status: http.HTTPStatus, text: str) -> Response:
-    return _response(status, text.encode(), "text/plain; charset=utf-8")
+def _text(status: http.HTTPStatus, text: str) -> web.Response:
+    return web.Response(status=status, text=text, content_type="text/plain", charset="utf-8")
 
 
-def _load_static(folder: Path) -> dict[str, Response]:
-    """Every UI file, read once at start, keyed by its path under the folder."""
-    pages: dict[str, Response] = {}
+def _load_static(folder: Path) -> dict[str, tuple[bytes, str]]:
+    """Every UI file, read once at start, with its content type, keyed by its path under the folder."""
+    pages: dict[str, tuple[bytes, str]] = {}
     for target in sorted(folder.rglob("*")):
         if not target.is_file():
             continue
         content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if content_type.startswith("text/") or content_type.endswith("javascript"):
             content_type += "; charset=utf-8"
-        pages[target.relative_to(folder).as_posix()] = _response(
-            http.HTTPStatus.OK, target.read_bytes(), content_type
-        )
+        pages[target.relative_to(folder).as_posix()] = (target.read_bytes(), content_type)
     return pages

@@ -65,9 +65,9 @@ def handler(journal: bool, sender: Callable[..., object] | None = None) -> loggi
 
 
 def configure(level: str, environ: Mapping[str, str] = os.environ) -> None:
-    """The box's logging: one handler on the root logger, websockets' chatter above INFO."""
+    """The box's logging: one handler on the root logger, aiohttp's chatter above INFO."""
     root = logging.getLogger()
     root.handlers[:] = [handler(under_systemd(environ))]
     root.setLevel(level.upper())
-    # websockets logs every connection and HTTP request at INFO; the box logs its own.
-    logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
+    # aiohttp logs every HTTP request and some client mistakes at INFO; the box logs its own.
+    logging.getLogger("aiohttp").setLevel(max(logging.WARNING, root.level))
