@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .control.backups import Backups
 from .control.controller import Controller
 from .control.library import Library
 from .control.playerfiles import PlayerFiles
 from .core.board import Board
 from .core.controls import PluginType
-from .core.errors import ApplianceError, ConfigError, EngineError
+from .core.errors import ApplianceError, ConfigError, EngineError, StoreError
 from .engine import NO_OWN_PLUGINS, Engine, EngineEvent, OwnPlugins, TrackPorts
 from .engine.faders import FADER_URI
 from .engine.meters import METER_URI, TUNER_URI
@@ -36,6 +37,7 @@ from .frontends.net import ControlServer
 from .frontends.readings import MeterFeed, Tuner
 from .frontends.tempo import TempoService
 from .plugins.catalog import Catalog
+from .store.backup import recover_restore
 from .store.boards import BoardStore, DebouncedSaver
 from .store.files import write_atomic
 from .store.pedalboards import PedalboardStore
@@ -256,6 +258,8 @@ class Box:
         self.engine_lost = False
         self.lag = LoopLag()
         self.lagging: asyncio.Task[None] | None = None
+        #: Set when the box must start again (a restored backup is swapped in at start).
+        self.restart = asyncio.Event()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """The box plays on while it cannot save: that is reported, not called unhealthy."""
@@ -326,6 +330,13 @@ class Box:
     async def start(self) -> None:
         config = self.config
         self.lagging = asyncio.create_task(self.lag.run())
+        try:
+            recovered = await asyncio.to_thread(recover_restore, config.data_dir)
+        except StoreError as exc:  # nothing is lost: the next start tries again
+            log.error("backup: %s; the box starts with the data as it is", exc)
+        else:
+            if recovered:
+                log.warning("backup: %s", recovered)
         token = await asyncio.to_thread(read_token, config)
         self.catalog = await asyncio.to_thread(
             Catalog.load, config.catalog, cache=config.data_dir / "lv2-scan.json"
@@ -354,7 +365,11 @@ class Box:
         self.controller = Controller(
             board, self.catalog, self.engine, self._board_changed, lambda: self.health()[1]
         )
-        user_files = self.controller.user_files = UserFiles(config.data_dir / "files")
+        user_files = self.controller.user_files = UserFiles(config.data_dir / "files", config.files)
+        left = await asyncio.to_thread(user_files.remove_incoming)
+        if left:
+            names = ", ".join(p.name for p in left)
+            log.warning("removed %d upload(s) a stop cut short: %s", len(left), names)
         self.library = Library(
             self.controller,
             PedalboardStore(config.data_dir),
@@ -362,7 +377,8 @@ class Box:
             self.saver.changed,
             config.switch_ceiling,
         )
-        PlayerFiles(self.controller, self.library, user_files)
+        player_files = PlayerFiles(self.controller, self.library, user_files)
+        backups = Backups(config.data_dir, config.files, self.saver.flush, self._restart)
         self.tempo = TempoService(self.controller, asyncio.get_running_loop().time, self.saver.changed)
         self.tempo.start(saved.get("tempo") if saved else None)  # before any plugin that follows it loads
         self.library.attach(self.tempo)  # kept on PEDALBOARD_SAVE only (not at each tap)
@@ -377,7 +393,7 @@ class Box:
         Tuner(self.controller)
         await self._start_gpio(board)
         await self._start_midi()
-        self.server = ControlServer(config.server, self.controller, self.health, token)
+        self.server = ControlServer(config.server, self.controller, self.health, token, player_files, backups)
         await self.server.start()
         feed = MeterFeed(self.engine, self.server.metering, self.server.send_meters)
         self.meters = asyncio.create_task(feed.run())
@@ -470,9 +486,14 @@ class Box:
                 log.error("demo: %s could not be loaded (%s)", demo.plugin, exc)
         log.info("demo board loaded: %d plugins", sum(1 for _ in self.controller.board.instances()))
 
-    async def stop(self) -> None:
-        """Stop serving, save the board, stop the engine: each step even if one before failed."""
-        self.notifier.notify("STOPPING=1")
+    def _restart(self, reason: str) -> None:
+        log.info("starting again: %s", reason)
+        self.restart.set()
+
+    async def stop(self, restarting: bool = False) -> None:
+        """Stop serving, save the board, stop the engine: each step even if one before failed.
+        ``restarting``: systemd is told the box reloads, not that it stops."""
+        self.notifier.notify("RELOADING=1" if restarting else "STOPPING=1")
         for task in (self.meters, self.restarting, self.lagging):
             if task is not None:
                 task.cancel()
@@ -501,23 +522,27 @@ class Box:
 
 
 async def run(config: Config) -> None:
-    """Run the box until SIGTERM or SIGINT."""
-    box = Box(config)
+    """Run the box until SIGTERM or SIGINT, starting it again whenever it asks (a restore)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await box.start()
-        log.info("box is up: http://%s:%d/", config.server.host, box.server.port if box.server else 0)
-        dog = asyncio.create_task(watchdog_loop(box.notifier, box.status))
-        await stop.wait()
-        dog.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await dog
-        log.info("stopping")
-    finally:
-        await box.stop()
+    while not stop.is_set():
+        box = Box(config)
+        try:
+            await box.start()
+            log.info("box is up: http://%s:%d/", config.server.host, box.server.port if box.server else 0)
+            dog = asyncio.create_task(watchdog_loop(box.notifier, box.status))
+            stopping = asyncio.create_task(stop.wait())
+            restarting = asyncio.create_task(box.restart.wait())
+            await asyncio.wait((stopping, restarting), return_when=asyncio.FIRST_COMPLETED)
+            for task in (dog, stopping, restarting):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            log.info("stopping" if stop.is_set() else "stopping to start again")
+        finally:
+            await box.stop(restarting=box.restart.is_set() and not stop.is_set())
 
 
 def default_config_path() -> Path:

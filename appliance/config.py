@@ -40,6 +40,8 @@ class ServerConfig:
     max_per_address: int = 8
     handshake_timeout: float = 10.0
     send_buffer: int = 1 << 20
+    #: How long an upload may send nothing before it is given up (STALLED).
+    upload_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,24 @@ class MixerConfig:
 
 
 @dataclass(frozen=True)
+class FilesConfig:
+    """Limits on the player's uploads (their IRs, amp models, archives of them, backups)."""
+
+    #: The largest file (or archive) one upload may send.
+    max_file_mb: int = 256
+    #: The most the player's folder may hold in all.
+    quota_mb: int = 2048
+
+    @property
+    def max_file_bytes(self) -> int:
+        return self.max_file_mb << 20
+
+    @property
+    def quota_bytes(self) -> int:
+        return self.quota_mb << 20
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the composition root needs, checked."""
 
@@ -137,6 +157,7 @@ class Config:
     #: transport either way). Off by default: it is one more JACK client woken every cycle, and
     #: a first short measurement (hil/README.md) is not enough to turn it on.
     transport_master: bool = False
+    files: FilesConfig = FilesConfig()
 
 
 class _Reader:
@@ -233,6 +254,7 @@ def parse(data: object, path: Path) -> Config:
         max_per_address=_positive(s, "max_per_address", int, 8),
         handshake_timeout=_positive(s, "handshake_timeout", float, 10.0),
         send_buffer=_positive(s, "send_buffer", int, 1 << 20),
+        upload_timeout=_positive(s, "upload_timeout", float, 30.0),
     )
     s.done()
 
@@ -328,6 +350,11 @@ def parse(data: object, path: Path) -> Config:
                 raise ConfigError(m.key(f"controls.{name}"), "must name an ALSA mixer control, e.g. Digital")
         m.done()
         mixer = MixerConfig(device, dict(controls))
+    files = FilesConfig()
+    if top.get("files", dict, None) is not None:
+        f = _Reader(top.data["files"], "files")
+        files = FilesConfig(_positive(f, "max_file_mb", int, 256), _positive(f, "quota_mb", int, 2048))
+        f.done()
     top.done()
     assert data_dir is not None and catalog is not None
     return Config(
@@ -345,6 +372,7 @@ def parse(data: object, path: Path) -> Config:
         mixer=mixer,
         midi=midi,
         transport_master=transport_master,
+        files=files,
     )
 
 

@@ -31,6 +31,7 @@ import re
 import shutil
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -594,7 +595,9 @@ def test_nothing_to_tap_moves_as_the_page_comes_live(rigged: Rigged, raw: Raw, p
     expect(page.get_by_role("meter", name="Track 1 input level")).to_be_visible()
     expect(page.get_by_role("link", name="Box health")).to_have_text(re.compile(r"^DSP \d+%"))
     drawn(page)
-    assert page.evaluate("window.__moved") == [], "something a finger aims at moved (the connection status may)"
+    assert page.evaluate("window.__moved") == [], (
+        "something a finger aims at moved (the connection status may)"
+    )
 
 
 def test_reorder_by_buttons_and_by_drag_and_remove_with_confirm(
@@ -844,6 +847,13 @@ def test_pick_a_file_for_a_convolver_from_the_players_folder(rigged: Rigged, raw
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("4x12 V30.wav", "Greenback.wav"):
         (folder / name).write_bytes(b"RIFF")  # only listed here, never loaded
+    try:
+        _pick_a_file(rigged, raw, phone)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # the files page lists every folder
+
+
+def _pick_a_file(rigged: Rigged, raw: Raw, phone: Phone) -> None:
     convolver = raw.add("cabinet")
     page = phone.page
     open_ui(page, rigged.base, f"#/plugin/{convolver}")
@@ -888,6 +898,88 @@ def test_rename_and_delete_the_players_files_on_their_page(rigged: Rigged, raw: 
         shutil.rmtree(folder, ignore_errors=True)  # the convolver's picker lists every folder
 
 
+def test_add_files_from_the_phone(rigged: Rigged, browser: Browser, tmp_path: Path) -> None:
+    """Without this, a player cannot bring their own IRs and amp models from the phone: "Add
+    files…" sends the picked files (a zip unpacked by kind), each shows up in its folder
+    whole, and a name the box has already is refused in words beside the file, changing nothing."""
+    cab = tmp_path / "Mesa 4x12.wav"
+    cab.write_bytes(b"RIFF" + bytes(range(256)) * 8192)  # 2 MB: the bar has something to show
+    pack = tmp_path / "pack.zip"
+    with zipfile.ZipFile(pack, "w") as archive:
+        archive.writestr("Pack/Lead.nam", b"{}")
+    with phone_context(browser, check_console=False) as phone:
+        _add_files(rigged, phone, cab, pack)
+        # The browser itself logs the refusal's status; nothing else may be logged.
+        assert phone.errors == [
+            "Failed to load resource: the server responded with a status of 409 (Conflict)"
+        ]
+
+
+def _add_files(rigged: Rigged, phone: Phone, cab: Path, pack: Path) -> None:
+    home = rigged.box.config.parent / "data" / "files"
+    try:
+        page = phone.page
+        open_ui(page, rigged.base, "#/files")
+        with page.expect_file_chooser() as chooser:
+            page.get_by_role("button", name="Add files…").tap()
+        chooser.value.set_files([cab, pack])
+        expect(page.get_by_role("list", name="Impulse responses").locator(".file-name")).to_have_text(
+            ["Mesa 4x12.wav"]
+        )
+        expect(page.get_by_role("list", name="Amp models").locator(".file-name")).to_have_text(["Lead.nam"])
+        assert (home / "ir" / "Mesa 4x12.wav").read_bytes() == cab.read_bytes()
+        with page.expect_file_chooser() as chooser:
+            page.get_by_role("button", name="Add files…").tap()
+        chooser.value.set_files(cab)
+        expect(page.get_by_role("list", name="Files being sent").get_by_role("alert")).to_contain_text(
+            "has a file called 'Mesa 4x12.wav' already"
+        )
+        assert sorted(p.name for p in (home / "ir").iterdir()) == ["Mesa 4x12.wav"]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)  # the convolver's picker lists every folder
+
+
+def test_download_a_backup_and_restore_it_from_the_phone(
+    rigged: Rigged, raw: Raw, browser: Browser, tmp_path: Path
+) -> None:
+    """Without this, a player cannot keep their work safe from the phone: "Download a backup"
+    saves a zip of the board; after a change, "Restore a backup…" (confirmed) brings the
+    backed-up board back, the box starts again by itself, and the page comes back live."""
+    with phone_context(browser, check_console=False) as phone:
+        _backup_and_restore(rigged, raw, phone, tmp_path)
+        # While the box starts again the browser logs its refused reconnects; nothing else.
+        assert all("ERR_CONNECTION_REFUSED" in e for e in phone.errors), phone.errors
+
+
+def _backup_and_restore(rigged: Rigged, raw: Raw, phone: Phone, tmp_path: Path) -> None:
+    gain = raw.add("gain", gain=-4.0)
+    page = phone.page
+    open_ui(page, rigged.base, "#/health")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download a backup").tap()
+    saved = tmp_path / "backup.zip"
+    download.value.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        assert {"backup.json", "board.json"} <= set(archive.namelist())
+    raw.add("compressor")  # made after the backup: the restore takes it away
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Restore a backup…").tap()
+    chooser.value.set_files(saved)
+    page.get_by_role("dialog").get_by_role("button", name="Restore").tap()
+    card = page.locator("section", has=page.get_by_role("heading", name="Backup"))
+    expect(card.get_by_role("status")).to_contain_text("Restored", timeout=30_000)
+
+    def backed_up_board() -> None:
+        try:
+            with raw_client(rigged.ws_url) as again:
+                assert [p["plugin_id"] for p in again.board()] == [gain]
+        except OSError as exc:  # still starting again
+            raise AssertionError(exc) from exc
+
+    eventually(backed_up_board, timeout=60)
+    expect(page.locator("#conn")).to_have_text("Live", timeout=30_000)
+
+
 def _differ(actual: Any, other: Any) -> None:
     assert actual != other
 
@@ -924,7 +1016,9 @@ def test_learn_a_pedal_on_an_effect_s_page_and_forget_it(rigged: Rigged, raw: Ra
     pedal_board = MidiController(rigged.server.name)
     rigged.loop.run(pedal_board.open(), RIG_TIMEOUT)
     try:
-        eventually(lambda: _equal(pedal_board.port in raw.ask("MIDI_GET", "MIDI_STATE")["data"]["inputs"], True))
+        eventually(
+            lambda: _equal(pedal_board.port in raw.ask("MIDI_GET", "MIDI_STATE")["data"]["inputs"], True)
+        )
         page = phone.page
         open_ui(page, rigged.base, f"#/plugin/{gain}")
         page.get_by_role("button", name="MIDI learn").tap()
@@ -956,16 +1050,27 @@ def test_every_mapping_on_one_page_with_its_range_to_edit_and_a_switch_learned_f
     raw.ask(
         "MIDI_MAP_SET",
         "MIDI_STATE",
-        mapping={"message": "cc", "number": 7, "channel": 1, "action": "parameter", "plugin_id": gain, "parameter_id": "gain"},
+        mapping={
+            "message": "cc",
+            "number": 7,
+            "channel": 1,
+            "action": "parameter",
+            "plugin_id": gain,
+            "parameter_id": "gain",
+        },
     )
     pedal_board = MidiController(rigged.server.name)
     rigged.loop.run(pedal_board.open(), RIG_TIMEOUT)
     try:
-        eventually(lambda: _equal(pedal_board.port in raw.ask("MIDI_GET", "MIDI_STATE")["data"]["inputs"], True))
+        eventually(
+            lambda: _equal(pedal_board.port in raw.ask("MIDI_GET", "MIDI_STATE")["data"]["inputs"], True)
+        )
         page = phone.page
         open_ui(page, rigged.base, "#/health")
         expect(page.locator("#midi-summary")).to_have_text("1 controller heard · 1 mapping")
-        expect(page.get_by_role("link", name="MIDI controllers and mappings")).to_have_attribute("href", "#/midi")
+        expect(page.get_by_role("link", name="MIDI controllers and mappings")).to_have_attribute(
+            "href", "#/midi"
+        )
         open_ui(page, rigged.base, "#/midi")
         expect(page.get_by_role("list", name="MIDI inputs")).to_contain_text(pedal_board.port)
         every = page.get_by_role("list", name="Every MIDI mapping").get_by_role("listitem")
@@ -979,7 +1084,10 @@ def test_every_mapping_on_one_page_with_its_range_to_edit_and_a_switch_learned_f
         dialog.get_by_role("button", name="Save").tap()
         eventually(
             lambda: _equal(
-                {k: raw.ask("MIDI_GET", "MIDI_STATE")["data"]["mappings"][0].get(k) for k in ("minimum", "maximum", "curve")},
+                {
+                    k: raw.ask("MIDI_GET", "MIDI_STATE")["data"]["mappings"][0].get(k)
+                    for k in ("minimum", "maximum", "curve")
+                },
                 {"minimum": 0.0, "maximum": -20.0, "curve": "exp"},
             )
         )

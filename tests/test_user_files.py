@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
+import urllib.request
 import wave
 from pathlib import Path
 
@@ -88,6 +90,15 @@ def _files(data: Path) -> None:
     write_impulse(data / "files" / "ir" / "direct.wav", 0, -12.0)
 
 
+def _upload(base: str, path: Path) -> dict[str, object]:
+    """Send ``path`` to the box as the phone's "Add files" does; the box's answer."""
+    query = urllib.parse.urlencode({"name": path.name})
+    request = urllib.request.Request(f"{base}/files?{query}", data=path.read_bytes(), method="POST")
+    with urllib.request.urlopen(request, timeout=REPLY_TIMEOUT) as response:
+        answer: dict[str, object] = json.loads(response.read())
+        return answer
+
+
 async def _convolver(phone: Phone) -> str:
     added = await phone.request("PLUGIN_ADD", name="cabinet")
     plugin_id = str(added["data"]["plugin_id"])
@@ -147,25 +158,35 @@ async def test_a_picked_impulse_response_is_heard_and_comes_back_after_a_restart
     """Under Carla: an IR of one tap at 240 frames and −6 dB picked on the convolver is heard
     as the dry signal 240 frames later and 6 dB down (and the convolver's own −6 dB); another
     (one tap at 0, −12 dB) replaces it while a tone plays with no gap in the sound; the board
-    keeps the pick by name, and the box started again plays it.
+    keeps the pick by name, and the box started again plays it. Both IRs reach the box as a
+    phone sends them (``POST /files``).
 
     (convoLV2 starts a new file with no history: an IR whose sound starts late would be
     silent that long after the switch; a cabinet's starts at once, as ``direct.wav`` does.)"""
     config = _config(tmp_path, jack_server, "carla", _one_track(rig))
     data = tmp_path / "data"
-    _files(data)
+    _files(tmp_path / "made")
     async with _box(config) as box:
+        for made in ("late.wav", "direct.wav"):
+            sent = await asyncio.to_thread(_upload, box.base, tmp_path / "made" / "files" / "ir" / made)
+            assert sent == {"files": [f"ir/{made}"]}
         dry_lag, dry_gain = await heard(rig)
         assert dry_gain == pytest.approx(0.0, abs=0.1)
         async with _phone(box) as phone:
             convolver = await _convolver(phone)
-            picked = await phone.request("PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file="ir/late.wav")
+            picked = await phone.request(
+                "PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file="ir/late.wav"
+            )
             assert picked["type"] == "PLUGIN_FILE" and picked["data"]["file"] == "ir/late.wav"
             lag, gain = await heard_as(rig, dry_lag + 240, -6.0 + IR_GAIN_DB)
-            assert (lag - dry_lag, round(gain, 1)) == (240, -6.0 + IR_GAIN_DB), "the picked IR is not what is heard"
+            assert (lag - dry_lag, round(gain, 1)) == (240, -6.0 + IR_GAIN_DB), (
+                "the picked IR is not what is heard"
+            )
 
             async def pick_direct() -> None:
-                await phone.request("PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file="ir/direct.wav")
+                await phone.request(
+                    "PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file="ir/direct.wav"
+                )
 
             tone = sine(1000.0, 48000, 48000, -12.0)
             _, recorded, _ = await rig.record_during(tone, pick_direct, lead_frames=9600)
@@ -177,7 +198,9 @@ async def test_a_picked_impulse_response_is_heard_and_comes_back_after_a_restart
         assert saved == {"impulse": "ir/direct.wav"}
     async with _box(config):
         lag, gain = await heard_as(rig, dry_lag, -12.0 + IR_GAIN_DB)
-        assert (lag - dry_lag, round(gain, 1)) == (0, -12.0 + IR_GAIN_DB), "the restarted box lost the board's IR"
+        assert (lag - dry_lag, round(gain, 1)) == (0, -12.0 + IR_GAIN_DB), (
+            "the restarted box lost the board's IR"
+        )
 
 
 @on_a_loop
@@ -194,12 +217,18 @@ async def test_a_file_outside_the_folder_or_under_jalv_changes_nothing(
     async with _box(config) as box:
         async with _phone(box) as phone:
             listed = await phone.request("FILE_LIST")
-            assert listed["data"]["files"] == {"ir": ["ir/direct.wav", "ir/late.wav"], "models": [], "other": []}
+            assert listed["data"]["files"] == {
+                "ir": ["ir/direct.wav", "ir/late.wav"],
+                "models": [],
+                "other": [],
+            }
             convolver = await _convolver(phone)
             for name, code in [("../secret.wav", "INVALID_VALUE"), ("ir/missing.wav", "INVALID_VALUE")] + (
                 [("ir/late.wav", "UNSUPPORTED")] if engine_kind == "jalv" else []
             ):
-                refused = await phone.refused("PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file=name)
+                refused = await phone.refused(
+                    "PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file=name
+                )
                 assert refused["data"]["code"] == code, (name, refused)
             refused = await phone.refused(
                 "PLUGIN_FILE", plugin_id=convolver, file_id="cab", file="ir/late.wav"
@@ -356,7 +385,11 @@ async def test_a_renamed_file_stays_picked_everywhere_and_a_deleted_one_is_told_
             assert (lag - dry_lag, round(gain, 1)) == (240, -6.0 + IR_GAIN_DB), "the picked IR is not heard"
         await other.replay()
         await phone.ask("PEDALBOARD_SAVE", name="Late")
-        for bad, code in [("direct.wav", "NAME_TAKEN"), ("../x.wav", "INVALID_VALUE"), (".x.wav", "INVALID_VALUE")]:
+        for bad, code in [
+            ("direct.wav", "NAME_TAKEN"),
+            ("../x.wav", "INVALID_VALUE"),
+            (".x.wav", "INVALID_VALUE"),
+        ]:
             refused = await phone.refused("FILE_RENAME", file="ir/late.wav", new_name=bad)
             assert refused["data"]["code"] == code, (bad, refused)
         listed = await phone.ask("FILE_RENAME", "FILE_LIST", file="ir/late.wav", new_name="4x12 late.wav")
@@ -374,7 +407,9 @@ async def test_a_renamed_file_stays_picked_everywhere_and_a_deleted_one_is_told_
             lag, gain = await heard_as(rig, dry_lag + 240, -6.0 + IR_GAIN_DB)
             assert (lag - dry_lag, round(gain, 1)) == (240, -6.0 + IR_GAIN_DB), "'Late' lost its IR"
             (cabinet,) = (await phone.ask("BOARD_GET", "BOARD_STATE"))["data"]["tracks"][0]["plugins"]
-            await phone.request("PLUGIN_FILE", plugin_id=cabinet["plugin_id"], file_id="impulse", file="ir/direct.wav")
+            await phone.request(
+                "PLUGIN_FILE", plugin_id=cabinet["plugin_id"], file_id="impulse", file="ir/direct.wav"
+            )
             state = await phone.ask("SETLIST_GET")
             assert state["data"]["modified"] is True, "another IR picked: the board should read as changed"
 

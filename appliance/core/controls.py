@@ -153,6 +153,24 @@ FOLDER_OF_FILE_TYPE = {
 }
 
 
+#: Which folder an uploaded file goes to by its extension, when the player does not say.
+FOLDER_OF_EXTENSION = {
+    ".wav": "ir",
+    ".flac": "ir",
+    ".aif": "ir",
+    ".aiff": "ir",
+    ".nam": "models",
+    ".json": "models",
+    ".aidax": "models",
+}
+
+
+def folder_of_name(name: str) -> str:
+    """The folder an uploaded file named ``name`` goes to when the player does not say."""
+    dot = name.rfind(".")
+    return FOLDER_OF_EXTENSION.get(name[dot:].lower(), "other") if dot > 0 else "other"
+
+
 def folders_for(file_types: tuple[str, ...]) -> tuple[str, ...]:
     """The folders whose files suit a parameter with these ``mod:fileTypes`` (none: every folder)."""
     wanted = {FOLDER_OF_FILE_TYPE.get(t, "other") for t in file_types}

@@ -136,6 +136,25 @@ class NameTaken(ProtocolError):
     code = "NAME_TAKEN"
 
 
+class TooLarge(ProtocolError):
+    """An upload or an archive over the box's size or count limits."""
+
+    code = "TOO_LARGE"
+
+
+class NoSpace(ProtocolError):
+    """The player's folder is at its quota, or the card is too full to take a file."""
+
+    code = "NO_SPACE"
+
+
+class Stalled(ProtocolError):
+    """An upload that stopped sending before its end."""
+
+    code = "STALLED"
+    retryable = True
+
+
 class HardwareError(ApplianceError):
     """GPIO, mixer or sound card trouble, or a part of the box that is not installed (the tuner)."""
 
@@ -170,6 +189,9 @@ ERROR_CODES: frozenset[str] = frozenset(
         "UNKNOWN_MAPPING",
         "NAME_TAKEN",
         "STORE_FAILED",
+        "TOO_LARGE",
+        "STALLED",
+        "NO_SPACE",
         "HARDWARE_UNAVAILABLE",
         "UNAUTHORIZED",
         "INTERNAL",

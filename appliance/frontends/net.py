@@ -17,20 +17,23 @@ import http
 import json
 import logging
 import mimetypes
+import os
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import ClientPayloadError, WSMsgType, web
 from websockets.frames import Frame, Opcode
 
 from ..config import RateLimit, ServerConfig
+from ..control.backups import Backups
 from ..control.controller import Controller, Event
+from ..control.playerfiles import PlayerFiles
 from ..core import protocol
-from ..core.errors import ApplianceError, EngineError, InvalidValue, RateLimited, Unauthorized
+from ..core.errors import ApplianceError, EngineError, InvalidValue, RateLimited, Stalled, Unauthorized
 from ..system.logs import fields
 from .readings import METER_RATE
 
@@ -48,6 +51,18 @@ RATE_ABUSE_LIMIT = 1000
 AUTH_TIMEOUT = 10.0
 #: How long stopping the server waits for clients' closing handshakes.
 SERVER_CLOSE_TIMEOUT = 5.0
+#: The HTTP status of each error code an HTTP request may get (anything else: 400).
+HTTP_STATUS = {
+    "UNAUTHORIZED": http.HTTPStatus.UNAUTHORIZED,
+    "NAME_TAKEN": http.HTTPStatus.CONFLICT,
+    "TOO_LARGE": http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    "NO_SPACE": http.HTTPStatus.INSUFFICIENT_STORAGE,
+    "STALLED": http.HTTPStatus.REQUEST_TIMEOUT,
+    "STORE_FAILED": http.HTTPStatus.INTERNAL_SERVER_ERROR,
+    "INTERNAL": http.HTTPStatus.INTERNAL_SERVER_ERROR,
+}
+#: Bytes of a backup read and sent at a time.
+BACKUP_CHUNK = 1 << 20
 #: Seconds between the box's pings; a client that does not answer one within half of it is gone.
 HEARTBEAT = 20.0
 #: Parameter changes a client is sent per second for the changes other clients (and knobs)
@@ -193,9 +208,13 @@ class ControlServer:
         controller: Controller,
         health: Callable[[], tuple[bool, dict[str, Any]]],
         token: str | None = None,
+        files: PlayerFiles | None = None,
+        backups: Backups | None = None,
     ) -> None:
         self.config = config
         self.controller = controller
+        self.files = files
+        self.backups = backups
         self.health = health
         self.token = token
         self.sessions: set[ClientSession] = set()
@@ -216,6 +235,9 @@ class ControlServer:
         app = web.Application()
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_post("/files", self._upload)
+        app.router.add_get("/backup", self._backup)
+        app.router.add_post("/restore", self._restore)
         app.router.add_get("/{page:.*}", self._page)
         app.on_response_prepare.append(_headers)
         # An idle connection (one that never sends its request, or waits between two) is
@@ -265,6 +287,97 @@ class ControlServer:
             return _text(http.HTTPStatus.NOT_FOUND, "not found\n")
         body, content_type = page
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        """``POST /files?name=cab.wav[&folder=ir]``: the body is the file (docs/protocol.md
+        "Uploads"); 201 with its new names, or the error's status and ``ERROR.data``."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if self.files is None:
+            return _text(http.HTTPStatus.NOT_FOUND, "this box keeps no player's files\n")
+        try:
+            names = await self.files.upload(
+                request.query.get("name"),
+                request.query.get("folder"),
+                _body(request, self.config.upload_timeout),
+                request.content_length,
+            )
+        except ApplianceError as exc:
+            log.warning("upload from %s refused: %s", request.remote, exc)
+            return _error(exc)
+        except (ClientPayloadError, ConnectionError) as exc:
+            log.info("upload from %s cut short: %s", request.remote, exc)
+            return _error(Stalled("the upload was cut short; nothing was kept"))
+        return web.json_response({"files": names}, status=http.HTTPStatus.CREATED)
+
+    async def _backup(self, request: web.Request) -> web.StreamResponse:
+        """``GET /backup``: one zip of everything the player made (docs/protocol.md "Backups")."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if self.backups is None:
+            return _text(http.HTTPStatus.NOT_FOUND, "this box makes no backups\n")
+        try:
+            archive, _ = await self.backups.make()
+        except ApplianceError as exc:
+            log.warning("backup for %s failed: %s", request.remote, exc)
+            return _error(exc)
+        stamp = time.strftime("%Y-%m-%d-%H%M")
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/zip",
+                "Content-Disposition": f'attachment; filename="{socket.gethostname()}-backup-{stamp}.zip"',
+            }
+        )
+        handle = await asyncio.to_thread(open, archive, "rb")
+        try:
+            archive.unlink()  # the open file is read to its end; its room is freed when closed
+            response.content_length = os.fstat(handle.fileno()).st_size
+            await response.prepare(request)
+            while chunk := await asyncio.to_thread(handle.read, BACKUP_CHUNK):
+                await response.write(chunk)
+            await response.write_eof()
+        finally:
+            handle.close()
+        return response
+
+    async def _restore(self, request: web.Request) -> web.Response:
+        """``POST /restore``: the body is a backup; 200 once it is checked and committed, then
+        the box starts again with it (docs/protocol.md "Backups")."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if self.backups is None:
+            return _text(http.HTTPStatus.NOT_FOUND, "this box restores no backups\n")
+        try:
+            summary = await self.backups.restore(
+                _body(request, self.config.upload_timeout), request.content_length
+            )
+        except ApplianceError as exc:
+            log.warning("restore from %s refused: %s", request.remote, exc)
+            return _error(exc)
+        except (ClientPayloadError, ConnectionError) as exc:
+            log.info("restore from %s cut short: %s", request.remote, exc)
+            return _error(Stalled("the backup was cut short; nothing changed"))
+        response = web.json_response(
+            {"restored": {"created": summary.created, **summary.counts}, "restarting": True}
+        )
+        await response.prepare(request)  # sent before the box stops to start again
+        await response.write_eof()
+        return response
+
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """The WebSocket's rules for a plain HTTP request that changes something: a page from
+        another origin is refused (403) and, with ``auth: token``, so is a request without
+        the token (``?token=`` or ``Authorization: Bearer``, 401)."""
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origin_allowed(origin, request):
+            log.warning("refused %s %s from origin %s", request.method, request.path, origin)
+            return _text(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
+        if self.config.auth == "token" and not self._token_ok(self._token_in_request(request)):
+            return _error(Unauthorized("a valid token is required (?token= or Authorization: Bearer)"))
+        return None
 
     def _admit(self, ws: web.WebSocketResponse, request: web.Request) -> web.Response | None:
         """Let a WebSocket in unless the box is full (503); an address at its own cap has its
@@ -562,6 +675,25 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = "appliance"
     response.headers.setdefault("Cache-Control", "no-cache")
     response.headers["X-Content-Type-Options"] = "nosniff"
+
+
+async def _body(request: web.Request, timeout: float) -> AsyncIterator[bytes]:
+    """A request's body as it arrives; :class:`Stalled` when it sends nothing for ``timeout`` s."""
+    while True:
+        try:
+            chunk = await asyncio.wait_for(request.content.readany(), timeout)
+        except TimeoutError:
+            stopped = f"the upload sent nothing for {timeout:g} s; nothing was kept"
+            raise Stalled(stopped) from None
+        if not chunk:
+            return
+        yield chunk
+
+
+def _error(exc: ApplianceError) -> web.Response:
+    """An HTTP request's failure: its status, and the protocol's ``ERROR.data`` as the body."""
+    status = HTTP_STATUS.get(exc.code, http.HTTPStatus.BAD_REQUEST)
+    return web.json_response(protocol.error_data(exc), status=status)
 
 
 def _text(status: http.HTTPStatus, text: str) -> web.Response:

@@ -7,7 +7,7 @@
  * VERSION when the list of files changes.
  */
 
-const VERSION = "pedalboard-ui-3";
+const VERSION = "pedalboard-ui-4";
 const SHELL = [
   "./",
   "index.html",
@@ -31,6 +31,7 @@ const SHELL = [
   "js/router.js",
   "js/status.js",
   "js/store.js",
+  "js/uploads.js",
   "js/wakelock.js",
   "js/views/add.js",
   "js/views/board.js",

@@ -1,6 +1,7 @@
 /**
  * The player's files (`#/files`): their impulse responses, amp models and
- * other files, by folder, each with Rename and Delete. A rename keeps every
+ * other files, by folder, each with Rename and Delete, and "Add files" that
+ * sends files (or a zip of them) from the phone with a progress bar each. A rename keeps every
  * pedalboard that uses the file; a delete leaves them playing without it.
  * Every phone's list follows (FILE_LIST after each change).
  */
@@ -8,6 +9,7 @@
 import { askName, confirmAction, toast } from "../dialogs.js";
 import { fill, h } from "../dom.js";
 import { backButton } from "../router.js";
+import { ACCEPT, uploadFile } from "../uploads.js";
 
 /** Each folder of the player's files, in the player's words. */
 export const FOLDERS = { ir: "Impulse responses", models: "Amp models", other: "Other files" };
@@ -15,9 +17,22 @@ export const FOLDERS = { ir: "Impulse responses", models: "Amp models", other: "
 export function filesView({ store, actions, router }) {
   let main = null;
   let lists = null;
+  let sending = null;
 
   function render() {
     lists = h("div", { id: "file-folders" });
+    sending = h("ul", { class: "file-list uploads", "aria-label": "Files being sent" });
+    const picker = h("input", {
+      type: "file",
+      multiple: true,
+      accept: ACCEPT,
+      class: "visually-hidden",
+      id: "file-picker",
+      onchange: () => {
+        send([...picker.files]);
+        picker.value = "";
+      },
+    });
     fill(
       main,
       h(
@@ -26,8 +41,15 @@ export function filesView({ store, actions, router }) {
         backButton(router, "health", "Back to health"),
         h("h1", {}, "Your files"),
       ),
+      h(
+        "section",
+        { class: "card" },
+        picker,
+        h("button", { type: "button", class: "needs-live", text: "Add files…", onclick: () => picker.click() }),
+        h("p", { class: "muted small" }, "Cabinet IRs (.wav), amp models (.nam, .json), or a .zip of them."),
+        sending,
+      ),
       lists,
-      h("p", { class: "muted small" }, "Files are copied into the box's files folder (see the README)."),
     );
     update();
     actions.listFiles(); // the answer comes back as FILE_LIST, as every change does
@@ -54,6 +76,22 @@ export function filesView({ store, actions, router }) {
         );
       }),
     );
+  }
+
+  /** Send the picked files one after another, each with its own bar and outcome. */
+  async function send(files) {
+    for (const file of files) {
+      const bar = h("progress", { max: 1, value: 0, "aria-label": `Sending ${file.name}` });
+      const line = h("li", {}, h("span", { class: "file-name" }, file.name), bar);
+      if (sending) sending.append(line);
+      const outcome = await uploadFile(file, (fraction) => (bar.value = fraction));
+      if (outcome.ok) {
+        line.remove();
+        toast(`${file.name} added`);
+      } else {
+        fill(line, h("span", { class: "file-name" }, file.name), h("span", { class: "error", role: "alert" }, outcome.error));
+      }
+    }
   }
 
   function fileItem(name) {
@@ -107,6 +145,7 @@ export function filesView({ store, actions, router }) {
       store.removeEventListener("change", onChange);
       main = null;
       lists = null;
+      sending = null;
     },
   };
 }

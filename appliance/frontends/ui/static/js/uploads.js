@@ -1,0 +1,61 @@
+/**
+ * Sending the player's files and backups to the box (protocol.md "Uploads",
+ * "Backups"): one HTTP POST per file, its body the file itself, with the
+ * phone's token. An XHR, not fetch: only XHR reports how much of the body
+ * has gone (the progress bar).
+ */
+
+import { currentToken } from "./pairing.js";
+
+/** What the file picker offers: the kinds the box's plugins load, and zips of them. */
+export const ACCEPT = ".wav,.flac,.aif,.aiff,.nam,.json,.aidax,.zip";
+
+/**
+ * Send `file` to the box as one of the player's files; `progress(fraction)` as it goes.
+ *
+ * @returns {Promise<{ok: true, answer: {files: string[]}} | {ok: false, error: string}>}
+ */
+export function uploadFile(file, progress) {
+  return post(`/files?name=${encodeURIComponent(file.name)}`, file, progress, 201);
+}
+
+/**
+ * Send a backup to the box to replace everything on it; `progress(fraction)` as it goes.
+ * The box starts again with it once it is checked.
+ *
+ * @returns {Promise<{ok: true, answer: {restored: object}} | {ok: false, error: string}>}
+ */
+export function restoreBackup(file, progress) {
+  return post("/restore", file, progress, 200);
+}
+
+/** The address that downloads a backup of everything on the box. */
+export function backupUrl() {
+  const token = currentToken();
+  return token ? `/backup?token=${encodeURIComponent(token)}` : "/backup";
+}
+
+function post(url, file, progress, success) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", url);
+    const token = currentToken();
+    if (token) xhr.setRequestHeader("Authorization", `Bearer ${token}`);
+    xhr.setRequestHeader("Content-Type", "application/octet-stream");
+    xhr.upload.onprogress = (event) => {
+      if (event.lengthComputable) progress(event.loaded / event.total);
+    };
+    xhr.onload = () => {
+      let answer = null;
+      try {
+        answer = JSON.parse(xhr.responseText);
+      } catch {
+        answer = null;
+      }
+      if (xhr.status === success && answer) resolve({ ok: true, answer });
+      else resolve({ ok: false, error: (answer && answer.error) || `the box answered ${xhr.status}` });
+    };
+    xhr.onerror = () => resolve({ ok: false, error: "the upload was cut short (is the box still on the network?)" });
+    xhr.send(file);
+  });
+}
