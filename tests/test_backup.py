@@ -37,15 +37,9 @@ from appliance.core.controls import folder_of_name
 from appliance.core.errors import InvalidValue, NameTaken, StoreError, TooLarge
 from appliance.core.pedalboards import Pedalboard, Setlist, SetlistEntry, Snapshot
 from appliance.frontends import midimap
-from appliance.store import backup
-from appliance.store.backup import (
-    ArchiveLimits,
-    check_backup,
-    make_backup,
-    recover_restore,
-    restore_backup,
-    unpack_files_zip,
-)
+from appliance.store import archives, backup
+from appliance.store.archives import ArchiveLimits, unpack_files_zip
+from appliance.store.backup import check_backup, make_backup, recover_restore, restore_backup
 from appliance.store.boards import BoardStore
 from appliance.store.files import write_atomic
 from appliance.store.pedalboards import PedalboardStore
@@ -823,7 +817,7 @@ def test_refused_files_zip_leaves_nothing(
     archive = make(tmp_path / "pack.zip")
     before = _tree(tmp_path / "data")
     written = []
-    monkeypatch.setattr(backup, "_place_files", lambda *args: written.append(args))
+    monkeypatch.setattr(archives, "_place_files", lambda *args: written.append(args))
     with pytest.raises(error) as refused:
         unpack_files_zip(archive, files_root, ArchiveLimits(max_files=10, max_bytes=16 << 20))
     assert expected in str(refused.value), str(refused.value)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from ..config import FilesConfig
 from ..core.errors import StoreError
-from ..store.backup import ArchiveLimits, BackupSummary, make_backup, stage_restore
+from ..store.archives import ArchiveLimits
+from ..store.backup import BackupSummary, make_backup, stage_restore
 from ..store.userfiles import INCOMING, Incoming, too_large
 from .playerfiles import receive
 

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from ..core.errors import ApplianceError
 from ..core.protocol import Request
-from ..store.backup import ArchiveLimits, unpack_files_zip
+from ..store.archives import ArchiveLimits, unpack_files_zip
 from ..store.userfiles import Incoming, UserFiles
 from .controller import Controller, Outcome
 from .library import Library

@@ -1,4 +1,4 @@
-"""Backups of the player's data, restoring one, and the zips of files a player uploads.
+"""Backups of the player's data, and restoring one.
 
 A **backup** is one zip archive of everything the player made under the data
 folder, and nothing else::
@@ -31,9 +31,7 @@ entries the backup has, so that rerunning it after a cut anywhere, any number
 of times, ends in the same state. Entries not in :data:`SWAPPED` (the LV2 scan
 cache, a board set aside) are left alone.
 
-A player's **zip of files** (:func:`unpack_files_zip`) follows the same safety
-rules and lands each file in the folder its extension calls for, all or
-nothing.
+The safety rules every zip the box takes follows are in :mod:`.archives`.
 
 Everything here blocks (file I/O, fsync, decompression): call it off the loop,
 from a worker thread, one at a time, while nothing else writes the data folder
@@ -53,19 +51,32 @@ import stat
 import time
 import urllib.parse
 import zipfile
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..core.board import Board
-from ..core.controls import FILE_FOLDERS, PluginType, folder_of_name
-from ..core.errors import InvalidValue, NameTaken, NoSpace, ProtocolError, StoreError, TooLarge
+from ..core.controls import FILE_FOLDERS, PluginType
+from ..core.errors import InvalidValue, ProtocolError, StoreError
 from ..core.pedalboards import Pedalboard, Setlist
 from ..frontends import midimap
+from .archives import (
+    CHUNK,
+    ArchiveLimits,
+    Budget,
+    check_name,
+    check_room,
+    chunks,
+    counted,
+    is_folder,
+    open_zip,
+    read_small,
+    refusal,
+    write_member,
+)
 from .files import fsync_folder, write_atomic
-from .userfiles import INCOMING, NAME_BYTES, plain_name
+from .userfiles import NAME_BYTES
 
 log = logging.getLogger("appliance.store.backup")
 
@@ -92,30 +103,6 @@ SWAPPED = (
 RESTORE_DIR = ".restore"
 #: The commit marker in the work folder: once it exists, the restore goes forward.
 COMMIT = "commit"
-#: How much is read, decompressed or copied at once, bytes.
-CHUNK = 1 << 20
-#: Room kept free on the card beyond what a restore or an upload unpacks, bytes.
-SPARE_BYTES = 16 << 20
-#: Folders of a zip that only hold an operating system's litter (macOS's resource forks).
-LITTER_FOLDERS = ("__MACOSX",)
-
-
-@dataclass(frozen=True)
-class ArchiveLimits:
-    """How much an archive may unpack to. The caps count real bytes, read while decompressing.
-
-    Attributes:
-        max_files: members in the archive, folders included (10 000: far more pedalboards and
-            files than a player keeps, far fewer than a zip of tiny members needs to hurt).
-        max_bytes: the members' unpacked total (2 GiB: a card's worth of IRs and models,
-            within what a Pi's data partition holds twice, as a restore needs).
-        max_json_bytes: one JSON member, read into memory to be validated (16 MiB: a
-            pedalboard is a few KiB).
-    """
-
-    max_files: int = 10_000
-    max_bytes: int = 2 << 30
-    max_json_bytes: int = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -164,7 +151,7 @@ def make_backup(data_dir: Path, target: Path) -> BackupSummary:
         if not path.name.endswith(".json"):
             continue  # the last good copies, anything else the store does not read
         try:
-            _check_name(member)
+            check_name(member)
             _place(member)
         except InvalidValue as exc:
             skipped.append(str(exc))
@@ -177,7 +164,7 @@ def make_backup(data_dir: Path, target: Path) -> BackupSummary:
         for path in _entries(data_dir / "files" / folder):
             member = f"files/{folder}/{path.name}"
             try:
-                _check_name(member)
+                check_name(member)
                 _place(member)
             except InvalidValue as exc:
                 skipped.append(f"{exc}; left out of the backup")
@@ -306,143 +293,58 @@ def check_backup(archive: Path, limits: ArchiveLimits) -> BackupSummary:
             what is wrong with it (``details``: ``member``, where there is one).
         StoreError: the archive could not be read from the card.
     """
-    with _open_zip(archive) as zipped:
-        infos = _counted(zipped, limits)
+    with open_zip(archive) as zipped:
+        infos = counted(zipped, limits)
         manifest = _manifest(zipped, infos, limits)
         members: list[tuple[zipfile.ZipInfo, str]] = []
         seen: set[str] = set()
         for info in infos:
-            if _is_folder(info):
-                _check_name(info.filename.rstrip("/"), info)
+            if is_folder(info):
+                check_name(info.filename.rstrip("/"), info)
                 continue
-            name = _check_name(info.filename, info)
+            name = check_name(info.filename, info)
             if name in seen:
-                raise _refusal(name, "appears twice in the archive")
+                raise refusal(name, "appears twice in the archive")
             seen.add(name)
             if name != MANIFEST:
                 members.append((info, _place(name)))
         counts = {"board": 0, "setlist": 0, "midi": 0, "pedalboards": 0, "files": 0}
-        budget = _Budget(limits)
+        budget = Budget(limits)
         for info, place in members:
             if place == "files":
-                for _chunk in _chunks(zipped, info, budget):
+                for _chunk in chunks(zipped, info, budget):
                     pass
             else:
-                _validate_json(info.filename, _read_small(zipped, info, budget, limits))
+                _validate_json(info.filename, read_small(zipped, info, budget, limits))
             counts[place] += 1
     promised = manifest.get("counts")
     if promised != counts:
-        raise _refusal(MANIFEST, f"lists {promised!r} but the archive holds {counts!r}")
+        raise refusal(MANIFEST, f"lists {promised!r} but the archive holds {counts!r}")
     return BackupSummary(counts, budget.used, str(manifest.get("created", "")))
-
-
-class _Budget:
-    """The unpacked bytes an archive may still produce (:attr:`ArchiveLimits.max_bytes`)."""
-
-    def __init__(self, limits: ArchiveLimits) -> None:
-        self.limit = limits.max_bytes
-        self.used = 0
-
-    def take(self, member: str, count: int) -> None:
-        self.used += count
-        if self.used > self.limit:
-            raise TooLarge(
-                f"{member}: takes the archive past {self.limit} bytes unpacked (the most it may hold)",
-                {"member": member, "limit_bytes": self.limit},
-            )
-
-
-def _refusal(member: str, reason: str) -> InvalidValue:
-    return InvalidValue(f"{member}: {reason}", {"member": member})
-
-
-def _open_zip(archive: Path) -> zipfile.ZipFile:
-    """The archive, open; refused when it is not a zip (a truncated one is not)."""
-    try:
-        return zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OverflowError) as exc:
-        raise InvalidValue(f"{archive.name}: not a zip archive, or a damaged one ({exc})") from exc
-    except OSError as exc:
-        raise StoreError(f"cannot read {archive}: {exc.strerror}") from exc
-
-
-def _counted(zipped: zipfile.ZipFile, limits: ArchiveLimits) -> list[zipfile.ZipInfo]:
-    """Its members, refused past :attr:`ArchiveLimits.max_files`."""
-    infos = zipped.infolist()
-    if len(infos) > limits.max_files:
-        raise TooLarge(
-            f"the archive has {len(infos)} members; at most {limits.max_files} are taken",
-            {"members": len(infos)},
-        )
-    return infos
 
 
 def _manifest(zipped: zipfile.ZipFile, infos: list[zipfile.ZipInfo], limits: ArchiveLimits) -> dict[str, Any]:
     """The checked manifest: this format, a version this box reads."""
     found = [info for info in infos if info.filename == MANIFEST]
     if not found:
-        raise _refusal(MANIFEST, "missing: this is not a backup of the box")
+        raise refusal(MANIFEST, "missing: this is not a backup of the box")
     if len(found) > 1:
-        raise _refusal(MANIFEST, "appears twice in the archive")
-    _check_name(MANIFEST, found[0])
+        raise refusal(MANIFEST, "appears twice in the archive")
+    check_name(MANIFEST, found[0])
     try:
-        manifest = json.loads(_read_small(zipped, found[0], _Budget(limits), limits))
+        manifest = json.loads(read_small(zipped, found[0], Budget(limits), limits))
     except ValueError as exc:
-        raise _refusal(MANIFEST, f"is not JSON ({exc})") from exc
+        raise refusal(MANIFEST, f"is not JSON ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise _refusal(MANIFEST, f"is not a manifest of format {FORMAT!r}: this is not a backup of the box")
+        raise refusal(MANIFEST, f"is not a manifest of format {FORMAT!r}: this is not a backup of the box")
     version = manifest.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise _refusal(MANIFEST, f"has no usable version ({version!r})")
+        raise refusal(MANIFEST, f"has no usable version ({version!r})")
     if version > VERSION:
-        raise _refusal(
+        raise refusal(
             MANIFEST, f"is version {version}, made by a newer box; this one reads up to version {VERSION}"
         )
     return manifest
-
-
-def _is_folder(info: zipfile.ZipInfo) -> bool:
-    """A folder member (ignored: folders come with the files in them)."""
-    _check_kind(info)
-    return info.is_dir() or stat.S_ISDIR(info.external_attr >> 16)
-
-
-def _check_kind(info: zipfile.ZipInfo) -> None:
-    """Refuse links and anything else that is not a regular file or a folder, and encryption.
-
-    A zip keeps a member's Unix mode in the high half of ``external_attr``; zips made
-    elsewhere leave it 0 (a regular file).
-    """
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        raise _refusal(info.orig_filename, "is a symbolic link; the box takes none")
-    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
-        raise _refusal(info.orig_filename, "is not a regular file")
-    if info.flag_bits & 0x1:
-        raise _refusal(info.orig_filename, "is encrypted")
-
-
-def _check_name(name: str, info: zipfile.ZipInfo | None = None) -> str:
-    """A member's name, refused when it could land outside its folder or be hidden.
-
-    Returns:
-        The name.
-    """
-    original = info.orig_filename if info is not None else name
-    if "\x00" in original:
-        raise _refusal(repr(original), "has a NUL character in its name")
-    if "\\" in name:
-        raise _refusal(name, "has a backslash in its name")
-    if name.startswith("/"):
-        raise _refusal(name, "is an absolute path")
-    parts = name.split("/")
-    if ".." in parts:
-        raise _refusal(name, "leads out of its folder (..)")
-    if any(not part for part in parts):
-        raise _refusal(name, "has an empty part in its name")
-    if any(part.startswith(".") for part in parts):
-        raise _refusal(name, "is hidden, or in a hidden folder; the player's data never is")
-    return name
 
 
 def _place(name: str) -> str:
@@ -460,53 +362,17 @@ def _place(name: str) -> str:
         return "midi"
     if len(parts) == 2 and parts[0] == "pedalboards" and parts[1].endswith(".json"):
         if not urllib.parse.unquote(parts[1][: -len(".json")]).strip():
-            raise _refusal(name, "names no pedalboard")
+            raise refusal(name, "names no pedalboard")
         return "pedalboards"
     if len(parts) == 3 and parts[0] == "files" and parts[1] in FILE_FOLDERS:
         if len(parts[2].encode("utf-8", "replace")) > NAME_BYTES:
-            raise _refusal(name, f"has a name longer than {NAME_BYTES} bytes")
+            raise refusal(name, f"has a name longer than {NAME_BYTES} bytes")
         return "files"
-    raise _refusal(
+    raise refusal(
         name,
         "is not part of a backup (board.json, setlist.json, midi.json, pedalboards/<name>.json, "
         f"files/<{'|'.join(FILE_FOLDERS)}>/<name>)",
     )
-
-
-def _chunks(zipped: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget) -> Iterator[bytes]:
-    """The member's bytes as they decompress, each chunk counted against ``budget`` before it
-    is given out; the member's CRC is checked at its end (zipfile's own check)."""
-    try:
-        with zipped.open(info) as member:
-            while True:
-                try:
-                    chunk = member.read(CHUNK)
-                except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
-                    raise _refusal(info.filename, f"is damaged ({exc})") from exc
-                if not chunk:
-                    return
-                budget.take(info.filename, len(chunk))
-                yield chunk
-    except ProtocolError:
-        raise
-    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, ValueError, EOFError) as exc:
-        raise _refusal(info.filename, f"cannot be read ({exc})") from exc
-    except OSError as exc:
-        raise StoreError(f"cannot read the archive: {exc.strerror or exc}") from exc
-
-
-def _read_small(
-    zipped: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget, limits: ArchiveLimits
-) -> bytes:
-    """A JSON member's bytes, refused past :attr:`ArchiveLimits.max_json_bytes`."""
-    parts: list[bytes] = []
-    size = 0
-    for chunk in _chunks(zipped, info, budget):
-        size += len(chunk)
-        if size > limits.max_json_bytes:
-            raise _refusal(info.filename, f"is larger than {limits.max_json_bytes} bytes, too large for JSON")
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 # -- validating the JSON files, with the code that reads them on the box ----------------
@@ -568,11 +434,11 @@ def _validate_json(member: str, text: bytes) -> None:
     try:
         data = json.loads(text)
     except ValueError as exc:  # UnicodeDecodeError included
-        raise _refusal(member, f"is not JSON ({exc})") from exc
+        raise refusal(member, f"is not JSON ({exc})") from exc
     try:
         _VALIDATORS[_place(member)](data)
     except (ValueError, TypeError, KeyError, AttributeError, ProtocolError) as exc:
-        raise _refusal(member, f"is not one the box can read ({exc})") from exc
+        raise refusal(member, f"is not one the box can read ({exc})") from exc
 
 
 # -- restoring one --------------------------------------------------------------------
@@ -616,7 +482,7 @@ def stage_restore(data_dir: Path, archive: Path, limits: ArchiveLimits) -> Backu
     work = data_dir / RESTORE_DIR
     marker = work / COMMIT
     try:
-        _check_room(data_dir, summary.bytes)
+        check_room(data_dir, summary.bytes)
         work.mkdir()
         fsync_folder(data_dir)
         present = _unpack_backup(archive, work / "new", limits)
@@ -633,43 +499,23 @@ def stage_restore(data_dir: Path, archive: Path, limits: ArchiveLimits) -> Backu
     return summary
 
 
-def _check_room(folder: Path, needed: int) -> None:
-    """Refuse before writing when the card has not room for ``needed`` bytes more."""
-    free = shutil.disk_usage(folder).free
-    if free < needed + SPARE_BYTES:
-        raise NoSpace(
-            f"the card has {free >> 20} MB free; {(needed + SPARE_BYTES) >> 20} MB are needed",
-            {"free_bytes": free},
-        )
-
-
 def _unpack_backup(archive: Path, new: Path, limits: ArchiveLimits) -> list[str]:
     """Unpack the (checked) backup into ``new``, each file and folder fsynced, with the same
     caps as the check; the entries of :data:`SWAPPED` it made there."""
     folders = [new, new / "pedalboards", new / "files", *(new / "files" / f for f in FILE_FOLDERS)]
     for folder in folders:
         folder.mkdir()
-    budget = _Budget(limits)
-    with _open_zip(archive) as zipped:
-        for info in _counted(zipped, limits):
-            if _is_folder(info) or info.filename == MANIFEST:
+    budget = Budget(limits)
+    with open_zip(archive) as zipped:
+        for info in counted(zipped, limits):
+            if is_folder(info) or info.filename == MANIFEST:
                 continue
-            name = _check_name(info.filename, info)
+            name = check_name(info.filename, info)
             _place(name)
-            _write_member(zipped, info, budget, new / name)
+            write_member(zipped, info, budget, new / name)
     for folder in reversed(folders):
         fsync_folder(folder)
     return [name for name in SWAPPED if (new / name).exists()]
-
-
-def _write_member(zipped: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget, path: Path) -> None:
-    """Write one member to a new file ``path`` (never over one, never through a link), fsynced."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as sink:
-        for chunk in _chunks(zipped, info, budget):
-            sink.write(chunk)
-        sink.flush()
-        os.fsync(sink.fileno())
 
 
 def finish_restore(data_dir: Path) -> None:
@@ -760,134 +606,3 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-# -- a player's zip of files ----------------------------------------------------------
-
-
-def unpack_files_zip(archive: Path, files_root: Path, limits: ArchiveLimits) -> list[str]:
-    """Add the files of the player's zip ``archive`` to their files under ``files_root``.
-
-    Each regular member goes to the folder its extension calls for
-    (:func:`folder_of_name`, as a single upload's) under its base name (the zip's
-    folders dropped). Hidden members and macOS's ``__MACOSX`` litter are passed over. The
-    whole zip is checked first (names, kinds, the real unpacked sizes against ``limits``,
-    every CRC), then each file is written to a hidden temporary in its folder, fsynced and
-    linked under its name, so a partial file never appears. All or nothing: when one fails,
-    the ones already placed are removed. Blocking: call off the loop.
-
-    Returns:
-        The new files' names (``ir/cab.wav``), in the zip's order.
-
-    Raises:
-        InvalidValue: a member is refused (traversal, a link, too large in all, a name no
-            player's file may have, two of the same name) or the zip is damaged; nothing
-            was written.
-        NameTaken: a folder has a file of a member's name already; nothing was written.
-        StoreError: the card is full or refused a write; nothing is left of the zip.
-    """
-    with _open_zip(archive) as zipped:
-        plan: list[tuple[zipfile.ZipInfo, str, str]] = []
-        taken: dict[str, str] = {}
-        for info in _counted(zipped, limits):
-            name = info.filename.rstrip("/")
-            if _is_folder(info):
-                _check_traversal(name, info)
-                continue
-            parts = _check_traversal(name, info)
-            if parts[0] in LITTER_FOLDERS or any(p.startswith(".") for p in parts):
-                continue
-            base = _plain_name(info.filename, parts[-1])
-            folder = folder_of_name(base)
-            placed = f"{folder}/{base}"
-            if placed in taken:
-                raise _refusal(info.filename, f"would be {placed}, as {taken[placed]} would")
-            taken[placed] = info.filename
-            if os.path.lexists(files_root / folder / base):
-                raise NameTaken(f"{folder}/ has a file called {base!r} already", {"file": placed})
-            plan.append((info, folder, base))
-        if not plan:
-            raise InvalidValue(f"{archive.name}: the zip holds no files", {"member": None})
-        budget = _Budget(limits)
-        for info, _folder, _base in plan:
-            for _chunk in _chunks(zipped, info, budget):
-                pass
-        try:
-            _check_room(_existing(files_root), budget.used)
-            return _place_files(zipped, plan, files_root, limits)
-        except OSError as exc:
-            if isinstance(exc, StoreError):
-                raise
-            raise StoreError(f"cannot unpack {archive.name}: {exc.strerror or exc}") from exc
-
-
-def _existing(path: Path) -> Path:
-    """``path``, or its nearest folder that exists (where its files will go)."""
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
-
-
-def _check_traversal(name: str, info: zipfile.ZipInfo) -> list[str]:
-    """A files zip member's name split in parts, refused when it leads anywhere odd."""
-    if "\x00" in info.orig_filename:
-        raise _refusal(repr(info.orig_filename), "has a NUL character in its name")
-    if "\\" in name:
-        raise _refusal(name, "has a backslash in its name")
-    if name.startswith("/"):
-        raise _refusal(name, "is an absolute path")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise _refusal(name, "leads out of its folder (..)")
-    if not parts:
-        raise _refusal(name, "has no name")
-    return parts
-
-
-def _plain_name(member: str, base: str) -> str:
-    """A member's base name, if the player's files may have it (:func:`plain_name`)."""
-    try:
-        return plain_name(base, "name")
-    except InvalidValue as exc:
-        raise _refusal(member, f"cannot name a player's file ({exc})") from None
-
-
-def _place_files(
-    zipped: zipfile.ZipFile,
-    plan: list[tuple[zipfile.ZipInfo, str, str]],
-    files_root: Path,
-    limits: ArchiveLimits,
-) -> list[str]:
-    """Write each planned member under its name, all or nothing."""
-    budget = _Budget(limits)
-    placed: list[Path] = []
-    tmp: Path | None = None
-    try:
-        for index, (info, folder, base) in enumerate(plan):
-            home = files_root / folder
-            if not home.is_dir():
-                home.mkdir(parents=True, exist_ok=True)
-                fsync_folder(home.parent)
-            tmp = home / f"{INCOMING}unzip-{os.getpid()}-{index}.part"  # swept at start if cut
-            _write_member(zipped, info, budget, tmp)
-            try:
-                os.link(tmp, home / base, follow_symlinks=False)
-            except FileExistsError:
-                raise NameTaken(
-                    f"{folder}/ has a file called {base!r} already", {"file": f"{folder}/{base}"}
-                ) from None
-            placed.append(home / base)
-            tmp.unlink()
-            tmp = None
-            fsync_folder(home)
-    except BaseException:
-        for path in [*placed, *([tmp] if tmp is not None else [])]:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        for home in {p.parent for p in placed}:
-            with contextlib.suppress(OSError):
-                fsync_folder(home)
-        raise
-    names = [f"{folder}/{base}" for _info, folder, base in plan]
-    log.debug("files: unpacked %d file(s) from a zip", len(names))
-    return names
