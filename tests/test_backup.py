@@ -817,7 +817,7 @@ def test_refused_files_zip_leaves_nothing(
     archive = make(tmp_path / "pack.zip")
     before = _tree(tmp_path / "data")
     written = []
-    monkeypatch.setattr(archives, "_place_files", lambda *args: written.append(args))
+    monkeypatch.setattr(archives, "place_files", lambda *args: written.append(args))
     with pytest.raises(error) as refused:
         unpack_files_zip(archive, files_root, ArchiveLimits(max_files=10, max_bytes=16 << 20))
     assert expected in str(refused.value), str(refused.value)

@@ -182,3 +182,34 @@ async def test_a_refused_backup_changes_nothing_and_the_box_plays_on(
         assert await rig.gain_until(_near(-6.0), PROBE) == pytest.approx(-6.0, abs=TOLERANCE_DB)
         await phone.ask("PING", "PONG")  # the same connection, still served
     assert "starting again" not in box.log_tail(100_000)
+
+
+@pytest.mark.carla
+async def test_a_pedalboard_shared_with_another_box_sounds_the_same_there(
+    jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """Under Carla: a pedalboard with a cabinet IR uploaded from the phone, shared as one file
+    and imported on a box that never had the IR, loads there and is heard as on the first:
+    the IR's tap 240 frames late."""
+    write_impulse(tmp_path / "made" / "late.wav", 240, -6.0)
+    first = _config(tmp_path / "one", jack_server, "carla", _one_track(rig))
+    async with _box(first) as box, _phone(box) as phone:
+        await phone.replay()
+        await asyncio.to_thread(_upload, box.base, tmp_path / "made" / "late.wav")
+        dry_lag = (await heard(rig))[0]
+        convolver = str((await phone.request("PLUGIN_ADD", name="cabinet"))["data"]["plugin_id"])
+        await phone.request("PLUGIN_FILE", plugin_id=convolver, file_id="impulse", file="ir/late.wav")
+        sound = await _heard(rig, True, dry_lag, -6.0 + IR_GAIN_DB)
+        await phone.ask("PEDALBOARD_SAVE", name="Cab")
+        status, shared = await asyncio.to_thread(_http, box.base, "/pedalboards/share?name=Cab")
+        assert status == 200
+    other = _config(tmp_path / "other", jack_server, "carla", _one_track(rig))
+    async with _box(other) as box, _phone(box) as phone:
+        await phone.replay()
+        assert (await heard(rig))[0] == dry_lag, "the other box does not start dry"
+        status, body = await asyncio.to_thread(_http, box.base, "/pedalboards/import", shared)
+        assert status == 201 and json.loads(body)["files"] == ["ir/late.wav"], body
+        await phone.ask("PEDALBOARD_LOAD", name="Cab")
+        assert await _heard(rig, True, dry_lag, -6.0 + IR_GAIN_DB) == sound, (
+            "the shared pedalboard sounds different"
+        )

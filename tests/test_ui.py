@@ -691,6 +691,28 @@ def test_save_and_load_a_pedalboard(rigged: Rigged, raw: Raw, phone: Phone) -> N
     expect(page.locator(".pedal .pedal-name")).to_have_text(["Gain"])
 
 
+def test_share_a_pedalboard_and_import_one(rigged: Rigged, raw: Raw, phone: Phone, tmp_path: Path) -> None:
+    """Without this, a player cannot take a sound to a friend's box from the phone: "Share"
+    downloads the pedalboard as one file, and "Import a pedalboard…" adds one (here the same
+    file back, which comes in beside the first as "Lead (2)")."""
+    raw.add("gain", gain=-2.0)
+    raw.ask("PEDALBOARD_SAVE", "PEDALBOARD_STATE", name="Lead")
+    page = phone.page
+    open_ui(page, rigged.base, "#/library")
+    page.get_by_role("button", name="More for Lead").tap()
+    with page.expect_download() as download:
+        page.get_by_role("dialog").get_by_role("button", name="Share (download)").tap()
+    shared = tmp_path / download.value.suggested_filename
+    download.value.save_as(shared)
+    assert shared.name == "Lead.pedalboard.zip"
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Import a pedalboard…").tap()
+    chooser.value.set_files(shared)
+    expect(page.locator(".toast").last).to_contain_text("Imported as Lead (2)")
+    expect(page.get_by_role("button", name="Load Lead (2)")).to_be_visible()
+    assert "Lead (2)" in raw.library()["pedalboards"]
+
+
 def _equal(actual: Any, expected: Any) -> None:
     assert actual == expected
 

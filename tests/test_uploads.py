@@ -30,8 +30,11 @@ from appliance.app import health_report
 from appliance.config import FilesConfig, ServerConfig
 from appliance.control.backups import Backups
 from appliance.control.playerfiles import PlayerFiles
+from appliance.core.board import BOARD_FORMAT
 from appliance.core.errors import ERROR_CODES
+from appliance.core.pedalboards import Pedalboard
 from appliance.frontends.net import ControlServer
+from appliance.store.pedalboards import PedalboardStore
 from appliance.store.userfiles import UserFiles
 from tests.fakes import ControlStack, FakeCatalog
 
@@ -337,3 +340,123 @@ async def test_a_full_card_refuses_an_upload_cleanly(tmp_path: Path) -> None:
             await made.server.stop()
     finally:
         subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def _pedalboard(data: Path, name: str, chain: list[dict[str, Any]]) -> None:
+    """A saved pedalboard whose one track holds ``chain`` (as the box writes one)."""
+    board = {"format": BOARD_FORMAT, "tracks": [{"id": TRACK, "chain": chain}]}
+    PedalboardStore(data).write(Pedalboard(name, board))
+
+
+async def _share(box: Box, name: str) -> tuple[int, bytes]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{box.url}/pedalboards/share", params={"name": name}) as response,
+    ):
+        return response.status, await response.read()
+
+
+async def _import(box: Box, archive: bytes) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{box.url}/pedalboards/import", data=archive) as response,
+    ):
+        return response.status, await response.json()
+
+
+CAB = {
+    "id": "plugin_1",
+    "plugin": "gain",
+    "name": "Cab",
+    "values": {},
+    "bypass": False,
+    "files": {"impulse": "ir/cab.wav"},
+}
+
+
+async def test_a_pedalboard_shared_from_one_box_comes_with_its_files_to_another(tmp_path: Path) -> None:
+    """A pedalboard shared from one box is one zip with the IR it loads; another box takes it
+    whole, its phones see the new pedalboard and file. Imported again it comes in beside the
+    first (``Gig (2)``) using the same file; a different file of the same name on the other
+    box is kept and the newcomer takes ``cab (2).wav``, which its pedalboard then names."""
+    one, other = await make_box(tmp_path / "one"), await make_box(tmp_path / "other")
+    try:
+        await post(one, WAV, name="cab.wav")
+        _pedalboard(one.files.parent, "Gig", [CAB])
+        status, shared = await _share(one, "Gig")
+        assert status == 200
+        with zipfile.ZipFile(io.BytesIO(shared)) as archive:
+            assert sorted(archive.namelist()) == ["files/ir/cab.wav", "pedalboard.json"]
+        async with connect(other.url.replace("http", "ws") + "/ws") as phone:
+            status, answer = await _import(other, shared)
+            assert (status, answer) == (
+                201,
+                {"name": "Gig", "files": ["ir/cab.wav"], "reused": [], "renamed": {}},
+            )
+            told = set()
+            async with asyncio.timeout(REPLY_TIMEOUT):
+                while told != {"PEDALBOARD_STATE", "FILE_LIST"}:
+                    message = json.loads(await phone.recv())
+                    if message["type"] == "PEDALBOARD_STATE" and "Gig" in message["data"]["pedalboards"]:
+                        told.add("PEDALBOARD_STATE")
+                    if message["type"] == "FILE_LIST" and message["data"]["files"]["ir"] == ["ir/cab.wav"]:
+                        told.add("FILE_LIST")
+        assert other.tree() == {"ir/cab.wav": WAV}
+        assert PedalboardStore(other.files.parent).read("Gig").board["tracks"][0]["chain"][0]["files"] == {
+            "impulse": "ir/cab.wav"
+        }
+        status, answer = await _import(other, shared)
+        assert (status, answer["name"], answer["reused"], answer["files"]) == (
+            201,
+            "Gig (2)",
+            ["ir/cab.wav"],
+            [],
+        )
+        (other.files / "ir" / "cab.wav").unlink()
+        (other.files / "ir" / "cab.wav").write_bytes(b"RIFF another cabinet")
+        status, answer = await _import(other, shared)
+        assert (status, answer["name"], answer["renamed"]) == (
+            201,
+            "Gig (3)",
+            {"ir/cab.wav": "ir/cab (2).wav"},
+        )
+        assert other.tree() == {"ir/cab.wav": b"RIFF another cabinet", "ir/cab (2).wav": WAV}
+        assert PedalboardStore(other.files.parent).read("Gig (3)").board["tracks"][0]["chain"][0][
+            "files"
+        ] == {"impulse": "ir/cab (2).wav"}
+    finally:
+        await one.server.stop()
+        await other.server.stop()
+
+
+async def test_a_shared_pedalboard_that_cannot_play_here_is_refused_whole(box: Box, tmp_path: Path) -> None:
+    """A pedalboard using a plugin this box lacks is refused naming it (PLUGIN_NOT_ALLOWED,
+    ``details.missing``); a backup or an IR pack sent to the import, or a shared pedalboard
+    whose file climbs out of its folder, is refused (INVALID_VALUE). Nothing is written."""
+    missing = {**CAB, "plugin": "Fuzz Face", "uri": "http://example.org/fuzz-face", "name": "Fuzz Face"}
+    shared = io.BytesIO()
+    with zipfile.ZipFile(shared, "w") as archive:
+        pedalboard = Pedalboard(
+            "Fuzz", {"format": BOARD_FORMAT, "tracks": [{"id": TRACK, "chain": [missing]}]}
+        )
+        archive.writestr(
+            "pedalboard.json",
+            json.dumps({"format": "appliance-pedalboard", "version": 1, "pedalboard": pedalboard.to_dict()}),
+        )
+        archive.writestr("files/ir/cab.wav", WAV)
+    status, answer = await _import(box, shared.getvalue())
+    assert (status, answer["code"]) == (400, "PLUGIN_NOT_ALLOWED")
+    assert answer["details"]["missing"] == [{"name": "Fuzz Face", "uri": "http://example.org/fuzz-face"}]
+    climbing = io.BytesIO()
+    with zipfile.ZipFile(climbing, "w") as archive:
+        archive.writestr("pedalboard.json", b"{}")
+        archive.writestr("files/ir/../../board.json", b"{}")
+    for archive_bytes, reason in (
+        (_zip({"backup.json": b"{}", "board.json": b"{}"}), "not part of a shared pedalboard"),
+        (_zip({"V30.wav": WAV}), "V30.wav"),
+        (climbing.getvalue(), ".."),
+    ):
+        status, answer = await _import(box, archive_bytes)
+        assert (status, answer["code"]) == (400, "INVALID_VALUE") and reason in answer["error"], answer
+    assert box.tree() == {}
+    assert not (box.files.parent / "pedalboards").exists()

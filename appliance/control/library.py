@@ -239,6 +239,16 @@ class Library:
 
     # -- pedalboards ------------------------------------------------------------------
 
+    @property
+    def files_lock(self) -> asyncio.Lock:
+        """Held while the pedalboard files change (an import from elsewhere holds it too)."""
+        return self._files
+
+    async def pedalboards_added(self) -> None:
+        """Pedalboards were written from elsewhere (an import): every phone is told the list."""
+        await self._refresh_names()
+        self.controller.publish([("PEDALBOARD_STATE", self.state())])
+
     async def _list(self, request: Request) -> Outcome:
         summaries = []
         async with self._files:

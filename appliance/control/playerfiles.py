@@ -12,6 +12,9 @@ Files arrive over HTTP (``POST /files``, docs/protocol.md "Uploads"):
 :meth:`PlayerFiles.upload` streams one to a hidden temporary on the card and gives it its
 name only when it is whole, so a cut-short upload never appears as a file.
 
+A pedalboard is shared with another box as one zip that carries the files it loads
+(:mod:`appliance.store.shared`): :meth:`PlayerFiles.export` and :meth:`PlayerFiles.import_`.
+
 Every phone is sent the new listing (``FILE_LIST``) after each change.
 """
 
@@ -19,14 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypeVar
 
-from ..core.errors import ApplianceError
+from ..core.errors import ApplianceError, InvalidValue
 from ..core.protocol import Request
 from ..store.archives import ArchiveLimits, unpack_files_zip
-from ..store.userfiles import Incoming, UserFiles
+from ..store.shared import Imported, export_pedalboard, import_pedalboard
+from ..store.userfiles import INCOMING, Incoming, UserFiles, too_large
 from .controller import Controller, Outcome
 from .library import Library
 
@@ -93,6 +98,52 @@ class PlayerFiles:
 
     def _unpack(self, archive: Path, room: int) -> list[str]:
         return unpack_files_zip(archive, self.files.root, ArchiveLimits(max_bytes=room))
+
+    async def export(self, name: object) -> tuple[Path, list[str]]:
+        """The pedalboard ``name`` and its files as one zip (a hidden temporary the caller
+        sends, then removes), and the files it names that are not on the box.
+
+        Raises:
+            UnknownPedalboard: no such pedalboard. StoreError: the card refused.
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidValue("name the pedalboard to share (?name=)", {"field": "name"})
+        await asyncio.to_thread(self.files.root.mkdir, parents=True, exist_ok=True)
+        target = self.files.root / f"{INCOMING}share-{secrets.token_hex(6)}.zip"
+        async with self.library.files_lock:
+            missing = await asyncio.to_thread(export_pedalboard, self.library.store, self.files, name, target)
+        return target, missing
+
+    async def import_(self, chunks: AsyncIterator[bytes], declared: int | None) -> Imported:
+        """Receive a shared pedalboard from ``chunks`` and add it and its files to the box;
+        every phone is told the new pedalboard and files.
+
+        Raises:
+            InvalidValue, TooLarge, NoSpace, PluginNotAllowed (``details.missing``), StoreError;
+            or whatever ``chunks`` raises. In every case nothing was kept.
+        """
+        limits = self.files.limits
+        refusal = too_large(limits.max_file_bytes, "a shared pedalboard", "files.max_file_mb")
+        if declared is not None and declared > limits.max_file_bytes:
+            raise refusal(declared)
+        await asyncio.to_thread(self.files.root.mkdir, parents=True, exist_ok=True)
+        room = ArchiveLimits(max_bytes=max(0, limits.quota_bytes - await asyncio.to_thread(self.files.usage)))
+
+        def adopt(archive: Path) -> Imported:
+            lookup = self.controller.catalog.lookup
+            return import_pedalboard(archive, self.library.store, self.files, lookup, room)
+
+        incoming = await asyncio.to_thread(Incoming, self.files.root, limits.max_file_bytes, refusal, adopt)
+        imported = await receive(incoming, chunks, self.library.files_lock)
+        log.info(
+            "pedalboard %r imported (files added %s, reused %s)",
+            imported.name,
+            imported.files,
+            imported.reused,
+        )
+        await self.library.pedalboards_added()
+        self.controller.publish([await self._listing()])
+        return imported
 
 
 async def receive(incoming: Incoming[T], chunks: AsyncIterator[bytes], lock: asyncio.Lock) -> T:

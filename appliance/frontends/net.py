@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import hmac
 import http
 import json
@@ -61,8 +62,8 @@ HTTP_STATUS = {
     "STORE_FAILED": http.HTTPStatus.INTERNAL_SERVER_ERROR,
     "INTERNAL": http.HTTPStatus.INTERNAL_SERVER_ERROR,
 }
-#: Bytes of a backup read and sent at a time.
-BACKUP_CHUNK = 1 << 20
+#: Bytes of a download (a backup, a shared pedalboard) read and sent at a time.
+SEND_CHUNK = 1 << 20
 #: Seconds between the box's pings; a client that does not answer one within half of it is gone.
 HEARTBEAT = 20.0
 #: Parameter changes a client is sent per second for the changes other clients (and knobs)
@@ -238,6 +239,8 @@ class ControlServer:
         app.router.add_post("/files", self._upload)
         app.router.add_get("/backup", self._backup)
         app.router.add_post("/restore", self._restore)
+        app.router.add_get("/pedalboards/share", self._share)
+        app.router.add_post("/pedalboards/import", self._import)
         app.router.add_get("/{page:.*}", self._page)
         app.on_response_prepare.append(_headers)
         # An idle connection (one that never sends its request, or waits between two) is
@@ -324,23 +327,44 @@ class ControlServer:
             log.warning("backup for %s failed: %s", request.remote, exc)
             return _error(exc)
         stamp = time.strftime("%Y-%m-%d-%H%M")
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "application/zip",
-                "Content-Disposition": f'attachment; filename="{socket.gethostname()}-backup-{stamp}.zip"',
-            }
-        )
-        handle = await asyncio.to_thread(open, archive, "rb")
+        return await _send_zip(request, archive, f"{socket.gethostname()}-backup-{stamp}.zip")
+
+    async def _share(self, request: web.Request) -> web.StreamResponse:
+        """``GET /pedalboards/share?name=Gig``: the pedalboard and the files it loads, one zip
+        another box imports (docs/protocol.md "Sharing a pedalboard")."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if self.files is None:
+            return _text(http.HTTPStatus.NOT_FOUND, "this box shares no pedalboards\n")
+        name = request.query.get("name")
         try:
-            archive.unlink()  # the open file is read to its end; its room is freed when closed
-            response.content_length = os.fstat(handle.fileno()).st_size
-            await response.prepare(request)
-            while chunk := await asyncio.to_thread(handle.read, BACKUP_CHUNK):
-                await response.write(chunk)
-            await response.write_eof()
-        finally:
-            handle.close()
-        return response
+            archive, missing = await self.files.export(name)
+        except ApplianceError as exc:
+            return _error(exc)
+        if missing:
+            log.warning("pedalboard %r shared without %s: not on the box", name, ", ".join(missing))
+        safe = "".join(c if c.isalnum() or c in " -_()" else "_" for c in str(name))
+        return await _send_zip(request, archive, f"{safe}.pedalboard.zip", {"X-Missing-Files": len(missing)})
+
+    async def _import(self, request: web.Request) -> web.Response:
+        """``POST /pedalboards/import``: the body is a shared pedalboard; 201 with its name here."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if self.files is None:
+            return _text(http.HTTPStatus.NOT_FOUND, "this box imports no pedalboards\n")
+        try:
+            imported = await self.files.import_(
+                _body(request, self.config.upload_timeout), request.content_length
+            )
+        except ApplianceError as exc:
+            log.warning("pedalboard import from %s refused: %s", request.remote, exc)
+            return _error(exc)
+        except (ClientPayloadError, ConnectionError) as exc:
+            log.info("pedalboard import from %s cut short: %s", request.remote, exc)
+            return _error(Stalled("the pedalboard was cut short; nothing was kept"))
+        return web.json_response(dataclasses.asdict(imported), status=http.HTTPStatus.CREATED)
 
     async def _restore(self, request: web.Request) -> web.Response:
         """``POST /restore``: the body is a backup; 200 once it is checked and committed, then
@@ -675,6 +699,25 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = "appliance"
     response.headers.setdefault("Cache-Control", "no-cache")
     response.headers["X-Content-Type-Options"] = "nosniff"
+
+
+async def _send_zip(
+    request: web.Request, archive: Path, filename: str, extra: dict[str, int] | None = None
+) -> web.StreamResponse:
+    """Send the temporary zip ``archive`` as a download named ``filename``; it is gone after."""
+    headers = {"Content-Type": "application/zip", "Content-Disposition": f'attachment; filename="{filename}"'}
+    response = web.StreamResponse(headers={**headers, **{k: str(v) for k, v in (extra or {}).items()}})
+    handle = await asyncio.to_thread(open, archive, "rb")
+    try:
+        archive.unlink()  # the open file is read to its end; its room is freed when closed
+        response.content_length = os.fstat(handle.fileno()).st_size
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(handle.read, SEND_CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+    finally:
+        handle.close()
+    return response
 
 
 async def _body(request: web.Request, timeout: float) -> AsyncIterator[bytes]:

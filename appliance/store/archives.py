@@ -247,7 +247,7 @@ def unpack_files_zip(archive: Path, files_root: Path, limits: ArchiveLimits) -> 
                 pass
         try:
             check_room(_existing(files_root), budget.used)
-            return _place_files(zipped, plan, files_root, limits)
+            return place_files(zipped, plan, files_root, limits)
         except OSError as exc:
             if isinstance(exc, StoreError):
                 raise
@@ -285,7 +285,7 @@ def _plain_name(member: str, base: str) -> str:
         raise refusal(member, f"cannot name a player's file ({exc})") from None
 
 
-def _place_files(
+def place_files(
     zipped: zipfile.ZipFile,
     plan: list[tuple[zipfile.ZipInfo, str, str]],
     files_root: Path,

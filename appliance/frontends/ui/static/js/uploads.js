@@ -29,6 +29,23 @@ export function restoreBackup(file, progress) {
   return post("/restore", file, progress, 200);
 }
 
+/**
+ * Send a pedalboard shared by another box (with the files it loads); `progress(fraction)`.
+ *
+ * @returns {Promise<{ok: true, answer: {name: string, files: string[]}} | {ok: false, error: string}>}
+ */
+export function importPedalboard(file, progress) {
+  return post("/pedalboards/import", file, progress, 201);
+}
+
+/** The address that downloads the pedalboard `name` with its files, for another box. */
+export function shareUrl(name) {
+  const token = currentToken();
+  const query = new URLSearchParams({ name });
+  if (token) query.set("token", token);
+  return `/pedalboards/share?${query}`;
+}
+
 /** The address that downloads a backup of everything on the box. */
 export function backupUrl() {
   const token = currentToken();

@@ -1,11 +1,13 @@
 /**
  * Pedalboards, snapshots and the setlist (protocol.md §14): browse, load,
- * save, save as, rename, copy, delete; recall a snapshot with one tap; build
- * the night's setlist.
+ * save, save as, rename, copy, delete, share with another box (one file with
+ * the IRs and models it loads) and import one; recall a snapshot with one
+ * tap; build the night's setlist.
  */
 
 import { coalesce, fill, h } from "../dom.js";
 import { askName, chooseAction, confirmAction, toast, toastError } from "../dialogs.js";
+import { importPedalboard, shareUrl } from "../uploads.js";
 
 /** Snapshots a pedalboard may keep (protocol.md §14). */
 const MAX_SNAPSHOTS = 8;
@@ -212,7 +214,44 @@ export function libraryView({ store, actions, router }) {
             }),
           )
         : h("p", { class: "muted" }, "No pedalboards saved yet."),
+      importButton(),
     );
+  }
+
+  /** "Import a pedalboard…": a file shared by another box, with the files it loads. */
+  function importButton() {
+    const outcome = h("p", { class: "muted small", role: "status" });
+    const picker = h("input", {
+      type: "file",
+      accept: ".zip",
+      class: "visually-hidden",
+      onchange: async () => {
+        const file = picker.files[0];
+        picker.value = "";
+        if (!file) return;
+        const bar = h("progress", { max: 1, value: 0, "aria-label": `Sending ${file.name}` });
+        fill(outcome, bar);
+        const sent = await importPedalboard(file, (fraction) => (bar.value = fraction));
+        fill(outcome);
+        if (sent.ok) toast(`Imported as ${sent.answer.name}`);
+        else toast(sent.error, { bad: true });
+      },
+    });
+    return h(
+      "div",
+      {},
+      picker,
+      h("button", { type: "button", class: "needs-live", text: "Import a pedalboard…", onclick: () => picker.click() }),
+      outcome,
+    );
+  }
+
+  /** Download the pedalboard `name` as one file another box imports. */
+  function share(name) {
+    const link = h("a", { href: shareUrl(name), download: "" });
+    document.body.append(link);
+    link.click();
+    link.remove();
   }
 
   async function load(name) {
@@ -236,10 +275,13 @@ export function libraryView({ store, actions, router }) {
         { label: "Add to the setlist", value: "setlist" },
         { label: "Rename…", value: "rename" },
         { label: "Copy…", value: "copy" },
+        { label: "Share (download)", value: "share" },
         { label: "Delete", value: "delete", danger: true },
       ],
     });
-    if (choice === "setlist") {
+    if (choice === "share") {
+      share(name);
+    } else if (choice === "setlist") {
       await setEntries([...entries(), { pedalboard: name }], currentPosition());
     } else if (choice === "rename") {
       const answer = await askName({ title: `Rename ${name}`, value: name, ok: "Rename" });
