@@ -22,9 +22,10 @@ import os
 import socket
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import ClientPayloadError, WSMsgType, web
 from websockets.frames import Frame, Opcode
@@ -39,6 +40,8 @@ from ..system.logs import fields
 from .readings import METER_RATE
 
 log = logging.getLogger("appliance.frontends.net")
+
+T = TypeVar("T")
 
 STATIC_DIR = Path(__file__).parent / "ui" / "static"
 #: Close codes (docs/protocol.md "Close codes").
@@ -236,11 +239,13 @@ class ControlServer:
         app = web.Application()
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/healthz", self._healthz)
-        app.router.add_post("/files", self._upload)
-        app.router.add_get("/backup", self._backup)
-        app.router.add_post("/restore", self._restore)
-        app.router.add_get("/pedalboards/share", self._share)
-        app.router.add_post("/pedalboards/import", self._import)
+        if self.files is not None:
+            app.router.add_post("/files", self._upload)
+            app.router.add_get("/pedalboards/share", self._share)
+            app.router.add_post("/pedalboards/import", self._import)
+        if self.backups is not None:
+            app.router.add_get("/backup", self._backup)
+            app.router.add_post("/restore", self._restore)
         app.router.add_get("/{page:.*}", self._page)
         app.on_response_prepare.append(_headers)
         # An idle connection (one that never sends its request, or waits between two) is
@@ -294,33 +299,21 @@ class ControlServer:
     async def _upload(self, request: web.Request) -> web.Response:
         """``POST /files?name=cab.wav[&folder=ir]``: the body is the file (docs/protocol.md
         "Uploads"); 201 with its new names, or the error's status and ``ERROR.data``."""
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        if self.files is None:
-            return _text(http.HTTPStatus.NOT_FOUND, "this box keeps no player's files\n")
-        try:
-            names = await self.files.upload(
-                request.query.get("name"),
-                request.query.get("folder"),
-                _body(request, self.config.upload_timeout),
-                request.content_length,
-            )
-        except ApplianceError as exc:
-            log.warning("upload from %s refused: %s", request.remote, exc)
-            return _error(exc)
-        except (ClientPayloadError, ConnectionError) as exc:
-            log.info("upload from %s cut short: %s", request.remote, exc)
-            return _error(Stalled("the upload was cut short; nothing was kept"))
+        assert self.files is not None
+        query = request.query
+        names = await self._take(
+            request, "upload", partial(self.files.upload, query.get("name"), query.get("folder"))
+        )
+        if isinstance(names, web.Response):
+            return names
         return web.json_response({"files": names}, status=http.HTTPStatus.CREATED)
 
     async def _backup(self, request: web.Request) -> web.StreamResponse:
         """``GET /backup``: one zip of everything the player made (docs/protocol.md "Backups")."""
+        assert self.backups is not None
         refused = self._refused(request)
         if refused is not None:
             return refused
-        if self.backups is None:
-            return _text(http.HTTPStatus.NOT_FOUND, "this box makes no backups\n")
         try:
             archive, _ = await self.backups.make()
         except ApplianceError as exc:
@@ -329,14 +322,27 @@ class ControlServer:
         stamp = time.strftime("%Y-%m-%d-%H%M")
         return await _send_zip(request, archive, f"{socket.gethostname()}-backup-{stamp}.zip")
 
+    async def _restore(self, request: web.Request) -> web.Response:
+        """``POST /restore``: the body is a backup; 200 once it is checked and committed, then
+        the box starts again with it (docs/protocol.md "Backups")."""
+        assert self.backups is not None
+        summary = await self._take(request, "restore", self.backups.restore)
+        if isinstance(summary, web.Response):
+            return summary
+        response = web.json_response(
+            {"restored": {"created": summary.created, **summary.counts}, "restarting": True}
+        )
+        await response.prepare(request)  # sent before the box stops to start again
+        await response.write_eof()
+        return response
+
     async def _share(self, request: web.Request) -> web.StreamResponse:
         """``GET /pedalboards/share?name=Gig``: the pedalboard and the files it loads, one zip
         another box imports (docs/protocol.md "Sharing a pedalboard")."""
+        assert self.files is not None
         refused = self._refused(request)
         if refused is not None:
             return refused
-        if self.files is None:
-            return _text(http.HTTPStatus.NOT_FOUND, "this box shares no pedalboards\n")
         name = request.query.get("name")
         try:
             archive, missing = await self.files.export(name)
@@ -349,47 +355,32 @@ class ControlServer:
 
     async def _import(self, request: web.Request) -> web.Response:
         """``POST /pedalboards/import``: the body is a shared pedalboard; 201 with its name here."""
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        if self.files is None:
-            return _text(http.HTTPStatus.NOT_FOUND, "this box imports no pedalboards\n")
-        try:
-            imported = await self.files.import_(
-                _body(request, self.config.upload_timeout), request.content_length
-            )
-        except ApplianceError as exc:
-            log.warning("pedalboard import from %s refused: %s", request.remote, exc)
-            return _error(exc)
-        except (ClientPayloadError, ConnectionError) as exc:
-            log.info("pedalboard import from %s cut short: %s", request.remote, exc)
-            return _error(Stalled("the pedalboard was cut short; nothing was kept"))
+        assert self.files is not None
+        imported = await self._take(request, "pedalboard import", self.files.import_)
+        if isinstance(imported, web.Response):
+            return imported
         return web.json_response(dataclasses.asdict(imported), status=http.HTTPStatus.CREATED)
 
-    async def _restore(self, request: web.Request) -> web.Response:
-        """``POST /restore``: the body is a backup; 200 once it is checked and committed, then
-        the box starts again with it (docs/protocol.md "Backups")."""
+    async def _take(
+        self,
+        request: web.Request,
+        what: str,
+        take: Callable[[AsyncIterator[bytes], int | None], Awaitable[T]],
+    ) -> T | web.Response:
+        """Hand a request's body, as it arrives, to ``take`` (with its declared length) under
+        the WebSocket's rules (:meth:`_refused`); what ``take`` gave, or the answer that
+        refuses the request (nothing of it is kept)."""
         refused = self._refused(request)
         if refused is not None:
             return refused
-        if self.backups is None:
-            return _text(http.HTTPStatus.NOT_FOUND, "this box restores no backups\n")
         try:
-            summary = await self.backups.restore(
-                _body(request, self.config.upload_timeout), request.content_length
-            )
+            return await take(_body(request, self.config.upload_timeout), request.content_length)
         except ApplianceError as exc:
-            log.warning("restore from %s refused: %s", request.remote, exc)
+            log.warning("%s from %s refused: %s", what, request.remote, exc)
             return _error(exc)
         except (ClientPayloadError, ConnectionError) as exc:
-            log.info("restore from %s cut short: %s", request.remote, exc)
-            return _error(Stalled("the backup was cut short; nothing changed"))
-        response = web.json_response(
-            {"restored": {"created": summary.created, **summary.counts}, "restarting": True}
-        )
-        await response.prepare(request)  # sent before the box stops to start again
-        await response.write_eof()
-        return response
+            log.info("%s from %s cut short: %s", what, request.remote, exc)
+            return _error(Stalled(f"the {what} was cut short; nothing was kept"))
 
     def _refused(self, request: web.Request) -> web.Response | None:
         """The WebSocket's rules for a plain HTTP request that changes something: a page from

@@ -5,6 +5,7 @@
  * has gone (the progress bar).
  */
 
+import { h } from "./dom.js";
 import { currentToken } from "./pairing.js";
 
 /** What the file picker offers: the kinds the box's plugins load, and zips of them. */
@@ -75,4 +76,30 @@ function post(url, file, progress, success) {
     xhr.onerror = () => resolve({ ok: false, error: "the upload was cut short (is the box still on the network?)" });
     xhr.send(file);
   });
+}
+
+/**
+ * A button that opens the phone's file picker: `[hidden input, button]` to put in a page.
+ * `onPick(files)` gets the picked files (never called for none).
+ */
+export function pickFiles({ label, accept, multiple = false, onPick }) {
+  const picker = h("input", {
+    type: "file",
+    accept,
+    multiple,
+    class: "visually-hidden",
+    onchange: () => {
+      const files = [...picker.files];
+      picker.value = "";
+      if (files.length) onPick(files);
+    },
+  });
+  return [picker, h("button", { type: "button", class: "needs-live", text: label, onclick: () => picker.click() })];
+}
+
+/** A progress bar for sending `file`, put into `place`; its `(fraction) => …` updater. */
+export function progressIn(place, file) {
+  const bar = h("progress", { max: 1, value: 0, "aria-label": `Sending ${file.name}` });
+  place.replaceChildren(bar);
+  return (fraction) => (bar.value = fraction);
 }

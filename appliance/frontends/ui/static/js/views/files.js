@@ -9,7 +9,7 @@
 import { askName, confirmAction, toast } from "../dialogs.js";
 import { fill, h } from "../dom.js";
 import { backButton } from "../router.js";
-import { ACCEPT, uploadFile } from "../uploads.js";
+import { ACCEPT, pickFiles, uploadFile } from "../uploads.js";
 
 /** Each folder of the player's files, in the player's words. */
 export const FOLDERS = { ir: "Impulse responses", models: "Amp models", other: "Other files" };
@@ -22,17 +22,6 @@ export function filesView({ store, actions, router }) {
   function render() {
     lists = h("div", { id: "file-folders" });
     sending = h("ul", { class: "file-list uploads", "aria-label": "Files being sent" });
-    const picker = h("input", {
-      type: "file",
-      multiple: true,
-      accept: ACCEPT,
-      class: "visually-hidden",
-      id: "file-picker",
-      onchange: () => {
-        send([...picker.files]);
-        picker.value = "";
-      },
-    });
     fill(
       main,
       h(
@@ -44,8 +33,7 @@ export function filesView({ store, actions, router }) {
       h(
         "section",
         { class: "card" },
-        picker,
-        h("button", { type: "button", class: "needs-live", text: "Add files…", onclick: () => picker.click() }),
+        ...pickFiles({ label: "Add files…", accept: ACCEPT, multiple: true, onPick: send }),
         h("p", { class: "muted small" }, "Cabinet IRs (.wav), amp models (.nam, .json), or a .zip of them."),
         sending,
       ),

@@ -12,7 +12,7 @@ import { number } from "../format.js";
 import { MeterBar } from "../meters.js";
 import { pairingUrl } from "../pairing.js";
 import { qrSvg } from "../qr.js";
-import { backupUrl, restoreBackup } from "../uploads.js";
+import { backupUrl, pickFiles, progressIn, restoreBackup } from "../uploads.js";
 import { trackName } from "./board.js";
 
 export function healthView({ store, conn, meters }) {
@@ -176,40 +176,29 @@ export function healthView({ store, conn, meters }) {
 /** Download a backup of everything; restore one (after a confirm), with a progress bar. */
 function backupCard() {
   const outcome = h("p", { class: "muted small", role: "status" });
-  const picker = h("input", {
-    type: "file",
-    accept: ".zip",
-    class: "visually-hidden",
-    onchange: async () => {
-      const file = picker.files[0];
-      picker.value = "";
-      if (!file) return;
-      const sure = await confirmAction({
-        title: `Restore ${file.name}?`,
-        message: "Everything on the box is replaced by the backup: the board, pedalboards, setlist, MIDI mappings and your files. The box checks it first and then starts again with it (a few seconds of silence).",
-        ok: "Restore",
-        danger: true,
-      });
-      if (!sure) return;
-      const bar = h("progress", { max: 1, value: 0, "aria-label": `Sending ${file.name}` });
-      fill(outcome, bar);
-      const sent = await restoreBackup(file, (fraction) => (bar.value = fraction));
-      if (sent.ok) {
-        fill(outcome, "Restored. The box is starting again with it.");
-        toast("Backup restored; the box starts again");
-      } else {
-        fill(outcome, h("span", { class: "error", role: "alert" }, sent.error));
-      }
-    },
-  });
+  async function restore([file]) {
+    const sure = await confirmAction({
+      title: `Restore ${file.name}?`,
+      message: "Everything on the box is replaced by the backup: the board, pedalboards, setlist, MIDI mappings and your files. The box checks it first and then starts again with it (a few seconds of silence).",
+      ok: "Restore",
+      danger: true,
+    });
+    if (!sure) return;
+    const sent = await restoreBackup(file, progressIn(outcome, file));
+    if (sent.ok) {
+      fill(outcome, "Restored. The box is starting again with it.");
+      toast("Backup restored; the box starts again");
+    } else {
+      fill(outcome, h("span", { class: "error", role: "alert" }, sent.error));
+    }
+  }
   return h(
     "section",
     { class: "card" },
     h("h2", {}, "Backup"),
     h("p", {}, "One file with your board, pedalboards, setlist, MIDI mappings and files."),
     h("a", { class: "button", href: backupUrl(), download: "" }, "Download a backup"),
-    picker,
-    h("button", { type: "button", class: "needs-live", text: "Restore a backup…", onclick: () => picker.click() }),
+    ...pickFiles({ label: "Restore a backup…", accept: ".zip", onPick: restore }),
     outcome,
   );
 }

@@ -7,7 +7,7 @@
 
 import { coalesce, fill, h } from "../dom.js";
 import { askName, chooseAction, confirmAction, toast, toastError } from "../dialogs.js";
-import { importPedalboard, shareUrl } from "../uploads.js";
+import { importPedalboard, pickFiles, progressIn, shareUrl } from "../uploads.js";
 
 /** Snapshots a pedalboard may keep (protocol.md §14). */
 const MAX_SNAPSHOTS = 8;
@@ -221,29 +221,13 @@ export function libraryView({ store, actions, router }) {
   /** "Import a pedalboard…": a file shared by another box, with the files it loads. */
   function importButton() {
     const outcome = h("p", { class: "muted small", role: "status" });
-    const picker = h("input", {
-      type: "file",
-      accept: ".zip",
-      class: "visually-hidden",
-      onchange: async () => {
-        const file = picker.files[0];
-        picker.value = "";
-        if (!file) return;
-        const bar = h("progress", { max: 1, value: 0, "aria-label": `Sending ${file.name}` });
-        fill(outcome, bar);
-        const sent = await importPedalboard(file, (fraction) => (bar.value = fraction));
-        fill(outcome);
-        if (sent.ok) toast(`Imported as ${sent.answer.name}`);
-        else toast(sent.error, { bad: true });
-      },
-    });
-    return h(
-      "div",
-      {},
-      picker,
-      h("button", { type: "button", class: "needs-live", text: "Import a pedalboard…", onclick: () => picker.click() }),
-      outcome,
-    );
+    async function send([file]) {
+      const sent = await importPedalboard(file, progressIn(outcome, file));
+      fill(outcome);
+      if (sent.ok) toast(`Imported as ${sent.answer.name}`);
+      else toast(sent.error, { bad: true });
+    }
+    return h("div", {}, ...pickFiles({ label: "Import a pedalboard…", accept: ".zip", onPick: send }), outcome);
   }
 
   /** Download the pedalboard `name` as one file another box imports. */
