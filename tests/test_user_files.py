@@ -27,8 +27,10 @@ from appliance.core.board import BOARD_FORMAT
 from appliance.core.controls import FileParameter
 from appliance.core.errors import InvalidValue, NameTaken
 from appliance.engine.jack.server import JackServer
+from appliance.plugins import lilv
 from appliance.store.pedalboards import PedalboardStore
 from appliance.store.userfiles import UserFiles
+from tests.boxproc import scan_cache
 from tests.rig import Rig, gain_db, gaps, latency_frames, noise, sine
 from tests.test_box_e2e import REPLY_TIMEOUT, TRACK, Phone, _box, _config, _one_track, _phone
 from tests.test_box_e2e import engine_kind as engine_kind  # the fixture: jalv, and Carla where installed
@@ -420,3 +422,70 @@ async def test_a_renamed_file_stays_picked_everywhere_and_a_deleted_one_is_told_
         while (told := (await other.heard("ENGINE_EVENT"))["data"])["kind"] != "file-missing":
             pass
         assert repr(new) in told["message"], told
+
+
+NAM = "http://github.com/mikeoliphant/neural-amp-modeler-lv2"
+
+
+def write_nam_model(path: Path, delay: int) -> None:
+    """A tiny WaveNet ``.nam`` model that is exactly linear: its output is the input ``delay``
+    frames late at half the level (−6 dB). One layer of one channel whose LeakyReLU has a slope
+    of 1 (the identity); the first tap of its kernel of 2, dilated by ``delay``, is the late
+    one, the head's scale the level. NAM 0.2.3's engine (NeuralAudio) loads WaveNet and LSTM
+    models, not the ``Linear`` architecture."""
+    model = {
+        "version": "0.7.0",
+        "architecture": "WaveNet",
+        "sample_rate": 48000,
+        "config": {
+            "layers": [
+                {
+                    "input_size": 1,
+                    "condition_size": 1,
+                    "channels": 1,
+                    "head_size": 1,
+                    "kernel_size": 2,
+                    "dilations": [delay],
+                    "activation": {"type": "LeakyReLU", "negative_slope": 1.0},
+                    "gated": False,
+                    "head_bias": False,
+                }
+            ],
+            "head": None,
+            "head_scale": 0.5,
+        },
+        # rechannel, conv (2 taps), conv bias, input mixin, 1x1, 1x1 bias, head rechannel, head scale
+        "weights": [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.5],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(model))
+
+
+@pytest.mark.carla
+@on_a_loop
+async def test_an_amp_model_sent_from_the_phone_is_heard_where_nam_is_installed(
+    jack_server: JackServer, rig: Rig, tmp_path: Path
+) -> None:
+    """Under Carla, where Neural Amp Modeler is installed: a ``.nam`` model sent as the phone
+    sends it goes to the amp models, the catalog's "Amp model (NAM)" loads it, and it is heard:
+    its 5 frames late and 6 dB down; the box started again plays it."""
+    if NAM not in lilv.load_plugins(cache=scan_cache()):
+        pytest.skip(f"Neural Amp Modeler ({NAM}) is not installed here: it is not in Debian (README, Carla)")
+    config = _config(tmp_path, jack_server, "carla", _one_track(rig))
+    write_nam_model(tmp_path / "made" / "Late half.nam", 5)
+    async with _box(config) as box:
+        sent = await asyncio.to_thread(_upload, box.base, tmp_path / "made" / "Late half.nam")
+        assert sent == {"files": ["models/Late half.nam"]}
+        dry_lag, _ = await heard(rig)
+        async with _phone(box) as phone:
+            added = await phone.request("PLUGIN_ADD", name="amp_model")
+            model = str(added["data"]["plugin_id"])
+            assert added["data"]["files"] == {"model": None}
+            await phone.request("PLUGIN_FILE", plugin_id=model, file_id="model", file="models/Late half.nam")
+            await heard_as(rig, dry_lag + 5, -6.0)  # the model loads in the plugin's worker
+            lag, gain = await heard(rig)  # and settles in a take or two more
+            assert (lag - dry_lag, round(gain, 1)) == (5, -6.0), "the picked amp model is not what is heard"
+    async with _box(config):
+        await heard_as(rig, dry_lag + 5, -6.0)
+        lag, gain = await heard(rig)
+        assert (lag - dry_lag, round(gain, 1)) == (5, -6.0), "the restarted box lost the amp model"
