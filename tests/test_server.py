@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -448,6 +449,44 @@ async def test_a_page_reconnecting_in_a_loop_locks_out_nobody_else() -> None:
     finally:
         for ws in looping:
             await ws.close()
+        await made.server.stop()
+
+
+async def test_a_connection_replaced_during_its_handshake_is_closed_once_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A page reconnecting in a loop can have its oldest connection replaced while that one's
+    handshake is still under way: it is closed (4000) as soon as it opens, nothing fails on the
+    way, and the newer ones are served."""
+    made = await make_box(max_clients=6, max_per_address=2)
+    real_prepare = web.WebSocketResponse.prepare
+    first = asyncio.Event()
+
+    async def slow_first(self: web.WebSocketResponse, request: Any) -> Any:
+        if not first.is_set():
+            first.set()
+            await asyncio.sleep(0.5)  # the handshake's answer is slow to go out
+        return await real_prepare(self, request)
+
+    monkeypatch.setattr(web.WebSocketResponse, "prepare", slow_first)
+    failures: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: failures.append(context))
+    try:
+        opening = asyncio.ensure_future(connect(made.url, local_addr=("127.0.0.2", 0)))
+        await first.wait()
+        newer = [await connect(made.url, local_addr=("127.0.0.2", 0)) for _ in range(2)]
+        replaced = await opening
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(replaced.recv(), RECV_TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
+        for ws in newer:
+            await ws.send('{"type": "PING"}')
+            assert (await recv_type(ws, "PONG"))["type"] == "PONG"
+            await ws.close()
+        assert failures == []
+    finally:
+        asyncio.get_running_loop().set_exception_handler(None)
         await made.server.stop()
 
 

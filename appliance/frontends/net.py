@@ -49,6 +49,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_SLOW = 1013
 CLOSE_REPLACED = 4000
+REPLACED = b"replaced by a newer connection from this address"
 #: Messages refused in a row for the rate limit before the connection is closed (1008).
 RATE_ABUSE_LIMIT = 1000
 #: How long a token-mode client has to send AUTH after connecting.
@@ -405,11 +406,8 @@ class ControlServer:
             oldest = own[0]
             del self.admitted[oldest]
             log.warning("%s opened a connection past its %d: closing its oldest", address, len(own))
-            task = asyncio.get_running_loop().create_task(
-                oldest.close(code=CLOSE_REPLACED, message=b"replaced by a newer connection from this address")
-            )
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            if oldest.prepared:  # one still opening is closed by its own handler (_websocket)
+                self._replace(oldest)
         elif len(self.admitted) >= self.config.max_clients:
             return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many clients\n")
         self.admitted[ws] = address
@@ -469,10 +467,19 @@ class ControlServer:
             return refused
         try:
             await ws.prepare(request)
+            if ws not in self.admitted:  # replaced while its handshake was under way
+                await ws.close(code=CLOSE_REPLACED, message=REPLACED)
+                return ws
             await self._serve(ws, request)
         finally:
             self.admitted.pop(ws, None)
         return ws
+
+    def _replace(self, ws: web.WebSocketResponse) -> None:
+        """Close an open connection an address's newer one replaces (4000), beside the stream."""
+        task = asyncio.get_running_loop().create_task(ws.close(code=CLOSE_REPLACED, message=REPLACED))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _serve(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         authorized = self.config.auth == "none"
