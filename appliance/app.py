@@ -41,7 +41,7 @@ from .store.backup import recover_restore
 from .store.boards import BoardStore, DebouncedSaver
 from .store.files import write_atomic
 from .store.pedalboards import PedalboardStore
-from .store.userfiles import UserFiles
+from .store.userfiles import UserFiles, remove_incoming
 from .system.logs import fields
 from .system.watchdog import LoopLag, SystemdNotifier, watchdog_loop
 
@@ -337,6 +337,10 @@ class Box:
         else:
             if recovered:
                 log.warning("backup: %s", recovered)
+        left = await asyncio.to_thread(remove_incoming, config.data_dir)
+        if left:
+            names = ", ".join(p.name for p in left)
+            log.warning("removed %d temporary file(s) a stop cut short: %s", len(left), names)
         token = await asyncio.to_thread(read_token, config)
         self.catalog = await asyncio.to_thread(
             Catalog.load, config.catalog, cache=config.data_dir / "lv2-scan.json"
@@ -366,10 +370,6 @@ class Box:
             board, self.catalog, self.engine, self._board_changed, lambda: self.health()[1]
         )
         user_files = self.controller.user_files = UserFiles(config.data_dir / "files", config.files)
-        left = await asyncio.to_thread(user_files.remove_incoming)
-        if left:
-            names = ", ".join(p.name for p in left)
-            log.warning("removed %d upload(s) a stop cut short: %s", len(left), names)
         self.library = Library(
             self.controller,
             PedalboardStore(config.data_dir),

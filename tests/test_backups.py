@@ -121,7 +121,14 @@ async def test_a_backup_restored_on_a_wiped_card_brings_back_the_same_board_and_
     ] == {"gain": -9.5}, "the backup missed the change made a moment before it"
 
     shutil.rmtree(data)
+    # What a power cut leaves of a backup being made and of an upload: swept at the start.
+    cut = [data / ".incoming-backup-0123.zip", data / "..incoming-backup-0123.zip.77.tmp"]
+    cut.append(data / "files" / "ir" / ".incoming-abcd.part")
+    for path in cut:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"PK half")
     async with _box(config) as box:
+        assert [p for p in cut if p.exists()] == [], "a cut-short temporary stayed on the card"
         async with _phone(box) as phone:
             assert await phone.replay() == [], "the wiped box is not empty"
             assert await rig.gain_until(_near(0.0), PROBE) == pytest.approx(0.0, abs=TOLERANCE_DB)

@@ -232,14 +232,14 @@ class UserFiles:
         fsync_folder(target.parent)
         return name
 
-    def remove_incoming(self) -> list[Path]:
-        """Remove the temporaries of uploads a power cut or a crash left behind (at start)."""
-        return remove_incoming(self.root) if self.root.is_dir() else []
 
 
 def remove_incoming(folder: Path) -> list[Path]:
-    """Remove the temporaries of uploads under ``folder`` that a power cut or a crash left."""
-    left = [p for p in folder.rglob(f"{INCOMING}*") if p.is_file()]
+    """Remove the temporaries under ``folder`` that a power cut or a crash left: of uploads,
+    backups, restores and shared pedalboards, and the atomic writes of those (at start)."""
+    if not folder.is_dir():
+        return []
+    left = [p for p in folder.rglob("*") if p.name.startswith((INCOMING, f".{INCOMING}")) and p.is_file()]
     for path in left:
         with contextlib.suppress(OSError):
             path.unlink()
