@@ -19,10 +19,10 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 from ..config import FilesConfig
-from ..core.errors import StoreError
 from ..store.archives import ArchiveLimits
 from ..store.backup import BackupSummary, make_backup, stage_restore
 from ..store.userfiles import INCOMING, Incoming, too_large
@@ -91,18 +91,11 @@ class Backups:
             raise refusal(declared)
         async with self._busy:
             await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
-            incoming = await asyncio.to_thread(Incoming, self.data_dir, room, refusal, self._stage)
-            summary = await receive(incoming, chunks, asyncio.Lock())
+            stage = partial(stage_restore, self.data_dir, limits=self.limits)
+            incoming = await asyncio.to_thread(Incoming, self.data_dir, room, refusal, stage)
+            summary = await receive(incoming, chunks)  # one at a time already (_busy)
         log.warning(
             "backup of %s committed (%s); the box starts again with it", summary.created, summary.counts
         )
         self.restart("restoring a backup")
         return summary
-
-    def _stage(self, archive: Path) -> BackupSummary:
-        try:
-            return stage_restore(self.data_dir, archive, self.limits)
-        except OSError as exc:
-            if isinstance(exc, StoreError):
-                raise
-            raise StoreError(f"cannot restore the backup: {exc.strerror}") from exc

@@ -21,6 +21,7 @@ Every phone is sent the new listing (``FILE_LIST``) after each change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -146,10 +147,10 @@ class PlayerFiles:
         return imported
 
 
-async def receive(incoming: Incoming[T], chunks: AsyncIterator[bytes], lock: asyncio.Lock) -> T:
+async def receive(incoming: Incoming[T], chunks: AsyncIterator[bytes], lock: asyncio.Lock | None = None) -> T:
     """Write ``chunks`` into ``incoming`` (one worker-thread hop per :data:`WRITE_BLOCK`), then
-    give it its place holding ``lock``; what that gave. When anything fails, the task is
-    cancelled or ``chunks`` raises (a stalled or dropped upload), nothing is kept."""
+    give it its place, holding ``lock`` if given; what that gave. When anything fails, the task
+    is cancelled or ``chunks`` raises (a stalled or dropped upload), nothing is kept."""
     try:
         block = bytearray()
         async for chunk in chunks:
@@ -158,7 +159,7 @@ async def receive(incoming: Incoming[T], chunks: AsyncIterator[bytes], lock: asy
                 await asyncio.to_thread(incoming.write, bytes(block))
                 block.clear()
         await asyncio.to_thread(incoming.write, bytes(block))
-        async with lock:
+        async with lock or contextlib.nullcontext():
             return await asyncio.to_thread(incoming.keep)
     except BaseException:
         incoming.discard()

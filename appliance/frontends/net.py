@@ -288,7 +288,7 @@ class ControlServer:
         healthy, report = self.health()
         report["clients"] = len(self.sessions)
         status = http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE
-        return web.Response(status=status, body=json.dumps(report).encode(), content_type="application/json")
+        return web.json_response(report, status=status)
 
     async def _page(self, request: web.Request) -> web.Response:
         page = self.static.get(request.match_info["page"] or "index.html")
