@@ -33,6 +33,17 @@ def test_notify_reaches_the_socket(notify_socket: socket.socket, monkeypatch: py
     assert received(notify_socket) == ["READY=1\nSTATUS=serving"]
 
 
+def test_a_long_start_step_extends_systemds_start_timeout(
+    notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each slow step of a start (the first LV2 scan on a slow card took 74 s on an emulated
+    Pi) asks systemd for that step's time from now and says what it is doing. Broken,
+    systemd kills a first start at 90 s, over and over, and the new box never plays."""
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.getsockname())
+    assert SystemdNotifier().starting("reading the LV2 plugins", 300.0)
+    assert received(notify_socket) == ["EXTEND_TIMEOUT_USEC=300000000\nSTATUS=starting: reading the LV2 plugins"]
+
+
 def test_without_notify_socket_nothing_is_sent() -> None:
     """Outside systemd every notification is a no-op returning False."""
     assert SystemdNotifier({}).notify("READY=1") is False

@@ -48,6 +48,12 @@ class SystemdNotifier:
         return sent
 
 
+    def starting(self, step: str, seconds: float) -> bool:
+        """A step of the start that may take up to ``seconds``: systemd waits that long from
+        now (``EXTEND_TIMEOUT_USEC``) instead of its start timeout, and shows the step."""
+        return self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}", f"STATUS=starting: {step}")
+
+
 async def watchdog_loop(notifier: SystemdNotifier, healthy: Callable[[], tuple[bool, str]]) -> None:
     """Pet the watchdog at half its interval (every 5 s at most: the STATUS line goes with
     it), only while the box is healthy."""
