@@ -24,6 +24,7 @@ from .control.backups import Backups
 from .control.controller import Controller
 from .control.library import Library
 from .control.playerfiles import PlayerFiles
+from .control.updates import System, Updates, read_system
 from .core.board import Board
 from .core.controls import PluginType
 from .core.errors import ApplianceError, ConfigError, EngineError, StoreError
@@ -49,6 +50,10 @@ log = logging.getLogger("appliance.app")
 
 #: How long each shutdown step (server, save, engine) may take.
 STOP_STEP_TIMEOUT = 20.0
+#: How long each step of a start may take before systemd gives up on it, seconds (the
+#: unit's own 90 s is for the first one; the LV2 scan of a first start on a slow card, or
+#: loading a big board, takes longer, and a step that hangs is still caught).
+START_STEPS = {"scan": 300.0, "engine": 120.0, "board": 300.0, "serve": 120.0}
 #: How often the box tries to start its engine again on a JACK server that went away.
 ENGINE_RETRY_INTERVAL = 0.5
 
@@ -235,11 +240,20 @@ class Box:
         config: what to run.
         engine_maker: picks and makes the engine (tests of the box's own
             lifecycle give an in-memory stand-in).
+        system: reads which system this boot runs (blocking; called once, off the loop):
+            on the Debian card, its root and version (tests give their own boot folder and
+            kernel command line).
     """
 
-    def __init__(self, config: Config, engine_maker: EngineMaker = make_engine) -> None:
+    def __init__(
+        self,
+        config: Config,
+        engine_maker: EngineMaker = make_engine,
+        system: Callable[[], System] = read_system,
+    ) -> None:
         self.config = config
         self.engine_maker = engine_maker
+        self.read_system = system
         self.started = time.monotonic()
         self.notifier = SystemdNotifier()
         self.engine: Engine | None = None
@@ -251,6 +265,7 @@ class Box:
         self.hardware: gpio.Hardware | None = None
         self.mixer: MixerService | None = None
         self.midi: MidiService | None = None
+        self.updates: Updates | None = None
         self.tempo: TempoService | None = None
         self.meters: asyncio.Task[None] | None = None
         self.restarting: asyncio.Task[None] | None = None
@@ -269,6 +284,8 @@ class Box:
             failing = self.saver.last_error
             report["saving"] = "ok" if failing is None else f"failing, retrying: {failing}"
         report["loop_lag_ms"] = self.lag.report()
+        if self.updates is not None:
+            report["system"] = self.updates.report()
         return healthy, report
 
     def _saved_board(self) -> dict[str, Any]:
@@ -342,6 +359,7 @@ class Box:
             names = ", ".join(p.name for p in left)
             log.warning("removed %d temporary file(s) a stop cut short: %s", len(left), names)
         token = await asyncio.to_thread(read_token, config)
+        self.notifier.starting("reading the LV2 plugins", START_STEPS["scan"])
         self.catalog = await asyncio.to_thread(
             Catalog.load, config.catalog, cache=config.data_dir / "lv2-scan.json"
         )
@@ -356,6 +374,7 @@ class Box:
                 aside = await asyncio.to_thread(store.set_aside, "unusable")
                 log.error("saved board is not usable (%s); moved it to %s and started empty", exc, aside)
                 board = Board(t.id for t in config.tracks)
+        self.notifier.starting("starting the engine", START_STEPS["engine"])
         self.engine = self.engine_maker(config, self._on_engine_event, own_plugins(self.catalog))
         waiting = False
         try:
@@ -379,21 +398,28 @@ class Box:
         )
         player_files = PlayerFiles(self.controller, self.library, user_files)
         backups = Backups(config.data_dir, config.files, self.saver.flush, self._restart)
+        self.updates = Updates(config.data_dir, await asyncio.to_thread(self.read_system))
+        await self.updates.refresh()
+        self.controller.health_readers.append(self.updates.refresh)
         self.tempo = TempoService(self.controller, asyncio.get_running_loop().time, self.saver.changed)
         self.tempo.start(saved.get("tempo") if saved else None)  # before any plugin that follows it loads
         self.library.attach(self.tempo)  # kept on PEDALBOARD_SAVE only (not at each tap)
         if waiting or self.engine_lost:  # not started, or lost its server as it started
             self.restarting = asyncio.create_task(self._restart_engine(fresh=saved is None))
         else:
+            self.notifier.starting("loading the board", START_STEPS["board"])
             await self.controller.exclusively(lambda: self._load_engine(board))
             if saved is None:
                 await self._load_demo()
+        self.notifier.starting("starting the library, GPIO, MIDI and the server", START_STEPS["serve"])
         await self.library.start(saved.get("library") if saved else None)
         await self._start_mixer(saved.get("mixer") if saved else None)
         Tuner(self.controller)
         await self._start_gpio(board)
         await self._start_midi()
-        self.server = ControlServer(config.server, self.controller, self.health, token, player_files, backups)
+        self.server = ControlServer(
+            config.server, self.controller, self.health, token, player_files, backups, self.updates
+        )
         await self.server.start()
         feed = MeterFeed(self.engine, self.server.metering, self.server.send_meters)
         self.meters = asyncio.create_task(feed.run())

@@ -41,6 +41,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 from websockets.sync.client import ClientConnection, connect
 
+from appliance import __version__
 from appliance.engine.jack.server import DummySettings, JackServer, unique_server_name
 from tests.boxproc import ROOT, BoxProcess, virtual_config
 from tests.conftest import RIG_PERIOD, RIG_SAMPLE_RATE, require_jalv_tools
@@ -1000,6 +1001,36 @@ def _backup_and_restore(rigged: Rigged, raw: Raw, phone: Phone, tmp_path: Path) 
 
     eventually(backed_up_board, timeout=60)
     expect(page.locator("#conn")).to_have_text("Live", timeout=30_000)
+
+
+def test_the_system_card_says_what_runs_and_what_came_of_the_last_update(
+    rigged: Rigged, phone: Phone
+) -> None:
+    """Without this, a player cannot tell which system the box runs or what became of an
+    update, or is offered an update on a box that could not go back from a bad one: on a box
+    not started from the Debian card the System card shows its version, says updates need
+    the card, and keeps "Install an update…" off; an update's outcome written on the box
+    (here: one that fell back) shows in words at the next report."""
+    page = phone.page
+    open_ui(page, rigged.base, "#/health")
+    card = page.locator("section", has=page.get_by_role("heading", name="System"))
+    expect(card.locator("dd")).to_have_text([__version__, "one (not the Debian card)"])
+    expect(card).to_contain_text("Updates need the Debian card (image/card).")
+    expect(card.get_by_role("button", name="Install an update…")).to_be_disabled()
+    expect(card.locator("#system-last")).to_have_text("No update installed yet.")
+    state = rigged.box.config.parent / "data" / "update"
+    state.mkdir(exist_ok=True)
+    why = "the box did not become READY"
+    last = {"outcome": "fell back", "version": "2.0", "slot": "A", "why": why, "at": "2026-12-07T12:00:00Z"}
+    (state / "last.json").write_text(json.dumps(last))  # as appliance-update-check writes it
+    try:
+        expect(card.locator("#system-last")).to_have_text(
+            f"The update to 2.0 did not start; the box went back to {__version__} by itself: {why}."
+        )
+        card.scroll_into_view_if_needed()
+        screenshot(page, "system")
+    finally:
+        shutil.rmtree(state)
 
 
 def _differ(actual: Any, other: Any) -> None:

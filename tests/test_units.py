@@ -18,7 +18,7 @@ import pytest
 from appliance.engine.faders import FADE_STEPS, FADE_TIME, fade_step, fade_time
 
 ROOT = Path(__file__).resolve().parent.parent
-UNITS = sorted((ROOT / "systemd").glob("*.service"))
+UNITS = sorted([*(ROOT / "systemd").glob("*.service"), *(ROOT / "systemd").glob("*.path")])
 
 needs_systemd_analyze = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here"

@@ -114,6 +114,10 @@ class Controller:
         self.structural: set[str] = set(STRUCTURAL)
         #: What a client that just connected is told after the board (see :meth:`replay`).
         self.greeters: list[Callable[[], list[Event]]] = []
+        #: Awaited before each health report a client asks for (HEALTH_GET, ``/healthz``): they
+        #: read again, off the loop, what the report shows from files others write (an update's
+        #: outcome).
+        self.health_readers: list[Callable[[], Awaitable[None]]] = []
         self._structure = asyncio.Lock()
         self._performance = asyncio.Lock()
         self._handlers: dict[str, Handler] = {
@@ -548,7 +552,13 @@ class Controller:
         )
 
     async def _health_get(self, request: Request) -> Outcome:
+        await self.refresh_health()
         return Outcome(reply=[("HEALTH", self.health())])
+
+    async def refresh_health(self) -> None:
+        """Bring what the health report reads from files up to date (:attr:`health_readers`)."""
+        for read in self.health_readers:
+            await read()
 
     async def _ping(self, request: Request) -> Outcome:
         return Outcome(reply=[("PONG", {})])

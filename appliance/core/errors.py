@@ -155,6 +155,14 @@ class Stalled(ProtocolError):
     retryable = True
 
 
+class Busy(ProtocolError):
+    """Something done one at a time is under way: an update being sent, or one waiting to be
+    installed; nothing changed."""
+
+    code = "BUSY"
+    retryable = True
+
+
 class HardwareError(ApplianceError):
     """GPIO, mixer or sound card trouble, or a part of the box that is not installed (the tuner)."""
 
@@ -193,6 +201,8 @@ ERROR_CODES: frozenset[str] = frozenset(
         "STALLED",
         "NO_SPACE",
         "HARDWARE_UNAVAILABLE",
+        "UNSUPPORTED",
+        "BUSY",
         "UNAUTHORIZED",
         "INTERNAL",
     }

@@ -34,6 +34,7 @@ from ..config import RateLimit, ServerConfig
 from ..control.backups import Backups
 from ..control.controller import Controller, Event
 from ..control.playerfiles import PlayerFiles
+from ..control.updates import Updates
 from ..core import protocol
 from ..core.errors import ApplianceError, EngineError, InvalidValue, RateLimited, Stalled, Unauthorized
 from ..system.logs import fields
@@ -60,6 +61,7 @@ SERVER_CLOSE_TIMEOUT = 5.0
 HTTP_STATUS = {
     "UNAUTHORIZED": http.HTTPStatus.UNAUTHORIZED,
     "NAME_TAKEN": http.HTTPStatus.CONFLICT,
+    "BUSY": http.HTTPStatus.CONFLICT,
     "TOO_LARGE": http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     "NO_SPACE": http.HTTPStatus.INSUFFICIENT_STORAGE,
     "STALLED": http.HTTPStatus.REQUEST_TIMEOUT,
@@ -215,11 +217,13 @@ class ControlServer:
         token: str | None = None,
         files: PlayerFiles | None = None,
         backups: Backups | None = None,
+        updates: Updates | None = None,
     ) -> None:
         self.config = config
         self.controller = controller
         self.files = files
         self.backups = backups
+        self.updates = updates
         self.health = health
         self.token = token
         self.sessions: set[ClientSession] = set()
@@ -247,6 +251,8 @@ class ControlServer:
         if self.backups is not None:
             app.router.add_get("/backup", self._backup)
             app.router.add_post("/restore", self._restore)
+        if self.updates is not None:
+            app.router.add_post("/update", self._update)
         app.router.add_get("/{page:.*}", self._page)
         app.on_response_prepare.append(_headers)
         # An idle connection (one that never sends its request, or waits between two) is
@@ -285,6 +291,7 @@ class ControlServer:
     # -- HTTP --------------------------------------------------------------
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        await self.controller.refresh_health()
         healthy, report = self.health()
         report["clients"] = len(self.sessions)
         status = http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE
@@ -336,6 +343,22 @@ class ControlServer:
         await response.prepare(request)  # sent before the box stops to start again
         await response.write_eof()
         return response
+
+    async def _update(self, request: web.Request) -> web.Response:
+        """``POST /update``: the body is a system update; 202 once it is checked and waits for
+        the root installer, which restarts the box (docs/protocol.md "Updates")."""
+        assert self.updates is not None
+        manifest = await self._take(request, "update", self.updates.receive)
+        if isinstance(manifest, web.Response):
+            return manifest
+        return web.json_response(
+            {
+                "update": {"version": manifest.version, "arch": manifest.arch},
+                "installing": True,
+                "restarting": True,
+            },
+            status=http.HTTPStatus.ACCEPTED,
+        )
 
     async def _share(self, request: web.Request) -> web.StreamResponse:
         """``GET /pedalboards/share?name=Gig``: the pedalboard and the files it loads, one zip

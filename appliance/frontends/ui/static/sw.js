@@ -7,7 +7,7 @@
  * VERSION when the list of files changes.
  */
 
-const VERSION = "pedalboard-ui-4";
+const VERSION = "pedalboard-ui-5";
 const SHELL = [
   "./",
   "index.html",

@@ -1,8 +1,8 @@
 /**
- * Sending the player's files and backups to the box (protocol.md "Uploads",
- * "Backups"): one HTTP POST per file, its body the file itself, with the
- * phone's token. An XHR, not fetch: only XHR reports how much of the body
- * has gone (the progress bar).
+ * Sending the player's files, backups and system updates to the box (protocol.md
+ * "Uploads", "Backups", "Updates"): one HTTP POST per file, its body the file
+ * itself, with the phone's token. An XHR, not fetch: only XHR reports how much
+ * of the body has gone (the progress bar).
  */
 
 import { h } from "./dom.js";
@@ -10,6 +10,8 @@ import { currentToken } from "./pairing.js";
 
 /** What the file picker offers: the kinds the box's plugins load, and zips of them. */
 export const ACCEPT = ".wav,.flac,.aif,.aiff,.nam,.json,.aidax,.zip";
+/** What the picker offers for a system update (image/card/build makes them). */
+export const UPDATE_ACCEPT = ".update";
 
 /**
  * Send `file` to the box as one of the player's files; `progress(fraction)` as it goes.
@@ -28,6 +30,16 @@ export function uploadFile(file, progress) {
  */
 export function restoreBackup(file, progress) {
   return post("/restore", file, progress, 200);
+}
+
+/**
+ * Send a system update to the box; `progress(fraction)` as it goes. Once it is checked the
+ * box installs it to its other root and restarts by itself (protocol.md "Updates").
+ *
+ * @returns {Promise<{ok: true, answer: {update: {version: string, arch: string}}} | {ok: false, error: string}>}
+ */
+export function installUpdate(file, progress) {
+  return post("/update", file, progress, 202);
 }
 
 /**

@@ -1,8 +1,8 @@
 /**
  * The box's health: engine, DSP load, xruns, levels per track, the HAT's
  * mixer when it has one, MIDI controllers (a summary; the page is `#/midi`),
- * the player's files, a backup of everything and its restore, and how to
- * pair another phone.
+ * the player's files, a backup of everything and its restore, the system (its
+ * version, and installing an update), and how to pair another phone.
  */
 
 import { confirmAction, toast } from "../dialogs.js";
@@ -12,7 +12,7 @@ import { number } from "../format.js";
 import { MeterBar } from "../meters.js";
 import { pairingUrl } from "../pairing.js";
 import { qrSvg } from "../qr.js";
-import { backupUrl, pickFiles, progressIn, restoreBackup } from "../uploads.js";
+import { UPDATE_ACCEPT, backupUrl, installUpdate, pickFiles, progressIn, restoreBackup } from "../uploads.js";
 import { trackName } from "./board.js";
 
 export function healthView({ store, conn, meters }) {
@@ -21,6 +21,7 @@ export function healthView({ store, conn, meters }) {
   let bars = new Map();
   let mixerBox = null;
   let mixerControls = new Map();
+  let system = null;
 
   function render() {
     facts = h("dl", { class: "facts", id: "health-facts" });
@@ -57,6 +58,7 @@ export function healthView({ store, conn, meters }) {
         h("a", { class: "button", href: "#/files" }, "Your files"),
       ),
       backupCard(),
+      (system = systemCard()).el,
       h(
         "section",
         { class: "card" },
@@ -69,6 +71,7 @@ export function healthView({ store, conn, meters }) {
     showFacts();
     showLevels();
     showMixer();
+    system.show(store.engine && store.engine.system);
   }
 
   function midiSummary() {
@@ -135,8 +138,10 @@ export function healthView({ store, conn, meters }) {
 
   function onChange(event) {
     const { kind, reply_to: replyTo } = event.detail;
-    if (kind === "health") showFacts();
-    else if (kind === "meters") {
+    if (kind === "health") {
+      showFacts();
+      if (system) system.show(store.engine && store.engine.system);
+    } else if (kind === "meters") {
       showLevels();
       showFacts();
     } else if (kind === "mixer") {
@@ -169,6 +174,7 @@ export function healthView({ store, conn, meters }) {
       facts = null;
       mixerBox = null;
       mixerControls = new Map();
+      system = null;
     },
   };
 }
@@ -201,6 +207,66 @@ function backupCard() {
     ...pickFiles({ label: "Restore a backup…", accept: ".zip", onPick: restore }),
     outcome,
   );
+}
+
+/**
+ * The system the box runs (HEALTH's `system`: version, root, the last update's outcome) and
+ * "Install an update…" (after a confirm, with a progress bar). Only a box started from the
+ * Debian card (a root A or B) takes updates; elsewhere the button is off and says why.
+ * `show(system)` draws a report again and leaves an upload under way alone.
+ */
+function systemCard() {
+  const facts = h("dl", { class: "facts", id: "system-facts" });
+  const last = h("p", { id: "system-last" });
+  const note = h("p", { class: "muted small", id: "system-note" });
+  const outcome = h("p", { class: "muted small", role: "status" });
+  async function install([file]) {
+    const sure = await confirmAction({
+      title: `Install ${file.name}?`,
+      message: "The box checks the update, installs it beside the system it runs and restarts with it (a minute or two of silence). If the new system does not play your board within a few minutes, the box goes back to this one by itself. Your board, pedalboards, setlist, MIDI mappings and files stay as they are.",
+      ok: "Install",
+      danger: true,
+    });
+    if (!sure) return;
+    const sent = await installUpdate(file, progressIn(outcome, file));
+    if (sent.ok) {
+      fill(outcome, `Installing ${sent.answer.update.version}; the box restarts by itself.`);
+      toast("Update sent; the box installs it and restarts");
+    } else {
+      fill(outcome, h("span", { class: "error", role: "alert" }, sent.error));
+    }
+  }
+  const [picker, button] = pickFiles({ label: "Install an update…", accept: UPDATE_ACCEPT, onPick: install });
+  button.disabled = true; // until the box says it runs from the card
+  const el = h("section", { class: "card", id: "system-card" }, h("h2", {}, "System"), facts, last, picker, button, note, outcome);
+
+  function show(report) {
+    const known = Boolean(report);
+    const slot = known ? report.slot : null;
+    fill(
+      facts,
+      [
+        ["Version", known ? report.version : "–"],
+        ["Root", !known ? "–" : slot ? `${slot} (of A and B)` : "one (not the Debian card)"],
+      ].map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
+    );
+    fill(last, known ? lastUpdate(report) : "");
+    button.disabled = !slot;
+    fill(note, known && !slot ? "Updates need the Debian card (image/card)." : "");
+  }
+  return { el, show };
+}
+
+/** The last update's outcome in words (HEALTH's `system.last_update`). */
+function lastUpdate(report) {
+  const last = report.last_update;
+  if (!last) return "No update installed yet.";
+  const to = last.version ? ` to ${last.version}` : "";
+  if (last.outcome === "installed") return `Updated to ${last.version}.`;
+  if (last.outcome === "fell back") {
+    return `The update${to} did not start; the box went back to ${report.version} by itself: ${last.why || "no reason given"}.`;
+  }
+  return `The update${to} was not installed: ${last.why || "no reason given"}.`;
 }
 
 function uptime(seconds) {
