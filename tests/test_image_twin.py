@@ -11,7 +11,7 @@ loopback interface; the box's port 8000 is carried to a free port of this
 machine's loopback.
 
 One card serves the whole module, as one box serves a player: first boot, then
-restarts, a hang, a kill, a power cut. Times are printed, never asserted.
+restarts, a hang, a kill, the container killed outright. Times are printed, never asserted.
 Skipped, with the reason, where the twin cannot run (not root, no
 ``systemd-nspawn`` or ``mmdebstrap``: ``./scripts/setup --test`` installs them).
 """
@@ -438,10 +438,12 @@ def test_the_watchdog_restarts_a_hung_box_with_its_board(stage: Stage) -> None:
         twin.run("systemctl", "daemon-reload", check=False)
 
 
-def test_a_board_saved_before_a_power_cut_is_there_after_the_next_boot(stage: Stage) -> None:
-    """A knob turned and saved, then the power cut (the container's PID 1 killed, nothing
-    shut down): the next boot plays the same board. Boot-to-READY is printed. Broken, a
-    player loses the sound set before the gig at every unplug."""
+def test_a_board_saved_before_the_container_is_killed_is_there_after_the_next_boot(stage: Stage) -> None:
+    """A knob turned and saved, then the container killed (its PID 1 killed, nothing
+    shut down; the machine's page cache keeps what it wrote, so this is a crash of the whole
+    box, not a power cut: tests/test_card.py cuts the power of a VM): the next boot plays
+    the same board. Boot-to-READY is printed. Broken, a player loses the sound set at every
+    crash."""
     twin = stage.up()
     plugin = ensure_plugin(stage)
     set_gain(stage, plugin["plugin_id"], -3.25)
@@ -449,7 +451,7 @@ def test_a_board_saved_before_a_power_cut_is_there_after_the_next_boot(stage: St
     twin.pull_plug()
     to_ready = stage.power_on()
     print(
-        f"power cut: the next boot READY {to_ready:.2f} s after power-up (systemd, JACK, the box, its board)"
+        f"container killed: the next boot READY {to_ready:.2f} s after power-up (systemd, JACK, the box, its board)"
     )
     assert shape(board(stage)) == playing
     assert not list((stage.card.data / "appliance").glob("*.tmp*")), "a half-written file was left behind"

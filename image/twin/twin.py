@@ -407,8 +407,10 @@ class Twin:
         return self.pull_plug()
 
     def pull_plug(self) -> int | None:
-        """Power cut: SIGKILL to the container's PID 1 (which ends everything in it),
-        then to what is left of systemd-nspawn's group. Returns nspawn's exit status."""
+        """SIGKILL to the container's PID 1 (which ends everything in it), then to what is
+        left of systemd-nspawn's group: the plug of the container, not of the machine (its
+        page cache keeps every write; image/card/qemu.py cuts a VM's power). Returns
+        nspawn's exit status."""
         for forward in self._forwards:
             forward.close()
         self._forwards.clear()
