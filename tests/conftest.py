@@ -75,6 +75,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@contextlib.contextmanager
+def small_partition(folder: Path, size: str) -> Iterator[Path]:
+    """``folder`` made a real, small file system (a tmpfs of ``size``, as ``mount -o size=``
+    takes it): a card that fills. Skips the test, saying why, where it cannot be mounted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(
+            f"cannot mount a small tmpfs as the data partition here: {mounted.stderr.decode().strip()}"
+        )
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
 def require_jalv_tools() -> None:
     """Fail (never skip) when a tool of the always-tested engine is missing."""
     missing = [tool for tool in JALV_TOOLS if shutil.which(tool) is None]

@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +40,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from appliance.engine.carla import HIDE_CARLA_ENV
 from appliance.engine.jack.server import JackServer
 from tests.boxproc import SERVER_PERIOD, BoxProcess, virtual_config
+from tests.conftest import small_partition
 from tests.notify import received
 from tests.rig import (
     MidiController,
@@ -755,12 +755,7 @@ async def test_a_full_disk_keeps_the_box_playing_and_loses_nothing_once_there_is
 ) -> None:
     """The data partition fills up: a knob change still sounds, /healthz says the box cannot
     save, and once there is room again the change is saved without anyone asking."""
-    data = tmp_path / "data"
-    data.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(data)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs as the data partition here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_partition(tmp_path / "data", "512k") as data:
         # no copy of the LV2 scan: it would fill this partition before the test does
         config = _config(tmp_path, jack_server, "jalv", _one_track(rig), scanned=False)
         async with _box(config) as box, _phone(box) as phone:
@@ -780,8 +775,6 @@ async def test_a_full_disk_keeps_the_box_playing_and_loses_nothing_once_there_is
             filler.unlink()
             await _saved(data, lambda board: _saved_chain(board) == [(gain, "gain", {"gain": -3.0}, False)])
             assert (await asyncio.to_thread(_get_json, box.base + "/healthz"))["saving"] == "ok"
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
 
 
 # -- the JACK server stalls or goes away --------------------------------------------------

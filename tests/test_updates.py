@@ -44,6 +44,7 @@ from appliance.frontends.net import ControlServer
 from appliance.store.userfiles import CARD_RESERVE
 from appliance.system import update
 from tests.boxproc import free_port, virtual_config
+from tests.conftest import small_partition
 from tests.fakes import ControlStack, FakeCatalog, FakeEngine
 
 TRACK = "track_001"
@@ -354,16 +355,7 @@ async def test_a_card_too_full_for_an_update_refuses_it_cleanly(tmp_path: Path) 
     refused with NO_SPACE (507), up front when its length is said and as it passes the room
     when not, and nothing of it is left; a small one still goes in. Broken, an update would
     fill the card the board is saved on, and the box would stop saving."""
-    data = tmp_path / "data"
-    data.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(data)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(
-            f"cannot mount a small tmpfs as the data partition here: {mounted.stderr.decode().strip()}"
-        )
-    try:
+    with small_partition(tmp_path / "data", "80m"):
         made = await make_box(tmp_path)
         try:
             status, answer = await post(made, b"\x00" * (20 << 20))
@@ -380,8 +372,6 @@ async def test_a_card_too_full_for_an_update_refuses_it_cleanly(tmp_path: Path) 
             assert (await post(made, make_bundle(tmp_path / "made")))[0] == 202
         finally:
             await made.server.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
 
 
 # -- the system in the health report, on the whole box -----------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import subprocess
 import time
 import zipfile
 from collections.abc import AsyncIterator
@@ -36,6 +35,7 @@ from appliance.core.pedalboards import Pedalboard
 from appliance.frontends.net import ControlServer
 from appliance.store.pedalboards import PedalboardStore
 from appliance.store.userfiles import UserFiles
+from tests.conftest import small_partition
 from tests.fakes import ControlStack, FakeCatalog
 
 TRACK = "track_001"
@@ -313,16 +313,7 @@ async def test_backup_and_restore_follow_the_same_rules(tmp_path: Path) -> None:
 async def test_a_full_card_refuses_an_upload_cleanly(tmp_path: Path) -> None:
     """On a card with no room left: NO_SPACE (507), said up front for a file whose length is
     given and when the card fills for one that is not, and nothing of it left."""
-    data = tmp_path / "data"
-    data.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(data)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(
-            f"cannot mount a small tmpfs as the data partition here: {mounted.stderr.decode().strip()}"
-        )
-    try:
+    with small_partition(tmp_path / "data", "80m"):
         made = await make_box(tmp_path)
         try:
             status, answer = await post(made, b"\x00" * (20 << 20), name="big.wav")
@@ -338,8 +329,6 @@ async def test_a_full_card_refuses_an_upload_cleanly(tmp_path: Path) -> None:
             assert (await post(made, WAV, name="small.wav"))[0] == 201
         finally:
             await made.server.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
 
 
 def _pedalboard(data: Path, name: str, chain: list[dict[str, Any]]) -> None:
