@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from hil.figures import spread
-from image.card.qemu import Machine, MachineError, arch_of, why_not_here
+from image.card.qemu import EMULATED_AUDIO, Machine, MachineError, arch_of, why_not_here
 from tests.killloop import PROMISE, SEED_VARIABLE, seed_from_environment
 from tests.powercuts import power_cuts
 
@@ -40,7 +40,8 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuts", type=int, default=100)
     parser.add_argument("--seed", type=int, default=None, help=f"default: {SEED_VARIABLE}, else a fresh one")
     parser.add_argument("--card", type=Path, default=CARD, help="a card of image/card/build")
-    parser.add_argument("--period", type=int, default=1024, help="JACK's period on the card (audio_period=)")
+    parser.add_argument("--period", type=int, default=int(EMULATED_AUDIO["audio_period"]), help="frames")
+    parser.add_argument("--rate", type=int, default=int(EMULATED_AUDIO["audio_rate"]), help="audio_rate=, Hz")
     args = parser.parse_args(argv)
     why = why_not_here(arch_of(args.card))
     if why is not None or not args.card.is_file():
@@ -50,7 +51,7 @@ async def main(argv: list[str] | None = None) -> int:
     print(f"seed {seed} (--seed {seed} runs the same cut times); card {args.card}", flush=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-power-") as folder:
-        settings = {"audio_device": "dummy", "audio_period": str(args.period)}
+        settings = {**EMULATED_AUDIO, "audio_period": str(args.period), "audio_rate": str(args.rate)}
         machine = Machine(args.card, Path(folder) / "card", settings)
         try:
             cuts = await power_cuts(machine, args.cuts, seed, log=lambda line: print(line, flush=True))

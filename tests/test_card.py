@@ -32,7 +32,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from appliance.system.update import MEMBERS, make, read_env
-from image.card.qemu import Machine, MachineError, why_not_here
+from image.card.qemu import EMULATED_AUDIO, Machine, MachineError, why_not_here
 from tests.killloop import PROMISE
 from tests.powercuts import SLOW_ANSWER, board, power_cuts, request
 
@@ -48,8 +48,6 @@ CUTS = 3
 #: What the update check gives the box in these tests (appliance.txt's default): a later
 #: boot of the emulated card plays in about a minute.
 CONFIRM_SECONDS = 180
-#: JACK's period on the emulated cards (appliance.txt): 128 frames keeps an emulated CPU busy.
-PERIOD = "1024"
 
 pytestmark = [
     pytest.mark.timeout(3 * 3600),
@@ -116,7 +114,7 @@ def test_the_arm64_card_boots_to_ready_and_plays_its_demo_board(folder: Path) ->
     without). Broken, a player flashes a card that never plays, or plays with nothing a phone
     can reach."""
     image = build("arm64")
-    machine = Machine(image, folder / "arm64", {"audio_device": "dummy", "audio_period": PERIOD})
+    machine = Machine(image, folder / "arm64", EMULATED_AUDIO)
     try:
         machine.power_on()
         first = machine.wait_ready()
@@ -157,7 +155,7 @@ def test_power_cuts_lose_nothing_acknowledged_a_second_before(folder: Path) -> N
     than a second before the cut is lost. Broken (a board written in place, or without
     fsync), a player loses the sound set before the gig when the power goes."""
     image = build("amd64")
-    machine = Machine(image, folder / "cuts", {"audio_device": "dummy", "audio_period": PERIOD})
+    machine = Machine(image, folder / "cuts", EMULATED_AUDIO)
     try:
         cuts = asyncio.run(power_cuts(machine, CUTS, seed=int(time.time()) % 10**6))
     finally:
@@ -222,11 +220,7 @@ def updated_card(folder: Path, name: str) -> tuple[Machine, Path, list[str]]:
     update must keep); the card's own update bundle; the board's plugins."""
     image = build("amd64")
     good = next(OUT.glob("pedalboard-amd64-*.update"))
-    settings = {
-        "audio_device": "dummy",
-        "audio_period": PERIOD,
-        "update_confirm_seconds": str(CONFIRM_SECONDS),
-    }
+    settings = {**EMULATED_AUDIO, "update_confirm_seconds": str(CONFIRM_SECONDS)}
     machine = Machine(image, folder / name, settings)
     machine.power_on()
     machine.wait_ready()
