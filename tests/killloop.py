@@ -92,20 +92,26 @@ def config(folder: Path) -> Path:
     return virtual_config(folder, own_server_name=True, demo=demo, data_dir=folder / "data")
 
 
-async def board(ws: ClientConnection) -> tuple[str, float]:
-    """The gain's plugin id and value, as the box replays its board; the whole board must be back."""
+async def replayed(ws: ClientConnection, timeout: float) -> tuple[list[str], str | None, float | None]:
+    """The board's plugins (by name, in order) as the box replays it, and its gain's id and value."""
     await ws.send(json.dumps({"id": "sync", "type": "PING"}))
-    found: tuple[str, float] | None = None
-    plugins = []
-    async with asyncio.timeout(ANSWER_TIMEOUT):
+    plugins: list[str] = []
+    gain: tuple[str | None, float | None] = (None, None)
+    async with asyncio.timeout(timeout):
         while (message := json.loads(await ws.recv())).get("reply_to") != "sync":
             if message["type"] == "PLUGIN_ADD":
                 plugins.append(message["data"]["plugin"])
                 if message["data"]["plugin"] == "gain":
-                    found = (message["data"]["plugin_id"], float(message["data"]["parameters"]["gain"]))
-    assert found is not None, f"the board came back without its gain: {plugins}"
+                    gain = (message["data"]["plugin_id"], float(message["data"]["parameters"]["gain"]))
+    return plugins, gain[0], gain[1]
+
+
+async def board(ws: ClientConnection) -> tuple[str, float]:
+    """The gain's plugin id and value, as the box replays its board; the whole board must be back."""
+    plugins, plugin_id, value = await replayed(ws, ANSWER_TIMEOUT)
+    assert plugin_id is not None and value is not None, f"the board came back without its gain: {plugins}"
     assert sorted(plugins) == sorted(["gain", *ALSO_ON_THE_BOARD]), f"the board came back as {plugins}"
-    return found
+    return plugin_id, value
 
 
 def judge(previous: Round, value: float) -> Verdict:

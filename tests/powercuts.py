@@ -27,7 +27,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from image.card.qemu import Machine
-from tests.killloop import ANSWER_TIMEOUT, Round, Verdict, burst, judge, kill_delays
+from tests.killloop import ANSWER_TIMEOUT, Round, Verdict, burst, judge, kill_delays, replayed
 
 TRACK = "track_001"
 #: How long the box may take to answer once it plays (an emulated CPU), seconds.
@@ -45,16 +45,7 @@ class Cut:
 
 async def board(ws: ClientConnection) -> tuple[list[str], str | None, float | None]:
     """The board's plugins (by name, in order) as the box replays it, and its gain's id and value."""
-    await ws.send(json.dumps({"id": "sync", "type": "PING"}))
-    plugins: list[str] = []
-    gain: tuple[str | None, float | None] = (None, None)
-    async with asyncio.timeout(SLOW_ANSWER):
-        while (message := json.loads(await ws.recv())).get("reply_to") != "sync":
-            if message["type"] == "PLUGIN_ADD":
-                plugins.append(message["data"]["plugin"])
-                if message["data"]["plugin"] == "gain":
-                    gain = (message["data"]["plugin_id"], float(message["data"]["parameters"]["gain"]))
-    return plugins, gain[0], gain[1]
+    return await replayed(ws, SLOW_ANSWER)
 
 
 async def request(ws: ClientConnection, kind: str, **data: Any) -> dict[str, Any]:
