@@ -4,7 +4,8 @@ card's own boot chain (UEFI firmware, GRUB, root A or B), the box on JACK's dumm
 What a player gets from the card: first boot (token, name, data partition, read-only
 root) and the box playing its demo board, reachable over the protocol; power cuts that
 lose nothing acknowledged more than a second before; an update that boots, and a broken
-one that goes back to the old system by itself, the player's board untouched.
+one that goes back to the old system by itself, the player's board untouched; a MIDI
+controller heard through the card's own kernel.
 
 Opt-in (``APPLIANCE_CARD_TESTS=1 ./scripts/test tests/test_card.py``): the cards take
 minutes to build the first time and the machines are emulated (TCG: these machines have
@@ -19,6 +20,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from appliance.system.update import MEMBERS, make, read_env
 from image.card.qemu import EMULATED_AUDIO, Machine, MachineError, why_not_here
@@ -164,6 +166,68 @@ def test_power_cuts_lose_nothing_acknowledged_a_second_before(folder: Path) -> N
     assert all(c.verdict.tested for c in cuts), "a cut came before any change was a second old"
     lost = [c for c in cuts if not c.verdict.kept]
     assert not lost, f"changes acknowledged more than {PROMISE} s before a cut were lost: {lost}"
+
+
+def test_a_midi_interface_the_kernel_drives_is_learned_and_moves_a_knob(folder: Path) -> None:
+    """ALSA's path, which the rig (JACK MIDI clients only) never takes: a MIDI interface the
+    card's own kernel drives (a serial one: QEMU emulates no USB MIDI device; a USB one
+    reaches ALSA's sequencer the same way), bridged to JACK by the card's a2jmidid, heard by
+    the box. From the phone, a gain is learned from the interface's first CC and given a
+    range; the CC then drives it, running status included, and the same CC on another
+    channel changes nothing. Broken, a player's foot controller does nothing on the box
+    although every test on the rig passes."""
+    image = build("amd64")
+    port = folder / "midi.sock"
+    machine = Machine(image, folder / "midi", EMULATED_AUDIO, serial_midi=port)
+    try:
+        machine.power_on()
+        print(f"card amd64 with a serial MIDI interface: playing after {machine.wait_ready():.0f} s")
+        with socket.socket(socket.AF_UNIX) as midi:
+            midi.connect(str(port))
+            asyncio.run(learn_and_play(machine, midi))
+    finally:
+        machine.discard()
+
+
+async def learn_and_play(machine: Machine, midi: socket.socket) -> None:
+    url = f"ws://127.0.0.1:{machine.port}/ws?token={token(machine)}"
+    async with connect(url, open_timeout=SLOW_ANSWER) as ws:
+        inputs: list[str] = []
+        async with asyncio.timeout(SLOW_ANSWER):  # a2jmidid and the box start side by side
+            while not any("Serial MIDI" in port for port in inputs):  # the kernel's name for it
+                await asyncio.sleep(1)
+                inputs = (await request(ws, "MIDI_GET"))["data"]["inputs"]
+        print(f"card amd64: the box hears {inputs}")
+        added = await request(ws, "PLUGIN_ADD", track_id="track_001", name="gain")
+        gain = added["data"]["plugin_id"]
+        await request(
+            ws, "MIDI_LEARN", mapping={"action": "parameter", "plugin_id": gain, "parameter_id": "gain"}
+        )
+        midi.sendall(bytes([0xB0, 7, 64]))  # channel 1, CC 7
+        learned = (await next_of(ws, "MIDI_LEARNED"))["data"]["mapping"]
+        assert (learned["message"], learned["number"], learned["channel"]) == ("cc", 7, 1), learned
+        await request(ws, "MIDI_MAP_SET", mapping={**learned, "minimum": -20.0, "maximum": 0.0})
+        midi.sendall(bytes([0xB3, 7, 127]))  # channel 4: not what was learned
+        await asyncio.sleep(2)  # (were it heard, its change would come first, not be coalesced)
+        sent = time.monotonic()
+        midi.sendall(bytes([0xB0, 7, 0]))
+        heard = await next_of(ws, "PLUGIN_PARAMETER")
+        print(f"card amd64: CC to the phone told {1000 * (time.monotonic() - sent):.0f} ms (emulated)")
+        assert (heard["data"]["plugin_id"], heard["data"]["parameter_value"]) == (gain, -20.0), heard
+        midi.sendall(bytes([0xB0, 7, 127, 7, 64]))  # running status: the second has no status byte
+        async with asyncio.timeout(SLOW_ANSWER):
+            while (await next_of(ws, "PLUGIN_PARAMETER"))["data"]["parameter_value"] != pytest.approx(
+                -20.0 + 20.0 * 64 / 127, abs=0.01
+            ):
+                pass
+
+
+async def next_of(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    """The next message of ``kind`` the box sends."""
+    async with asyncio.timeout(SLOW_ANSWER):
+        while (message := json.loads(await ws.recv()))["type"] != kind:
+            pass
+    return dict(message)
 
 
 def broken_bundle(good: Path, out: Path) -> Path:

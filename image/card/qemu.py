@@ -55,6 +55,18 @@ READY_TIMEOUT = 900.0
 #: CPU of an emulated amd64 card at 99 % DSP: thousands of xruns a boot, the box's loop late
 #: by up to 1.3 s, and an installer starved of CPU.
 EMULATED_AUDIO = {"audio_device": "dummy", "audio_period": "1024", "audio_rate": "16000"}
+#: GRUB's environment block on the boot partition (image/card/grub.cfg reads it).
+GRUBENV = "EFI/BOOT/grubenv"
+#: A MIDI interface the card's kernel drives, for an amd64 machine (``Machine(serial_midi=)``).
+#: QEMU emulates no USB MIDI device, but its 16550 UART is a serial MIDI port to ALSA's
+#: ``snd-serial-u16550`` ("generic" adaptor) at COM2; the kernel's own serial driver is kept to
+#: COM1 (the console) so that it leaves COM2 to ALSA: one port, from the legacy table (with
+#: ACPI's list of ports, ttyS0 went to COM2 and the console with it). From the driver on, the
+#: path is a USB controller's: ALSA's sequencer, a2jmidid, the box's JACK MIDI input.
+SERIAL_MIDI_KERNEL = (
+    "pnpacpi=off 8250.nr_uarts=1 modules_load=snd_serial_u16550"
+    " snd_serial_u16550.port=0x2f8 snd_serial_u16550.irq=3 snd_serial_u16550.adaptor=4"
+)
 #: Prefix for QEMU: it gets SIGKILL if the process that started it dies (a killed test run).
 _FOLLOW_ME = ["setpriv", "--pdeathsig", "SIGKILL", "--"]
 
@@ -99,6 +111,9 @@ class Machine:
         settings: lines to put in the card's appliance.txt before its first power-up
             (:data:`EMULATED_AUDIO`: no sound card in the machine).
         cpus, memory_mb: the machine's size.
+        serial_midi: amd64 only: a MIDI interface on the machine's second serial port
+            (:data:`SERIAL_MIDI_KERNEL`), fed with the bytes written to the Unix socket QEMU
+            serves at this path.
     """
 
     def __init__(
@@ -108,6 +123,7 @@ class Machine:
         settings: dict[str, str] | None = None,
         cpus: int = 2,
         memory_mb: int = 2048,
+        serial_midi: Path | None = None,
     ) -> None:
         self.image = image.resolve()
         self.arch = arch_of(image)
@@ -116,6 +132,7 @@ class Machine:
         self.console = folder / "console.log"
         self.cpus = cpus
         self.memory_mb = memory_mb
+        self.serial_midi = serial_midi
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.powered_at = 0.0
@@ -125,6 +142,10 @@ class Machine:
         _run("qemu-img", "create", "-q", *layer, str(self.card), CARD_SIZE)
         if settings:
             self.write_settings(settings)
+        if serial_midi is not None:
+            if self.arch != "amd64":
+                raise MachineError("a serial MIDI interface needs an amd64 machine (a PC's COM2)")
+            self.add_kernel_arguments(SERIAL_MIDI_KERNEL)
 
     @property
     def url(self) -> str:
@@ -168,6 +189,20 @@ class Machine:
 
         self._with_boot_partition(True, edit)
 
+    def add_kernel_arguments(self, arguments: str) -> None:
+        """Start the kernel of every later boot with ``arguments`` too (GRUB's ``extra``:
+        image/card/grub.cfg)."""
+
+        def edit(fat: str) -> str:
+            local = self.folder / "grubenv"
+            _run("mcopy", "-o", "-i", fat, f"::{GRUBENV}", str(local))
+            listed = _run("grub-editenv", str(local), "list").splitlines()
+            extra = [line.split("=", 1)[1] for line in listed if line.startswith("extra=")]
+            _run("grub-editenv", str(local), "set", "extra=" + " ".join([*extra, arguments]).strip())
+            return _run("mcopy", "-o", "-i", fat, str(local), f"::{GRUBENV}")
+
+        self._with_boot_partition(True, edit)
+
     def read_file(self, path: str) -> str:
         """A file on the card's boot partition (``appliance-token.txt``, ``EFI/BOOT/grubenv``): what
         the machine has written to the card so far."""
@@ -191,6 +226,15 @@ class Machine:
             "-display", "none",
             "-monitor", "none",
             "-serial", f"file:{self.console}.{self.boots}",
+            *self._serial_midi(),
+        ]  # fmt: skip
+
+    def _serial_midi(self) -> list[str]:
+        if self.serial_midi is None:
+            return []
+        return [
+            "-chardev", f"socket,id=midi,path={self.serial_midi},server=on,wait=off",
+            "-device", "isa-serial,chardev=midi,iobase=0x2f8,irq=3",
         ]  # fmt: skip
 
     def power_on(self) -> None:
