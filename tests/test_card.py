@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from appliance.system.update import MEMBERS, make, read_env
+from appliance.system.update import GRUBENV, MEMBERS, make, read_env
 from image.card.qemu import EMULATED_AUDIO, Machine, MachineError, why_not_here
 from tests.killloop import PROMISE
 from tests.powercuts import SLOW_ANSWER, board, power_cuts, request
@@ -147,7 +147,7 @@ def test_the_arm64_card_boots_to_ready_and_plays_its_demo_board(folder: Path) ->
 
 def read_env_of(machine: Machine) -> dict[str, str]:
     copy = machine.folder / "grubenv"
-    copy.write_text(machine.read_file("EFI/BOOT/grubenv"))
+    copy.write_text(machine.read_file(str(GRUBENV)))
     return read_env(copy)
 
 
